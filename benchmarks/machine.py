@@ -1,0 +1,32 @@
+"""Machine and version facts printed with every benchmark result."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+import torch
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "compiled_kernels": os.environ.get("ECMT_COMPILE", "1") != "0",
+    }
+
+
+def machine_markdown(info: dict) -> str:
+    return "Machine: " + ", ".join(f"{k} = {v}" for k, v in info.items())

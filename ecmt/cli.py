@@ -1,0 +1,222 @@
+"""Command line: ecmt {demo, convert, eval, inspect, train-demo}.
+
+User mistakes (missing files, bad options, unsupported models) print one line
+and a hint and exit with status 2; anything else is a bug and shows its traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import EcmtError
+
+
+def _model_kwargs(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise EcmtError(f"--model-arg {pair!r} is not KEY=VALUE")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _add_data_args(p: argparse.ArgumentParser, calibration: bool = False):
+    p.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist (default), digits, an image folder, or a .pt/.safetensors "
+                        "file with 'images' and 'labels'")
+    p.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files "
+                                       "(default /usr/share/datasets/fashion-mnist)")
+    if calibration:
+        p.add_argument("--calib-data", help="calibration data if not the training split of --data")
+        p.add_argument("--calib-samples", type=int, default=512,
+                       help="calibration images, taken from the training split (default 512)")
+
+
+def _add_convert_args(p: argparse.ArgumentParser):
+    p.add_argument("--levels", type=int, default=8, help="MT levels per sign (default 8)")
+    p.add_argument("--quantile", type=float, default=0.99, help="calibration quantile p (default 0.99)")
+    p.add_argument("--per-channel", action="store_true", help="one threshold per channel")
+
+
+def _calibration(args):
+    from . import data
+    from .convert import calibration_batches
+    if args.calib_data:
+        split = data.load(args.calib_data, "train", args.data_root)
+    else:
+        split = data.load(args.data, "train", args.data_root)
+    # A fixed random subset of the training split: never the evaluation split.
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:args.calib_samples]
+    return calibration_batches(split.images[order], batch_size=128)
+
+
+def _convert(args, model):
+    from .convert import convert
+    return convert(model, _calibration(args), levels=args.levels, quantile=args.quantile,
+                   per_channel=args.per_channel, progress=not args.quiet)
+
+
+def cmd_convert(args):
+    from .ir import MTNeuron
+    from .zoo import load_model
+    model = load_model(args.model, args.checkpoint, **_model_kwargs(args.model_arg))
+    spiking = _convert(args, model)
+    spiking.graph.save(args.output)
+    print(f"wrote {args.output}: {len(spiking.graph)} nodes, "
+          f"{len(spiking.graph.of_kind(MTNeuron))} MT neurons")
+
+
+def accuracy_table(ann: float, snn: list[float]) -> str:
+    lines = [f"ANN accuracy: {100 * ann:.2f}%", "", f"{'t':>4}  {'SNN acc':>8}  {'ANN - SNN':>10}"]
+    for t, acc in enumerate(snn, 1):
+        lines.append(f"{t:>4}  {100 * acc:>7.2f}%  {100 * (ann - acc):>9.2f}")
+    return "\n".join(lines)
+
+
+def evaluate(spiking, split, T: int, batch_size: int, quiet: bool) -> dict:
+    from .evaluate import snn_accuracy
+    t0 = time.time()
+    ann = _analog_accuracy(spiking, split, batch_size, quiet)
+    t1 = time.time()
+    snn = snn_accuracy(spiking, split, T, batch_size=batch_size, progress=not quiet)
+    t2 = time.time()
+    return {"samples": len(split), "T": T, "ann_accuracy": ann, "snn_accuracy": snn,
+            "ann_seconds": round(t1 - t0, 2), "snn_seconds": round(t2 - t1, 2)}
+
+
+def _analog_accuracy(spiking, split, batch_size, quiet) -> float:
+    from tqdm.auto import tqdm
+    correct = 0
+    for x, y in tqdm(split.batches(batch_size), total=-(-len(split) // batch_size), desc="ANN eval",
+                     unit="batch", disable=quiet, leave=False):
+        correct += (spiking.analog(x).argmax(-1) == y).sum().item()
+    return correct / len(split)
+
+
+def cmd_eval(args):
+    from . import data
+    from .runtime import SpikingModel
+    spiking = SpikingModel.load(args.graph)
+    split = data.load(args.data, "test", args.data_root).take(args.limit)
+    result = evaluate(spiking, split, args.T, args.batch_size, args.quiet)
+    print(accuracy_table(result["ann_accuracy"], result["snn_accuracy"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def cmd_inspect(args):
+    from .ir import SpikingGraph
+    print(SpikingGraph.load(args.graph).summary())
+
+
+def cmd_train_demo(args):
+    from .zoo import train_demo
+    info = train_demo(args.output, epochs=args.epochs, limit=args.limit, seed=args.seed,
+                      progress=not args.quiet, data_root=args.data_root)
+    print(f"wrote {args.output}: test accuracy {100 * info['test_accuracy']:.2f}% "
+          f"in {info['train_seconds']:.0f} s")
+
+
+def cmd_demo(args):
+    from . import data
+    from .zoo import DEMO_CHECKPOINT, load_model, train_demo
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not DEMO_CHECKPOINT.exists():
+        print("demo: no committed checkpoint; training the demo ViT (a few minutes)")
+        train_demo(DEMO_CHECKPOINT, progress=not args.quiet, data_root=args.data_root)
+    model = load_model("demo")
+    args.data, args.calib_data = "fashion-mnist", None
+    t0 = time.time()
+    spiking = _convert(args, model)
+    graph_path = out / "demo_vit.ecmt"
+    spiking.graph.save(graph_path)
+    print(f"demo: converted the demo ViT in {time.time() - t0:.1f} s -> {graph_path}")
+    split = data.fashion_mnist("test", args.data_root).take(args.limit)
+    result = evaluate(spiking, split, args.T, 256, args.quiet)
+    table = accuracy_table(result["ann_accuracy"], result["snn_accuracy"])
+    print(f"demo: Fashion-MNIST test, {len(split)} images\n{table}")
+    (out / "accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"demo: wrote {out / 'accuracy.json'}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecmt", description="Convert Vision Transformers to "
+                                     "spiking networks (ECMT), export them, estimate their energy.")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train-or-load the demo ViT, convert, evaluate per step")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("-T", type=int, default=16, help="time steps (default 16)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images")
+    p.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--calib-samples", type=int, default=512, help="calibration images (default 512)")
+    _add_convert_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("convert", help="convert a trained model to a spiking graph file")
+    p.add_argument("--model", default="demo", help="'demo' or 'timm:<name>' (default demo)")
+    p.add_argument("--checkpoint", help="state dict (.safetensors, or a torch file read weights-only)")
+    p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                   help="keyword for timm.create_model, e.g. img_size=32 (repeatable)")
+    _add_data_args(p, calibration=True)
+    _add_convert_args(p)
+    p.add_argument("-o", "--output", required=True, help="graph file to write (.ecmt)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("eval", help="ANN accuracy and SNN accuracy at every t <= T")
+    p.add_argument("graph", help="graph file (.ecmt)")
+    _add_data_args(p)
+    p.add_argument("-T", type=int, default=16, help="time steps (default 16)")
+    p.add_argument("--limit", type=int, help="first N test images only")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--json", help="also write the results to this JSON file")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("inspect", help="summarize a graph file")
+    p.add_argument("graph", help="graph file (.ecmt)")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("train-demo", help="train the demo ViT with its seeded recipe")
+    p.add_argument("-o", "--output", default=None, help="checkpoint to write (default: the packaged one)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--limit", type=int, help="train on the first N images only")
+    p.add_argument("--seed", type=int, help="override the recipe's seed")
+    p.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files")
+    p.set_defaults(func=cmd_train_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "T", 1) is not None and getattr(args, "T", 1) < 1:
+        parser.error("-T must be >= 1")
+    if args.command == "train-demo" and args.output is None:
+        from .zoo import DEMO_CHECKPOINT
+        args.output = str(DEMO_CHECKPOINT)
+    try:
+        args.func(args)
+    except EcmtError as err:
+        print(f"ecmt: error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ecmt: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

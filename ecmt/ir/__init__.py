@@ -1,0 +1,17 @@
+"""The intermediate spiking graph (IR): node kinds, graph, validation, file format."""
+from .arith import Add, Scale
+from .ecm import GELUECM, LayerNormECM, NonlinearityECM, ProductECM, ReLUECM, SoftmaxECM
+from .graph import NODE_KINDS, Edge, SpikingGraph
+from .io import Constant, Input, Output
+from .neuron import MTNeuron
+from .node import Node, Shape
+from .pool import AvgPool2d, MaxPool2d
+from .shape import Concat, Mean, Permute, Reshape, Select, Slice
+from .synapse import Conv2d, Linear
+
+__all__ = [
+    "Add", "AvgPool2d", "Concat", "Constant", "Conv2d", "Edge", "GELUECM", "Input", "LayerNormECM",
+    "Linear", "MTNeuron", "MaxPool2d", "Mean", "NODE_KINDS", "Node", "NonlinearityECM", "Output",
+    "Permute", "ProductECM", "ReLUECM", "Reshape", "Scale", "Select", "Shape", "Slice",
+    "SoftmaxECM", "SpikingGraph",
+]

@@ -1,0 +1,147 @@
+"""One-file graph format: a safetensors file whose header metadata holds the
+versioned JSON description under the key ``ecmt_graph``.
+
+safetensors is data only (a JSON header and raw little-endian buffers), so
+loading a graph never runs code.  Tensors are stored under ``<node>.<field>``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import GraphError, GraphFileError
+from .graph import NODE_KINDS, SpikingGraph
+
+META_KEY = "ecmt_graph"
+
+
+def graph_to_json(graph: SpikingGraph) -> dict:
+    nodes = []
+    for node in graph:
+        attrs = {k: list(v) if isinstance(v, tuple) else v for k, v in node.attrs().items()}
+        nodes.append({
+            "name": node.name,
+            "kind": node.KIND,
+            "inputs": list(node.inputs),
+            "attrs": attrs,
+            "tensors": {f: f"{node.name}.{f}" for f in node.tensors()},
+            "shape": list(graph.shapes[node.name]),
+            "spiking": graph.spiking[node.name],
+            "meta": node.meta,
+        })
+    return {"format": SpikingGraph.FORMAT, "version": SpikingGraph.VERSION,
+            "meta": graph.meta, "nodes": nodes}
+
+
+def save_graph(graph: SpikingGraph, path) -> None:
+    """Validate, then write atomically (a temporary file renamed into place)."""
+    graph.validate()
+    path = Path(path)
+    tensors = {f"{node.name}.{f}": t.detach().contiguous().clone()
+               for node in graph for f, t in node.tensors().items()}
+    header = json.dumps(graph_to_json(graph), separators=(",", ":"), allow_nan=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={META_KEY: header})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sniff(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:2] == b"PK":
+        raise GraphFileError(f"{path}: is a zip / torch.save archive, not an ecmt graph; "
+                             "ecmt never unpickles files",
+                             hint="graphs are written by `ecmt convert` or SpikingGraph.save")
+    if head[:1] == b"\x80":
+        raise GraphFileError(f"{path}: is a Python pickle, not an ecmt graph; ecmt never unpickles files",
+                             hint="graphs are written by `ecmt convert` or SpikingGraph.save")
+    if len(head) < 8:
+        raise GraphFileError(f"{path}: truncated ({len(head)} bytes)")
+    (header_len,) = struct.unpack("<Q", head)
+    if header_len > path.stat().st_size - 8:
+        raise GraphFileError(f"{path}: truncated or corrupt (header of {header_len} bytes "
+                             f"in a {path.stat().st_size}-byte file)")
+
+
+def load_graph(path) -> SpikingGraph:
+    path = Path(path)
+    if not path.is_file():
+        raise GraphFileError(f"{path}: no such graph file")
+    _sniff(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = (f.metadata() or {}).get(META_KEY)
+            if header is None:
+                raise GraphFileError(f"{path}: a safetensors file without an ecmt graph description "
+                                     f"(no '{META_KEY}' metadata)")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as err:
+        raise GraphFileError(f"{path}: corrupt or truncated graph file ({err})") from None
+    try:
+        desc = json.loads(header)
+    except json.JSONDecodeError as err:
+        raise GraphFileError(f"{path}: graph description is not valid JSON ({err})") from None
+    return graph_from_json(desc, tensors, source=str(path))
+
+
+def graph_from_json(desc: dict, tensors: dict[str, torch.Tensor], source: str = "graph") -> SpikingGraph:
+    if not isinstance(desc, dict) or desc.get("format") != SpikingGraph.FORMAT:
+        raise GraphFileError(f"{source}: not an ecmt graph (format {desc.get('format')!r})")
+    version = desc.get("version")
+    if version != SpikingGraph.VERSION:
+        raise GraphFileError(f"{source}: unsupported graph version {version!r} "
+                             f"(this ecmt reads version {SpikingGraph.VERSION})",
+                             hint="convert the model again with this ecmt version")
+    nodes = []
+    for i, nd in enumerate(desc.get("nodes", [])):
+        name = nd.get("name", f"#{i}")
+        kind = nd.get("kind")
+        where = f"{source}: node {name!r} ({kind})"
+        cls = NODE_KINDS.get(kind)
+        if cls is None:
+            raise GraphError(f"{where}: field kind: unknown op {kind!r} "
+                             f"(known: {', '.join(sorted(NODE_KINDS))})")
+        kwargs = {}
+        for field, key in nd.get("tensors", {}).items():
+            if field not in cls.TENSORS:
+                raise GraphError(f"{where}: field {field}: not a tensor field of {kind}")
+            if key not in tensors:
+                raise GraphError(f"{where}: field {field}: missing tensor {key!r}")
+            kwargs[field] = tensors[key]
+        for field in cls.OPTIONAL_TENSORS:
+            kwargs.setdefault(field, None)
+        attrs = nd.get("attrs", {})
+        try:
+            node = cls(name=name, inputs=tuple(nd.get("inputs", ())), meta=nd.get("meta", {}),
+                       **attrs, **kwargs)
+        except TypeError as err:
+            missing = [t for t in cls.TENSORS if t not in kwargs]
+            field = missing[0] if missing else ", ".join(sorted(attrs))
+            raise GraphError(f"{where}: field {field}: {err}") from None
+        nodes.append((node, nd))
+    graph = SpikingGraph([n for n, _ in nodes], meta=desc.get("meta", {}), validate=False)
+    try:
+        graph.validate()
+    except GraphError as err:
+        raise GraphError(f"{source}: {err}") from None
+    for node, nd in nodes:
+        if tuple(nd.get("shape", ())) != graph.shapes[node.name]:
+            raise GraphError(f"{source}: node {node.name!r} ({node.KIND}): field shape: recorded "
+                             f"{nd.get('shape')} but inputs give {list(graph.shapes[node.name])}")
+        if bool(nd.get("spiking")) != graph.spiking[node.name]:
+            raise GraphError(f"{source}: node {node.name!r} ({node.KIND}): field spiking: recorded "
+                             f"{nd.get('spiking')} but the graph gives {graph.spiking[node.name]}")
+    return graph

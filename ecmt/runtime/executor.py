@@ -1,0 +1,183 @@
+"""Runs a SpikingGraph for T time steps in PyTorch.
+
+Every node receives per-step increments and emits per-step increments.  The
+executor accumulates the Output node's increments and returns the running
+estimate (sum up to t) / t for every t = 1..T.
+
+Nodes whose inputs are all constant over time (the input image, constants, and
+everything computed from them before the first MT neuron: patch embedding,
+class token, position embedding, ...) emit the same increment at every step,
+so they are computed at step 1 and reused.  (For an ECM on a constant stream
+t f(c) - (t-1) f(c) = f(c) exactly.)
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .. import ir
+from .ecm import NonlinearityECMState, ProductECMState
+from .neuron import MTState
+
+# observer(node, inputs, output, t): sees every node's input and output increments.
+Observer = Callable[[ir.Node, list[torch.Tensor], torch.Tensor, int], None]
+
+
+def _ecm_state(node: ir.Node, dev) -> NonlinearityECMState:
+    if isinstance(node, ir.GELUECM):
+        return NonlinearityECMState("gelu", node.approximate)
+    if isinstance(node, ir.ReLUECM):
+        return NonlinearityECMState("relu")
+    if isinstance(node, ir.SoftmaxECM):
+        return NonlinearityECMState("softmax", node.axis + 1)
+    if isinstance(node, ir.LayerNormECM):
+        return NonlinearityECMState("layer_norm", dev(node.weight), dev(node.bias), float(node.eps))
+    if isinstance(node, ir.MaxPool2d):
+        return NonlinearityECMState("max_pool", node.kernel_size, node.stride, node.padding)
+    raise TypeError(f"no ECM for {node.KIND}")
+
+
+class _Step:
+    """A compiled node: `fn(inputs, t)` plus optional state to reset."""
+    __slots__ = ("node", "srcs", "fn", "state", "static")
+
+    def __init__(self, node, srcs, fn, state=None, static=False):
+        self.node, self.srcs, self.fn, self.state, self.static = node, srcs, fn, state, static
+
+
+def _compile(node: ir.Node, shape: tuple[int, ...], device, product_form: str):
+    """Return (fn(inputs, t) -> tensor, state or None) for one node on `device`."""
+    dev = lambda t: None if t is None else t.to(device)
+    if isinstance(node, ir.Input):
+        return (lambda xs, t: xs[0]), None
+    if isinstance(node, ir.Constant):
+        value = dev(node.value).unsqueeze(0)
+        return (lambda xs, t: value), None
+    if isinstance(node, ir.Output):
+        return (lambda xs, t: xs[0]), None
+    if isinstance(node, ir.Linear):
+        w, b = dev(node.weight), dev(node.bias)
+        return (lambda xs, t: F.linear(xs[0], w, b)), None
+    if isinstance(node, ir.Conv2d):
+        w, b = dev(node.weight), dev(node.bias)
+        st, pd, dl, g = node.stride, node.padding, node.dilation, node.groups
+        return (lambda xs, t: F.conv2d(xs[0], w, b, st, pd, dl, g)), None
+    if isinstance(node, ir.MTNeuron):
+        state = MTState(node, shape, device)
+        return (lambda xs, t: state.step(xs[0])), state
+    if isinstance(node, (ir.NonlinearityECM, ir.MaxPool2d)):
+        state = _ecm_state(node, dev)
+        return (lambda xs, t: state.step(xs[0], t)), state
+    if isinstance(node, ir.ProductECM):
+        state = ProductECMState(node.transpose_a, node.transpose_b, node.scale, product_form)
+        return (lambda xs, t: state.step(xs[0], xs[1], t)), state
+    if isinstance(node, ir.Add):
+        def add(xs, t):
+            out = xs[0] + xs[1]
+            for x in xs[2:]:
+                out = out + x
+            return out
+        return (add if len(node.inputs) > 1 else (lambda xs, t: xs[0])), None
+    if isinstance(node, ir.Scale):
+        factor = dev(node.factor)
+        return (lambda xs, t: xs[0] * factor), None
+    if isinstance(node, ir.Reshape):
+        target = node.shape
+        return (lambda xs, t: xs[0].reshape(xs[0].shape[0], *target)), None
+    if isinstance(node, ir.Permute):
+        dims = (0, *(d + 1 for d in node.dims))
+        return (lambda xs, t: xs[0].permute(dims)), None
+    if isinstance(node, ir.Slice):
+        axis, start, length = node.axis + 1, node.start, node.stop - node.start
+        return (lambda xs, t: xs[0].narrow(axis, start, length)), None
+    if isinstance(node, ir.Select):
+        axis, index = node.axis + 1, node.index
+        return (lambda xs, t: xs[0].select(axis, index)), None
+    if isinstance(node, ir.Concat):
+        axis = node.axis + 1
+        def concat(xs, t):
+            batch = max(x.shape[0] for x in xs)
+            return torch.cat([x.expand(batch, *x.shape[1:]) for x in xs], dim=axis)
+        return concat, None
+    if isinstance(node, ir.Mean):
+        axis = node.axis + 1
+        return (lambda xs, t: xs[0].mean(dim=axis)), None
+    if isinstance(node, ir.AvgPool2d):
+        k, s, p = node.kernel_size, node.stride, node.padding
+        return (lambda xs, t: F.avg_pool2d(xs[0], k, s, p, count_include_pad=True)), None
+    raise TypeError(f"executor has no implementation for node kind {node.KIND!r}")
+
+
+class GraphExecutor:
+    """Compiled form of a graph for one device; `run` is the whole API."""
+
+    def __init__(self, graph: ir.SpikingGraph, device=None, product_form: str = "direct"):
+        self.graph = graph
+        self.device = torch.device(device or "cpu")
+        self.product_form = product_form
+        static: dict[str, bool] = {}
+        index = {name: i for i, name in enumerate(graph.nodes)}
+        self.steps: list[_Step] = []
+        for node in graph:
+            fn, state = _compile(node, graph.shapes[node.name], self.device, product_form)
+            static[node.name] = isinstance(node, (ir.Input, ir.Constant)) or (
+                not isinstance(node, ir.MTNeuron) and bool(node.inputs)
+                and all(static[s] for s in node.inputs))
+            self.steps.append(_Step(node, [index[s] for s in node.inputs], fn, state,
+                                    static[node.name]))
+        self.output_index = index[graph.output.name]
+
+    @staticmethod
+    def _inputs(step: _Step, values: list, x: torch.Tensor) -> list[torch.Tensor]:
+        return [values[j] for j in step.srcs] if step.srcs else [x]
+
+    def reset(self):
+        for step in self.steps:
+            if step.state is not None:
+                step.state.reset()
+
+    @torch.no_grad()
+    def run(self, x: torch.Tensor, T: int, observer: Observer | None = None) -> torch.Tensor:
+        """Feed x at every step for T steps; return running estimates [T, B, ...]."""
+        if T < 1:
+            raise ValueError(f"T must be >= 1, got {T}")
+        x = x.to(self.device, torch.float32)
+        self.reset()
+        values: list[torch.Tensor | None] = [None] * len(self.steps)
+        estimates = []
+        out_sum = None
+        for t in range(1, T + 1):
+            for i, step in enumerate(self.steps):
+                if step.static and t > 1:
+                    out = values[i]
+                else:
+                    out = step.fn(self._inputs(step, values, x), t)
+                    values[i] = out
+                if observer is not None:
+                    observer(step.node, self._inputs(step, values, x), out, t)
+            inc = values[self.output_index]
+            out_sum = inc.clone() if out_sum is None else out_sum.add_(inc)
+            estimates.append(out_sum / t)
+        batch = x.shape[0]
+        return torch.stack([e.expand(batch, *e.shape[1:]) for e in estimates])
+
+    @torch.no_grad()
+    def run_analog(self, x: torch.Tensor, observer: Observer | None = None) -> torch.Tensor:
+        """The ANN the graph was converted from: one pass with every MT neuron
+        replaced by the function it approximates (identity, or ReLU)."""
+        x = x.to(self.device, torch.float32)
+        self.reset()
+        values: list[torch.Tensor | None] = [None] * len(self.steps)
+        for i, step in enumerate(self.steps):
+            inputs = self._inputs(step, values, x)
+            if isinstance(step.node, ir.MTNeuron):
+                values[i] = step.state.analog(inputs[0])
+            else:
+                values[i] = step.fn(inputs, 1)
+            if observer is not None:
+                observer(step.node, inputs, values[i], 1)
+        self.reset()
+        out = values[self.output_index]
+        return out.expand(x.shape[0], *out.shape[1:])

@@ -1,0 +1,124 @@
+"""Per-step state updates, written as pure tensor functions.
+
+Each one is what a node does from step 2 on (step 1 initializes state).  With
+torch.compile (the default; ECMT_COMPILE=0 turns it off) every update becomes
+one fused kernel instead of a chain of elementwise passes, which is what makes
+a spiking step cost about as much as an ANN forward.  The time step comes in as
+a 0-d tensor so that one compiled kernel serves every t.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import torch.nn.functional as F
+
+
+def compile_enabled() -> bool:
+    return os.environ.get("ECMT_COMPILE", "1") != "0"
+
+
+def fused(fn):
+    """Compile `fn` on first use if compilation is enabled; else run it eagerly."""
+    compiled = None
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        nonlocal compiled
+        if not compile_enabled():
+            return fn(*args, **kwargs)
+        if compiled is None:
+            compiled = torch.compile(fn, dynamic=True)
+        return compiled(*args, **kwargs)
+    run.eager = fn
+    return run
+
+
+def mt_spikes(v: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor | None, levels: int) -> torch.Tensor:
+    """The largest crossed level: |v| >= th * 2^k - th / 2, sign by v (section 2)."""
+    pos = v >= 0
+    th = th_pos if th_neg is None else torch.where(pos, th_pos, th_neg)
+    mag = v.abs()
+    half = th * 0.5
+    level = torch.zeros_like(v)
+    for k in range(levels):                   # unrolled when compiled
+        value = th * float(2 ** k)
+        level = torch.where(mag >= value - half, value, level)
+    if th_neg is None:
+        return torch.where(pos, level, 0.0)
+    return torch.where(pos, level, -level)
+
+
+@fused
+def mt_update(v, x, th_pos, th_neg, levels: int):
+    """Returns (spikes, new membrane)."""
+    v = v + x
+    s = mt_spikes(v, th_pos, th_neg, levels)
+    return s, v - s
+
+
+# Nonlinearity ECMs: S += x; y = t f(S / t) - previous running output.
+# Each returns (y, S, running output).  One function per f, so that each has
+# its own compiled-kernel cache.
+@fused
+def gelu_update(total, x, out_sum, t, approximate: str):
+    total = total + x
+    new = F.gelu(total / t, approximate=approximate) * t
+    return new - out_sum, total, new
+
+
+@fused
+def relu_update(total, x, out_sum, t):
+    total = total + x
+    new = torch.relu(total / t) * t
+    return new - out_sum, total, new
+
+
+@fused
+def softmax_update(total, x, out_sum, t, dim: int):
+    total = total + x
+    new = torch.softmax(total / t, dim=dim) * t
+    return new - out_sum, total, new
+
+
+@fused
+def layer_norm_update(total, x, out_sum, t, weight, bias, eps: float):
+    total = total + x
+    new = F.layer_norm(total / t, (total.shape[-1],), weight, bias, eps) * t
+    return new - out_sum, total, new
+
+
+@fused
+def max_pool_update(total, x, out_sum, t, kernel, stride, padding):
+    total = total + x
+    new = F.max_pool2d(total / t, kernel, stride, padding) * t
+    return new - out_sum, total, new
+
+
+# f itself, for step 1 (y_1 = f(x_1)), with the same extra arguments.
+ECM_KERNELS = {
+    "gelu": (lambda x, approximate: F.gelu(x, approximate=approximate), gelu_update),
+    "relu": (torch.relu, relu_update),
+    "softmax": (lambda x, dim: torch.softmax(x, dim=dim), softmax_update),
+    "layer_norm": (lambda x, w, b, eps: F.layer_norm(x, (x.shape[-1],), w, b, eps), layer_norm_update),
+    "max_pool": (F.max_pool2d, max_pool_update),
+}
+
+
+@fused
+def product_update(a, b, x, y, out_sum, scale_over_t):
+    """Direct form: add the increments to the running operands, multiply once.
+    Returns (z, A, B, running output)."""
+    a, b = a + x, b + y
+    new = torch.matmul(a, b) * scale_over_t
+    return new - out_sum, a, b, new
+
+
+@fused
+def product_update_incremental(a, b, prod, x, y, out_sum, scale_over_t):
+    """Spiking form: P += x B + A y + x y with the spike increments x, y.
+    Returns (z, A, B, P, running output)."""
+    prod = prod + torch.matmul(x, b) + torch.matmul(a, y) + torch.matmul(x, y)
+    new = prod * scale_over_t
+    return new - out_sum, a + x, b + y, prod, new

@@ -1,0 +1,48 @@
+"""SpikingModel: the user-facing module around a SpikingGraph."""
+from __future__ import annotations
+
+import torch
+
+from ..ir import SpikingGraph
+from .executor import GraphExecutor, Observer
+
+
+class SpikingModel(torch.nn.Module):
+    """``model(x, T)`` -> [T, B, ...]: the running estimate of the ANN output
+    after each step t = 1..T (running sum / t), from one T-step pass.
+
+    The executor is compiled for the device of the input on first use.
+    ``product_form`` picks how product ECMs compute ("direct": one product of
+    the running sums per step; "incremental": the spiking form of the spec).
+    """
+
+    def __init__(self, graph: SpikingGraph, product_form: str = "direct"):
+        super().__init__()
+        graph.validate()
+        self.graph = graph
+        self.product_form = product_form
+        self._executors: dict[torch.device, GraphExecutor] = {}
+
+    @classmethod
+    def from_graph(cls, graph: SpikingGraph, **kwargs) -> "SpikingModel":
+        return cls(graph, **kwargs)
+
+    @classmethod
+    def load(cls, path, **kwargs) -> "SpikingModel":
+        return cls(SpikingGraph.load(path), **kwargs)
+
+    def save(self, path) -> None:
+        self.graph.save(path)
+
+    def executor(self, device=None) -> GraphExecutor:
+        device = torch.device(device or "cpu")
+        if device not in self._executors:
+            self._executors[device] = GraphExecutor(self.graph, device, self.product_form)
+        return self._executors[device]
+
+    def forward(self, x: torch.Tensor, T: int, observer: Observer | None = None) -> torch.Tensor:
+        return self.executor(x.device).run(x, T, observer)
+
+    def analog(self, x: torch.Tensor, observer: Observer | None = None) -> torch.Tensor:
+        """The source ANN's output, computed from the graph (MT neurons as identity / ReLU)."""
+        return self.executor(x.device).run_analog(x, observer)

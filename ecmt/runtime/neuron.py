@@ -1,0 +1,93 @@
+"""Vectorized multi-threshold neuron (ECMT_SPEC.md section 2).
+
+The spec scans levels k = n-1..0 and fires the first whose boundary the
+membrane has crossed.  The boundaries th * 2^k - th / 2 grow with k, so the
+winner is simply the largest crossed level, and both implementations below
+compute exactly the spec's comparisons (no rounding is introduced: th * 2^k
+and th / 2 are exact in floating point):
+
+* ``kernels.mt_spikes``: for each level, "if |v| crossed it, take it".  The
+  level loop is unrolled when torch.compile traces it, so the whole neuron
+  update becomes one fused elementwise kernel (no Python loop at run time).
+  This is the fast path.
+* ``spikes_searchsorted``: the number of crossed boundaries, counted by one
+  ``torch.searchsorted`` over the sorted boundary table, indexes a table of
+  spike values.  No compiler needed; the fallback.
+
+Negative levels mirror the positive ones with th_neg (v <= -(th_neg 2^k -
+th_neg / 2) fires -th_neg 2^k).  th_neg None means positive levels only.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ir import MTNeuron
+from .kernels import compile_enabled, mt_update
+
+
+def level_tables(th_pos: torch.Tensor, th_neg: torch.Tensor | None, levels: int):
+    """Sorted boundaries [m] and spike values [m + 1] for scalar thresholds:
+    values[i] is the spike when i boundaries are <= v."""
+    th_pos = th_pos.reshape(1).float()
+    powers = torch.ldexp(torch.ones(levels), torch.arange(levels))             # 2^k, exact
+    pos_levels = th_pos * powers
+    pos_bounds = pos_levels - th_pos * 0.5
+    if th_neg is None:
+        return pos_bounds, torch.cat([torch.zeros(1), pos_levels])
+    th_neg = th_neg.reshape(1).float()
+    neg_levels = th_neg * powers
+    # v <= b  <=>  nextafter(b, +inf) <= v, so searchsorted's "<=" count applies to both signs
+    neg_bounds = -(neg_levels - th_neg * 0.5)
+    neg_bounds = torch.nextafter(neg_bounds, torch.full_like(neg_bounds, float("inf"))).flip(0)
+    return (torch.cat([neg_bounds, pos_bounds]),
+            torch.cat([-neg_levels.flip(0), torch.zeros(1), pos_levels]))
+
+
+def spikes_searchsorted(v: torch.Tensor, bounds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    return values[torch.searchsorted(bounds, v.reshape(-1), right=True)].view(v.shape)
+
+
+class MTState:
+    """Membrane and thresholds of one MT neuron, for inputs [B, *shape]."""
+
+    def __init__(self, node: MTNeuron, shape: tuple[int, ...], device=None, compiled: bool | None = None):
+        def batched(th):   # [1, *aligned] so it broadcasts against [B, *shape]
+            return None if th is None else th.reshape(
+                (1,) * (len(shape) + 1 - th.dim()) + tuple(th.shape)).float().to(device)
+
+        self.levels = int(node.levels)
+        self.th_pos, self.th_neg = batched(node.th_pos), batched(node.th_neg)
+        self.signed = node.th_neg is not None
+        self.th_neg_flat = None if self.th_neg is None else self.th_neg.reshape(-1)[:1]
+        self.compiled = compile_enabled() if compiled is None else compiled
+        scalar = self.th_pos.numel() == 1 and (not self.signed or self.th_neg.numel() == 1)
+        # Without the compiler, scalar thresholds use the table lookup; per-channel
+        # ones the fused form, op by op.
+        self.tables = None if self.compiled or not scalar else tuple(
+            t.to(device) for t in level_tables(self.th_pos, self.th_neg, self.levels))
+        self.v: torch.Tensor | None = None
+
+    def reset(self):
+        self.v = None
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        if self.v is None:
+            self.v = torch.zeros_like(x)
+        if self.tables is None:
+            update = mt_update if self.compiled else mt_update.eager
+            if self.th_pos.numel() == 1 and (self.th_neg is None or self.th_neg.numel() == 1):
+                # elementwise with scalar thresholds: one flat kernel serves every shape
+                s, v = update(self.v.view(-1), x.view(-1), self.th_pos.view(1), self.th_neg_flat, self.levels)
+                self.v = v.view(x.shape)
+                return s.view(x.shape)
+            s, self.v = update(self.v, x, self.th_pos, self.th_neg, self.levels)
+            return s
+        self.v.add_(x)
+        s = spikes_searchsorted(self.v, *self.tables)
+        self.v.sub_(s)
+        return s
+
+    def analog(self, x: torch.Tensor) -> torch.Tensor:
+        """The ANN function this neuron approximates: identity, or ReLU if positive-only."""
+        return x if self.signed else torch.relu(x)

@@ -1,0 +1,142 @@
+"""The demo model: a small timm VisionTransformer for 28x28 grey images, its
+seeded training recipe, and checkpoint loading for it and for users' models.
+
+Checkpoints are read without unpickling code: safetensors, or torch files
+with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .errors import EcmtError
+
+ASSETS = Path(__file__).parent / "assets"
+DEMO_CHECKPOINT = ASSETS / "demo_vit.safetensors"
+DEMO_CONFIG = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4,
+                   num_heads=4, mlp_ratio=2.0)
+DEMO_RECIPE = dict(epochs=12, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1, seed=0)
+
+
+def build_demo_vit(**overrides) -> torch.nn.Module:
+    from timm.models.vision_transformer import VisionTransformer
+    return VisionTransformer(**{**DEMO_CONFIG, **overrides})
+
+
+def load_state_dict(path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors: safetensors, or a torch file read with weights_only=True
+    (a bare state dict, or one under 'state_dict' / 'model')."""
+    path = Path(path)
+    if not path.is_file():
+        raise EcmtError(f"{path}: no such checkpoint")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as err:  # noqa: BLE001
+            raise EcmtError(f"{path}: not a readable safetensors checkpoint ({err})") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise EcmtError(f"{path}: cannot load checkpoint safely ({type(err).__name__}: {err})",
+                        hint="ecmt only reads tensors (weights_only=True); re-save the state_dict, "
+                             "or use safetensors") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EcmtError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def load_model(spec: str, checkpoint: str | None = None, **kwargs) -> torch.nn.Module:
+    """'demo' (the committed demo ViT), or 'timm:<name>' with an optional
+    checkpoint; kwargs go to timm.create_model."""
+    if spec == "demo":
+        model = build_demo_vit()
+        path = Path(checkpoint) if checkpoint else DEMO_CHECKPOINT
+        if not path.exists():
+            raise EcmtError(f"demo checkpoint {path} is missing",
+                            hint="train it with `ecmt train-demo`")
+    elif spec.startswith("timm:"):
+        import timm
+        try:
+            model = timm.create_model(spec[5:], pretrained=False, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            raise EcmtError(f"cannot build timm model {spec[5:]!r}: {err}") from None
+        path = Path(checkpoint) if checkpoint else None
+    else:
+        raise EcmtError(f"unknown model {spec!r}", hint="use 'demo' or 'timm:<model name>'")
+    if path is not None:
+        state = load_state_dict(path)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise EcmtError(f"{path}: checkpoint does not fit {spec}: missing {missing[:5]}, "
+                            f"unexpected {unexpected[:5]}")
+    return model.eval()
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and a random shift of up to 2 pixels (seeded)."""
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    padded = F.pad(x, (2, 2, 2, 2), value=float(x.min()))
+    dx, dy = torch.randint(0, 5, (2,), generator=gen).tolist()
+    return padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
+
+
+def train_demo(out: str | Path = DEMO_CHECKPOINT, *, epochs: int | None = None, limit: int | None = None,
+               seed: int | None = None, progress: bool = True, data_root: str | None = None) -> dict:
+    """Train the demo ViT on Fashion-MNIST with the seeded recipe; write a
+    safetensors checkpoint (and a .json with its test accuracy next to it)."""
+    from . import data
+    from .evaluate import ann_accuracy
+
+    recipe = {**DEMO_RECIPE, **({"epochs": epochs} if epochs else {}), **({"seed": seed} if seed is not None else {})}
+    torch.manual_seed(recipe["seed"])
+    gen = torch.Generator().manual_seed(recipe["seed"])
+    train = data.fashion_mnist("train", data_root).take(limit)
+    test = data.fashion_mnist("test", data_root)
+    model = build_demo_vit()
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
+    steps_per_epoch = math.ceil(len(train) / recipe["batch_size"])
+    total = recipe["epochs"] * steps_per_epoch
+    warmup = recipe["warmup_epochs"] * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
+        1 + math.cos(math.pi * min(1.0, s / total))))
+    start = time.time()
+    bar = tqdm(total=total, desc="train demo ViT", unit="step", disable=not progress)
+    for epoch in range(recipe["epochs"]):
+        model.train()
+        order = torch.randperm(len(train), generator=gen)
+        for i in range(steps_per_epoch):
+            idx = order[i * recipe["batch_size"]:(i + 1) * recipe["batch_size"]]
+            x, y = _augment(train.images[idx], gen), train.labels[idx]
+            loss = F.cross_entropy(model(x), y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+    acc = ann_accuracy(model, test, progress=progress)
+    info = {"config": DEMO_CONFIG, "recipe": recipe, "train_images": len(train),
+            "test_accuracy": acc, "train_seconds": round(time.time() - start, 1),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+    tmp = out.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+              metadata={"ecmt_demo": json.dumps(info)})
+    tmp.replace(out)
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    return info

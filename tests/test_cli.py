@@ -1,0 +1,103 @@
+"""The command line, the demo model and its training recipe."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ecmt import data
+from ecmt.zoo import DEMO_CHECKPOINT, load_model, load_state_dict, train_demo
+
+
+def ecmt_cli(*args, env=None):
+    import os
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "ecmt", "--quiet", *args], capture_output=True,
+                          text=True, env=full_env, timeout=600)
+
+
+TINY_VIT = ["--model", "timm:vit_tiny_patch16_224", "--model-arg", "img_size=8", "--model-arg",
+            "patch_size=4", "--model-arg", "in_chans=1", "--model-arg", "num_classes=10",
+            "--model-arg", "depth=1", "--model-arg", "embed_dim=32", "--model-arg", "num_heads=2"]
+
+
+def test_convert_inspect_eval_round_trip(tmp_path):
+    graph = tmp_path / "g.ecmt"
+    r = ecmt_cli("convert", *TINY_VIT, "--data", "digits", "--calib-samples", "64", "-o", str(graph))
+    assert r.returncode == 0, r.stderr
+    assert graph.exists() and "MT neurons" in r.stdout
+    r = ecmt_cli("inspect", str(graph))
+    assert r.returncode == 0, r.stderr
+    for text in ("mt_neuron", "product_ecm", "softmax_ecm", "MT neurons (8)", "spiking", "th_pos"):
+        assert text in r.stdout
+    r = ecmt_cli("eval", str(graph), "--data", "digits", "-T", "4", "--limit", "64",
+                 "--json", str(tmp_path / "r.json"))
+    assert r.returncode == 0, r.stderr
+    assert "ANN accuracy" in r.stdout and len([ln for ln in r.stdout.splitlines() if "%" in ln]) == 5
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert len(result["snn_accuracy"]) == 4 and result["samples"] == 64
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    (["inspect", "/nonexistent.ecmt"], None, "no such graph file"),
+    (["eval", "/nonexistent.ecmt"], None, "no such graph file"),
+    (["convert", "--model", "timm:not_a_model", "-o", "x.ecmt"], None, "cannot build timm model"),
+    (["convert", "--model", "demo", "--data", "fashion-mnist", "-o", "x.ecmt"],
+     {"ECMT_FASHION_MNIST": "/nonexistent"}, "Fashion-MNIST not found"),
+])
+def test_user_errors_are_one_line_with_a_hint(args, env, expected, tmp_path):
+    r = ecmt_cli(*args, env=env)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    first, *rest = r.stderr.strip().splitlines()
+    assert first.startswith("ecmt: error:") and expected in first
+    assert all(line.startswith("hint:") for line in rest)
+
+
+def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
+    with pytest.raises(data.DataError) as err:
+        data.fashion_mnist("test", tmp_path)
+    assert "apt-get install dataset-fashion-mnist" in err.value.hint
+
+
+def test_user_tensor_file_and_image_folder(tmp_path):
+    torch.save({"images": torch.rand(5, 1, 8, 8), "labels": torch.arange(5)}, tmp_path / "d.pt")
+    split = data.load(str(tmp_path / "d.pt"), "test")
+    assert split.images.shape == (5, 1, 8, 8)
+    from PIL import Image
+    for cls in ("a", "b"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (6, 6), (i * 100, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    split = data.load(str(tmp_path / "imgs"), "test")
+    assert split.images.shape == (4, 3, 6, 6) and split.labels.tolist() == [0, 0, 1, 1]
+
+
+def test_checkpoints_load_without_unpickling(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pwned",))
+    torch.save({"w": Boom()}, tmp_path / "evil.pt")
+    from ecmt.errors import EcmtError
+    with pytest.raises(EcmtError, match="cannot load checkpoint safely"):
+        load_state_dict(tmp_path / "evil.pt")
+
+
+def test_committed_demo_vit_reaches_85_percent():
+    model = load_model("demo")
+    test = data.fashion_mnist("test")
+    with torch.no_grad():
+        correct = sum((model(x).argmax(-1) == y).sum().item() for x, y in test.batches(500))
+    accuracy = correct / len(test)
+    recorded = json.loads(DEMO_CHECKPOINT.with_suffix(".json").read_text())["test_accuracy"]
+    assert accuracy >= 0.85
+    assert accuracy == pytest.approx(recorded, abs=1e-4)
+
+
+def test_demo_training_is_reproducible(tmp_path):
+    a = train_demo(tmp_path / "a.safetensors", epochs=1, limit=256, progress=False)
+    b = train_demo(tmp_path / "b.safetensors", epochs=1, limit=256, progress=False)
+    sa, sb = load_state_dict(tmp_path / "a.safetensors"), load_state_dict(tmp_path / "b.safetensors")
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a["test_accuracy"] == b["test_accuracy"]

@@ -1,0 +1,140 @@
+"""The graph file: exact round trip, and clear errors for every kind of bad file."""
+import json
+import re
+import pickle
+import struct
+
+import pytest
+import torch
+
+from ecmt import SpikingGraph, SpikingModel
+from ecmt import ir
+from ecmt.errors import GraphError, GraphFileError
+from ecmt.ir.serialize import META_KEY
+
+
+def small_graph() -> SpikingGraph:
+    g = torch.Generator().manual_seed(0)
+    return SpikingGraph([
+        ir.Input("input", (), shape=(6,)),
+        ir.Linear("fc1", ("input",), weight=torch.randn(8, 6, generator=g), bias=torch.randn(8, generator=g)),
+        ir.MTNeuron("mt1", ("fc1",), th_pos=torch.tensor(0.5), th_neg=torch.tensor(0.4), levels=4),
+        ir.Linear("fc2", ("mt1",), weight=torch.randn(3, 8, generator=g), bias=None),
+        ir.Output("output", ("fc2",)),
+    ])
+
+
+def write_raw(path, header: dict, tensors: dict[str, torch.Tensor]):
+    from safetensors.torch import save_file
+    save_file(tensors, str(path), metadata={META_KEY: json.dumps(header)})
+
+
+def test_round_trip_is_bit_identical(tmp_path):
+    graph = small_graph()
+    x = torch.randn(5, 6)
+    before = SpikingModel(graph)(x, 16)
+    graph.save(tmp_path / "g.ecmt")
+    loaded = SpikingGraph.load(tmp_path / "g.ecmt")
+    after = SpikingModel.from_graph(loaded)(x, 16)
+    assert torch.equal(before, after)
+    assert [n.name for n in loaded] == [n.name for n in graph]
+    assert loaded.shapes == graph.shapes and loaded.spiking == graph.spiking
+
+
+def test_edges_know_shape_and_spiking():
+    edges = {(e.src, e.dst): e for e in small_graph().edges()}
+    assert edges[("mt1", "fc2")].spiking and edges[("mt1", "fc2")].shape == (8,)
+    assert not edges[("fc1", "mt1")].spiking
+
+
+def _header(tmp_path):
+    small_graph().save(tmp_path / "g.ecmt")
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "g.ecmt"), "pt") as f:
+        return json.loads(f.metadata()[META_KEY]), {k: f.get_tensor(k) for k in f.keys()}
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda h, t: h.update(version=99), "unsupported graph version 99"),
+    (lambda h, t: h["nodes"][1].update(kind="conv3d"), "node 'fc1' (conv3d): field kind: unknown op"),
+    (lambda h, t: h["nodes"][3].update(inputs=["nowhere"]), "node 'fc2' (linear): field inputs: dangling"),
+    (lambda h, t: h["nodes"][3]["attrs"].clear() or t.pop("fc1.weight"), "node 'fc1' (linear): field weight: missing tensor"),
+    (lambda h, t: t.update({"fc2.weight": torch.randn(3, 7)}), "node 'fc2' (linear): field inputs"),
+    (lambda h, t: t.update({"fc2.weight": torch.randn(3, 8).double()}), "node 'fc2' (linear): field weight: wrong dtype"),
+    (lambda h, t: h["nodes"][2].update(shape=[9]), "node 'mt1' (mt_neuron): field shape: recorded [9]"),
+    (lambda h, t: h["nodes"][2]["attrs"].update(levels=0), "node 'mt1' (mt_neuron): field levels"),
+])
+def test_bad_description_gives_one_clear_error(tmp_path, mutate, message):
+    header, tensors = _header(tmp_path)
+    mutate(header, tensors)
+    write_raw(tmp_path / "bad.ecmt", header, tensors)
+    with pytest.raises((GraphError, GraphFileError)) as err:
+        SpikingGraph.load(tmp_path / "bad.ecmt")
+    assert message in str(err.value)
+
+
+def test_truncated_file(tmp_path):
+    small_graph().save(tmp_path / "g.ecmt")
+    data = (tmp_path / "g.ecmt").read_bytes()
+    for cut in (4, 100, len(data) - 10):
+        (tmp_path / "t.ecmt").write_bytes(data[:cut])
+        with pytest.raises(GraphFileError, match="truncated|corrupt"):
+            SpikingGraph.load(tmp_path / "t.ecmt")
+
+
+def test_corrupt_header(tmp_path):
+    small_graph().save(tmp_path / "g.ecmt")
+    data = bytearray((tmp_path / "g.ecmt").read_bytes())
+    data[10:20] = b"#" * 10
+    (tmp_path / "c.ecmt").write_bytes(bytes(data))
+    with pytest.raises(GraphFileError, match="corrupt"):
+        SpikingGraph.load(tmp_path / "c.ecmt")
+
+
+def test_pickled_files_are_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "p.ecmt").write_bytes(pickle.dumps(Boom()))
+    torch.save({"x": torch.zeros(1)}, tmp_path / "z.ecmt")
+    for name in ("p.ecmt", "z.ecmt"):
+        with pytest.raises(GraphFileError, match="never unpickles"):
+            SpikingGraph.load(tmp_path / name)
+    assert not marker.exists()
+
+
+def test_safetensors_without_graph(tmp_path):
+    from safetensors.torch import save_file
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(GraphFileError, match="without an ecmt graph"):
+        SpikingGraph.load(tmp_path / "w.safetensors")
+
+
+def test_failed_save_leaves_no_file(tmp_path):
+    graph = small_graph()
+    graph.nodes["fc2"].weight = torch.randn(3, 5)          # now invalid
+    with pytest.raises(GraphError, match="fc2"):
+        graph.save(tmp_path / "out.ecmt")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: [ir.Input("input", (), shape=(3,)), ir.Output("output", ("missing",))], "dangling"),
+    (lambda: [ir.Input("input", (), shape=(3,)), ir.Output("output", ("later",)),
+              ir.Scale("later", ("input",), factor=torch.tensor(2.0))], "topological"),
+    (lambda: [ir.Input("input", (), shape=(3,)),
+              ir.Linear("fc", ("input",), weight=torch.zeros(2, 4)), ir.Output("output", ("fc",))],
+     "node 'fc' (linear): field inputs"),
+    (lambda: [ir.Input("input", (), shape=(3,)), ir.Scale("dead", ("input",), factor=torch.tensor(1.0)),
+              ir.Output("output", ("input",))], "does not reach the output"),
+    (lambda: [ir.Input("input", (), shape=(3,))], "exactly one output"),
+    (lambda: [ir.Input("input", (), shape=(3,)),
+              ir.MTNeuron("mt", ("input",), th_pos=torch.tensor(-1.0), th_neg=None),
+              ir.Output("output", ("mt",))], "node 'mt' (mt_neuron): field th_pos"),
+])
+def test_validate_names_node_and_field(build, message):
+    with pytest.raises(GraphError, match=re.escape(message)):
+        SpikingGraph(build())

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_text
 from .errors import EcmtError
 
 
@@ -110,7 +111,43 @@ def cmd_eval(args):
     result = evaluate(spiking, split, args.T, args.batch_size, args.quiet)
     print(accuracy_table(result["ann_accuracy"], result["snn_accuracy"]))
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        write_text(args.json, json.dumps(result, indent=2) + "\n")
+
+
+def _energy_summary(report) -> str:
+    rows = [f"{'profile':<14}{'mode':<7}{'SNN uJ':>10}{'ANN uJ':>10}{'ratio':>8}{'latency ms':>12}"]
+    for r in report.hardware:
+        rows.append(f"{r['profile']['name']:<14}{r['mode']:<7}{1e6 * r['energy_j']:>10.4g}"
+                    f"{1e6 * r['ann']['energy_j']:>10.4g}{r['energy_ratio']:>8.3f}{1e3 * r['latency_s']:>12.4g}")
+    return "\n".join(rows)
+
+
+def cmd_energy(args):
+    import hw_sim
+
+    from . import data
+    from .ir import SpikingGraph
+    graph = SpikingGraph.load(args.graph)
+    split = data.load(args.data, "test", args.data_root).take(args.limit)
+    report = hw_sim.simulate(graph, split.images, args.T, [h for h in args.hw.split(",") if h],
+                             mode=[m for m in args.mode.split(",") if m], labels=split.labels,
+                             progress=not args.quiet)
+    paths = report.write(args.report)
+    print(_energy_summary(report))
+    print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def cmd_export(args):
+    from .ir import SpikingGraph
+    graph = SpikingGraph.load(args.graph)
+    if args.to == "onnx":
+        from exporters.onnx import export
+        export(graph, args.output, unroll=args.unroll)
+    elif args.unroll is not None:
+        raise EcmtError("--unroll applies to --to onnx only")
+    else:
+        raise EcmtError(f"no exporter for {args.to!r}")
+    print(f"wrote {args.output}")
 
 
 def cmd_inspect(args):
@@ -145,8 +182,17 @@ def cmd_demo(args):
     result = evaluate(spiking, split, args.T, 256, args.quiet)
     table = accuracy_table(result["ann_accuracy"], result["snn_accuracy"])
     print(f"demo: Fashion-MNIST test, {len(split)} images\n{table}")
-    (out / "accuracy.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_text(out / "accuracy.json", json.dumps(result, indent=2) + "\n")
     print(f"demo: wrote {out / 'accuracy.json'}")
+
+    import hw_sim
+    energy_split = split.take(args.energy_samples)
+    report = hw_sim.simulate(spiking.graph, energy_split.images, args.T, ["cmos45-fp32", "loihi"],
+                             mode=["full", "paper"], labels=energy_split.labels, progress=not args.quiet)
+    paths = report.write(out / "energy")
+    print(f"demo: energy on {len(energy_split)} test images, T={args.T} (per inference)\n"
+          f"{_energy_summary(report)}")
+    print(f"demo: wrote {', '.join(str(p) for p in paths)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images")
     p.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files")
     p.add_argument("--calib-samples", type=int, default=512, help="calibration images (default 512)")
+    p.add_argument("--energy-samples", type=int, default=256,
+                   help="test images replayed for the energy report (default 256)")
     _add_convert_args(p)
     p.set_defaults(func=cmd_demo)
 
@@ -182,6 +230,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", help="also write the results to this JSON file")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("energy", help="count events on real inputs; energy and latency reports")
+    p.add_argument("graph", help="graph file (.ecmt)")
+    _add_data_args(p)
+    p.add_argument("-T", type=int, default=4, help="time steps (default 4)")
+    p.add_argument("--hw", default="cmos45-fp32,loihi",
+                   help="comma-separated hardware profiles: names in hw_sim/profiles or .toml paths "
+                        "(default cmos45-fp32,loihi)")
+    p.add_argument("--mode", default="full,paper", help="counting modes: full, paper or both (default both)")
+    p.add_argument("--limit", type=int, default=256, help="test images to replay (default 256)")
+    p.add_argument("--report", required=True, help="folder for report.json, report.md and report.html")
+    p.set_defaults(func=cmd_energy)
+
+    p = sub.add_parser("export", help="export a graph to ONNX")
+    p.add_argument("graph", help="graph file (.ecmt)")
+    p.add_argument("--to", required=True, choices=["onnx"], help="target format")
+    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("--unroll", type=int, help="ONNX: T steps in one graph (input once, [T, B, ...] out)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("inspect", help="summarize a graph file")
     p.add_argument("graph", help="graph file (.ecmt)")

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .atomic import atomic_path, write_text
 from .errors import EcmtError
 
 ASSETS = Path(__file__).parent / "assets"
@@ -134,9 +135,8 @@ def train_demo(out: str | Path = DEMO_CHECKPOINT, *, epochs: int | None = None, 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
-    tmp = out.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={"ecmt_demo": json.dumps(info)})
-    tmp.replace(out)
-    out.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+    with atomic_path(out) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
+                  metadata={"ecmt_demo": json.dumps(info)})
+    write_text(out.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
     return info

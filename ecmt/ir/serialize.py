@@ -7,15 +7,14 @@ loading a graph never runs code.  Tensors are stored under ``<node>.<field>``.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..atomic import atomic_path
 from ..errors import GraphError, GraphFileError
 from .graph import NODE_KINDS, SpikingGraph
 
@@ -47,15 +46,8 @@ def save_graph(graph: SpikingGraph, path) -> None:
     tensors = {f"{node.name}.{f}": t.detach().contiguous().clone()
                for node in graph for f, t in node.tensors().items()}
     header = json.dumps(graph_to_json(graph), separators=(",", ":"), allow_nan=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={META_KEY: header})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: header})
 
 
 def _sniff(path: Path) -> None:

@@ -23,6 +23,8 @@ from .neuron import MTState
 
 # observer(node, inputs, output, t): sees every node's input and output increments.
 Observer = Callable[[ir.Node, list[torch.Tensor], torch.Tensor, int], None]
+# intervene(node, output, t) -> output: may replace a node's output (lockstep verification).
+Intervene = Callable[[ir.Node, torch.Tensor, int], torch.Tensor]
 
 
 def _ecm_state(node: ir.Node, dev) -> NonlinearityECMState:
@@ -139,7 +141,8 @@ class GraphExecutor:
                 step.state.reset()
 
     @torch.no_grad()
-    def run(self, x: torch.Tensor, T: int, observer: Observer | None = None) -> torch.Tensor:
+    def run(self, x: torch.Tensor, T: int, observer: Observer | None = None,
+            intervene: Intervene | None = None) -> torch.Tensor:
         """Feed x at every step for T steps; return running estimates [T, B, ...]."""
         if T < 1:
             raise ValueError(f"T must be >= 1, got {T}")
@@ -154,6 +157,8 @@ class GraphExecutor:
                     out = values[i]
                 else:
                     out = step.fn(self._inputs(step, values, x), t)
+                    if intervene is not None:
+                        out = intervene(step.node, out, t)
                     values[i] = out
                 if observer is not None:
                     observer(step.node, self._inputs(step, values, x), out, t)

@@ -29,6 +29,10 @@ def fused(fn):
         if not compile_enabled():
             return fn(*args, **kwargs)
         if compiled is None:
+            # One kernel is compiled per argument layout (level count, per-tensor or per-channel
+            # thresholds, rank): more than dynamo's default cap of 8 in a large graph, after which
+            # it silently falls back to slow eager code.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
             compiled = torch.compile(fn, dynamic=True)
         return compiled(*args, **kwargs)
     run.eager = fn

@@ -1,0 +1,112 @@
+"""hw_sim on the demo ViT: energy ratio against its ANN at T = 1..8 in both
+counting modes, next to SNN accuracy, and the cost of counting.
+
+    python benchmarks/energy.py          # writes docs/benchmarks/energy.{md,json}
+
+Counting overhead: one hw_sim.simulate run against one plain executor run of
+the same graph on the same batch, in the same process (median of repeats).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine_info, machine_markdown  # noqa: E402
+
+import ecmt  # noqa: E402
+import hw_sim  # noqa: E402
+from ecmt import data  # noqa: E402
+from ecmt.convert import calibration_batches  # noqa: E402
+from ecmt.runtime import GraphExecutor  # noqa: E402
+from ecmt.zoo import load_model  # noqa: E402
+
+OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
+PROFILES = ["cmos45-fp32", "loihi"]
+
+
+def median_time(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-T", type=int, default=8)
+    parser.add_argument("--samples", type=int, default=2000, help="test images for the energy table")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:512]
+    graph = ecmt.convert(load_model("demo"), calibration_batches(train.images[order]), progress=False).graph
+
+    x = test.images[:256]
+    executor = GraphExecutor(graph)
+    plain = median_time(lambda: executor.run(x, args.T), args.repeats)
+    counted = median_time(lambda: hw_sim.simulate(graph, x, args.T, PROFILES, mode=["full", "paper"],
+                                                  progress=False), args.repeats)
+    overhead = {"batch": 256, "T": args.T, "plain_s": plain, "simulate_s": counted, "ratio": counted / plain}
+    print(overhead, flush=True)
+
+    split = test.take(args.samples)
+    report = hw_sim.simulate(graph, split.images, args.T, PROFILES, mode=["full", "paper"], labels=split.labels,
+                             progress=False)
+    report.write(OUT / "energy_report")
+    result = {"machine": machine_info(), "overhead": overhead, "samples": len(split), "T": args.T,
+              "accuracy": report.data["accuracy"],
+              "ratios": {f"{r['profile']['name']} ({r['mode']})": r["energy_ratio_per_t"] for r in report.hardware},
+              "energy_uj": {f"{r['profile']['name']} ({r['mode']})": [1e6 * e for e in _cumulative(r)]
+                            for r in report.hardware},
+              "ann_uj": {f"{r['profile']['name']} ({r['mode']})": 1e6 * r["ann"]["energy_j"] for r in report.hardware},
+              "firing_rate": report.data["paper"]["firing_rate"]}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "energy.json").write_text(json.dumps(result, indent=2) + "\n")
+    (OUT / "energy.md").write_text(render(result))
+    print(f"wrote {OUT / 'energy.md'}")
+
+
+def _cumulative(r):
+    out, total = [], 0.0
+    for e in r["energy_per_step_j"]:
+        total += e
+        out.append(total)
+    return out
+
+
+def render(r):
+    keys = list(r["ratios"])
+    lines = ["# Demo ViT: energy against its ANN, per time step", "",
+             "Produced by `python benchmarks/energy.py`.  " + machine_markdown(r["machine"]), "",
+             f"hw_sim on {r['samples']} Fashion-MNIST test images, T = {r['T']} (one run: the energy up to "
+             "step t and the accuracy after step t).  Ratio = SNN energy over t steps / one ANN forward on "
+             "the profile's ANN baseline (cmos45-fp32 for Loihi).  Counting modes are explained in "
+             "[../energy.md](../energy.md).", "",
+             "| t | SNN accuracy | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for t in range(r["T"]):
+        lines.append(f"| {t + 1} | {100 * r['accuracy'][t]:.2f}% | "
+                     + " | ".join(f"{r['ratios'][k][t]:.3f}" for k in keys) + " |")
+    lines += ["", "ANN energy per inference (uJ): " + ", ".join(f"{k}: {v:.3g}" for k, v in r["ann_uj"].items()),
+              "", f"Paper-mode firing rate over T = {r['T']}: {r['firing_rate']:.3f}.", "",
+              "The full report (JSON, Markdown, HTML with plots) is in [energy_report/](energy_report/).", "",
+              "## Cost of counting", "",
+              f"One `hw_sim.simulate` run (counting every event, two profiles, two modes) against one plain "
+              f"executor run, batch {r['overhead']['batch']}, T = {r['overhead']['T']}, same process: "
+              f"{r['overhead']['simulate_s']:.2f} s / {r['overhead']['plain_s']:.2f} s = "
+              f"**{r['overhead']['ratio']:.2f}x**."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

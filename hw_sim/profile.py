@@ -1,0 +1,132 @@
+"""Hardware profiles: TOML files of sourced constants.
+
+Every constant is a table {value, unit, source, status} with status one of
+silicon / pre-silicon / assumption, so each reported number can be traced to
+where its constants came from.  Profiles live in hw_sim/profiles/; a user adds
+one by dropping a file there or by passing a path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+from ecmt.errors import EcmtError
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+STATUSES = ("silicon", "pre-silicon", "assumption")
+
+# Which constants each kind of profile must define, by section.
+REQUIRED = {
+    "cmos": {"energy": ("mac", "add", "mult", "sram_read_64b", "static_power"),
+             "timing": ("clock_hz", "ops_per_cycle")},
+    "neuromorphic": {
+        "energy": ("sop", "neuron_update_active", "neuron_update_inactive", "spike_route",
+                   "host_mac", "host_add", "host_mult", "host_sram_read_64b", "static_power"),
+        "timing": ("sop", "neuron_update_active", "neuron_update_inactive", "barrier",
+                   "host_ops_per_second"),
+        "architecture": ("cores", "neurons_per_core", "synapses_per_core"),
+    },
+}
+
+
+class ProfileError(EcmtError):
+    """A malformed hardware profile (names the file and key)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Constant:
+    value: float
+    unit: str
+    source: str
+    status: str
+
+
+@dataclasses.dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    description: str
+    kind: str                    # "cmos" or "neuromorphic"
+    path: str
+    spikes: str                  # "binary" or "graded" (neuromorphic); "values" (cmos)
+    ann_baseline: str            # profile name for the ANN baseline, or "self"
+    host: str
+    value_bits: int              # width of values and weights in memory
+    constants: dict[str, dict[str, Constant]]
+
+    def __getitem__(self, key: str) -> float:
+        """'section.name' -> value."""
+        section, name = key.split(".", 1)
+        return self.constants[section][name].value
+
+    def constant(self, key: str) -> Constant:
+        section, name = key.split(".", 1)
+        return self.constants[section][name]
+
+    def statuses(self) -> dict[str, int]:
+        out = {s: 0 for s in STATUSES}
+        for section in self.constants.values():
+            for c in section.values():
+                out[c.status] += 1
+        return out
+
+
+def _constant(path: Path, key: str, raw) -> Constant:
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: key {key}: expected a table {{value, unit, source, status}}")
+    for field in ("value", "source", "status"):
+        if field not in raw:
+            raise ProfileError(f"{path}: key {key}: missing '{field}'")
+    value = raw["value"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ProfileError(f"{path}: key {key}.value: expected a number >= 0, got {value!r}")
+    if raw["status"] not in STATUSES:
+        raise ProfileError(f"{path}: key {key}.status: {raw['status']!r} is not one of {', '.join(STATUSES)}")
+    if not str(raw["source"]).strip():
+        raise ProfileError(f"{path}: key {key}.source: every constant needs a source")
+    unknown = set(raw) - {"value", "unit", "source", "status"}
+    if unknown:
+        raise ProfileError(f"{path}: key {key}: unknown field(s) {sorted(unknown)}")
+    return Constant(float(value), str(raw.get("unit", "")), str(raw["source"]), raw["status"])
+
+
+def load_profile(name_or_path: str | Path) -> HardwareProfile:
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ProfileError(f"hardware profile {name_or_path!r} not found ({path})",
+                           hint=f"available: {', '.join(available_profiles())}, or a path to a .toml file")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ProfileError(f"{path}: not valid TOML ({err})") from None
+    head = data.get("profile")
+    if not isinstance(head, dict):
+        raise ProfileError(f"{path}: key profile: missing [profile] table")
+    for key in ("name", "kind"):
+        if not isinstance(head.get(key), str):
+            raise ProfileError(f"{path}: key profile.{key}: missing or not a string")
+    kind = head["kind"]
+    if kind not in REQUIRED:
+        raise ProfileError(f"{path}: key profile.kind: {kind!r} is not one of {', '.join(REQUIRED)}")
+    spikes = head.get("spikes", "values" if kind == "cmos" else None)
+    if kind == "neuromorphic" and spikes not in ("binary", "graded"):
+        raise ProfileError(f"{path}: key profile.spikes: must be 'binary' or 'graded'")
+    constants: dict[str, dict[str, Constant]] = {}
+    for section, names in REQUIRED[kind].items():
+        table = data.get(section)
+        if not isinstance(table, dict):
+            raise ProfileError(f"{path}: key {section}: missing [{section}] table")
+        for name in names:
+            if name not in table:
+                raise ProfileError(f"{path}: key {section}.{name}: missing")
+        constants[section] = {name: _constant(path, f"{section}.{name}", raw) for name, raw in table.items()}
+    return HardwareProfile(name=head["name"], description=str(head.get("description", "")), kind=kind,
+                           path=str(path), spikes=spikes, ann_baseline=str(head.get("ann_baseline", "self")),
+                           host=str(head.get("host", "")), value_bits=int(head.get("value_bits", 32)),
+                           constants=constants)
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))

@@ -1,0 +1,101 @@
+"""ONNX export, run in onnxruntime, against the IR executor."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import timm
+import torch
+
+import ecmt
+from ecmt import ir
+from ecmt import SpikingModel
+from exporters.onnx import OnnxExportError, build_model, export, run
+from exporters.verify import lockstep
+
+T = 4
+
+
+def assert_matches(spiking, tmp_path, x):
+    """Both forms, in onnxruntime, against the executor in lockstep (exporters/verify.py)."""
+    for unroll in (None, T):
+        path = export(spiking.graph, tmp_path / f"m{unroll}.onnx", unroll=unroll, expose_spikes=True)
+        estimates, spikes = run(path, x.numpy(), T)
+        assert len(spikes) == T * len(spiking.graph.of_kind(ir.MTNeuron))
+        result = lockstep(spiking.graph, x, T, estimates, lambda node, t: spikes[(node, t)])
+        assert result.max_rel_diff <= 1e-5, (unroll, result)
+        assert result.ties <= 1e-5 * result.decisions, (unroll, result)
+
+
+def test_plain_export_runs_free_without_verification_outputs(tmp_path):
+    from test_graph_file import small_graph
+    graph = small_graph()
+    x = torch.randn(3, 6)
+    estimates, spikes = run(export(graph, tmp_path / "g.onnx"), x.numpy(), 8)
+    assert spikes == {}
+    ref = SpikingModel(graph)(x, 8).numpy()
+    assert np.abs(estimates - ref).max() <= 1e-5 * np.abs(ref).max()
+
+
+@pytest.fixture(scope="module")
+def demo_spiking():
+    from ecmt import data
+    from ecmt.zoo import load_model
+    return ecmt.convert(load_model("demo"), data.fashion_mnist("train").images[:256], progress=False)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_demo_vit_matches_executor(demo_spiking, tmp_path, batch):
+    from ecmt import data
+    assert_matches(demo_spiking, tmp_path, data.fashion_mnist("test").images[:batch])
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("vit_tiny_patch16_224", {}),
+    ("deit_tiny_distilled_patch16_224", {"depth": 4}),
+])
+def test_timm_models_match_executor(tmp_path, name, kwargs):
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    gen = torch.Generator().manual_seed(0)
+    spiking = ecmt.convert(model, torch.randn(4, 3, 224, 224, generator=gen), progress=False)
+    for batch in (1, 3):
+        assert_matches(spiking, tmp_path, torch.randn(batch, 3, 224, 224, generator=gen))
+
+
+def test_standard_ops_opset_and_dynamic_batch(demo_spiking, tmp_path):
+    path = export(demo_spiking.graph, tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
+    assert all(n.domain == "" for n in model.graph.node)
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["ecmt.export"])
+    n_neurons = len(demo_spiking.graph.of_kind(ir.MTNeuron))
+    assert sum(s["input"].endswith(".v") for s in meta["states"]) == n_neurons
+    assert len(model.graph.input) == 2 + len(meta["states"])
+
+
+class Unknown(ir.Scale):
+    """A node kind an exporter has never heard of (as a plugin might add)."""
+    KIND = "future_op"
+
+
+def test_inexpressible_node_is_named_and_leaves_no_file(tmp_path, monkeypatch):
+    monkeypatch.setitem(ir.NODE_KINDS, Unknown.KIND, Unknown)
+    graph = ecmt.SpikingGraph([ir.Input("input", (), shape=(3,)),
+                               Unknown("mystery", ("input",), factor=torch.tensor(2.0)),
+                               ir.Output("output", ("mystery",))])
+    with pytest.raises(OnnxExportError, match="node 'mystery' \\(future_op\\)"):
+        export(graph, tmp_path / "x.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export(demo_spiking, tmp_path):
+    from test_cli import ecmt_cli
+    demo_spiking.graph.save(tmp_path / "g.ecmt")
+    r = ecmt_cli("export", str(tmp_path / "g.ecmt"), "--to", "onnx", "-o", str(tmp_path / "g.onnx"), "--unroll", "3")
+    assert r.returncode == 0, r.stderr
+    model = onnx.load(str(tmp_path / "g.onnx"))
+    assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 3
+    assert build_model(demo_spiking.graph).graph.output[0].name == "y"

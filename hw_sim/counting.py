@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ecmt import ir
+from ecmt.runtime.kernels import fused
 
 from .costs import ECM_BOOKKEEPING, FUNCTION_OPS, PRODUCT_BOOKKEEPING
 
@@ -38,6 +39,31 @@ def nonzero_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     cx = (x != 0).sum(dim=-2, dtype=torch.int64)      # per k, over rows of x
     cy = (y != 0).sum(dim=-1, dtype=torch.int64)      # per k, over columns of y
     return (cx * cy).sum()
+
+
+@fused
+def level_counts(s: torch.Tensor, x: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor,
+                 levels: int) -> torch.Tensor:
+    """Spikes per level, most negative first ([-th_neg 2^(n-1), ..., -th_neg,
+    th_pos, ..., th_pos 2^(n-1)]), then the number of non-zero inputs x.
+    Spike values are exactly th * 2^k, so equality is exact.  One pass."""
+    neg = [(s == -(th_neg * float(2 ** k))).sum() for k in reversed(range(levels))]
+    pos = [(s == th_pos * float(2 ** k)).sum() for k in range(levels)]
+    return torch.stack(neg + pos + [(x != 0).sum()])
+
+
+@fused
+def product_pairs(x, y, a_prev, b_prev):
+    """Non-zero pairs of the spiking form (x B_{t-1} + A_{t-1} y + x y) and of
+    the reference's count (x B_t + A_t y + x y), and the updated sums."""
+    a_now, b_now = a_prev + x, b_prev + y
+    cx, cy = (x != 0).sum(dim=-2), (y != 0).sum(dim=-1)
+    ca_prev, cb_prev = (a_prev != 0).sum(dim=-2), (b_prev != 0).sum(dim=-1)
+    ca_now, cb_now = (a_now != 0).sum(dim=-2), (b_now != 0).sum(dim=-1)
+    xy = (cx * cy).sum()
+    full = xy + (cx * cb_prev).sum() + (ca_prev * cy).sum()
+    paper = xy + (cx * cb_now).sum() + (ca_now * cy).sum()
+    return full, paper, a_now, b_now
 
 
 def conv_fanout(node: ir.Conv2d, in_shape: tuple[int, ...]) -> torch.Tensor:
@@ -60,6 +86,7 @@ class Counter:
         self.counts = {n.name: {f: torch.zeros(T, dtype=torch.int64, device=self.device) for f in FIELDS}
                        for n in graph}
         self.levels: dict[str, torch.Tensor] = {}
+        self.spike_totals: dict[str, torch.Tensor] = {}    # this step's spike count per MT neuron
         self.batch = 1
         # Nodes whose inputs never change over time are computed once and reused
         # (as the executor does); they are charged at step 1 only.
@@ -85,6 +112,16 @@ class Counter:
         if counter is not None:
             counter(node, inputs, out, self.counts[node.name], t - 1)
 
+    def _nonzero(self, node: ir.Node, x: torch.Tensor) -> torch.Tensor:
+        """Non-zero elements of node's input: the producing MT neuron's spike
+        count when the input is its output reshaped or permuted, else counted."""
+        src = self.graph[node.inputs[0]]
+        while isinstance(src, (ir.Reshape, ir.Permute)):
+            src = self.graph[src.inputs[0]]
+        if isinstance(src, ir.MTNeuron) and src.name in self.spike_totals:
+            return self.spike_totals[src.name]
+        return torch.count_nonzero(x)
+
     def _per_batch(self, x: torch.Tensor) -> int:
         """Constants run with batch 1 but stand for every sample."""
         return self.batch // x.shape[0]
@@ -94,7 +131,7 @@ class Counter:
         x = inputs[0]
         rep = self._per_batch(x)
         out_f = node.weight.shape[0]
-        nnz = torch.count_nonzero(x) * out_f * rep
+        nnz = self._nonzero(node, x) * out_f * rep
         dense = x.numel() * out_f * rep
         if self.graph.spiking[node.inputs[0]]:
             c["sops"][i] += nnz
@@ -121,16 +158,17 @@ class Counter:
 
     # -- neurons --------------------------------------------------------------------
     def _count_mt_neuron(self, node, inputs, out, c, i):
-        nz = out != 0
-        c["spikes"][i] += nz.sum(dtype=torch.int64)
+        th_pos = node.th_pos.to(out.device)
+        th_neg = th_pos if node.th_neg is None else node.th_neg.to(out.device)
+        counts = level_counts(out, inputs[0].contiguous(), th_pos, th_neg, node.levels)
+        per_level, active = counts[:-1], counts[-1]
+        self.levels[node.name][i] += per_level
+        spikes = per_level.sum()
+        self.spike_totals[node.name] = spikes
+        c["spikes"][i] += spikes
         c["neuron_updates"][i] += out.numel()
-        c["active_updates"][i] += torch.count_nonzero(inputs[0])
+        c["active_updates"][i] += active
         c["state_rw"][i] += 2 * out.numel()
-        th = torch.where(out > 0, node.th_pos.to(out.device),
-                         node.th_neg.to(out.device) if node.th_neg is not None else node.th_pos.to(out.device))
-        k = torch.log2(out.abs() / th).round().to(torch.int64).clamp(0, node.levels - 1)
-        bins = torch.where(out > 0, node.levels + k, node.levels - 1 - k)[nz]
-        self.levels[node.name][i] += torch.bincount(bins, minlength=2 * node.levels)
 
     # -- ECMs -------------------------------------------------------------------------
     def _count_nonlinearity(self, node, inputs, out, c, i):
@@ -157,19 +195,16 @@ class Counter:
         m, k, n = x.shape[-2], x.shape[-1], y.shape[-1]
         dense = out.numel() // (m * n) * m * k * n
         spiking = all(self.graph.spiking[s] for s in node.inputs)
-        a_prev, b_prev = self.sums.get(node.name, (None, None))
-        a_now = x.clone() if a_prev is None else a_prev + x
-        b_now = y.clone() if b_prev is None else b_prev + y
+        if i == 0:           # a new run: the running operand sums start at zero
+            self.sums[node.name] = (torch.zeros_like(x), torch.zeros_like(y))
+        full, paper, a_now, b_now = product_pairs(x.contiguous(), y.contiguous(), *self.sums[node.name])
         self.sums[node.name] = (a_now, b_now)
         if spiking:
-            pairs = nonzero_pairs(x, y)
-            if a_prev is not None:
-                pairs = pairs + nonzero_pairs(x, b_prev) + nonzero_pairs(a_prev, y)
-            c["sops"][i] += pairs
+            c["sops"][i] += full
         else:
             c["macs"][i] += dense
         c["dense"][i] += dense
-        c["paper_sops"][i] += nonzero_pairs(x, y) + nonzero_pairs(x, b_now) + nonzero_pairs(a_now, y)
+        c["paper_sops"][i] += paper
         c["paper_dense"][i] += dense
         ba, bm = PRODUCT_BOOKKEEPING
         c["adds"][i] += ba * out.numel()

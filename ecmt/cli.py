@@ -140,13 +140,16 @@ def cmd_energy(args):
 def cmd_export(args):
     from .ir import SpikingGraph
     graph = SpikingGraph.load(args.graph)
+    if args.unroll is not None and args.to != "onnx":
+        raise EcmtError("--unroll applies to --to onnx only")
+    if args.ppn and args.to != "nir":
+        raise EcmtError("--ppn applies to --to nir only")
     if args.to == "onnx":
         from exporters.onnx import export
         export(graph, args.output, unroll=args.unroll)
-    elif args.unroll is not None:
-        raise EcmtError("--unroll applies to --to onnx only")
-    else:
-        raise EcmtError(f"no exporter for {args.to!r}")
+    elif args.to == "nir":
+        from exporters.nir import export
+        print(export(graph, args.output, ppn=args.ppn))
     print(f"wrote {args.output}")
 
 
@@ -243,11 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", required=True, help="folder for report.json, report.md and report.html")
     p.set_defaults(func=cmd_energy)
 
-    p = sub.add_parser("export", help="export a graph to ONNX")
+    p = sub.add_parser("export", help="export a graph to ONNX or NIR")
     p.add_argument("graph", help="graph file (.ecmt)")
-    p.add_argument("--to", required=True, choices=["onnx"], help="target format")
+    p.add_argument("--to", required=True, choices=["onnx", "nir"], help="target format")
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.add_argument("--unroll", type=int, help="ONNX: T steps in one graph (input once, [T, B, ...] out)")
+    p.add_argument("--ppn", action="store_true",
+                   help="NIR: binary-spike form (parallel parameter normalization, docs/nir.md)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("inspect", help="summarize a graph file")

@@ -6,12 +6,13 @@ from .io import Constant, Input, Output
 from .neuron import MTNeuron
 from .node import Node, Shape
 from .pool import AvgPool2d, MaxPool2d
+from .ppn import MTNeuronPPN, expand_ppn
 from .shape import Concat, Mean, Permute, Reshape, Select, Slice
 from .synapse import Conv2d, Linear
 
 __all__ = [
     "Add", "AvgPool2d", "Concat", "Constant", "Conv2d", "Edge", "GELUECM", "Input", "LayerNormECM",
-    "Linear", "MTNeuron", "MaxPool2d", "Mean", "NODE_KINDS", "Node", "NonlinearityECM", "Output",
+    "Linear", "MTNeuron", "MTNeuronPPN", "MaxPool2d", "Mean", "NODE_KINDS", "Node", "NonlinearityECM", "Output",
     "Permute", "ProductECM", "ReLUECM", "Reshape", "Scale", "Select", "Shape", "Slice",
-    "SoftmaxECM", "SpikingGraph",
+    "SoftmaxECM", "SpikingGraph", "expand_ppn",
 ]

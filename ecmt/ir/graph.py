@@ -23,6 +23,12 @@ NODE_KINDS: dict[str, type[Node]] = {cls.KIND: cls for cls in (
     AvgPool2d, MaxPool2d)}
 
 
+def register(cls: type[Node]) -> type[Node]:
+    """Add a node kind defined outside this module (e.g. ppn.py)."""
+    NODE_KINDS[cls.KIND] = cls
+    return cls
+
+
 @dataclasses.dataclass(frozen=True)
 class Edge:
     src: str

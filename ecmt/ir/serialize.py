@@ -31,6 +31,7 @@ def graph_to_json(graph: SpikingGraph) -> dict:
             "inputs": list(node.inputs),
             "attrs": attrs,
             "tensors": {f: f"{node.name}.{f}" for f in node.tensors()},
+            "tensor_shapes": {f: list(t.shape) for f, t in node.tensors().items()},
             "shape": list(graph.shapes[node.name]),
             "spiking": graph.spiking[node.name],
             "meta": node.meta,

@@ -66,6 +66,19 @@ def _compile(node: ir.Node, shape: tuple[int, ...], device, product_form: str):
         w, b = dev(node.weight), dev(node.bias)
         st, pd, dl, g = node.stride, node.padding, node.dilation, node.groups
         return (lambda xs, t: F.conv2d(xs[0], w, b, st, pd, dl, g)), None
+    if isinstance(node, ir.MTNeuronPPN):
+        state = MTState(node, shape, device)
+        lam = ir.ppn.level_values(node, shape[node.axis] // node.channels_per_value).to(device)  # [C, L]
+        axis = node.axis + 1
+        view = [1] * (len(shape) + 1)
+        view[axis] = lam.shape[0]
+
+        def one_hot(xs, t):
+            s = state.step(xs[0])
+            bits = [(s == lam[:, j].view(view)).to(s.dtype) for j in range(lam.shape[1])]
+            stacked = torch.stack(bits, dim=axis + 1)                       # [..., C, L, ...]
+            return stacked.flatten(axis, axis + 1)
+        return one_hot, state
     if isinstance(node, ir.MTNeuron):
         state = MTState(node, shape, device)
         return (lambda xs, t: state.step(xs[0])), state

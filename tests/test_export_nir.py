@@ -1,0 +1,186 @@
+"""NIR export and import, the ecmt-nir convention, PPN, and an independent NIR consumer."""
+import json
+
+import h5py
+import nir
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import ecmt
+from ecmt import SpikingGraph, SpikingModel, ir
+from ecmt.ir import expand_ppn
+from exporters import nir as enir
+
+
+@pytest.fixture(scope="module")
+def demo_graph():
+    from ecmt import data
+    from ecmt.zoo import load_model
+    return ecmt.convert(load_model("demo"), data.fashion_mnist("train").images[:256], progress=False).graph
+
+
+def round_trip(graph, tmp_path, name="g.nir", **kw):
+    summary = enir.export(graph, tmp_path / name, **kw)
+    nir.read(str(tmp_path / name))                       # the plain NIR reader accepts it
+    return enir.load(tmp_path / name), summary
+
+
+def test_demo_vit_round_trip_is_bit_identical(demo_graph, tmp_path):
+    loaded, summary = round_trip(demo_graph, tmp_path)
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(SpikingModel(demo_graph)(x, 6), SpikingModel(loaded)(x, 6))
+    assert [n.name for n in loaded] == [n.name for n in demo_graph]
+    assert loaded.meta == demo_graph.meta
+    # Synaptic layers are standard NIR nodes; neurons and ECMs use the convention.
+    assert summary.standard["linear"] == len(demo_graph.of_kind(ir.Linear))
+    assert summary.standard["conv2d"] == 1
+    assert summary.convention["mt_neuron"] == len(demo_graph.of_kind(ir.MTNeuron))
+    assert "product_ecm" in summary.convention and "layernorm_ecm" in summary.convention
+
+
+@pytest.mark.parametrize("name, kwargs", [("vit_tiny_patch16_224", dict(depth=2)),
+                                          ("deit_tiny_distilled_patch16_224", dict(depth=2))])
+def test_timm_round_trip_is_bit_identical(tmp_path, name, kwargs):
+    model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    graph = ecmt.convert(model, torch.randn(4, 3, 224, 224), progress=False).graph
+    loaded, _ = round_trip(graph, tmp_path)
+    x = torch.randn(2, 3, 224, 224)
+    assert torch.equal(SpikingModel(graph)(x, 3), SpikingModel(loaded)(x, 3))
+
+
+def test_standard_nodes_carry_correct_nir_types(demo_graph, tmp_path):
+    enir.export(demo_graph, tmp_path / "g.nir")
+    g = nir.read(str(tmp_path / "g.nir"))
+    qkv = g.nodes["blocks.0.attn.qkv"]
+    assert isinstance(qkv, nir.Conv1d)                   # token-wise: kernel 1 over the 50 tokens
+    assert list(qkv.input_type["input"]) == [64, 50] and list(qkv.output_type["output"]) == [192, 50]
+    head = g.nodes["head"]
+    assert isinstance(head, nir.Affine) and list(head.input_type["input"]) == [64]
+    assert isinstance(g.nodes["patch_embed.proj"], nir.Conv2d)
+    mt = g.nodes["blocks.0.mlp.act.mt"]
+    op = json.loads(mt.metadata["ecmt.op"])
+    assert op["convention"] == "ecmt-nir" and op["version"] == 1 and op["kind"] == "mt_neuron"
+    assert "ecmt.tensor.th_pos" in mt.metadata
+
+
+def test_export_prints_counts_by_kind(demo_graph, tmp_path, capsys):
+    enir.export(demo_graph, tmp_path / "g.nir", verbose=True)
+    out = capsys.readouterr().out
+    assert "standard nodes" in out and "convention nodes" in out and "mt_neuron 32" in out
+
+
+def relu_cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 10)).eval()
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_ppn_form_computes_the_graded_form(tmp_path, per_channel):
+    model = relu_cnn()
+    graph = ecmt.convert(model, torch.randn(64, 1, 8, 8), progress=False, per_channel=per_channel).graph
+    ppn = expand_ppn(graph)
+    assert len(ppn.of_kind(ir.MTNeuronPPN)) == 1          # the neuron feeding the grouped conv
+    conv = ppn["3"]
+    assert ppn["3"].inputs == ("2.mt",) and conv.weight.shape[1] == 4 * ppn["2.mt"].channels_per_value
+    x = torch.randn(6, 1, 8, 8)
+    torch.testing.assert_close(SpikingModel(ppn)(x, 12), SpikingModel(graph)(x, 12), rtol=0, atol=1e-6)
+    loaded, summary = round_trip(graph, tmp_path, ppn=True)
+    assert summary.convention.get("mt_neuron_ppn") == 1
+    assert torch.equal(SpikingModel(loaded)(x, 4), SpikingModel(ppn)(x, 4))
+
+
+def test_ppn_on_the_demo_vit_in_lockstep(demo_graph):
+    from exporters.verify import lockstep
+    ppn = expand_ppn(demo_graph)
+    x = torch.randn(3, 1, 28, 28)
+    spikes = {}
+    lam = {n.name: ir.ppn.level_values(n, demo_graph.shapes[n.name][n.axis % 2]) for n in ppn.of_kind(ir.MTNeuronPPN)}
+
+    def record(node, inputs, out, t):
+        if isinstance(node, ir.MTNeuronPPN):            # one-hot channels back to graded values
+            c, L = lam[node.name].shape
+            out = (out.unflatten(node.axis + 1, (c, L)) * lam[node.name]).sum(-1)
+        if isinstance(node, ir.MTNeuron):
+            spikes[(node.name, t)] = out.numpy().copy()
+
+    estimates = SpikingModel(ppn)(x, 6, observer=record).numpy()
+    result = lockstep(demo_graph, x, 6, estimates, lambda n, t: spikes[(n, t)])
+    assert result.max_rel_diff < 1e-5
+
+
+def test_independent_consumer_runs_the_synaptic_subgraph(tmp_path):
+    """nirtorch (not ecmt) runs a graph inside NIR's standard semantics: the
+    synaptic layers of a converted CNN (conv, pooling, bias-free linear)."""
+    import nirtorch
+    model = relu_cnn()
+    converted = ecmt.convert(model, torch.randn(64, 1, 8, 8), progress=False).graph
+    synaptic = SpikingGraph([
+        ir.Input("input", (), shape=(1, 8, 8)),
+        ir.Conv2d("conv1", ("input",), weight=converted["0"].weight, bias=converted["0"].bias, padding=1),
+        ir.AvgPool2d("pool", ("conv1",), kernel_size=2, stride=2),
+        ir.Conv2d("conv2", ("pool",), weight=torch.randn(6, 8, 3, 3), bias=converted["3"].bias[:6], padding=1),
+        ir.Output("output", ("conv2",)),
+    ])
+    summary = enir.export(synaptic, tmp_path / "s.nir")
+    assert sum(summary.convention.values()) == 0 and summary.adapters == 0
+    module = nirtorch.nir_to_torch(str(tmp_path / "s.nir"), {})
+    x = torch.randn(4, 1, 8, 8)
+    theirs, _ = module(x)
+    ours = SpikingModel(synaptic)(x, 5)
+    for t in range(5):                                    # the same every step: no neurons
+        torch.testing.assert_close(theirs, ours[t], rtol=1e-5, atol=1e-6)
+    mlp = SpikingGraph([ir.Input("input", (), shape=(12,)),
+                        ir.Linear("fc1", ("input",), weight=torch.randn(9, 12)),
+                        ir.Linear("fc2", ("fc1",), weight=torch.randn(4, 9)), ir.Output("output", ("fc2",))])
+    enir.export(mlp, tmp_path / "m.nir")
+    theirs, _ = nirtorch.nir_to_torch(str(tmp_path / "m.nir"), {})(torch.ones(2, 12))
+    torch.testing.assert_close(theirs, SpikingModel(mlp)(torch.ones(2, 12), 1)[0], rtol=1e-5, atol=1e-6)
+
+
+def _rewrite(src, dst, edit):
+    import shutil
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        edit(f)
+
+
+def test_bad_files_fail_import_clearly(demo_graph, tmp_path):
+    good = tmp_path / "g.nir"
+    enir.export(demo_graph, good)
+
+    def set_desc(f, change):
+        meta = f["node"]["metadata"]
+        desc = json.loads(meta["ecmt.description"][()])
+        change(desc)
+        del meta["ecmt.description"]
+        meta["ecmt.description"] = json.dumps(desc)
+
+    cases = {
+        "version.nir": (lambda f: set_desc(f, lambda d: d["convention"].update(version=7)), "unsupported convention"),
+        "nodesc.nir": (lambda f: f["node"]["metadata"].__delitem__("ecmt.description"), "not an ecmt NIR file"),
+        "nometa.nir": (lambda f: f["node"]["nodes"]["blocks.0.mlp.act.mt"]["metadata"].__delitem__(
+            "ecmt.tensor.th_pos"), "missing metadata 'ecmt.tensor.th_pos'"),
+        "shape.nir": (lambda f: set_desc(f, lambda d: [n.update(shape=[7]) for n in d["nodes"]
+                                                       if n["name"] == "head"]), "field shape"),
+    }
+    for name, (edit, message) in cases.items():
+        _rewrite(good, tmp_path / name, edit)
+        with pytest.raises(enir.NirImportError, match=message):
+            enir.load(tmp_path / name)
+
+
+def test_failed_export_leaves_no_file(tmp_path):
+    # A constant-fed node whose layout NIR cannot produce: a 1-d input reshaped to 3 axes.
+    graph = SpikingGraph([ir.Input("input", (), shape=(12,)),
+                          ir.Linear("fc", ("input",), weight=torch.randn(12, 12)),
+                          ir.Reshape("r", ("fc",), shape=(2, 2, 3)),
+                          ir.Conv2d("conv", ("r",), weight=torch.randn(1, 2, 1, 1)),
+                          ir.Output("output", ("conv",))])
+    with pytest.raises(enir.NirExportError, match="node 'r': NIR cannot change the layout"):
+        enir.export(graph, tmp_path / "x.nir")
+    assert list(tmp_path.iterdir()) == []

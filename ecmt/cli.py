@@ -1,7 +1,9 @@
-"""Command line: ecmt {demo, convert, eval, inspect, train-demo}.
+"""Command line: ecmt {demo, convert, eval, energy, export, inspect, train-demo}.
 
 User mistakes (missing files, bad options, unsupported models) print one line
 and a hint and exit with status 2; anything else is a bug and shows its traceback.
+Under ``torchrun`` (docs/distributed.md) every rank runs the command on its
+share of the data and only rank 0 prints and writes files.
 """
 from __future__ import annotations
 
@@ -13,8 +15,15 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .atomic import write_text
 from .errors import EcmtError
+
+
+def say(*args) -> None:
+    """Print on rank 0 only."""
+    if distributed.is_main():
+        print(*args)
 
 
 def _model_kwargs(pairs: list[str]) -> dict:
@@ -42,6 +51,11 @@ def _add_data_args(p: argparse.ArgumentParser, calibration: bool = False):
                        help="calibration images, taken from the training split (default 512)")
 
 
+def _add_device_arg(p: argparse.ArgumentParser):
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda; under torchrun each rank "
+                                                   "uses cuda:<local rank>")
+
+
 def _add_convert_args(p: argparse.ArgumentParser):
     p.add_argument("--levels", type=int, default=8, help="MT levels per sign (default 8)")
     p.add_argument("--quantile", type=float, default=0.99, help="calibration quantile p (default 0.99)")
@@ -62,8 +76,10 @@ def _calibration(args):
 
 def _convert(args, model):
     from .convert import convert
-    return convert(model, _calibration(args), levels=args.levels, quantile=args.quantile,
-                   per_channel=args.per_channel, progress=not args.quiet)
+    device = distributed.device_for(args.device)
+    return convert(model.to(device), [b.to(device) for b in _calibration(args)], levels=args.levels,
+                   quantile=args.quantile, per_channel=args.per_channel, progress=not args.quiet,
+                   device=device)
 
 
 def cmd_convert(args):
@@ -71,9 +87,9 @@ def cmd_convert(args):
     from .zoo import load_model
     model = load_model(args.model, args.checkpoint, **_model_kwargs(args.model_arg))
     spiking = _convert(args, model)
-    spiking.graph.save(args.output)
-    print(f"wrote {args.output}: {len(spiking.graph)} nodes, "
-          f"{len(spiking.graph.of_kind(MTNeuron))} MT neurons")
+    if distributed.is_main():
+        spiking.graph.save(args.output)
+    say(f"wrote {args.output}: {len(spiking.graph)} nodes, {len(spiking.graph.of_kind(MTNeuron))} MT neurons")
 
 
 def accuracy_table(ann: float, snn: list[float]) -> str:
@@ -83,24 +99,18 @@ def accuracy_table(ann: float, snn: list[float]) -> str:
     return "\n".join(lines)
 
 
-def evaluate(spiking, split, T: int, batch_size: int, quiet: bool) -> dict:
-    from .evaluate import snn_accuracy
+def evaluate(spiking, split, T: int, batch_size: int, quiet: bool, device="cpu") -> dict:
+    """ANN accuracy (the graph's analog mode) and SNN accuracy at every t."""
+    from .evaluate import ann_accuracy, snn_accuracy
+    device = distributed.device_for(device)
     t0 = time.time()
-    ann = _analog_accuracy(spiking, split, batch_size, quiet)
+    ann = ann_accuracy(spiking, split, batch_size, progress=not quiet, device=device)
     t1 = time.time()
-    snn = snn_accuracy(spiking, split, T, batch_size=batch_size, progress=not quiet)
+    snn = snn_accuracy(spiking, split, T, batch_size=batch_size, progress=not quiet, device=device)
     t2 = time.time()
     return {"samples": len(split), "T": T, "ann_accuracy": ann, "snn_accuracy": snn,
-            "ann_seconds": round(t1 - t0, 2), "snn_seconds": round(t2 - t1, 2)}
-
-
-def _analog_accuracy(spiking, split, batch_size, quiet) -> float:
-    from tqdm.auto import tqdm
-    correct = 0
-    for x, y in tqdm(split.batches(batch_size), total=-(-len(split) // batch_size), desc="ANN eval",
-                     unit="batch", disable=quiet, leave=False):
-        correct += (spiking.analog(x).argmax(-1) == y).sum().item()
-    return correct / len(split)
+            "ann_seconds": round(t1 - t0, 2), "snn_seconds": round(t2 - t1, 2),
+            "processes": distributed.world()}
 
 
 def cmd_eval(args):
@@ -108,9 +118,9 @@ def cmd_eval(args):
     from .runtime import SpikingModel
     spiking = SpikingModel.load(args.graph)
     split = data.load(args.data, "test", args.data_root).take(args.limit)
-    result = evaluate(spiking, split, args.T, args.batch_size, args.quiet)
-    print(accuracy_table(result["ann_accuracy"], result["snn_accuracy"]))
-    if args.json:
+    result = evaluate(spiking, split, args.T, args.batch_size, args.quiet, args.device)
+    say(accuracy_table(result["ann_accuracy"], result["snn_accuracy"]))
+    if args.json and distributed.is_main():
         write_text(args.json, json.dumps(result, indent=2) + "\n")
 
 
@@ -131,10 +141,11 @@ def cmd_energy(args):
     split = data.load(args.data, "test", args.data_root).take(args.limit)
     report = hw_sim.simulate(graph, split.images, args.T, [h for h in args.hw.split(",") if h],
                              mode=[m for m in args.mode.split(",") if m], labels=split.labels,
-                             progress=not args.quiet)
-    paths = report.write(args.report)
-    print(_energy_summary(report))
-    print(f"wrote {', '.join(str(p) for p in paths)}")
+                             progress=not args.quiet, device=distributed.device_for(args.device))
+    if distributed.is_main():
+        paths = report.write(args.report)
+        print(_energy_summary(report))
+        print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
 def cmd_export(args):
@@ -150,6 +161,9 @@ def cmd_export(args):
     elif args.to == "nir":
         from exporters.nir import export
         print(export(graph, args.output, ppn=args.ppn))
+    elif args.to == "lava":
+        from exporters.lava import export
+        print(f"Lava HDF5 export in the {export(graph, args.output)} layout (docs/lava.md)")
     print(f"wrote {args.output}")
 
 
@@ -172,6 +186,8 @@ def cmd_demo(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not DEMO_CHECKPOINT.exists():
+        if distributed.active():
+            raise EcmtError("the demo checkpoint is missing", hint="train it first: ecmt train-demo")
         print("demo: no committed checkpoint; training the demo ViT (a few minutes)")
         train_demo(DEMO_CHECKPOINT, progress=not args.quiet, data_root=args.data_root)
     model = load_model("demo")
@@ -179,23 +195,27 @@ def cmd_demo(args):
     t0 = time.time()
     spiking = _convert(args, model)
     graph_path = out / "demo_vit.ecmt"
-    spiking.graph.save(graph_path)
-    print(f"demo: converted the demo ViT in {time.time() - t0:.1f} s -> {graph_path}")
+    if distributed.is_main():
+        spiking.graph.save(graph_path)
+    say(f"demo: converted the demo ViT in {time.time() - t0:.1f} s -> {graph_path}")
     split = data.fashion_mnist("test", args.data_root).take(args.limit)
-    result = evaluate(spiking, split, args.T, 256, args.quiet)
+    result = evaluate(spiking, split, args.T, 256, args.quiet, args.device)
     table = accuracy_table(result["ann_accuracy"], result["snn_accuracy"])
-    print(f"demo: Fashion-MNIST test, {len(split)} images\n{table}")
-    write_text(out / "accuracy.json", json.dumps(result, indent=2) + "\n")
-    print(f"demo: wrote {out / 'accuracy.json'}")
+    say(f"demo: Fashion-MNIST test, {len(split)} images\n{table}")
+    if distributed.is_main():
+        write_text(out / "accuracy.json", json.dumps(result, indent=2) + "\n")
+    say(f"demo: wrote {out / 'accuracy.json'}")
 
     import hw_sim
     energy_split = split.take(args.energy_samples)
     report = hw_sim.simulate(spiking.graph, energy_split.images, args.T, ["cmos45-fp32", "loihi"],
-                             mode=["full", "paper"], labels=energy_split.labels, progress=not args.quiet)
-    paths = report.write(out / "energy")
-    print(f"demo: energy on {len(energy_split)} test images, T={args.T} (per inference)\n"
-          f"{_energy_summary(report)}")
-    print(f"demo: wrote {', '.join(str(p) for p in paths)}")
+                             mode=["full", "paper"], labels=energy_split.labels, progress=not args.quiet,
+                             device=distributed.device_for(args.device))
+    if distributed.is_main():
+        paths = report.write(out / "energy")
+        print(f"demo: energy on {len(energy_split)} test images, T={args.T} (per inference)\n"
+              f"{_energy_summary(report)}")
+        print(f"demo: wrote {', '.join(str(p) for p in paths)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy-samples", type=int, default=256,
                    help="test images replayed for the energy report (default 256)")
     _add_convert_args(p)
+    _add_device_arg(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("convert", help="convert a trained model to a spiking graph file")
@@ -223,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, calibration=True)
     _add_convert_args(p)
     p.add_argument("-o", "--output", required=True, help="graph file to write (.ecmt)")
+    _add_device_arg(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("eval", help="ANN accuracy and SNN accuracy at every t <= T")
@@ -232,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N test images only")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", help="also write the results to this JSON file")
+    _add_device_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("energy", help="count events on real inputs; energy and latency reports")
@@ -244,11 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="full,paper", help="counting modes: full, paper or both (default both)")
     p.add_argument("--limit", type=int, default=256, help="test images to replay (default 256)")
     p.add_argument("--report", required=True, help="folder for report.json, report.md and report.html")
+    _add_device_arg(p)
     p.set_defaults(func=cmd_energy)
 
-    p = sub.add_parser("export", help="export a graph to ONNX or NIR")
+    p = sub.add_parser("export", help="export a graph to ONNX, NIR or Lava")
     p.add_argument("graph", help="graph file (.ecmt)")
-    p.add_argument("--to", required=True, choices=["onnx", "nir"], help="target format")
+    p.add_argument("--to", required=True, choices=["onnx", "nir", "lava"], help="target format")
     p.add_argument("-o", "--output", required=True, help="file to write")
     p.add_argument("--unroll", type=int, help="ONNX: T steps in one graph (input once, [T, B, ...] out)")
     p.add_argument("--ppn", action="store_true",
@@ -277,16 +301,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train-demo" and args.output is None:
         from .zoo import DEMO_CHECKPOINT
         args.output = str(DEMO_CHECKPOINT)
+    where = ""
     try:
+        distributed.init(getattr(args, "device", "cpu"))
+        if distributed.active():
+            where = f" (rank {distributed.rank()} of {distributed.world()})"
+            distributed.check_fault_injection()
         args.func(args)
     except EcmtError as err:
-        print(f"ecmt: error: {err}", file=sys.stderr)
+        print(f"ecmt: error{where}: {err}", file=sys.stderr)
         if err.hint:
             print(f"hint: {err.hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ecmt: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        if not distributed.active():
+            raise
+        # Under torchrun: name the failing rank; its non-zero exit makes torchrun stop the others.
+        import traceback
+        print(f"ecmt: rank {distributed.rank()} failed:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        distributed.shutdown()
     return 0
 
 

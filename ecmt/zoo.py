@@ -67,6 +67,9 @@ def load_model(spec: str, checkpoint: str | None = None, **kwargs) -> torch.nn.M
                             hint="train it with `ecmt train-demo`")
     elif spec.startswith("timm:"):
         import timm
+        # Without a checkpoint the weights are random: seeded, so that every run (and
+        # every torch.distributed rank) builds the same model.
+        torch.manual_seed(0)
         try:
             model = timm.create_model(spec[5:], pretrained=False, **kwargs)
         except Exception as err:  # noqa: BLE001

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ecmt import ir
+from ecmt import distributed, ir
 from ecmt.runtime import GraphExecutor
 
 from . import report as report_mod
@@ -36,12 +36,18 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
     executor = GraphExecutor(graph, device)
     correct = torch.zeros(T, dtype=torch.long)
     n = len(inputs)
-    for start in tqdm(range(0, n, batch_size), desc=f"hw_sim (T={T})", unit="batch", disable=not progress,
-                      leave=False):
-        est = executor.run(inputs[start:start + batch_size], T, observer=counter)
+    # Under torchrun each rank replays its share of the batches; counts are summed across ranks.
+    starts = distributed.shard(range(0, n, batch_size))
+    for start in tqdm(starts, desc=f"hw_sim (T={T})", unit="batch",
+                      disable=not progress or not distributed.is_main(), leave=False):
+        x = inputs[start:start + batch_size]
+        est = executor.run(x.to(executor.device), T, observer=counter)
         if labels is not None:
             y = labels[start:start + batch_size].to(est.device)
             correct += (est.argmax(-1) == y.unsqueeze(0)).sum(dim=1).cpu()
+    counter.counts = distributed.all_reduce_tree(counter.counts)
+    counter.levels = distributed.all_reduce_tree(counter.levels)
+    correct = distributed.all_reduce_sum(correct)
     counts = counter.totals()
     return report_mod.Report(build(graph, counts, profiles, modes, T, n,
                                    (correct.double() / n).tolist() if labels is not None else None))

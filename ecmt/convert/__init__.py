@@ -33,7 +33,7 @@ def calibration_batches(calib, batch_size: int = 128) -> list[torch.Tensor]:
 
 def convert(model: torch.nn.Module, calib, *, levels: int = 8, quantile: float = 0.99,
             per_channel: bool = False, fixed_thresholds: dict[str, tuple[float, float]] | None = None,
-            device=None, progress: bool = True) -> SpikingModel:
+            spiking: bool = True, device=None, progress: bool = True) -> SpikingModel:
     """Convert a trained ANN into a spiking model (ECMT).
 
     model: a torch module in eval mode (timm ViT / DeiT / EVA with GELU MLP, or a
@@ -43,6 +43,8 @@ def convert(model: torch.nn.Module, calib, *, levels: int = 8, quantile: float =
         calibration quantile p.  per_channel: one threshold per channel instead
         of per tensor.  fixed_thresholds: {role: (th_pos, th_neg)} overrides
         for neurons by role ("softmax", "gelu", "layernorm", "linear", "product", "relu").
+    spiking: False stops before neurons and calibration: the analog graph, in
+        which every nonlinearity is an ECM (what sigma-delta hardware runs).
     """
     batches = calibration_batches(calib)
     model = model.eval()
@@ -50,6 +52,9 @@ def convert(model: torch.nn.Module, calib, *, levels: int = 8, quantile: float =
     graph = ir.SpikingGraph(nodes)           # validates the lowering
     _check_analog(model, graph, info)
     nodes = simplify(list(graph), graph.shapes)
+    if not spiking:
+        graph = ir.SpikingGraph(nodes, meta={"source": type(model).__name__, "spiking": False})
+        return SpikingModel(graph)
     graph = ir.SpikingGraph(place_neurons(nodes, levels=levels))
     summary = calibrate(graph, batches, quantile=quantile, per_channel=per_channel,
                         fixed=fixed_thresholds, device=device, progress=progress)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from .. import ir
+from .. import distributed, ir
 from ..runtime import GraphExecutor
 
 
@@ -60,7 +60,8 @@ class _Stats:
 
     def __init__(self, th_shape: tuple[int, ...] | None):
         self.th_shape = th_shape            # None: per tensor
-        self.hi_sum = self.hi_n = self.lo_sum = self.lo_n = 0
+        rows = 1 if th_shape is None else math.prod(th_shape)
+        self.hi_sum, self.hi_n, self.lo_sum, self.lo_n = (torch.zeros(rows, dtype=torch.float64) for _ in range(4))
 
     def add(self, act: torch.Tensor, q: float) -> None:
         if self.th_shape is None:
@@ -72,14 +73,19 @@ class _Stats:
         rows = rows.float()
         hi, lo = quantile_rows(rows, q), quantile_rows(rows, 1.0 - q)
         ok_hi, ok_lo = hi > 0, lo < 0
-        self.hi_sum = self.hi_sum + torch.where(ok_hi, hi, 0.0)
-        self.hi_n = self.hi_n + ok_hi.float()
-        self.lo_sum = self.lo_sum + torch.where(ok_lo, -lo, 0.0)
-        self.lo_n = self.lo_n + ok_lo.float()
+        self.hi_sum += torch.where(ok_hi, hi, 0.0).double().cpu()
+        self.hi_n += ok_hi.double().cpu()
+        self.lo_sum += torch.where(ok_lo, -lo, 0.0).double().cpu()
+        self.lo_n += ok_lo.double().cpu()
+
+    def reduce(self) -> None:
+        """Sum the statistics over torch.distributed ranks (no-op in one process)."""
+        self.hi_sum, self.hi_n, self.lo_sum, self.lo_n = (
+            distributed.all_reduce_sum(t) for t in (self.hi_sum, self.hi_n, self.lo_sum, self.lo_n))
 
     def thresholds(self) -> tuple[torch.Tensor, torch.Tensor, int]:
-        hi = torch.where(self.hi_n > 0, self.hi_sum / self.hi_n.clamp(min=1), torch.nan)
-        lo = torch.where(self.lo_n > 0, self.lo_sum / self.lo_n.clamp(min=1), torch.nan)
+        hi = torch.where(self.hi_n > 0, self.hi_sum / self.hi_n.clamp(min=1), torch.nan).float()
+        lo = torch.where(self.lo_n > 0, self.lo_sum / self.lo_n.clamp(min=1), torch.nan).float()
         fallbacks = int(torch.isnan(hi).sum() + torch.isnan(lo).sum())
         hi, lo = torch.where(torch.isnan(hi), lo, hi), torch.where(torch.isnan(lo), hi, lo)
         hi, lo = torch.nan_to_num(hi, nan=1.0), torch.nan_to_num(lo, nan=1.0)   # never active
@@ -107,10 +113,16 @@ def calibrate(graph: ir.SpikingGraph, batches: Iterable[torch.Tensor], *, quanti
             stats[node.name].add(output, quantile)
 
     n_batches = n_samples = 0
-    for x in tqdm(batches, desc="calibrate", unit="batch", disable=not progress, leave=False):
+    # Under torchrun each rank takes every world-th batch; the sums are added up below.
+    mine = distributed.shard(list(batches))
+    for x in tqdm(mine, desc="calibrate", unit="batch", disable=not progress or not distributed.is_main(),
+                  leave=False):
         executor.run_analog(x, observe)
         n_batches += 1
         n_samples += x.shape[0]
+    for st in stats.values():
+        st.reduce()
+    n_batches, n_samples = (int(distributed.all_reduce_sum(torch.tensor(v)).item()) for v in (n_batches, n_samples))
     if n_batches == 0:
         raise ValueError("calibration data is empty")
     fallbacks = 0

@@ -128,10 +128,10 @@ class Lowering:
                 first = t.narrow(bp, 0, 1)
                 if not torch.equal(t, first.expand_as(t)):
                     raise Unsupported("a constant differs across the batch")
-                return first.squeeze(bp).clone().contiguous()
+                return first.squeeze(bp).cpu().clone().contiguous()
         else:
             t = torch.as_tensor(value, dtype=torch.float32)
-        t = t.detach()
+        t = t.detach().cpu()
         full = like.v1.dim()
         if t.dim() > full:
             raise Unsupported(f"a constant of shape {list(t.shape)} has more axes than its operand")

@@ -35,8 +35,9 @@ def same(x: Val, r1, r2) -> Val:
 
 
 def const_tensor(v) -> torch.Tensor:
+    """A constant for the graph: float32, on the CPU (graphs are device-free)."""
     v = v.v1 if isinstance(v, Val) else v
-    return torch.as_tensor(v, dtype=torch.float32).detach().clone()
+    return torch.as_tensor(v, dtype=torch.float32).detach().cpu().clone()
 
 
 def _require_dynamic(*vals):

@@ -60,6 +60,9 @@ def _add_convert_args(p: argparse.ArgumentParser):
     p.add_argument("--levels", type=int, default=8, help="MT levels per sign (default 8)")
     p.add_argument("--quantile", type=float, default=0.99, help="calibration quantile p (default 0.99)")
     p.add_argument("--per-channel", action="store_true", help="one threshold per channel")
+    p.add_argument("--target-T", type=int, dest="target_T",
+                   help="search each neuron's threshold and levels for the best estimate at this T "
+                        "(calibration data only; docs/conversion.md)")
 
 
 def _calibration(args):
@@ -78,8 +81,8 @@ def _convert(args, model):
     from .convert import convert
     device = distributed.device_for(args.device)
     return convert(model.to(device), [b.to(device) for b in _calibration(args)], levels=args.levels,
-                   quantile=args.quantile, per_channel=args.per_channel, progress=not args.quiet,
-                   device=device)
+                   quantile=args.quantile, per_channel=args.per_channel, target_T=args.target_T,
+                   progress=not args.quiet, device=device)
 
 
 def cmd_convert(args):

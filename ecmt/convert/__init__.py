@@ -33,7 +33,8 @@ def calibration_batches(calib, batch_size: int = 128) -> list[torch.Tensor]:
 
 def convert(model: torch.nn.Module, calib, *, levels: int = 8, quantile: float = 0.99,
             per_channel: bool = False, fixed_thresholds: dict[str, tuple[float, float]] | None = None,
-            spiking: bool = True, device=None, progress: bool = True) -> SpikingModel:
+            spiking: bool = True, target_T: int | None = None, device=None,
+            progress: bool = True) -> SpikingModel:
     """Convert a trained ANN into a spiking model (ECMT).
 
     model: a torch module in eval mode (timm ViT / DeiT / EVA with GELU MLP, or a
@@ -45,6 +46,9 @@ def convert(model: torch.nn.Module, calib, *, levels: int = 8, quantile: float =
         for neurons by role ("softmax", "gelu", "layernorm", "linear", "product", "relu").
     spiking: False stops before neurons and calibration: the analog graph, in
         which every nonlinearity is an ECM (what sigma-delta hardware runs).
+    target_T: after the quantile calibration, search every neuron's threshold
+        and levels for the best estimate at this T (convert/search.py), on the
+        calibration data only.
     """
     batches = calibration_batches(calib)
     model = model.eval()
@@ -62,6 +66,9 @@ def convert(model: torch.nn.Module, calib, *, levels: int = 8, quantile: float =
         "source": type(model).__name__,
         "calibration": {"method": "quantile", "levels": levels, **summary},
     })
+    if target_T is not None:
+        from .search import search
+        graph.meta["calibration"].update(search(graph, batches, target_T, device=device, progress=progress))
     return SpikingModel(graph)
 
 

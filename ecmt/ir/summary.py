@@ -42,8 +42,10 @@ def summarize(graph: SpikingGraph) -> str:
     if neurons:
         lines.append("")
         lines.append(f"MT neurons ({len(neurons)}):")
-        lines.append(f"  {'name':<34}{'shape':<16}{'levels':>6}  {'th_pos':<22}{'th_neg':<22}role")
+        lines.append(f"  {'name':<34}{'shape':<16}{'levels':>6}  {'th_pos':<22}{'th_neg':<22}{'role':<11}search")
         for n in neurons:
             lines.append(f"  {n.name:<34}{str(list(graph.shapes[n.name])):<16}{n.levels:>6}  "
-                         f"{_fmt_th(n.th_pos):<22}{_fmt_th(n.th_neg):<22}{n.meta.get('role', '')}")
+                         f"{_fmt_th(n.th_pos):<22}{_fmt_th(n.th_neg):<22}{n.meta.get('role', ''):<11}"
+                         + (f"x{n.meta['search']['multiplier']:g}, T={n.meta['search']['target_T']}"
+                            if "search" in n.meta else "-"))
     return "\n".join(lines)

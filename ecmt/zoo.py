@@ -1,17 +1,24 @@
-"""The demo model: a small timm VisionTransformer for 28x28 grey images, its
-seeded training recipe, and checkpoint loading for it and for users' models.
+"""The demo models, their seeded training recipes, and checkpoint loading for
+them and for users' models.
+
+* ``demo``: a small timm VisionTransformer for 28x28 grey images;
+* ``demo-cnn``: a small ResNet-style CNN (batch norm, a residual block, max
+  and average pooling) for the same images.
 
 Checkpoints are read without unpickling code: safetensors, or torch files
 with ``weights_only=True``.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
@@ -23,11 +30,51 @@ DEMO_CHECKPOINT = ASSETS / "demo_vit.safetensors"
 DEMO_CONFIG = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=64, depth=4,
                    num_heads=4, mlp_ratio=2.0)
 DEMO_RECIPE = dict(epochs=12, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1, seed=0)
+CNN_RECIPE = dict(epochs=4, batch_size=128, lr=2e-3, weight_decay=5e-4, warmup_epochs=1, seed=0)
 
 
 def build_demo_vit(**overrides) -> torch.nn.Module:
     from timm.models.vision_transformer import VisionTransformer
     return VisionTransformer(**{**DEMO_CONFIG, **overrides})
+
+
+def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out)]
+
+
+class ResidualBlock(nn.Module):
+    """relu(x + bn(conv(relu(bn(conv(x))))))"""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(*_conv_bn(channels, channels), nn.ReLU(), *_conv_bn(channels, channels))
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(x + self.body(x))
+
+
+def build_demo_cnn() -> torch.nn.Module:
+    """28x28x1 -> 16 ch -> residual -> maxpool -> 32 ch -> residual -> avgpool
+    -> 64 ch -> global average -> 10 classes (about 70 k parameters)."""
+    return nn.Sequential(
+        *_conv_bn(1, 16), nn.ReLU(), ResidualBlock(16), nn.MaxPool2d(2),
+        *_conv_bn(16, 32), nn.ReLU(), ResidualBlock(32), nn.AvgPool2d(2),
+        *_conv_bn(32, 64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+
+
+@dataclasses.dataclass(frozen=True)
+class Demo:
+    build: Callable[[], torch.nn.Module]
+    checkpoint: Path
+    recipe: dict
+    config: dict
+
+
+DEMOS = {
+    "demo": Demo(build_demo_vit, DEMO_CHECKPOINT, DEMO_RECIPE, DEMO_CONFIG),
+    "demo-cnn": Demo(build_demo_cnn, ASSETS / "demo_cnn.safetensors", CNN_RECIPE, {"model": "build_demo_cnn"}),
+}
 
 
 def load_state_dict(path) -> dict[str, torch.Tensor]:
@@ -57,14 +104,14 @@ def load_state_dict(path) -> dict[str, torch.Tensor]:
 
 
 def load_model(spec: str, checkpoint: str | None = None, **kwargs) -> torch.nn.Module:
-    """'demo' (the committed demo ViT), or 'timm:<name>' with an optional
-    checkpoint; kwargs go to timm.create_model."""
-    if spec == "demo":
-        model = build_demo_vit()
-        path = Path(checkpoint) if checkpoint else DEMO_CHECKPOINT
+    """'demo' (the committed demo ViT), 'demo-cnn' (the committed demo CNN), or
+    'timm:<name>' with an optional checkpoint; kwargs go to timm.create_model."""
+    if spec in DEMOS:
+        model = DEMOS[spec].build()
+        path = Path(checkpoint) if checkpoint else DEMOS[spec].checkpoint
         if not path.exists():
-            raise EcmtError(f"demo checkpoint {path} is missing",
-                            hint="train it with `ecmt train-demo`")
+            raise EcmtError(f"{spec} checkpoint {path} is missing",
+                            hint=f"train it with `ecmt train-demo --model {spec}`")
     elif spec.startswith("timm:"):
         import timm
         # Without a checkpoint the weights are random: seeded, so that every run (and
@@ -76,7 +123,7 @@ def load_model(spec: str, checkpoint: str | None = None, **kwargs) -> torch.nn.M
             raise EcmtError(f"cannot build timm model {spec[5:]!r}: {err}") from None
         path = Path(checkpoint) if checkpoint else None
     else:
-        raise EcmtError(f"unknown model {spec!r}", hint="use 'demo' or 'timm:<model name>'")
+        raise EcmtError(f"unknown model {spec!r}", hint="use 'demo', 'demo-cnn' or 'timm:<model name>'")
     if path is not None:
         state = load_state_dict(path)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -95,19 +142,23 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
 
 
-def train_demo(out: str | Path = DEMO_CHECKPOINT, *, epochs: int | None = None, limit: int | None = None,
-               seed: int | None = None, progress: bool = True, data_root: str | None = None) -> dict:
-    """Train the demo ViT on Fashion-MNIST with the seeded recipe; write a
-    safetensors checkpoint (and a .json with its test accuracy next to it)."""
+def train_demo(out: str | Path | None = None, *, model: str = "demo", epochs: int | None = None,
+               limit: int | None = None, seed: int | None = None, progress: bool = True,
+               data_root: str | None = None) -> dict:
+    """Train a demo model ('demo' or 'demo-cnn') on Fashion-MNIST with its seeded
+    recipe; write a safetensors checkpoint (default: the packaged one) and a
+    .json with its test accuracy next to it."""
     from . import data
     from .evaluate import ann_accuracy
 
-    recipe = {**DEMO_RECIPE, **({"epochs": epochs} if epochs else {}), **({"seed": seed} if seed is not None else {})}
+    demo = DEMOS[model]
+    out = demo.checkpoint if out is None else out
+    recipe = {**demo.recipe, **({"epochs": epochs} if epochs else {}), **({"seed": seed} if seed is not None else {})}
     torch.manual_seed(recipe["seed"])
     gen = torch.Generator().manual_seed(recipe["seed"])
     train = data.fashion_mnist("train", data_root).take(limit)
     test = data.fashion_mnist("test", data_root)
-    model = build_demo_vit()
+    name, model = model, demo.build()
     opt = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     steps_per_epoch = math.ceil(len(train) / recipe["batch_size"])
     total = recipe["epochs"] * steps_per_epoch
@@ -115,7 +166,7 @@ def train_demo(out: str | Path = DEMO_CHECKPOINT, *, epochs: int | None = None, 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (
         1 + math.cos(math.pi * min(1.0, s / total))))
     start = time.time()
-    bar = tqdm(total=total, desc="train demo ViT", unit="step", disable=not progress)
+    bar = tqdm(total=total, desc=f"train {name}", unit="step", disable=not progress)
     for epoch in range(recipe["epochs"]):
         model.train()
         order = torch.randperm(len(train), generator=gen)
@@ -132,7 +183,7 @@ def train_demo(out: str | Path = DEMO_CHECKPOINT, *, epochs: int | None = None, 
     bar.close()
     model.eval()
     acc = ann_accuracy(model, test, progress=progress)
-    info = {"config": DEMO_CONFIG, "recipe": recipe, "train_images": len(train),
+    info = {"model": name, "config": demo.config, "recipe": recipe, "train_images": len(train),
             "test_accuracy": acc, "train_seconds": round(time.time() - start, 1),
             "torch": torch.__version__, "threads": torch.get_num_threads()}
     out = Path(out)
@@ -142,4 +193,4 @@ def train_demo(out: str | Path = DEMO_CHECKPOINT, *, epochs: int | None = None, 
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
                   metadata={"ecmt_demo": json.dumps(info)})
     write_text(out.with_suffix(".json"), json.dumps(info, indent=2) + "\n")
-    return info
+    return {**info, "checkpoint": str(out)}

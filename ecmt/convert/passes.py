@@ -1,7 +1,8 @@
 """Graph passes between lowering and calibration.
 
 ``simplify`` folds what the IR can say more directly (a transpose or a scalar
-scale next to a product ECM, no-op shape ops).  ``place_neurons`` inserts the
+scale next to a product ECM, a per-channel scale or shift after a synaptic
+layer, which is how batch norm and LayerScale arrive, no-op shape ops).  ``place_neurons`` inserts the
 MT neurons (ECMT_SPEC.md section 4) by one rule, the same for ViTs and ReLU
 networks:
 
@@ -43,7 +44,59 @@ def _prune(nodes: list[ir.Node]) -> list[ir.Node]:
     return [n for n in nodes if n.name in live]
 
 
+def _per_channel(t: torch.Tensor, out_shape: tuple[int, ...], channel_axis: int) -> torch.Tensor | None:
+    """t as a vector over the layer's output channels, if t broadcasts to the
+    layer output [.., C, ..] varying along the channel axis only; else None."""
+    channels = out_shape[channel_axis]
+    if t.numel() == 1:
+        return t.reshape(1).expand(channels)
+    if t.dim() > len(out_shape):
+        return None
+    shape = (1,) * (len(out_shape) - t.dim()) + tuple(t.shape)
+    if shape[channel_axis] == channels and t.numel() == channels:
+        return t.reshape(channels)
+    return None
+
+
+def _fold_into_synapses(nodes: list[ir.Node], shapes: dict[str, tuple[int, ...]]) -> None:
+    """A scale by a per-channel factor, or an add of a per-channel constant, whose
+    input is a linear/conv layer used by nothing else becomes part of that layer's
+    weight and bias (batch norm, LayerScale): one synaptic layer instead of three
+    nodes, so the simulator and exporters see the network the hardware runs."""
+    by_name = {n.name: n for n in nodes}
+    consumers = _consumers(nodes)
+    folded: set[str] = set()
+    for n in nodes:
+        if isinstance(n, ir.Scale):
+            layer, other = by_name[n.inputs[0]], None
+        elif isinstance(n, ir.Add) and len(n.inputs) == 2:
+            a, b = (by_name[i] for i in n.inputs)
+            layer, other = (a, b) if isinstance(b, ir.Constant) else (b, a)
+            if not isinstance(other, ir.Constant):
+                continue
+        else:
+            continue
+        if not isinstance(layer, (ir.Linear, ir.Conv2d)) or len(consumers[layer.name]) != 1:
+            continue
+        axis = 0 if isinstance(layer, ir.Conv2d) else len(shapes[layer.name]) - 1
+        vec = _per_channel(n.factor if other is None else other.value, shapes[layer.name], axis)
+        if vec is None:
+            continue
+        vec = vec.to(layer.weight.dtype)
+        bias = layer.bias if layer.bias is not None else torch.zeros_like(vec)
+        if other is None:
+            layer.weight = (layer.weight * vec.reshape(-1, *[1] * (layer.weight.dim() - 1))).contiguous()
+            layer.bias = None if layer.bias is None else (bias * vec).contiguous()
+        else:
+            layer.bias = (bias + vec).contiguous()
+        # the layer now computes what n computed: its consumers read the layer
+        _rewire(nodes, n.name, layer.name)
+        folded.add(n.name)
+        consumers = _consumers([m for m in nodes if m.name not in folded])
+
+
 def simplify(nodes: list[ir.Node], shapes: dict[str, tuple[int, ...]]) -> list[ir.Node]:
+    _fold_into_synapses(nodes, shapes)
     by_name = {n.name: n for n in nodes}
     consumers = _consumers(nodes)
     for n in nodes:

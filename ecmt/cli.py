@@ -151,6 +151,19 @@ def cmd_energy(args):
         print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
+def _export(graph, to: str, output, unroll=None, ppn=False) -> str:
+    """Write one export; return what to print about it."""
+    if to == "onnx":
+        from exporters.onnx import export
+        export(graph, output, unroll=unroll)
+        return f"wrote {output}"
+    if to == "nir":
+        from exporters.nir import export
+        return f"{export(graph, output, ppn=ppn)}\nwrote {output}"
+    from exporters.lava import export
+    return f"Lava HDF5 export in the {export(graph, output)} layout (docs/lava.md)\nwrote {output}"
+
+
 def cmd_export(args):
     from .ir import SpikingGraph
     graph = SpikingGraph.load(args.graph)
@@ -158,16 +171,7 @@ def cmd_export(args):
         raise EcmtError("--unroll applies to --to onnx only")
     if args.ppn and args.to != "nir":
         raise EcmtError("--ppn applies to --to nir only")
-    if args.to == "onnx":
-        from exporters.onnx import export
-        export(graph, args.output, unroll=args.unroll)
-    elif args.to == "nir":
-        from exporters.nir import export
-        print(export(graph, args.output, ppn=args.ppn))
-    elif args.to == "lava":
-        from exporters.lava import export
-        print(f"Lava HDF5 export in the {export(graph, args.output)} layout (docs/lava.md)")
-    print(f"wrote {args.output}")
+    print(_export(graph, args.to, args.output, args.unroll, args.ppn))
 
 
 def cmd_inspect(args):
@@ -177,9 +181,9 @@ def cmd_inspect(args):
 
 def cmd_train_demo(args):
     from .zoo import train_demo
-    info = train_demo(args.output, epochs=args.epochs, limit=args.limit, seed=args.seed,
+    info = train_demo(args.output, model=args.model, epochs=args.epochs, limit=args.limit, seed=args.seed,
                       progress=not args.quiet, data_root=args.data_root)
-    print(f"wrote {args.output}: test accuracy {100 * info['test_accuracy']:.2f}% "
+    print(f"wrote {info['checkpoint']}: test accuracy {100 * info['test_accuracy']:.2f}% "
           f"in {info['train_seconds']:.0f} s")
 
 
@@ -208,6 +212,11 @@ def cmd_demo(args):
     if distributed.is_main():
         write_text(out / "accuracy.json", json.dumps(result, indent=2) + "\n")
     say(f"demo: wrote {out / 'accuracy.json'}")
+    if distributed.is_main():
+        for to, suffix in (("onnx", "onnx"), ("nir", "nir"), ("lava", "h5")):
+            t0 = time.time()
+            said = _export(spiking.graph, to, out / f"demo_vit.{suffix}").splitlines()[-1]
+            print(f"demo: {to} export, {said} ({time.time() - t0:.1f} s)")
 
     import hw_sim
     energy_split = split.take(args.energy_samples)
@@ -227,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="train-or-load the demo ViT, convert, evaluate per step")
+    p = sub.add_parser("demo", help="train-or-load the demo ViT, convert, evaluate per step, export, "
+                                    "energy report")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("-T", type=int, default=16, help="time steps (default 16)")
     p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images")
@@ -240,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("convert", help="convert a trained model to a spiking graph file")
-    p.add_argument("--model", default="demo", help="'demo' or 'timm:<name>' (default demo)")
+    p.add_argument("--model", default="demo", help="'demo' (ViT), 'demo-cnn' or 'timm:<name>' (default demo)")
     p.add_argument("--checkpoint", help="state dict (.safetensors, or a torch file read weights-only)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="keyword for timm.create_model, e.g. img_size=32 (repeatable)")
@@ -286,7 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("graph", help="graph file (.ecmt)")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("train-demo", help="train the demo ViT with its seeded recipe")
+    p = sub.add_parser("train-demo", help="train a demo model (ViT or CNN) with its seeded recipe")
+    p.add_argument("--model", choices=("demo", "demo-cnn"), default="demo",
+                   help="demo: the ViT (default); demo-cnn: the ResNet-style CNN")
     p.add_argument("-o", "--output", default=None, help="checkpoint to write (default: the packaged one)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--limit", type=int, help="train on the first N images only")
@@ -301,9 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "T", 1) is not None and getattr(args, "T", 1) < 1:
         parser.error("-T must be >= 1")
-    if args.command == "train-demo" and args.output is None:
-        from .zoo import DEMO_CHECKPOINT
-        args.output = str(DEMO_CHECKPOINT)
     where = ""
     try:
         distributed.init(getattr(args, "device", "cpu"))

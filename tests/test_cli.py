@@ -39,6 +39,21 @@ def test_convert_inspect_eval_round_trip(tmp_path):
     assert len(result["snn_accuracy"]) == 4 and result["samples"] == 64
 
 
+def test_demo_runs_end_to_end(tmp_path):
+    try:
+        data.fashion_mnist("test")
+    except Exception as err:  # noqa: BLE001
+        pytest.skip(str(err))
+    r = ecmt_cli("demo", "--out", str(tmp_path), "-T", "2", "--limit", "64", "--energy-samples", "8",
+                 "--calib-samples", "64")
+    assert r.returncode == 0, r.stderr
+    for name in ("demo_vit.ecmt", "accuracy.json", "demo_vit.onnx", "demo_vit.nir", "demo_vit.h5",
+                 "energy/report.json", "energy/report.md", "energy/report.html"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert len(json.loads((tmp_path / "accuracy.json").read_text())["snn_accuracy"]) == 2
+    assert "onnx export" in r.stdout and "lava export" in r.stdout
+
+
 @pytest.mark.parametrize("args, env, expected", [
     (["inspect", "/nonexistent.ecmt"], None, "no such graph file"),
     (["eval", "/nonexistent.ecmt"], None, "no such graph file"),

@@ -29,5 +29,9 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q -c constraints.txt -e '.[dev]' \
   .cache/lava-wheels/lava_nc-0.10.0-py3-none-any.whl \
   .cache/lava-wheels/lava_dl-0.6.0-py3-none-any.whl 2>&1 | grep -v "is ignored: it is neither" || true
+# Same version numbers, possibly a new rewrite: make sure the installed Lava is this one.
+"${PIP[@]}" install -q --no-deps --force-reinstall \
+  .cache/lava-wheels/lava_nc-0.10.0-py3-none-any.whl \
+  .cache/lava-wheels/lava_dl-0.6.0-py3-none-any.whl 2>&1 | grep -v "is ignored: it is neither" || true
 "${PIP[@]}" check
 touch "$VENV/.bootstrapped"

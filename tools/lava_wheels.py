@@ -6,14 +6,19 @@ The wheels on PyPI cannot be used as published on 3.11:
 * lava-nc's ``lava/magma/compiler/var_model.py`` uses a dataclass instance as a
   field default, which Python 3.11 rejects at import time;
 * both wheels ship a top-level ``tests`` package that, once installed, shadows
-  any project's own ``tests`` package.
+  any project's own ``tests`` package;
+* importing lava-nc calls ``multiprocessing.set_start_method('fork')``, which
+  raises in any process that has already chosen a start method (torch.compile
+  does), so Lava could only be imported first.
 
 This script is the one place those problems are solved.  It downloads the
 pinned wheels (checked against their sha256), rewrites them and writes the
 result into an output folder, from which ``pip`` installs them like any other
 wheel.  The rewrite is small and listed in ``PATCHES``/``relax_metadata``:
 
-1. the dataclass defaults become ``field(default_factory=...)``;
+1. the dataclass defaults become ``field(default_factory=...)``, and Lava's
+   start-method call gets ``force=True`` (it still chooses 'fork', which its
+   runtime needs);
 2. the top-level ``tests/`` tree is left out;
 3. ``Requires-Python`` becomes ``>=3.10`` and version caps are dropped from
    ``Requires-Dist`` (test-only requirements are removed).  ecmt's own
@@ -50,6 +55,9 @@ PATCHES = [
     ("lava/magma/compiler/var_model.py",
      ": ByteEncoder = ByteEncoder()",
      ": ByteEncoder = field(default_factory=ByteEncoder)"),
+    ("lava/magma/runtime/message_infrastructure/multiprocessing.py",
+     "    mp.set_start_method('fork')\n",
+     "    mp.set_start_method('fork', force=True)\n"),
 ]
 # Requirements only the upstream test suites and CUDA JIT builds need.
 DROPPED_REQUIREMENTS = {"pytest", "unittest2", "ninja"}

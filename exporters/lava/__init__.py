@@ -1,23 +1,28 @@
 """Lava exporter: an HDF5 file in lava-dl netx's layout (extended for what
-netx lacks), and a runnable network of Lava processes."""
-from .network import LavaNetwork
+netx lacks), and a runnable network of Lava processes.
+
+Lava itself is imported only by ``build``/``LavaNetwork``: importing it sets
+multiprocessing's start method, which fails in a process that has already
+chosen one (after torch.compile, for example), and the HDF5 export does not
+need it.
+"""
+from .hdf5 import export, load
 
 
-def build(path_or_graph, fixed_point: bool = False, record_spikes: bool = False) -> LavaNetwork:
-    """A runnable Lava process network from a graph or an exported file."""
+def build(path_or_graph, fixed_point: bool = False, record_spikes: bool = False):
+    """A runnable Lava process network (`LavaNetwork`) from a graph or an exported file."""
     from ecmt import ir
+
+    from .network import LavaNetwork
     graph = path_or_graph if isinstance(path_or_graph, ir.SpikingGraph) else load(path_or_graph)
     return LavaNetwork(graph, fixed_point=fixed_point, record_spikes=record_spikes)
 
 
-def export(graph, path):
-    from .hdf5 import export as _export
-    return _export(graph, path)
-
-
-def load(path):
-    from .hdf5 import load as _load
-    return _load(path)
+def __getattr__(name):
+    if name == "LavaNetwork":
+        from .network import LavaNetwork
+        return LavaNetwork
+    raise AttributeError(name)
 
 
 __all__ = ["LavaNetwork", "build", "export", "load"]

@@ -11,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine_info, machine_markdown  # noqa: E402
@@ -42,8 +41,7 @@ def main():
     args = parser.parse_args()
     model = load_model("demo")
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:512]
-    calib = calibration_batches(train.images[order])
+    calib = calibration_batches(train.sample(512))
     ann = ann_accuracy(model, test, progress=False)
     rows = {}
     for name, options in SETTINGS.items():

@@ -80,8 +80,7 @@ def main():
     args = parser.parse_args()
     model = load_model("demo-cnn")
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:512]
-    calib = calibration_batches(train.images[order])
+    calib = calibration_batches(train.sample(512))
     ann = ann_accuracy(model, test, progress=False)
     rows = {}
     for name, options in {"paper calibration": {}, "search, target T=4": {"target_T": 4}}.items():

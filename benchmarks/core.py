@@ -68,8 +68,7 @@ def main():
 
     model = load_model("demo")
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test").take(args.limit)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:512]
-    calib = calibration_batches(train.images[order])
+    calib = calibration_batches(train.sample(512))
     with torch.no_grad():
         ann_acc = sum((model(x).argmax(-1) == y).sum().item() for x, y in test.batches(256)) / len(test)
 

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine_info, machine_markdown  # noqa: E402
@@ -49,8 +48,7 @@ def main():
     args = parser.parse_args()
 
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:512]
-    graph = ecmt.convert(load_model("demo"), calibration_batches(train.images[order]), progress=False).graph
+    graph = ecmt.convert(load_model("demo"), calibration_batches(train.sample(512)), progress=False).graph
 
     x = test.images[:256]
     executor = GraphExecutor(graph)

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine_info, machine_markdown  # noqa: E402
@@ -36,8 +35,7 @@ def main():
     parser.add_argument("-T", type=int, default=8)
     args = parser.parse_args()
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test").take(args.samples)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:512]
-    spiking = ecmt.convert(load_model("demo"), calibration_batches(train.images[order]), progress=False)
+    spiking = ecmt.convert(load_model("demo"), calibration_batches(train.sample(512)), progress=False)
     x, y = test.images, test.labels.numpy()
     t0 = time.time()
     ref = spiking(x, args.T).numpy()

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 
 from . import distributed
 from .atomic import write_text
@@ -73,8 +72,7 @@ def _calibration(args):
     else:
         split = data.load(args.data, "train", args.data_root)
     # A fixed random subset of the training split: never the evaluation split.
-    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:args.calib_samples]
-    return calibration_batches(split.images[order], batch_size=128)
+    return calibration_batches(split.sample(args.calib_samples), batch_size=128)
 
 
 def _convert(args, model):

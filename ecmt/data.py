@@ -33,6 +33,12 @@ class Split:
     def take(self, n: int | None) -> "Split":
         return self if n is None or n >= len(self) else Split(self.images[:n], self.labels[:n])
 
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """n images in a fixed random order (the calibration set every command
+        and benchmark draws from a training split)."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return self.images[order]
+
     def batches(self, batch_size: int):
         for i in range(0, len(self), batch_size):
             yield self.images[i:i + batch_size], self.labels[i:i + batch_size]

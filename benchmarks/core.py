@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown  # noqa: E402
+from machine import machine_info, machine_markdown, median_time  # noqa: E402
 
 import ecmt  # noqa: E402
 from ecmt import data  # noqa: E402
@@ -39,15 +38,6 @@ VARIANTS = {   # name -> convert() options; "paper" is the default calibration
         fixed_thresholds={"softmax": (0.0125, 0.0125), "gelu": (0.25, 0.08)}),
 }
 
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def step_cost(model, spiking, x, T: int, repeats: int) -> dict:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown  # noqa: E402
+from machine import machine_info, machine_markdown, median_time  # noqa: E402
 
 import ecmt  # noqa: E402
 import hw_sim  # noqa: E402
@@ -29,15 +27,6 @@ from ecmt.zoo import load_model  # noqa: E402
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 PROFILES = ["cmos45-fp32", "loihi"]
 
-
-def median_time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main():

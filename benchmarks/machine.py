@@ -1,9 +1,12 @@
-"""Machine and version facts printed with every benchmark result."""
+"""Machine and version facts printed with every benchmark result, and the one
+timing rule the benchmarks share."""
 from __future__ import annotations
 
 import os
 import platform
+import statistics
 import subprocess
+import time
 
 import torch
 
@@ -30,3 +33,14 @@ def machine_info() -> dict:
 
 def machine_markdown(info: dict) -> str:
     return "Machine: " + ", ".join(f"{k} = {v}" for k, v in info.items())
+
+
+def median_time(fn, repeats: int) -> float:
+    """Median wall time of fn() over repeats runs, after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

@@ -574,9 +574,8 @@ def main():
     T = args.T
     started = time.time()
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:512]
-    calib_x, calib_y = train.images[order], train.labels[order]
-    sj_calib = [(calib_x, calib_y)]                       # one batch: every image weighs the same
+    calib_x = train.sample(512)
+    sj_calib = [calib_x]                                  # one batch: every image weighs the same
     split = test.take(args.limit)
     images, labels = split.images, split.labels
     timing = [test.images[i * BATCH:(i + 1) * BATCH] for i in range(args.timing_batches)]

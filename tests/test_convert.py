@@ -7,6 +7,7 @@ import torch.nn as nn
 import ecmt
 from ecmt import ir
 from ecmt.errors import UnsupportedModelError
+from models import relu_mlp
 
 
 def rel_err(a, b):
@@ -73,12 +74,6 @@ def test_unsupported_model_lists_every_operation():
     for path in ("blocks.0.mlp.act: SiLU", "blocks.1.mlp.act: SiLU", "blocks.0.attn:", "blocks.1.attn:"):
         assert path in text
     assert text.count("\n") >= 8
-
-
-def relu_mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
-                         nn.Linear(16, 10)).eval()
 
 
 def relu_cnn():

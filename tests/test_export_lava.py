@@ -10,14 +10,9 @@ import ecmt
 from ecmt import SpikingModel, ir
 from exporters import lava as elava
 from exporters.verify import lockstep
+from models import relu_mlp
 
 T = 5
-
-
-def relu_mlp():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
-                         nn.Linear(16, 10)).eval()
 
 
 def relu_cnn():

@@ -89,3 +89,44 @@ def test_spike_values_are_levels():
     s = run_mt(xs, 0.5, 0.25, levels=5)
     allowed = {0.0} | {0.5 * 2 ** k for k in range(5)} | {-0.25 * 2 ** k for k in range(5)}
     assert set(s.unique().tolist()) <= allowed
+
+
+def codes_by_path(xs, th_pos, th_neg, levels, compiled):
+    node = MTNeuron(name="n", inputs=("x",), th_pos=torch.as_tensor(th_pos, dtype=torch.float32),
+                    th_neg=None if th_neg is None else torch.as_tensor(th_neg, dtype=torch.float32), levels=levels)
+    state = MTState(node, tuple(xs.shape[2:]), compiled=compiled)
+    state.record = True
+    spikes, codes = [], []
+    for x in xs:
+        spikes.append(state.step(x))
+        codes.append(state.code.clone())
+    return torch.stack(spikes), torch.stack(codes)
+
+
+@pytest.mark.parametrize("th_pos, th_neg", [(0.37, 0.61), (0.37, None),
+                                            (torch.tensor([[0.2, 0.5, 1.0]]), torch.tensor([[0.3, 0.9, 0.4]]))])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_event_codes_are_level_number_plus_levels_plus_active(th_pos, th_neg, compiled):
+    """The code each path records (fused kernel, table lookup, per-channel op by op)
+    is the spike's level number + levels, + 2 levels + 1 where the input was non-zero."""
+    gen = torch.Generator().manual_seed(3)
+    levels = 4
+    xs = torch.randn(6, 2, 5, 3, generator=gen) * 2
+    xs[:, :, 0] = 0.0                                     # some inactive inputs
+    spikes, codes = codes_by_path(xs, th_pos, th_neg, levels, compiled)
+    plain = run_mt(xs, th_pos, th_neg, levels)
+    assert torch.equal(spikes, plain)                     # recording changes nothing
+    th_p = torch.as_tensor(th_pos).expand(xs.shape[2:])
+    th_n = torch.as_tensor(th_neg if th_neg is not None else th_pos).expand(xs.shape[2:])
+    for t in range(xs.shape[0]):
+        for index in np.ndindex(*xs.shape[1:]):
+            s, feat = spikes[t][index].item(), index[1:]
+            if s > 0:
+                number = round(np.log2(s / th_p[feat].item())) + 1
+            elif s < 0:
+                number = -(round(np.log2(-s / th_n[feat].item())) + 1)
+            else:
+                number = 0
+            active = xs[t][index].item() != 0
+            flat = np.ravel_multi_index(index, xs.shape[1:])
+            assert codes[t, flat].item() == number + levels + (2 * levels + 1) * active

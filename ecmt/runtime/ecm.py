@@ -46,7 +46,7 @@ class ProductECMState:
         self.reset()
 
     def reset(self):
-        self.a = self.b = self.prod = self.out_sum = None
+        self.a = self.b = self.prod = self.out_sum = self.x = self.y = None
 
     def step(self, x: torch.Tensor, y: torch.Tensor, t: int) -> torch.Tensor:
         if self.ta:
@@ -54,6 +54,7 @@ class ProductECMState:
         if self.tb:
             y = y.transpose(-1, -2)
         x, y = x.contiguous(), y.contiguous()   # one compiled kernel for every layout
+        self.x, self.y = x, y                   # this step's operand increments, as multiplied (hw_sim reads them)
         if t == 1:
             self.a = x.clone(memory_format=torch.contiguous_format)
             self.b = y.clone(memory_format=torch.contiguous_format)

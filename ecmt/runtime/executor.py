@@ -126,10 +126,16 @@ def _compile(node: ir.Node, shape: tuple[int, ...], device, product_form: str):
 
 
 class GraphExecutor:
-    """Compiled form of a graph for one device; `run` is the whole API."""
+    """Compiled form of a graph for one device; `run` is the whole API.
 
-    def __init__(self, graph: ir.SpikingGraph, device=None, product_form: str = "direct"):
+    ``record_levels=True`` makes every MT neuron keep its per-element event
+    codes of the last step (``state(name).code``, see MTState): what hw_sim
+    counts spikes by level from, computed inside the neuron's own kernel."""
+
+    def __init__(self, graph: ir.SpikingGraph, device=None, product_form: str = "direct",
+                 record_levels: bool = False):
         self.graph = graph
+        self.record_levels = record_levels
         self.device = torch.device(device or "cpu")
         self.product_form = product_form
         static: dict[str, bool] = {}
@@ -140,9 +146,16 @@ class GraphExecutor:
             static[node.name] = isinstance(node, (ir.Input, ir.Constant)) or (
                 not isinstance(node, ir.MTNeuron) and bool(node.inputs)
                 and all(static[s] for s in node.inputs))
+            if isinstance(state, MTState):
+                state.record = record_levels
             self.steps.append(_Step(node, [index[s] for s in node.inputs], fn, state,
                                     static[node.name]))
         self.output_index = index[graph.output.name]
+        self._states = {step.node.name: step.state for step in self.steps}
+
+    def state(self, name: str):
+        """The run-time state of node `name` (MT membrane and codes, ECM sums), or None."""
+        return self._states[name]
 
     @staticmethod
     def _inputs(step: _Step, values: list, x: torch.Tensor) -> list[torch.Tensor]:
@@ -178,6 +191,7 @@ class GraphExecutor:
             inc = values[self.output_index]
             out_sum = inc.clone() if out_sum is None else out_sum.add_(inc)
             estimates.append(out_sum / t)
+        self.reset()          # release the membranes and sums (hundreds of MB for a batch of 256)
         batch = x.shape[0]
         return torch.stack([e.expand(batch, *e.shape[1:]) for e in estimates])
 

@@ -39,27 +39,44 @@ def fused(fn):
     return run
 
 
-def mt_spikes(v: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor | None, levels: int) -> torch.Tensor:
-    """The largest crossed level: |v| >= th * 2^k - th / 2, sign by v (section 2)."""
+def mt_levels(v: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor | None, levels: int):
+    """The largest crossed level: |v| >= th * 2^k - th / 2, sign by v (section 2).
+    Returns (spikes, level number): the number is k + 1 for th_pos 2^k, -(k + 1)
+    for -th_neg 2^k and 0 for no spike, as a float."""
     pos = v >= 0
     th = th_pos if th_neg is None else torch.where(pos, th_pos, th_neg)
     mag = v.abs()
     half = th * 0.5
     level = torch.zeros_like(v)
+    number = torch.zeros_like(v)
     for k in range(levels):                   # unrolled when compiled
         value = th * float(2 ** k)
-        level = torch.where(mag >= value - half, value, level)
+        crossed = mag >= value - half
+        level = torch.where(crossed, value, level)
+        number = torch.where(crossed, float(k + 1), number)
     if th_neg is None:
-        return torch.where(pos, level, 0.0)
-    return torch.where(pos, level, -level)
+        return torch.where(pos, level, 0.0), torch.where(pos, number, 0.0)
+    return torch.where(pos, level, -level), torch.where(pos, number, -number)
 
 
 @fused
 def mt_update(v, x, th_pos, th_neg, levels: int):
     """Returns (spikes, new membrane)."""
     v = v + x
-    s = mt_spikes(v, th_pos, th_neg, levels)
+    s, _ = mt_levels(v, th_pos, th_neg, levels)
     return s, v - s
+
+
+@fused
+def mt_update_coded(v, x, th_pos, th_neg, levels: int):
+    """mt_update that also returns each element's event code (uint8, flat):
+    the level number + levels (so `levels` means no spike), plus 2 levels + 1
+    when the input x was non-zero.  A histogram of the codes is the neuron's
+    spike count by level and its count of active updates (hw_sim)."""
+    v = v + x
+    s, number = mt_levels(v, th_pos, th_neg, levels)
+    code = number + levels + torch.where(x != 0, 2.0 * levels + 1.0, 0.0)
+    return s, v - s, code.to(torch.uint8).reshape(-1)
 
 
 # Nonlinearity ECMs: S += x; y = t f(S / t) - previous running output.

@@ -6,13 +6,13 @@ winner is simply the largest crossed level, and both implementations below
 compute exactly the spec's comparisons (no rounding is introduced: th * 2^k
 and th / 2 are exact in floating point):
 
-* ``kernels.mt_spikes``: for each level, "if |v| crossed it, take it".  The
+* ``kernels.mt_levels``: for each level, "if |v| crossed it, take it".  The
   level loop is unrolled when torch.compile traces it, so the whole neuron
   update becomes one fused elementwise kernel (no Python loop at run time).
   This is the fast path.
-* ``spikes_searchsorted``: the number of crossed boundaries, counted by one
-  ``torch.searchsorted`` over the sorted boundary table, indexes a table of
-  spike values.  No compiler needed; the fallback.
+* the table lookup (``MTState`` without the compiler): the number of crossed
+  boundaries, counted by one ``torch.searchsorted`` over the sorted boundary
+  table, indexes a table of spike values.  No compiler needed; the fallback.
 
 Negative levels mirror the positive ones with th_neg (v <= -(th_neg 2^k -
 th_neg / 2) fires -th_neg 2^k).  th_neg None means positive levels only.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..ir import MTNeuron
-from .kernels import compile_enabled, mt_update
+from .kernels import compile_enabled, mt_update, mt_update_coded
 
 
 def level_tables(th_pos: torch.Tensor, th_neg: torch.Tensor | None, levels: int):
@@ -43,12 +43,14 @@ def level_tables(th_pos: torch.Tensor, th_neg: torch.Tensor | None, levels: int)
             torch.cat([-neg_levels.flip(0), torch.zeros(1), pos_levels]))
 
 
-def spikes_searchsorted(v: torch.Tensor, bounds: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    return values[torch.searchsorted(bounds, v.reshape(-1), right=True)].view(v.shape)
-
-
 class MTState:
-    """Membrane and thresholds of one MT neuron, for inputs [B, *shape]."""
+    """Membrane and thresholds of one MT neuron, for inputs [B, *shape].
+
+    With ``record = True`` every step also keeps ``code``: one uint8 per
+    element, flat, as kernels.mt_update_coded defines it (the spike's level
+    number + levels, plus 2 levels + 1 where the input was non-zero), so that
+    hw_sim counts events by level from one histogram instead of passes over
+    the spikes."""
 
     def __init__(self, node: MTNeuron, shape: tuple[int, ...], device=None, compiled: bool | None = None):
         def batched(th):   # [1, *aligned] so it broadcasts against [B, *shape]
@@ -61,31 +63,42 @@ class MTState:
         self.th_neg_flat = None if self.th_neg is None else self.th_neg.reshape(-1)[:1]
         self.compiled = compile_enabled() if compiled is None else compiled
         scalar = self.th_pos.numel() == 1 and (not self.signed or self.th_neg.numel() == 1)
+        self.flat = scalar          # elementwise with scalar thresholds: one flat kernel serves every shape
         # Without the compiler, scalar thresholds use the table lookup; per-channel
         # ones the fused form, op by op.
         self.tables = None if self.compiled or not scalar else tuple(
             t.to(device) for t in level_tables(self.th_pos, self.th_neg, self.levels))
+        self.record = False
         self.v: torch.Tensor | None = None
+        self.code: torch.Tensor | None = None
 
     def reset(self):
-        self.v = None
+        self.v = self.code = None
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()
         if self.v is None:
             self.v = torch.zeros_like(x)
-        if self.tables is None:
-            update = mt_update if self.compiled else mt_update.eager
-            if self.th_pos.numel() == 1 and (self.th_neg is None or self.th_neg.numel() == 1):
-                # elementwise with scalar thresholds: one flat kernel serves every shape
-                s, v = update(self.v.view(-1), x.view(-1), self.th_pos.view(1), self.th_neg_flat, self.levels)
-                self.v = v.view(x.shape)
-                return s.view(x.shape)
-            s, self.v = update(self.v, x, self.th_pos, self.th_neg, self.levels)
+        if self.tables is not None:
+            self.v.add_(x)
+            bounds, values = self.tables
+            index = torch.searchsorted(bounds, self.v.reshape(-1), right=True)
+            s = values[index].view(x.shape)
+            self.v.sub_(s)
+            if self.record:
+                active = (x.reshape(-1) != 0) * (2 * self.levels + 1)
+                # the table's index is the code (signed), or the level number (positive only)
+                self.code = (index + (0 if self.signed else self.levels) + active).to(torch.uint8)
             return s
-        self.v.add_(x)
-        s = spikes_searchsorted(self.v, *self.tables)
-        self.v.sub_(s)
+        update = mt_update_coded if self.record else mt_update
+        update = update if self.compiled else update.eager
+        if self.flat:
+            out = update(self.v.view(-1), x.view(-1), self.th_pos.view(1), self.th_neg_flat, self.levels)
+        else:
+            out = update(self.v, x, self.th_pos, self.th_neg, self.levels)
+        s, self.v = out[0].view(x.shape), out[1].view(x.shape)
+        if self.record:
+            self.code = out[2]
         return s
 
     def analog(self, x: torch.Tensor) -> torch.Tensor:

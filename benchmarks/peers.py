@@ -58,7 +58,7 @@ import hw_sim  # noqa: E402
 from ecmt import data, ir  # noqa: E402
 from ecmt.runtime import GraphExecutor  # noqa: E402
 from ecmt.zoo import load_model  # noqa: E402
-from hw_sim.counting import Counter, conv_fanout  # noqa: E402
+from hw_sim.counting import Counter, conv_fanout, to_lists  # noqa: E402
 from hw_sim.simulate import build as hw_sim_build  # noqa: E402
 
 try:
@@ -505,15 +505,15 @@ def evaluate_ecmt(spiking, images, labels, T, prices: Prices, profile) -> dict:
     """One pass with hw_sim's counter (exactly what hw_sim.simulate does), accuracy at every t,
     hw_sim's full-mode energy ratio, and the like-for-like subset."""
     graph = spiking.graph
-    counter = Counter(graph, T)
-    executor = GraphExecutor(graph)
+    executor = GraphExecutor(graph, record_levels=True)
+    counter = Counter(executor, T)
     correct = torch.zeros(T, dtype=torch.long)
     for s in range(0, len(images), BATCH):
         est = executor.run(images[s:s + BATCH], T, observer=counter)
         correct += (est.argmax(-1) == labels[s:s + BATCH].unsqueeze(0)).sum(dim=1)
     n = len(images)
     acc = (correct.double() / n).tolist()
-    counts = counter.totals()
+    counts = to_lists(counter.result())
     report = hw_sim.Report(hw_sim_build(graph, counts, [profile], ["full"], T, n, acc))
     full = report.result(PROFILE, "full")
     ann_j = full["ann"]["energy_j"]

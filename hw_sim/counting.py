@@ -19,51 +19,61 @@ Counted (summed over the batch; report.py divides by the number of samples):
 * ``paper_sops`` / ``paper_dense``: the ECMT reference's counting, which
   covers every Linear layer (whatever feeds it) and every product ECM, the
   latter with the updated sums A_t, B_t.
+
+How, cheaply: work that depends only on shapes (dense work, neuron updates,
+analog ops, state traffic) is computed once per node from the graph and
+multiplied by the number of samples.  What depends on the data is counted
+from the run: each MT neuron's kernel writes a one-byte event code per element
+(MTState.record), and one histogram of it gives the spikes by level and the
+active updates; a linear layer fed by an MT neuron (through reshapes) gets its
+synaptic operations from that neuron's spike count; products and convolutions
+count non-zero pairs in fused kernels.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from ecmt import ir
+from ecmt.runtime import GraphExecutor
 from ecmt.runtime.kernels import fused
 
 from .costs import ECM_BOOKKEEPING, FUNCTION_OPS, PRODUCT_BOOKKEEPING
+from .histogram import histogram
 
 FIELDS = ("spikes", "sops", "macs", "dense", "neuron_updates", "active_updates", "adds", "mults",
           "specials", "state_rw", "paper_sops", "paper_dense")
 
 
-def nonzero_pairs(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Number of (i, k, j) with x[..., i, k] != 0 and y[..., k, j] != 0."""
-    cx = (x != 0).sum(dim=-2, dtype=torch.int64)      # per k, over rows of x
-    cy = (y != 0).sum(dim=-1, dtype=torch.int64)      # per k, over columns of y
-    return (cx * cy).sum()
+@fused
+def count_nonzero(x: torch.Tensor) -> torch.Tensor:
+    return (x != 0).sum()
 
 
 @fused
-def level_counts(s: torch.Tensor, x: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor,
-                 levels: int) -> torch.Tensor:
-    """Spikes per level, most negative first ([-th_neg 2^(n-1), ..., -th_neg,
-    th_pos, ..., th_pos 2^(n-1)]), then the number of non-zero inputs x.
-    Spike values are exactly th * 2^k, so equality is exact.  One pass."""
-    neg = [(s == -(th_neg * float(2 ** k))).sum() for k in reversed(range(levels))]
-    pos = [(s == th_pos * float(2 ** k)).sum() for k in range(levels)]
-    return torch.stack(neg + pos + [(x != 0).sum()])
+def weighted_nonzero(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Sum of `weight` (int64, broadcast over the batch) where x is non-zero."""
+    return torch.where(x != 0, weight, 0).sum()
 
 
 @fused
-def product_pairs(x, y, a_prev, b_prev):
+def product_pairs(x, y, a_now, b_now, ca_prev, cb_prev):
     """Non-zero pairs of the spiking form (x B_{t-1} + A_{t-1} y + x y) and of
-    the reference's count (x B_t + A_t y + x y), and the updated sums."""
-    a_now, b_now = a_prev + x, b_prev + y
-    cx, cy = (x != 0).sum(dim=-2), (y != 0).sum(dim=-1)
-    ca_prev, cb_prev = (a_prev != 0).sum(dim=-2), (b_prev != 0).sum(dim=-1)
-    ca_now, cb_now = (a_now != 0).sum(dim=-2), (b_now != 0).sum(dim=-1)
+    the reference's count (x B_t + A_t y + x y), as a [2] tensor, from the
+    increments x, y and the updated sums A_t, B_t (all as multiplied,
+    contiguous); with the non-zero counts of A_t's columns and B_t's rows, the
+    next step's ca_prev, cb_prev.  Counts are summed in float32 (exact: a
+    column has < 2^24 rows) and their products in float64 (exact below 2^53)."""
+    def nonzero(z, dim):
+        return (z != 0).to(torch.float32).sum(dim=dim).to(torch.float64)
+
+    cx, cy, ca, cb = nonzero(x, -2), nonzero(y, -1), nonzero(a_now, -2), nonzero(b_now, -1)
     xy = (cx * cy).sum()
     full = xy + (cx * cb_prev).sum() + (ca_prev * cy).sum()
-    paper = xy + (cx * cb_now).sum() + (ca_now * cy).sum()
-    return full, paper, a_now, b_now
+    paper = xy + (cx * cb).sum() + (ca * cy).sum()
+    return torch.stack([full, paper]).to(torch.int64), ca, cb
 
 
 def conv_fanout(node: ir.Conv2d, in_shape: tuple[int, ...]) -> torch.Tensor:
@@ -77,163 +87,156 @@ def conv_fanout(node: ir.Conv2d, in_shape: tuple[int, ...]) -> torch.Tensor:
     return grad[0].round().to(torch.int64)
 
 
-class Counter:
-    """Executor observer.  ``counts[node][field]`` is an int64 tensor [T] of per-step totals."""
+def spike_source(graph: ir.SpikingGraph, node: ir.Node) -> str | None:
+    """The MT neuron whose output feeds `node` unchanged in number of elements
+    (through reshapes and permutes only), or None."""
+    src = graph[node.inputs[0]]
+    while isinstance(src, (ir.Reshape, ir.Permute)):
+        src = graph[src.inputs[0]]
+    return src.name if isinstance(src, ir.MTNeuron) else None
 
-    def __init__(self, graph: ir.SpikingGraph, T: int, device=None):
-        self.graph, self.T = graph, T
-        self.device = torch.device(device or "cpu")
-        self.counts = {n.name: {f: torch.zeros(T, dtype=torch.int64, device=self.device) for f in FIELDS}
-                       for n in graph}
-        self.levels: dict[str, torch.Tensor] = {}
-        self.spike_totals: dict[str, torch.Tensor] = {}    # this step's spike count per MT neuron
-        self.batch = 1
-        # Nodes whose inputs never change over time are computed once and reused
-        # (as the executor does); they are charged at step 1 only.
-        self.static: set[str] = set()
-        for n in graph:
-            if isinstance(n, (ir.Input, ir.Constant)) or (
-                    not isinstance(n, ir.MTNeuron) and n.inputs and all(s in self.static for s in n.inputs)):
-                self.static.add(n.name)
+
+def shape_work(graph: ir.SpikingGraph, node: ir.Node) -> dict[str, int]:
+    """The counts of one step of `node` for one sample that follow from shapes
+    alone (whatever the data): dense work, analog ops, neuron updates, state traffic."""
+    size = lambda name: math.prod(graph.shapes[name])
+    out = size(node.name)
+    spiking_in = bool(node.inputs) and graph.spiking[node.inputs[0]]
+    w: dict[str, int] = {}
+    if isinstance(node, ir.Linear):
+        dense = size(node.inputs[0]) * node.weight.shape[0]
+        w.update(dense=dense, paper_dense=dense, macs=0 if spiking_in else dense,
+                 adds=out if node.bias is not None else 0)
+    elif isinstance(node, ir.Conv2d):
+        dense = int(conv_fanout(node, graph.shapes[node.inputs[0]]).sum())   # exact at the borders
+        w.update(dense=dense, macs=0 if spiking_in else dense, adds=out if node.bias is not None else 0)
+    elif isinstance(node, ir.MTNeuron):
+        w.update(neuron_updates=out, state_rw=2 * out)
+    elif isinstance(node, (ir.NonlinearityECM, ir.MaxPool2d)):
+        adds, mults, specials = FUNCTION_OPS[node.KIND]
+        if isinstance(node, ir.MaxPool2d):
+            adds = node.kernel_size[0] * node.kernel_size[1]     # compares per output
+        ba, bm = ECM_BOOKKEEPING
+        w.update(adds=(adds + ba) * out, mults=(mults + bm) * out, specials=specials * out, state_rw=4 * out)
+    elif isinstance(node, ir.ProductECM):
+        a = graph.shapes[node.inputs[0]]
+        dense = out * (a[-2] if node.transpose_a else a[-1])
+        spiking = all(graph.spiking[s] for s in node.inputs)
+        ba, bm = PRODUCT_BOOKKEEPING
+        w.update(dense=dense, paper_dense=dense, macs=0 if spiking else dense, adds=ba * out, mults=bm * out,
+                 state_rw=2 * (size(node.inputs[0]) + size(node.inputs[1])) + 2 * out)
+    elif isinstance(node, ir.Add):
+        w.update(adds=(len(node.inputs) - 1) * out)
+    elif isinstance(node, ir.Scale):
+        w.update(mults=out)
+    elif isinstance(node, ir.Mean):
+        w.update(adds=size(node.inputs[0]), mults=out)
+    elif isinstance(node, ir.AvgPool2d):
+        w.update(adds=node.kernel_size[0] * node.kernel_size[1] * out, mults=out)
+    elif isinstance(node, ir.Output):
+        w.update(adds=out)
+    return {f: v for f, v in w.items() if v}
+
+
+class Counter:
+    """Counts the events of runs of `executor` (made with record_levels=True):
+    pass it as the observer of ``executor.run``, for any number of batches.
+    ``result()`` gives the per-step totals as tensors."""
+
+    def __init__(self, executor: GraphExecutor, T: int):
+        if not executor.record_levels:
+            raise ValueError("hw_sim.Counter needs an executor made with GraphExecutor(..., record_levels=True)")
+        graph = self.graph = executor.graph
+        self.executor, self.T, self.device = executor, T, executor.device
+        self.samples = self.batch = 0
+        # Nodes whose inputs never change are computed at step 1 only (as the executor does).
+        self.static = {step.node.name for step in executor.steps if step.static}
+        self.fixed = {n.name: shape_work(graph, n) for n in graph}
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.int64, device=self.device)
+        # Per MT neuron and step, the histogram of event codes: [input zero / non-zero, level -n..n].
+        self.histograms = {n.name: zeros(T, 2, 2 * n.levels + 1) for n in graph.of_kind(ir.MTNeuron)}
+        # Per node and step, counts that need the data and no histogram: [sops, paper_sops].
+        self.measured: dict[str, torch.Tensor] = {}
+        self.sources: dict[str, str] = {}       # linear layer -> the MT neuron its spike count comes from
         self.fanout: dict[str, torch.Tensor] = {}
-        self.sums: dict[str, list] = {}
+        self.previous: dict[str, tuple] = {}    # product ECM -> last step's (ca, cb)
         for n in graph:
-            if isinstance(n, ir.MTNeuron):
-                self.levels[n.name] = torch.zeros(T, 2 * n.levels, dtype=torch.int64, device=self.device)
-            elif isinstance(n, ir.Conv2d):
+            if isinstance(n, ir.Linear) and (src := spike_source(graph, n)) is not None:
+                self.sources[n.name] = src
+            elif isinstance(n, (ir.Linear, ir.ProductECM)) or (
+                    isinstance(n, ir.Conv2d) and graph.spiking[n.inputs[0]]):
+                self.measured[n.name] = zeros(T, 2)
+            if isinstance(n, ir.Conv2d) and graph.spiking[n.inputs[0]]:
                 self.fanout[n.name] = conv_fanout(n, graph.shapes[n.inputs[0]]).to(self.device)
 
     def __call__(self, node: ir.Node, inputs: list[torch.Tensor], out: torch.Tensor, t: int) -> None:
-        if isinstance(node, ir.Input):
-            self.batch = out.shape[0]
         if t > 1 and node.name in self.static:
             return
-        counter = getattr(self, f"_count_{node.KIND}", None)
-        if counter is not None:
-            counter(node, inputs, out, self.counts[node.name], t - 1)
+        if isinstance(node, ir.Input) and t == 1:
+            self.batch = out.shape[0]
+            self.samples += self.batch
+            self.previous.clear()               # a new run: the products' sums start at zero
+        i = t - 1
+        if isinstance(node, ir.MTNeuron):
+            codes = self.executor.state(node.name).code
+            histogram(codes, 2 * (2 * node.levels + 1), out=self.histograms[node.name][i])
+        elif isinstance(node, ir.ProductECM):
+            self._count_product(node, i)
+        elif node.name in self.measured:
+            x = inputs[0]
+            row = self.measured[node.name][i]
+            # Constants run with batch 1 but stand for every sample.
+            rep = self.batch // x.shape[0]
+            if isinstance(node, ir.Conv2d):
+                row[0].add_(weighted_nonzero(x, self.fanout[node.name]) * rep)
+                return
+            nnz = count_nonzero(x) * (node.weight.shape[0] * rep)
+            if self.graph.spiking[node.inputs[0]]:
+                row[0].add_(nnz)
+            row[1].add_(nnz)
 
-    def _nonzero(self, node: ir.Node, x: torch.Tensor) -> torch.Tensor:
-        """Non-zero elements of node's input: the producing MT neuron's spike
-        count when the input is its output reshaped or permuted, else counted."""
-        src = self.graph[node.inputs[0]]
-        while isinstance(src, (ir.Reshape, ir.Permute)):
-            src = self.graph[src.inputs[0]]
-        if isinstance(src, ir.MTNeuron) and src.name in self.spike_totals:
-            return self.spike_totals[src.name]
-        return torch.count_nonzero(x)
-
-    def _per_batch(self, x: torch.Tensor) -> int:
-        """Constants run with batch 1 but stand for every sample."""
-        return self.batch // x.shape[0]
-
-    # -- synaptic layers -----------------------------------------------------------
-    def _count_linear(self, node, inputs, out, c, i):
-        x = inputs[0]
-        rep = self._per_batch(x)
-        out_f = node.weight.shape[0]
-        nnz = self._nonzero(node, x) * out_f * rep
-        dense = x.numel() * out_f * rep
-        if self.graph.spiking[node.inputs[0]]:
-            c["sops"][i] += nnz
+    def _count_product(self, node: ir.ProductECM, i: int) -> None:
+        state = self.executor.state(node.name)      # this step's x, y and A_t, B_t, transposed as multiplied
+        if node.name not in self.previous:
+            self.previous[node.name] = (torch.zeros_like(state.a[..., 0, :], dtype=torch.float64),
+                                        torch.zeros_like(state.b[..., :, 0], dtype=torch.float64))
+        pairs, ca, cb = product_pairs(state.x, state.y, state.a, state.b, *self.previous[node.name])
+        self.previous[node.name] = (ca, cb)
+        pairs = pairs * (self.batch // max(state.x.shape[0], state.y.shape[0]))
+        row = self.measured[node.name][i]
+        if all(self.graph.spiking[s] for s in node.inputs):
+            row.add_(pairs)
         else:
-            c["macs"][i] += dense
-        c["dense"][i] += dense
-        c["paper_sops"][i] += nnz
-        c["paper_dense"][i] += dense
-        if node.bias is not None:
-            c["adds"][i] += out.numel() * rep
-
-    def _count_conv2d(self, node, inputs, out, c, i):
-        x = inputs[0]
-        fan = self.fanout[node.name]
-        rep = self._per_batch(x)
-        dense = int(fan.sum().item()) * x.shape[0] * rep
-        if self.graph.spiking[node.inputs[0]]:
-            c["sops"][i] += ((x != 0) * fan).sum(dtype=torch.int64) * rep
-        else:
-            c["macs"][i] += dense
-        c["dense"][i] += dense
-        if node.bias is not None:
-            c["adds"][i] += out.numel() * rep
-
-    # -- neurons --------------------------------------------------------------------
-    def _count_mt_neuron(self, node, inputs, out, c, i):
-        th_pos = node.th_pos.to(out.device)
-        th_neg = th_pos if node.th_neg is None else node.th_neg.to(out.device)
-        counts = level_counts(out, inputs[0].contiguous(), th_pos, th_neg, node.levels)
-        per_level, active = counts[:-1], counts[-1]
-        self.levels[node.name][i] += per_level
-        spikes = per_level.sum()
-        self.spike_totals[node.name] = spikes
-        c["spikes"][i] += spikes
-        c["neuron_updates"][i] += out.numel()
-        c["active_updates"][i] += active
-        c["state_rw"][i] += 2 * out.numel()
-
-    # -- ECMs -------------------------------------------------------------------------
-    def _count_nonlinearity(self, node, inputs, out, c, i):
-        n = out.numel() * self._per_batch(out)
-        adds, mults, specials = FUNCTION_OPS[node.KIND]
-        if isinstance(node, ir.MaxPool2d):
-            kh, kw = node.kernel_size
-            adds = kh * kw     # compares per output
-        ba, bm = ECM_BOOKKEEPING
-        c["adds"][i] += (adds + ba) * n
-        c["mults"][i] += (mults + bm) * n
-        c["specials"][i] += specials * n
-        c["state_rw"][i] += 4 * n
-
-    _count_gelu_ecm = _count_softmax_ecm = _count_layernorm_ecm = _count_relu_ecm = \
-        _count_maxpool2d_ecm = _count_nonlinearity
-
-    def _count_product_ecm(self, node, inputs, out, c, i):
-        x, y = inputs
-        if node.transpose_a:
-            x = x.transpose(-1, -2)
-        if node.transpose_b:
-            y = y.transpose(-1, -2)
-        m, k, n = x.shape[-2], x.shape[-1], y.shape[-1]
-        dense = out.numel() // (m * n) * m * k * n
-        spiking = all(self.graph.spiking[s] for s in node.inputs)
-        if i == 0:           # a new run: the running operand sums start at zero
-            self.sums[node.name] = (torch.zeros_like(x), torch.zeros_like(y))
-        full, paper, a_now, b_now = product_pairs(x.contiguous(), y.contiguous(), *self.sums[node.name])
-        self.sums[node.name] = (a_now, b_now)
-        if spiking:
-            c["sops"][i] += full
-        else:
-            c["macs"][i] += dense
-        c["dense"][i] += dense
-        c["paper_sops"][i] += paper
-        c["paper_dense"][i] += dense
-        ba, bm = PRODUCT_BOOKKEEPING
-        c["adds"][i] += ba * out.numel()
-        c["mults"][i] += bm * out.numel()
-        c["state_rw"][i] += 2 * (x.numel() + y.numel()) + 2 * out.numel()
-
-    # -- arithmetic and readout ---------------------------------------------------------
-    def _count_add(self, node, inputs, out, c, i):
-        c["adds"][i] += (len(inputs) - 1) * out.numel() * self._per_batch(out)
-
-    def _count_scale(self, node, inputs, out, c, i):
-        c["mults"][i] += out.numel() * self._per_batch(out)
-
-    def _count_mean(self, node, inputs, out, c, i):
-        c["adds"][i] += inputs[0].numel() * self._per_batch(out)
-        c["mults"][i] += out.numel() * self._per_batch(out)
-
-    def _count_avgpool2d(self, node, inputs, out, c, i):
-        kh, kw = node.kernel_size
-        c["adds"][i] += kh * kw * out.numel() * self._per_batch(out)
-        c["mults"][i] += out.numel() * self._per_batch(out)
-
-    def _count_output(self, node, inputs, out, c, i):
-        c["adds"][i] += out.numel() * self._per_batch(out)
+            row[1].add_(pairs[1])        # analog operands: MACs, counted from shapes
 
     # -- results -----------------------------------------------------------------------
-    def totals(self) -> dict[str, dict[str, list[int]]]:
-        """Per node and field, the per-step counts as Python ints."""
-        out = {name: {f: v.tolist() for f, v in fields.items()} for name, fields in self.counts.items()}
-        for name, lv in self.levels.items():
-            out[name]["levels"] = lv.tolist()
+    def result(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per node and field, an int64 tensor [T] of per-step totals over all
+        samples seen; MT neurons also have ``levels`` [T, 2n], most negative first."""
+        steps = torch.ones(self.T, dtype=torch.int64, device=self.device)
+        first = torch.zeros_like(steps)
+        first[0] = 1
+        out = {}
+        for n in self.graph:
+            c = {f: torch.zeros(self.T, dtype=torch.int64, device=self.device) for f in FIELDS}
+            ran = first if n.name in self.static else steps
+            for f, v in self.fixed[n.name].items():
+                c[f] = ran * (v * self.samples)
+            if n.name in self.histograms:
+                hist = self.histograms[n.name]
+                per_level = hist.sum(dim=1)
+                c["levels"] = torch.cat([per_level[:, :n.levels], per_level[:, n.levels + 1:]], dim=1)
+                c["spikes"] = c["levels"].sum(dim=1)
+                c["active_updates"] = hist[:, 1].sum(dim=1)
+            if n.name in self.measured:
+                c["sops"], c["paper_sops"] = (v.contiguous() for v in self.measured[n.name].unbind(dim=1))
+            out[n.name] = c
+        for name, src in self.sources.items():      # linear layers fed by an MT neuron's spikes
+            sops = out[src]["spikes"] * self.graph[name].weight.shape[0]
+            out[name]["sops"], out[name]["paper_sops"] = sops, sops.clone()
         return out
+
+
+def to_lists(counts: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, list]]:
+    """Counter.result() as Python ints, for reports."""
+    return {name: {f: v.tolist() for f, v in fields.items()} for name, fields in counts.items()}

@@ -11,7 +11,7 @@ from ecmt import distributed, ir
 from ecmt.runtime import GraphExecutor
 
 from . import report as report_mod
-from .counting import FIELDS, Counter
+from .counting import FIELDS, Counter, to_lists
 from .energy import ann_energy, snn_energy
 from .mapping import map_units, step_latency
 from .profile import HardwareProfile, load_profile
@@ -32,8 +32,8 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
             raise ValueError(f"mode must be one of {MODES}, got {m!r}")
     names = [hardware] if isinstance(hardware, str) else list(hardware)
     profiles = [load_profile(h) for h in names]
-    counter = Counter(graph, T, device)
-    executor = GraphExecutor(graph, device)
+    executor = GraphExecutor(graph, device, record_levels=True)
+    counter = Counter(executor, T)
     correct = torch.zeros(T, dtype=torch.long)
     n = len(inputs)
     # Under torchrun each rank replays its share of the batches; counts are summed across ranks.
@@ -45,10 +45,8 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
         if labels is not None:
             y = labels[start:start + batch_size].to(est.device)
             correct += (est.argmax(-1) == y.unsqueeze(0)).sum(dim=1).cpu()
-    counter.counts = distributed.all_reduce_tree(counter.counts)
-    counter.levels = distributed.all_reduce_tree(counter.levels)
+    counts = to_lists(distributed.all_reduce_tree(counter.result()))
     correct = distributed.all_reduce_sum(correct)
-    counts = counter.totals()
     return report_mod.Report(build(graph, counts, profiles, modes, T, n,
                                    (correct.double() / n).tolist() if labels is not None else None))
 

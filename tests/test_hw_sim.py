@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 import hw_sim
 from ecmt import SpikingGraph, SpikingModel, ir
-from hw_sim.counting import Counter
+from ecmt.runtime import GraphExecutor
+from hw_sim.counting import Counter, to_lists
 from hw_sim.profile import ProfileError, load_profile
 
 
@@ -17,15 +18,16 @@ def graph_of(*nodes):
 
 
 def run_counts(graph, x, T):
-    counter = Counter(graph, T)
+    executor = GraphExecutor(graph, record_levels=True)
+    counter = Counter(executor, T)
     seen = {}
 
     def observe(node, inputs, out, t):
         counter(node, inputs, out, t)
         seen[(node.name, t)] = ([i.clone() for i in inputs], out.clone())
 
-    SpikingModel(graph)(x, T, observer=observe)
-    return counter.totals(), seen
+    executor.run(x, T, observer=observe)
+    return to_lists(counter.result()), seen
 
 
 def brute_linear(x, out_features):
@@ -224,3 +226,56 @@ def test_user_profile_file_and_malformed_profiles(tmp_path):
         with pytest.raises(ProfileError) as err:
             load_profile(tmp_path / name)
         assert str(tmp_path / name) in str(err.value) and message in str(err.value)
+
+
+def test_linear_fed_through_a_slice_counts_its_own_input():
+    """A layer fed by part of an MT neuron's output cannot reuse the neuron's spike
+    count; its synaptic operations are counted from its input."""
+    g = torch.Generator().manual_seed(4)
+    graph = graph_of((6, 5), ir.MTNeuron("mt", ("input",), th_pos=torch.tensor(0.5), th_neg=torch.tensor(0.5)),
+                     ir.Slice("part", ("mt",), axis=0, start=1, stop=4),
+                     ir.Linear("fc", ("part",), weight=torch.randn(3, 5, generator=g)),
+                     ir.Output("output", ("fc",)))
+    x = torch.randn(2, 6, 5, generator=g)
+    counts, seen = run_counts(graph, x, 4)
+    for t in range(1, 5):
+        (spk,), _ = seen[("fc", t)]
+        assert counts["fc"]["sops"][t - 1] == brute_linear(spk, 3)
+
+
+def test_counter_needs_an_executor_that_records_levels():
+    graph = graph_of((5,), ir.MTNeuron("mt", ("input",), th_pos=torch.tensor(0.5), th_neg=None),
+                     ir.Output("output", ("mt",)))
+    with pytest.raises(ValueError, match="record_levels=True"):
+        Counter(GraphExecutor(graph), 3)
+
+
+def test_recording_levels_leaves_the_run_unchanged(demo_graph):
+    from ecmt import data
+    x = data.fashion_mnist("test").images[:16]
+    plain = GraphExecutor(demo_graph).run(x, 4)
+    recorded = GraphExecutor(demo_graph, record_levels=True).run(x, 4)
+    assert torch.equal(plain, recorded)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_histogram_equals_bincount(native, monkeypatch):
+    from hw_sim import histogram as hist_mod
+    monkeypatch.setenv("ECMT_NATIVE", "1" if native else "0")
+    hist_mod._library.cache_clear()
+    try:
+        assert (hist_mod._library() is not None) == native     # CI has the C compiler torch.compile needs
+        g = torch.Generator().manual_seed(5)
+        random = torch.randint(0, 34, (300_001,), generator=g, dtype=torch.uint8)
+        runs = torch.full((200_003,), 7, dtype=torch.uint8)    # long runs of one value, across blocks
+        runs[::1000] = 33
+        for codes in (random, runs, random[:5], torch.zeros(0, dtype=torch.uint8)):
+            expected = torch.bincount(codes, minlength=34)
+            assert torch.equal(hist_mod.histogram(codes, 34), expected)
+            out = torch.ones(2, 17, dtype=torch.int64)
+            hist_mod.histogram(codes, 34, out=out)               # adds into out
+            assert torch.equal(out.view(-1), expected + 1)
+        with pytest.raises(ValueError, match="uint8"):
+            hist_mod.histogram(random.long(), 34)
+    finally:
+        hist_mod._library.cache_clear()

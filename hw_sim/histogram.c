@@ -1,0 +1,34 @@
+/* Histogram of a byte array, in parallel: counts[b] += #{i : code[i] == b}
+ * for b < bins.  torch.bincount does the same on one thread, and slowly on
+ * long runs of one value (each increment waits for the previous one); here
+ * each thread counts 64 Ki-element blocks into four interleaved sub-histograms. */
+#include <stdint.h>
+#include <string.h>
+
+#define BLOCK (1 << 16)   /* < 2^32 / 4 per sub-histogram counter: uint32 cannot overflow */
+
+void histogram_u8(const uint8_t *code, int64_t n, int64_t *counts, int64_t bins, int threads) {
+    #pragma omp parallel num_threads(threads)
+    {
+        uint32_t sub[4][256];
+        int64_t total[256] = {0};
+        #pragma omp for schedule(static)
+        for (int64_t start = 0; start < n; start += BLOCK) {
+            int64_t end = start + BLOCK < n ? start + BLOCK : n, i = start;
+            memset(sub, 0, sizeof sub);
+            for (; i + 4 <= end; i += 4) {
+                sub[0][code[i]]++;
+                sub[1][code[i + 1]]++;
+                sub[2][code[i + 2]]++;
+                sub[3][code[i + 3]]++;
+            }
+            for (; i < end; i++)
+                sub[0][code[i]]++;
+            for (int b = 0; b < 256; b++)
+                total[b] += (int64_t)sub[0][b] + sub[1][b] + sub[2][b] + sub[3][b];
+        }
+        #pragma omp critical
+        for (int64_t b = 0; b < bins; b++)
+            counts[b] += total[b];
+    }
+}

@@ -1,0 +1,79 @@
+"""A parallel histogram of uint8 codes: the one operation of the counting run
+that PyTorch has no fast form of (torch.bincount runs on one thread and stalls
+on long runs of one value, which MT event codes are full of).
+
+histogram.c is compiled on first use with the system C compiler (the one
+torch.compile already needs; $CC, else cc) into a cache directory
+($ECMT_CACHE, else ~/.cache/ecmt), keyed by the source's hash.  Without a
+compiler, or with ECMT_NATIVE=0, or for tensors off the CPU, torch.bincount
+gives the same counts, more slowly.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from functools import cache
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("histogram.c")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("ECMT_CACHE") or Path.home() / ".cache" / "ecmt")
+
+
+@cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get("ECMT_NATIVE", "1") == "0":
+        return None
+    compiler = os.environ.get("CC", "cc")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(source + compiler.encode()).hexdigest()[:16]
+    path = _cache_dir() / f"histogram-{key}.so"
+    try:
+        if not path.exists():
+            if shutil.which(compiler) is None:
+                raise OSError(f"no C compiler {compiler!r} on PATH")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                built = Path(tmp) / path.name
+                subprocess.run([compiler, "-O3", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(built)],
+                               check=True, capture_output=True, text=True)
+                os.replace(built, path)      # atomic: a concurrent process sees all of it or nothing
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = e.stderr.strip() if isinstance(e, subprocess.CalledProcessError) else str(e)
+        warnings.warn(f"hw_sim: could not build {SOURCE.name} ({detail}); counting with torch.bincount "
+                      "(same counts, slower)", RuntimeWarning, stacklevel=3)
+        return None
+    lib.histogram_u8.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
+    lib.histogram_u8.restype = None
+    return lib
+
+
+def histogram(codes: torch.Tensor, bins: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Counts of each value 0..bins-1 in the 1-D uint8 tensor `codes`, added
+    to `out` (contiguous int64 with `bins` elements) if given, else returned
+    as a new int64 [bins]."""
+    if codes.dtype != torch.uint8 or codes.dim() != 1:
+        raise ValueError(f"histogram needs a 1-D uint8 tensor, got {codes.dtype} of shape {tuple(codes.shape)}")
+    if not 0 < bins <= 256:
+        raise ValueError(f"bins must be in 1..256, got {bins}")
+    if out is None:
+        out = torch.zeros(bins, dtype=torch.int64, device=codes.device)
+    elif out.dtype != torch.int64 or out.numel() != bins or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous int64 tensor of {bins} elements")
+    lib = _library() if codes.device.type == "cpu" and out.device.type == "cpu" else None
+    if lib is None:
+        out.view(-1).add_(torch.bincount(codes, minlength=bins)[:bins])
+        return out
+    codes = codes.contiguous()
+    lib.histogram_u8(codes.data_ptr(), codes.numel(), out.data_ptr(), bins, torch.get_num_threads())
+    return out

@@ -3,10 +3,10 @@ that PyTorch has no fast form of (torch.bincount runs on one thread and stalls
 on long runs of one value, which MT event codes are full of).
 
 histogram.c is compiled on first use with the system C compiler (the one
-torch.compile already needs; $CC, else cc) into a cache directory
-($ECMT_CACHE, else ~/.cache/ecmt), keyed by the source's hash.  Without a
-compiler, or with ECMT_NATIVE=0, or for tensors off the CPU, torch.bincount
-gives the same counts, more slowly.
+torch.compile already needs; $CC, else cc; with OpenMP where it has it) into
+a cache directory ($ECMT_CACHE, else ~/.cache/ecmt), keyed by the source's
+hash.  Without a compiler, or with ECMT_NATIVE=0, or for tensors off the CPU,
+torch.bincount gives the same counts, more slowly.
 """
 from __future__ import annotations
 
@@ -44,8 +44,11 @@ def _library() -> ctypes.CDLL | None:
             path.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                 built = Path(tmp) / path.name
-                subprocess.run([compiler, "-O3", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(built)],
-                               check=True, capture_output=True, text=True)
+                command = [compiler, "-O3", "-shared", "-fPIC", str(SOURCE), "-o", str(built)]
+                try:
+                    subprocess.run(command + ["-fopenmp"], check=True, capture_output=True, text=True)
+                except subprocess.CalledProcessError:   # no OpenMP (Apple clang): one thread, still fast
+                    subprocess.run(command, check=True, capture_output=True, text=True)
                 os.replace(built, path)      # atomic: a concurrent process sees all of it or nothing
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.CalledProcessError) as e:

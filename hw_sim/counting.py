@@ -148,7 +148,7 @@ class Counter:
             raise ValueError("hw_sim.Counter needs an executor made with GraphExecutor(..., record_levels=True)")
         graph = self.graph = executor.graph
         self.executor, self.T, self.device = executor, T, executor.device
-        self.samples = self.batch = 0
+        self.samples = 0
         # Nodes whose inputs never change are computed at step 1 only (as the executor does).
         self.static = {step.node.name for step in executor.steps if step.static}
         self.fixed = {n.name: shape_work(graph, n) for n in graph}
@@ -160,6 +160,14 @@ class Counter:
         self.sources: dict[str, str] = {}       # linear layer -> the MT neuron its spike count comes from
         self.fanout: dict[str, torch.Tensor] = {}
         self.previous: dict[str, tuple] = {}    # product ECM -> last step's (ca, cb)
+        # Nodes computed from constants only run with batch 1 but stand for every
+        # sample: their data-dependent counts are kept per sample, once.
+        data = set()
+        for n in graph:
+            if isinstance(n, ir.Input) or any(s in data for s in n.inputs):
+                data.add(n.name)
+        self.constant = {n.name for n in graph if n.name not in data}
+        self.per_sample: dict[str, torch.Tensor] = {}
         for n in graph:
             if isinstance(n, ir.Linear) and (src := spike_source(graph, n)) is not None:
                 self.sources[n.name] = src
@@ -173,37 +181,38 @@ class Counter:
         if t > 1 and node.name in self.static:
             return
         if isinstance(node, ir.Input) and t == 1:
-            self.batch = out.shape[0]
-            self.samples += self.batch
+            self.samples += out.shape[0]
             self.previous.clear()               # a new run: the products' sums start at zero
         i = t - 1
         if isinstance(node, ir.MTNeuron):
-            codes = self.executor.state(node.name).code
-            histogram(codes, 2 * (2 * node.levels + 1), out=self.histograms[node.name][i])
-        elif isinstance(node, ir.ProductECM):
-            self._count_product(node, i)
-        elif node.name in self.measured:
-            x = inputs[0]
-            row = self.measured[node.name][i]
-            # Constants run with batch 1 but stand for every sample.
-            rep = self.batch // x.shape[0]
-            if isinstance(node, ir.Conv2d):
-                row[0].add_(weighted_nonzero(x, self.fanout[node.name]) * rep)
-                return
-            nnz = count_nonzero(x) * (node.weight.shape[0] * rep)
+            hist = self.histograms[node.name][i]
+            if node.name in self.constant:
+                hist.zero_()                    # the same every run: kept per sample
+            histogram(self.executor.state(node.name).code, 2 * (2 * node.levels + 1), out=hist)
+            return
+        if node.name not in self.measured:
+            return
+        row = torch.zeros(2, dtype=torch.int64, device=self.device) if node.name in self.constant \
+            else self.measured[node.name][i]
+        if isinstance(node, ir.ProductECM):
+            self._count_product(node, row)
+        elif isinstance(node, ir.Conv2d):
+            row[0].add_(weighted_nonzero(inputs[0], self.fanout[node.name]))
+        else:
+            nnz = count_nonzero(inputs[0]) * node.weight.shape[0]
             if self.graph.spiking[node.inputs[0]]:
                 row[0].add_(nnz)
             row[1].add_(nnz)
+        if node.name in self.constant:
+            self.per_sample[node.name] = row
 
-    def _count_product(self, node: ir.ProductECM, i: int) -> None:
+    def _count_product(self, node: ir.ProductECM, row: torch.Tensor) -> None:
         state = self.executor.state(node.name)      # this step's x, y and A_t, B_t, transposed as multiplied
         if node.name not in self.previous:
             self.previous[node.name] = (torch.zeros_like(state.a[..., 0, :], dtype=torch.float64),
                                         torch.zeros_like(state.b[..., :, 0], dtype=torch.float64))
         pairs, ca, cb = product_pairs(state.x, state.y, state.a, state.b, *self.previous[node.name])
         self.previous[node.name] = (ca, cb)
-        pairs = pairs * (self.batch // max(state.x.shape[0], state.y.shape[0]))
-        row = self.measured[node.name][i]
         if all(self.graph.spiking[s] for s in node.inputs):
             row.add_(pairs)
         else:
@@ -224,12 +233,17 @@ class Counter:
                 c[f] = ran * (v * self.samples)
             if n.name in self.histograms:
                 hist = self.histograms[n.name]
+                if n.name in self.constant:
+                    hist = hist * self.samples
                 per_level = hist.sum(dim=1)
                 c["levels"] = torch.cat([per_level[:, :n.levels], per_level[:, n.levels + 1:]], dim=1)
                 c["spikes"] = c["levels"].sum(dim=1)
                 c["active_updates"] = hist[:, 1].sum(dim=1)
             if n.name in self.measured:
-                c["sops"], c["paper_sops"] = (v.contiguous() for v in self.measured[n.name].unbind(dim=1))
+                measured = self.measured[n.name]
+                if n.name in self.per_sample:
+                    measured = first.unsqueeze(1) * (self.per_sample[n.name] * self.samples)
+                c["sops"], c["paper_sops"] = (v.contiguous() for v in measured.unbind(dim=1))
             out[n.name] = c
         for name, src in self.sources.items():      # linear layers fed by an MT neuron's spikes
             sops = out[src]["spikes"] * self.graph[name].weight.shape[0]

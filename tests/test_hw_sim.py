@@ -279,3 +279,31 @@ def test_histogram_equals_bincount(native, monkeypatch):
             hist_mod.histogram(random.long(), 34)
     finally:
         hist_mod._library.cache_clear()
+
+
+def test_nodes_computed_from_constants_count_for_every_sample():
+    """A layer and a neuron fed by a constant run once with batch 1 but stand for every sample."""
+    g = torch.Generator().manual_seed(6)
+    const = torch.randn(4, 5, generator=g)
+    graph = SpikingGraph([
+        ir.Constant("table", (), value=const),
+        ir.MTNeuron("table_mt", ("table",), th_pos=torch.tensor(0.5), th_neg=torch.tensor(0.5)),
+        ir.Linear("embed", ("table_mt",), weight=torch.randn(3, 5, generator=g)),
+        ir.Linear("proj", ("table",), weight=torch.randn(3, 5, generator=g)),     # analog: paper SOPs, once
+        ir.Input("input", (), shape=(4, 3)),
+        ir.Add("sum", ("input", "embed", "proj")),
+        ir.Output("output", ("sum",)),
+    ])
+    T = 3
+    single, seen = run_counts(graph, torch.randn(1, 4, 3, generator=g), T)
+    for batch in (2, 5):
+        counts, _ = run_counts(graph, torch.randn(batch, 4, 3, generator=g), T)
+        for name, field in (("table_mt", "spikes"), ("table_mt", "levels"), ("embed", "sops"),
+                            ("proj", "paper_sops"), ("proj", "macs"), ("sum", "adds")):
+            per_step = counts[name][field]
+            expected = [[batch * v for v in row] if isinstance(row, list) else batch * row
+                        for row in single[name][field]]
+            assert per_step == expected, (name, field, batch)
+    (spk,), _ = seen[("embed", 1)]
+    assert single["embed"]["sops"][0] == brute_linear(spk, 3)
+    assert single["proj"]["paper_sops"] == [brute_linear(const, 3), 0, 0]      # static: step 1 only

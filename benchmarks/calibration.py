@@ -6,14 +6,13 @@ at T = 1..8 on the demo ViT, and the accuracy-against-energy frontier.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown  # noqa: E402
+from machine import machine_info, machine_markdown, write_result  # noqa: E402
 
 import ecmt  # noqa: E402
 import hw_sim  # noqa: E402
@@ -58,11 +57,8 @@ def main():
                       "spikes_per_step": report.data["counts"]["per_step"]["spikes"]}
         print(name, [round(100 * a, 2) for a in acc], flush=True)
     result = {"machine": machine_info(), "ann_accuracy": ann, "T": args.T, "rows": rows}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(OUT, "calibration", result, render(result))
     plot(result, OUT / "calibration.png")
-    (OUT / "calibration.md").write_text(render(result))
-    print(f"wrote {OUT / 'calibration.md'}")
 
 
 def plot(r, path):

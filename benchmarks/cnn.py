@@ -12,7 +12,6 @@ max-pool activation) and in accuracy.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown  # noqa: E402
+from machine import machine_info, machine_markdown, write_result  # noqa: E402
 
 import ecmt  # noqa: E402
 import hw_sim  # noqa: E402
@@ -100,10 +99,7 @@ def main():
         print(name, [round(100 * a, 2) for a in designs["ecm"]["accuracy"]], flush=True)
     result = {"machine": machine_info(), "ann_accuracy": ann, "T": args.T,
               "parameters": sum(p.numel() for p in model.parameters()), "rows": rows}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "cnn.json").write_text(json.dumps(result, indent=2) + "\n")
-    (OUT / "cnn.md").write_text(render(result))
-    print(f"wrote {OUT / 'cnn.md'}")
+    write_result(OUT, "cnn", result, render(result))
 
 
 def render(r):

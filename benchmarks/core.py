@@ -10,7 +10,6 @@ divided by the time of one ANN forward; median of repeats.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,13 +18,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown, median_time  # noqa: E402
+from machine import machine_info, machine_markdown, median_time, write_result  # noqa: E402
 
 import ecmt  # noqa: E402
 from ecmt import data  # noqa: E402
 from ecmt.convert import calibration_batches  # noqa: E402
 from ecmt.evaluate import snn_accuracy  # noqa: E402
-from ecmt.runtime import kernels  # noqa: E402
 from ecmt.zoo import load_model  # noqa: E402
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
@@ -84,10 +82,7 @@ def main():
             print(row, flush=True)
     os.environ["ECMT_COMPILE"] = "1"
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "core.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "core.md").write_text(render(results, args.T))
-    print(f"wrote {args.out / 'core.md'}")
+    write_result(args.out, "core", results, render(results, args.T))
 
 
 def render(r: dict, T: int) -> str:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown  # noqa: E402
+from machine import machine_info, machine_markdown, write_result  # noqa: E402
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 LIMIT, T = 2000, 8
@@ -63,10 +63,7 @@ def main():
               "kernels); what they lose is the duplicated model set-up and compilation per process and the "
               "all-reduce of the results.  On machines with more cores per process, or one GPU per rank, the "
               "batches shard without shared resources and the speed-up approaches the process count."]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "distributed.md").write_text("\n".join(lines) + "\n")
-    (OUT / "distributed.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {OUT / 'distributed.md'}")
+    write_result(OUT, "distributed", {"machine": info, "rows": rows}, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

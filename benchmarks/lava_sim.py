@@ -6,7 +6,6 @@ the executor (accuracy per step, deviation, run time).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown  # noqa: E402
+from machine import machine_info, machine_markdown, write_result  # noqa: E402
 
 import ecmt  # noqa: E402
 from ecmt import data  # noqa: E402
@@ -51,8 +50,6 @@ def main():
                       "processes": net.kinds}
         print(name, rows[name]["seconds"], rows[name]["accuracy"][-1], flush=True)
     result = {"machine": machine_info(), "samples": args.samples, "T": args.T, "rows": rows}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "lava.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# The demo ViT in Lava's simulator", "",
              "Produced by `python benchmarks/lava_sim.py`.  " + machine_markdown(result["machine"]), "",
              f"{args.samples} Fashion-MNIST test images, T = {args.T}, `Loihi2SimCfg`.  Free-running "
@@ -70,8 +67,7 @@ def main():
     for name, r in rows.items():
         lines.append(f"| {name} | {r['seconds']:.1f} | {r['seconds'] / rows['executor']['seconds']:.0f}x |")
     lines += ["", f"Lava processes: {rows['lava float']['processes']}."]
-    (OUT / "lava.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {OUT / 'lava.md'}")
+    write_result(OUT, "lava", result, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

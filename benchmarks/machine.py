@@ -2,11 +2,13 @@
 timing rule the benchmarks share."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
 import torch
 
@@ -58,3 +60,11 @@ def interleaved_medians(fns: dict, repeats: int) -> dict:
             fn()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def write_result(out: Path, name: str, result: dict, markdown: str, indent: int = 2) -> None:
+    """Write a benchmark's output, out/name.json and out/name.md, and say so."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=indent) + "\n")
+    (out / f"{name}.md").write_text(markdown)
+    print(f"wrote {out / name}.md")

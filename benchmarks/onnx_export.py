@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown  # noqa: E402
+from machine import machine_info, machine_markdown, write_result  # noqa: E402
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 
@@ -66,10 +66,7 @@ def main():
         lines.append(f"| {form} | {r['parameters']:,} | {r['convert_s']:.1f} | {r['export_s']:.1f} | "
                      f"{r['peak_rss_mb_before_export']:.0f} | {r['peak_rss_mb_after_export']:.0f} | "
                      f"{r['file_mb']:.1f} |")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "onnx_export.md").write_text("\n".join(lines) + "\n")
-    (OUT / "onnx_export.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
-    print(f"wrote {OUT / 'onnx_export.md'}")
+    write_result(OUT, "onnx_export", {"machine": info, "rows": rows}, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import ctypes
 import gc
 import importlib.metadata
 import io
-import json
 import math
 import os
 import statistics
@@ -51,7 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown  # noqa: E402
+from machine import machine_info, machine_markdown, write_result  # noqa: E402
 
 import ecmt  # noqa: E402
 import hw_sim  # noqa: E402
@@ -667,12 +666,10 @@ def main():
         result["models"][model_name] = entry
 
     result["wall_seconds"] = time.time() - started
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "peers.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_result(OUT, "peers", result, render(result), indent=1)
     plot_accuracy(result, OUT / "peers_accuracy.png")
     plot_energy(result, OUT / "peers_energy.png")
-    (OUT / "peers.md").write_text(render(result))
-    print(f"wrote {OUT / 'peers.md'} ({result['wall_seconds']:.0f} s)")
+    print(f"took {result['wall_seconds']:.0f} s")
 
 
 def versions() -> dict:
@@ -772,72 +769,73 @@ def _finish(ax, e, log_energy: bool = False):
     ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
 
 
-def plot_accuracy(r, path):
+def _plot_per_model(r, path, height: float, draw) -> None:
+    """One panel per model, side by side: draw(r, ax, model name, its entry, colour of a method)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     models = list(r["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), height), squeeze=False)
     for ax, name in zip(axes[0], models):
         e = r["models"][name]
-        color = _styles(e["methods"])
-        sta = [m for m in e["methods"] if m["name"].startswith("SJ STA spiking_encoder")]
-        for m in e["methods"]:
-            if m in sta:
-                continue
-            ts = range(1, len(m["accuracy"]) + 1)
-            ax.plot(ts, [100 * a for a in m["accuracy"]], marker="o" if m["family"] == "ECMT" else ".",
-                    ms=3, lw=2 if m["family"] == "ECMT" else 1.2, ls="-" if m["spiking"] else ":",
-                    color=color(m), label=m["name"])
-        if sta:
-            ax.plot([m["time_steps"] for m in sta], [100 * m["accuracy"][-1] for m in sta], marker="s", ms=4,
-                    color=color(sta[0]), label="SJ STA spiking_encoder, converted per time_steps = t "
-                                                "(accuracy after its t steps)")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks([t for t in (1, 2, 4, 8, 16, 32, 64, 128) if t <= r["T"]])
-        ax.set_xlabel("time step t")
-        ax.set_title(f"{MODEL_TITLES.get(name, name)}, Fashion-MNIST ({r['limit']} test images)")
-        _finish(ax, e)
+        draw(r, ax, name, e, _styles(e["methods"]))
     fig.subplots_adjust(wspace=0.22)
     fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
+
+
+def plot_accuracy(r, path):
+    _plot_per_model(r, path, 4.6, _draw_accuracy)
 
 
 def plot_energy(r, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    models = list(r["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
-    for ax, name in zip(axes[0], models):
-        e = r["models"][name]
-        color = _styles(e["methods"])
-        labelled = set()
-        for m in e["methods"]:
-            acc = [100 * a for a in m["accuracy"]]
-            if m["family"] == "ECMT":
-                ax.plot(m["hw_sim_full"], acc, marker="o", ms=3, lw=2, color=color(m),
-                        label=m["name"] + ": hw_sim full")
-                ax.plot(m["energy_1"], acc, ls="--", lw=0.9, color=color(m), alpha=0.6,
-                        label=m["name"] + ": same subset as SJ, 1 event per graded spike")
-                continue
-            key = "SJ STA spiking_encoder" if m["name"].startswith("SJ STA spiking_encoder") else m["name"]
-            first = key not in labelled
-            labelled.add(key)
-            label = (key + " (every time_steps)") if key != m["name"] else m["name"]
-            ax.plot(m["energy_k"], acc, marker="." if m["spiking"] else "x", ms=5, lw=1,
-                    ls="-" if m["spiking"] else ":", color=color(m),
-                    label=(label + (": k events per graded value" if m["spiking"] else "")) if first else None)
-            if m["spiking"]:
-                ax.plot(m["energy_1"], acc, marker=".", mfc="none", ms=5, lw=0.8, ls="--", alpha=0.6,
-                        color=color(m), label=(label + ": 1 event per graded value") if first else None)
-        ax.set_xscale("log")
-        ax.set_xlabel(f"SNN energy up to step t / one ANN forward ({r['profile']}, full)")
-        ax.set_title(f"{MODEL_TITLES.get(name, name)}: accuracy against energy, t = 1..T")
-        _finish(ax, e, log_energy=True)
-    fig.subplots_adjust(wspace=0.22)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
+    _plot_per_model(r, path, 4.8, _draw_energy)
+
+
+def _draw_accuracy(r, ax, name, e, color):
+    sta = [m for m in e["methods"] if m["name"].startswith("SJ STA spiking_encoder")]
+    for m in e["methods"]:
+        if m in sta:
+            continue
+        ts = range(1, len(m["accuracy"]) + 1)
+        ax.plot(ts, [100 * a for a in m["accuracy"]], marker="o" if m["family"] == "ECMT" else ".",
+                ms=3, lw=2 if m["family"] == "ECMT" else 1.2, ls="-" if m["spiking"] else ":",
+                color=color(m), label=m["name"])
+    if sta:
+        ax.plot([m["time_steps"] for m in sta], [100 * m["accuracy"][-1] for m in sta], marker="s", ms=4,
+                color=color(sta[0]), label="SJ STA spiking_encoder, converted per time_steps = t "
+                                            "(accuracy after its t steps)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([t for t in (1, 2, 4, 8, 16, 32, 64, 128) if t <= r["T"]])
+    ax.set_xlabel("time step t")
+    ax.set_title(f"{MODEL_TITLES.get(name, name)}, Fashion-MNIST ({r['limit']} test images)")
+    _finish(ax, e)
+
+
+def _draw_energy(r, ax, name, e, color):
+    labelled = set()
+    for m in e["methods"]:
+        acc = [100 * a for a in m["accuracy"]]
+        if m["family"] == "ECMT":
+            ax.plot(m["hw_sim_full"], acc, marker="o", ms=3, lw=2, color=color(m),
+                    label=m["name"] + ": hw_sim full")
+            ax.plot(m["energy_1"], acc, ls="--", lw=0.9, color=color(m), alpha=0.6,
+                    label=m["name"] + ": same subset as SJ, 1 event per graded spike")
+            continue
+        key = "SJ STA spiking_encoder" if m["name"].startswith("SJ STA spiking_encoder") else m["name"]
+        first = key not in labelled
+        labelled.add(key)
+        label = (key + " (every time_steps)") if key != m["name"] else m["name"]
+        ax.plot(m["energy_k"], acc, marker="." if m["spiking"] else "x", ms=5, lw=1,
+                ls="-" if m["spiking"] else ":", color=color(m),
+                label=(label + (": k events per graded value" if m["spiking"] else "")) if first else None)
+        if m["spiking"]:
+            ax.plot(m["energy_1"], acc, marker=".", mfc="none", ms=5, lw=0.8, ls="--", alpha=0.6,
+                    color=color(m), label=(label + ": 1 event per graded value") if first else None)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"SNN energy up to step t / one ANN forward ({r['profile']}, full)")
+    ax.set_title(f"{MODEL_TITLES.get(name, name)}: accuracy against energy, t = 1..T")
+    _finish(ax, e, log_energy=True)
 
 
 def _pct(a):

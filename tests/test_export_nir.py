@@ -15,11 +15,20 @@ from ecmt.ir import expand_ppn
 from exporters import nir as enir
 
 
-@pytest.fixture(scope="module")
-def demo_graph():
+def _demo(name):
     from ecmt import data
     from ecmt.zoo import load_model
-    return ecmt.convert(load_model("demo"), data.fashion_mnist("train").images[:256], progress=False).graph
+    return ecmt.convert(load_model(name), data.fashion_mnist("train").images[:256], progress=False).graph
+
+
+@pytest.fixture(scope="module")
+def demo_graph():
+    return _demo("demo")
+
+
+@pytest.fixture(scope="module")
+def demo_cnn():
+    return _demo("demo-cnn")
 
 
 def round_trip(graph, tmp_path, name="g.nir", **kw):
@@ -62,7 +71,7 @@ def test_standard_nodes_carry_correct_nir_types(demo_graph, tmp_path):
     assert isinstance(g.nodes["patch_embed.proj"], nir.Conv2d)
     mt = g.nodes["blocks.0.mlp.act.mt"]
     op = json.loads(mt.metadata["ecmt.op"])
-    assert op["convention"] == "ecmt-nir" and op["version"] == 1 and op["kind"] == "mt_neuron"
+    assert op["convention"] == "ecmt-nir" and op["version"] == enir.VERSION and op["kind"] == "mt_neuron"
     assert "ecmt.tensor.th_pos" in mt.metadata
 
 
@@ -184,3 +193,69 @@ def test_failed_export_leaves_no_file(tmp_path):
     with pytest.raises(enir.NirExportError, match="node 'r': NIR cannot change the layout"):
         enir.export(graph, tmp_path / "x.nir")
     assert list(tmp_path.iterdir()) == []
+
+
+def run_with_node_map(path, x, T):
+    """nirtorch's own graph runner with ecmt's node map, stepped as nirtorch documents;
+    returns the running means of the per-step outputs."""
+    import nirtorch
+    module = nirtorch.nir_to_torch(nir.read(str(path)), enir.torch_node_map())
+    out, state = module(x)
+    total, means = out.clone(), [out.clone()]
+    for t in range(2, T + 1):
+        out, state = module(x, state)
+        total += out
+        means.append(total / t)
+    return torch.stack(means)
+
+
+@pytest.mark.parametrize("ppn", [False, True])
+@pytest.mark.parametrize("model", ["demo_cnn", "demo_graph"])
+def test_nirtorch_with_the_node_map_equals_the_executor(model, ppn, tmp_path, request):
+    graph = request.getfixturevalue(model)
+    enir.export(graph, tmp_path / "g.nir", ppn=ppn)
+    x = torch.rand(3, 1, 28, 28)
+    ours = SpikingModel(expand_ppn(graph) if ppn else graph)(x, 5)
+    theirs = run_with_node_map(tmp_path / "g.nir", x, 5)
+    scale = ours.abs().max()
+    assert (theirs - ours).abs().max() <= 1e-5 * scale
+    assert torch.equal(SpikingModel(enir.load(tmp_path / "g.nir"))(x, 5), ours)    # and the round trip
+
+
+def test_residual_adds_are_converging_edges(demo_cnn, tmp_path):
+    summary = enir.export(demo_cnn, tmp_path / "c.nir")
+    g = nir.read(str(tmp_path / "c.nir"))
+    assert "3.add" not in g.nodes and "8.add" not in g.nodes
+    assert sorted(src for src, dst in g.edges if dst == "3.relu") == ["2", "3.body.3"]
+    assert summary.standard["add"] == 2 and summary.adapters == 0
+    assert not any(isinstance(n, nir.Scale) for n in g.nodes.values())
+    # Every node says what it is, pooling included.
+    assert all("ecmt.op" in n.metadata for n in g.nodes.values())
+
+
+def test_flatten_keeps_the_batch_axis_in_nir_and_in_torch(demo_cnn, tmp_path):
+    """Negative axes: NIR's per-sample type inference and a batched torch.flatten agree."""
+    enir.export(demo_cnn, tmp_path / "c.nir")
+    flat = nir.read(str(tmp_path / "c.nir")).nodes["14"]
+    assert isinstance(flat, nir.Flatten) and (flat.start_dim, flat.end_dim) == (-3, -1)
+    assert list(flat.output_type["output"]) == [64]
+    assert torch.nn.Flatten(flat.start_dim, flat.end_dim)(torch.zeros(5, 64, 1, 1)).shape == (5, 64)
+
+
+@pytest.mark.parametrize("model", ["demo_cnn", "demo_graph"])
+def test_ppn_export_writes_binary_neurons_on_standard_synapses(model, tmp_path, request):
+    graph = request.getfixturevalue(model)
+    summary = enir.export(graph, tmp_path / "p.nir", ppn=True)
+    g = nir.read(str(tmp_path / "p.nir"))
+    ppn_nodes = [n for n in g.nodes.values() if "ecmt.op" in n.metadata
+                 and json.loads(n.metadata["ecmt.op"])["kind"] == "mt_neuron_ppn"]
+    assert len(ppn_nodes) == summary.convention["mt_neuron_ppn"] > 0
+    for node in ppn_nodes:
+        assert isinstance(node, nir.IF)
+        fan = g.nodes[json.loads(node.metadata["ecmt.op"])["fan_out"]]
+        assert np.asarray(fan.weight).sum() == np.asarray(fan.weight).shape[0]      # one copy per channel
+    # The synaptic layers after the binary neurons stay standard nodes with expanded weights.
+    expanded = expand_ppn(graph)
+    for node in expanded.of_kind(ir.Linear) + expanded.of_kind(ir.Conv2d):
+        if isinstance(expanded[node.inputs[0]], ir.MTNeuronPPN) and (node.KIND != "conv2d" or node.groups == 1):
+            assert json.loads(g.nodes[node.name].metadata["ecmt.op"])["standard"]

@@ -49,8 +49,10 @@ class _Step:
         self.node, self.srcs, self.fn, self.state, self.static = node, srcs, fn, state, static
 
 
-def _compile(node: ir.Node, shape: tuple[int, ...], device, product_form: str):
-    """Return (fn(inputs, t) -> tensor, state or None) for one node on `device`."""
+def compile_node(node: ir.Node, shape: tuple[int, ...], device, product_form: str = "direct"):
+    """Return (fn(inputs, t) -> tensor, state or None) for one node on `device`:
+    one node's step, for the executor and for runtimes that host single nodes
+    (Lava's host processes, the NIR node map)."""
     dev = lambda t: None if t is None else t.to(device)
     if isinstance(node, ir.Input):
         return (lambda xs, t: xs[0]), None
@@ -125,6 +127,9 @@ def _compile(node: ir.Node, shape: tuple[int, ...], device, product_form: str):
     raise TypeError(f"executor has no implementation for node kind {node.KIND!r}")
 
 
+_compile = compile_node    # the name exporters/lava/processes.py imports
+
+
 class GraphExecutor:
     """Compiled form of a graph for one device; `run` is the whole API.
 
@@ -142,7 +147,7 @@ class GraphExecutor:
         index = {name: i for i, name in enumerate(graph.nodes)}
         self.steps: list[_Step] = []
         for node in graph:
-            fn, state = _compile(node, graph.shapes[node.name], self.device, product_form)
+            fn, state = compile_node(node, graph.shapes[node.name], self.device, product_form)
             static[node.name] = isinstance(node, (ir.Input, ir.Constant)) or (
                 not isinstance(node, ir.MTNeuron) and bool(node.inputs)
                 and all(static[s] for s in node.inputs))

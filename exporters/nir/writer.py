@@ -1,0 +1,359 @@
+"""SpikingGraph -> NIR graph (the ecmt-nir convention, docs/nir.md).
+
+Every IR node becomes the NIR node that says what it computes, where NIR has
+one, and otherwise a *convention node*: a NIR node of the right types whose
+metadata ``ecmt.op`` holds the IR kind, attributes, IR shapes and layout, and
+whose tensors travel as ``ecmt.tensor.<field>``.  Residual adds of equal
+shapes write no node at all: their operands' edges converge on the consumer,
+which NIR defines to sum them.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import math
+
+import numpy as np
+
+from ecmt import ir
+from ecmt.errors import EcmtError
+from ecmt.ir.serialize import graph_to_json
+
+from .layout import Layout, can_adapt, carrier_layout, channels_first, flatten_dims, identity
+
+CONVENTION = "ecmt-nir"
+VERSION = 2
+
+
+class NirExportError(EcmtError):
+    """The graph cannot be written as NIR (names the node)."""
+
+
+@dataclasses.dataclass
+class ExportSummary:
+    standard: dict[str, int]          # IR kind -> nodes written as standard NIR nodes (or as edges)
+    convention: dict[str, int]        # IR kind -> nodes written with the convention
+    adapters: int                     # NIR-only nodes: layout changes, operand ports, PPN fan-outs
+
+    def __str__(self) -> str:
+        fmt = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
+        return (f"NIR export: {sum(self.standard.values())} standard nodes ({fmt(self.standard)}); "
+                f"{sum(self.convention.values())} convention nodes ({fmt(self.convention)}); "
+                f"{self.adapters} adapters")
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float32)
+
+
+def _json_meta(key: str, **fields) -> dict:
+    return {key: json.dumps({"convention": CONVENTION, "version": VERSION, **fields}, separators=(",", ":"))}
+
+
+def _conv1d_fit(length_in: int, length_out: int) -> tuple[int, int]:
+    """(padding, dilation) with which a 2-tap Conv1d maps length_in to length_out."""
+    if length_out < length_in:
+        return 0, length_in - length_out
+    pad = (length_out - length_in + 2) // 2
+    return pad, length_in + 2 * pad - length_out
+
+
+class _Writer:
+    def __init__(self, graph: ir.SpikingGraph):
+        import nir
+        self.nir, self.g = nir, graph
+        self.nodes: dict[str, object] = {}
+        self.edges: list[tuple[str, str]] = []
+        self.layout: dict[str, Layout] = {}              # NIR node -> how its output holds its IR value
+        self.value_of: dict[str, list[str]] = {}         # IR node -> NIR nodes whose sum is its value
+        self.adapted: dict[tuple[str, Layout], str] = {}
+        self.summary = ExportSummary(collections.Counter(), collections.Counter(), 0)
+        self.consumer = ""
+
+    # -- helpers ---------------------------------------------------------------------
+    def add(self, name: str, node, layout: Layout, inputs: list[str]) -> str:
+        self.nodes[name] = node
+        self.layout[name] = layout
+        self.edges.extend((src, name) for src in inputs)
+        return name
+
+    def unique(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.nodes or name in self.g.nodes:
+            i += 1
+            name = f"{base}_{i}"
+        return name
+
+    def carrier_conv1d(self, in_shape, out_shape, metadata, weight=None, pad_dil=None):
+        """A Conv1d of the right types; its metadata says what it really computes."""
+        (c_in, l_in), (c_out, l_out) = in_shape, out_shape
+        pad, dil = pad_dil or _conv1d_fit(l_in, l_out)
+        w = np.zeros((c_out, c_in, 2), np.float32) if weight is None else weight
+        return self.nir.Conv1d(input_shape=l_in, weight=w, stride=1, padding=pad, dilation=dil, groups=1,
+                               bias=np.zeros(c_out, np.float32), metadata=metadata)
+
+    def first_layout(self, ir_name: str) -> Layout:
+        return self.layout[self.value_of[ir_name][0]]
+
+    def feed(self, ir_name: str, want: Layout) -> list[str]:
+        """The NIR nodes holding IR node `ir_name`'s value, each in layout `want`."""
+        return [self.adapt(src, self.g.shapes[ir_name], want) for src in self.value_of[ir_name]]
+
+    def fits(self, ir_name: str, want: Layout) -> bool:
+        return all(can_adapt(self.layout[s], want) for s in self.value_of[ir_name])
+
+    def adapt(self, src: str, ir_shape, want: Layout) -> str:
+        """A NIR node whose output is `src`'s value in the layout `want`."""
+        have = self.layout[src]
+        if have == want:
+            return src
+        key = (src, want)
+        if key in self.adapted:
+            return self.adapted[key]
+        if not can_adapt(have, want):
+            raise NirExportError(
+                f"node {self.consumer!r}: NIR cannot change the layout {list(have.shape)} -> {list(want.shape)} "
+                "(it has no operation that adds axes)", hint="see docs/nir.md for what can be exported")
+        meta = _json_meta("ecmt.adapter", role="layout", ir_shape=list(ir_shape),
+                          **{"from": have.to_json(), "to": want.to_json()})
+        name = self.unique(f"{src}.layout")
+        self.summary.adapters += 1
+        dims = flatten_dims(have.shape, want.shape) if have.perm == want.perm else None
+        if dims is not None:                                   # merging axes: a real Flatten
+            node = self.nir.Flatten(input_type={"input": np.array(have.shape)}, start_dim=dims[0],
+                                    end_dim=dims[1], metadata=meta)
+            result = self.add(name, node, want, [src])
+        elif len(have.shape) == 3:
+            step = Layout((have.shape[0], have.shape[1] * have.shape[2]), have.perm)
+            result = self.adapt(self.adapt(src, ir_shape, step), ir_shape, want)
+            self.summary.adapters -= 1
+        elif len(want.shape) == 1:
+            result = self.adapt(self.adapt(src, ir_shape, Layout((1, want.shape[0]))), ir_shape, want)
+            self.summary.adapters -= 1
+        else:                                                  # any 2-d -> 2-d reordering
+            result = self.add(name, self.carrier_conv1d(have.shape, want.shape, meta), want, [src])
+        self.adapted[key] = result
+        return result
+
+    def ports(self, operands: list[str]) -> list[str]:
+        """Each operand, flat, placed at its offset in a shared flat vector by an
+        exact Conv1d (weights 0 and 1), so NIR's sum of the edges concatenates them."""
+        sizes = [math.prod(self.g.shapes[o]) for o in operands]
+        total, offset, out = sum(sizes), 0, []
+        for operand, n in zip(operands, sizes):
+            flats = self.feed(operand, Layout((1, n)))
+            if len(operands) == 1:
+                return flats
+            o, gap = offset, total - n
+            if 2 * o >= gap + 1:        # late offsets: tap 0 reads x[j - pad]
+                w, pad, dil = [1.0, 0.0], o, n + 2 * o - total
+            elif 2 * o <= gap - 1:      # early offsets: tap 1 reads x[j - pad + dil]
+                w, pad, dil = [0.0, 1.0], gap - o, gap - 2 * o
+            else:                       # the middle: a 3-tap kernel, centre tap
+                w, pad, dil = [0.0, 1.0, 0.0], o + 1, 1
+            meta = _json_meta("ecmt.adapter", role="port", offset=o, size=n, total=total)
+            weight = np.array(w, np.float32).reshape(1, 1, -1)
+            for flat in flats:
+                node = self.carrier_conv1d((1, n), (1, total), meta, weight=weight, pad_dil=(pad, dil))
+                out.append(self.add(self.unique(f"{self.consumer}.port{len(out)}"), node, Layout((1, total)),
+                                    [flat]))
+                self.summary.adapters += 1
+            offset += n
+        return out
+
+    def op_meta(self, node: ir.Node, standard: bool, layout: Layout | None = None,
+                input_layout: Layout | None = None, **extra) -> dict:
+        """``ecmt.op``: what the IR node is (and, for convention nodes, its tensors, IR
+        shapes and the layout its NIR output holds the value in)."""
+        attrs = {k: list(v) if isinstance(v, tuple) else v for k, v in node.attrs().items()}
+        fields = dict(kind=node.KIND, standard=standard, inputs=list(node.inputs), attrs=attrs, **extra)
+        if layout is not None:
+            fields.update(shape=list(self.g.shapes[node.name]),
+                          input_shapes=[list(self.g.shapes[s]) for s in node.inputs],
+                          layout=layout.to_json())
+        if input_layout is not None:
+            fields["input_layout"] = input_layout.to_json()
+        if not standard:
+            fields["tensor_shapes"] = {f: list(t.shape) for f, t in node.tensors().items()}
+        meta = _json_meta("ecmt.op", **fields)
+        if not standard:
+            for field, t in node.tensors().items():     # 1-d: HDF5 cannot compress scalars
+                meta[f"ecmt.tensor.{field}"] = _np(t).reshape(-1)
+        return meta
+
+    # -- per node ----------------------------------------------------------------------
+    def emit(self, node: ir.Node) -> None:
+        self.consumer = node.name
+        nir, shape = self.nir, self.g.shapes[node.name]
+        in_shapes = [self.g.shapes[s] for s in node.inputs]
+        standard = self.standard(node, shape, in_shapes, nir)
+        if standard is None:
+            standard = self.convention(node, shape, in_shapes, nir)
+        if standard is None:
+            self.generic(node, shape)
+            standard = False
+        (self.summary.standard if standard else self.summary.convention).update([node.KIND])
+
+    def standard(self, node, shape, in_shapes, nir):
+        """Write `node` as the NIR node that computes it; True, or None if NIR cannot."""
+        meta = lambda layout=None, **extra: self.op_meta(node, True, layout, **extra)
+        x = node.inputs[0] if node.inputs else None
+        if isinstance(node, ir.Input):
+            self.add(node.name, nir.Input(input_type={"input": np.array(shape)}, metadata=meta()),
+                     identity(shape), [])
+        elif isinstance(node, ir.Output):
+            want = identity(shape)
+            sources = self.feed(x, want)
+            if len(sources) > 1:     # a sum of edges: consumers do not sum into an Output, so a node does
+                n = math.prod(shape)
+                meta_sum = _json_meta("ecmt.adapter", role="sum")
+                total = (nir.Linear(weight=np.eye(n, dtype=np.float32), metadata=meta_sum) if len(shape) == 1
+                         else nir.Scale(scale=np.ones(shape, np.float32), metadata=meta_sum))
+                sources = [self.add(self.unique(f"{x}.sum"), total, want, sources)]
+                self.summary.adapters += 1
+            self.add(node.name, nir.Output(output_type={"output": np.array(shape)}, metadata=meta()), want,
+                     sources)
+        elif isinstance(node, ir.Add) and len(set(node.inputs)) == len(node.inputs) \
+                and all(s == shape for s in in_shapes):
+            # NIR sums the edges into a node: the add is the consumers' converging edges.
+            self.value_of[node.name] = [s for i in node.inputs for s in self.value_of[i]]
+            return True
+        elif isinstance(node, ir.Linear) and len(in_shapes[0]) in (1, 2):
+            w, bias = _np(node.weight), node.bias is not None
+            if len(in_shapes[0]) == 1:
+                want, out = identity(in_shapes[0]), identity(shape)
+                nn = (nir.Affine(weight=w, bias=_np(node.bias), metadata=meta(bias=True)) if bias
+                      else nir.Linear(weight=w, metadata=meta(bias=False)))
+            else:   # [tokens, features]: Conv1d with kernel 1, channels-first
+                want, out = channels_first(in_shapes[0]), channels_first(shape)
+                b = _np(node.bias) if bias else np.zeros(w.shape[0], np.float32)
+                nn = nir.Conv1d(input_shape=in_shapes[0][0], weight=w[:, :, None], stride=1, padding=0,
+                                dilation=1, groups=1, bias=b, metadata=meta(bias=bias))
+            if not self.fits(x, want):
+                return None
+            self.add(node.name, nn, out, self.feed(x, want))
+        elif isinstance(node, ir.Conv2d) and node.groups == 1 and self.fits(x, identity(in_shapes[0])):
+            # (NIR 1.0.8 types a grouped Conv2d's input as C / groups channels, which no
+            # producer can match; grouped convolutions use the convention.)
+            bias = _np(node.bias) if node.bias is not None else np.zeros(node.weight.shape[0], np.float32)
+            nn = nir.Conv2d(input_shape=tuple(in_shapes[0][1:]), weight=_np(node.weight), stride=node.stride,
+                            padding=node.padding, dilation=node.dilation, groups=node.groups, bias=bias,
+                            metadata=meta(bias=node.bias is not None))
+            self.add(node.name, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
+        elif isinstance(node, ir.AvgPool2d) and self.fits(x, identity(in_shapes[0])):
+            nn = nir.AvgPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
+                               padding=np.array(node.padding), metadata=meta())
+            self.add(node.name, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
+        elif isinstance(node, ir.Reshape) and flatten_dims(in_shapes[0], shape) is not None \
+                and self.fits(x, identity(in_shapes[0])):
+            start, end = flatten_dims(in_shapes[0], shape)
+            nn = nir.Flatten(input_type={"input": np.array(in_shapes[0])}, start_dim=start, end_dim=end,
+                             metadata=meta())
+            self.add(node.name, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
+        elif isinstance(node, ir.Scale):
+            # The factor, laid out like the value it scales.
+            lay = self.first_layout(x)
+            factor = np.broadcast_to(_np(node.factor), shape)
+            if lay.perm is not None:
+                factor = factor.transpose(lay.perm)
+            nn = nir.Scale(scale=np.ascontiguousarray(factor).reshape(lay.shape), metadata=meta(lay))
+            self.add(node.name, nn, lay, self.feed(x, lay))
+        else:
+            return None
+        self.value_of.setdefault(node.name, [node.name])
+        return True
+
+    def convention(self, node, shape, in_shapes, nir):
+        """Single-input nodes written as a NIR node of the same types; False, or None."""
+        x = node.inputs[0] if len(node.inputs) == 1 else None
+        if x is None:
+            return None
+        if isinstance(node, ir.MTNeuronPPN):
+            return self.ppn_neuron(node, shape, in_shapes[0], nir)
+        if isinstance(node, (ir.MTNeuron, ir.NonlinearityECM)):
+            lay = self.first_layout(x)
+            meta = self.op_meta(node, False, lay, lay)
+            if isinstance(node, ir.MTNeuron):
+                # For consumers that ignore the metadata: IF at the first positive level, reset to zero.
+                th = np.broadcast_to(_np(node.th_pos), shape)
+                th = (th.transpose(lay.perm) if lay.perm is not None else th).reshape(lay.shape)
+                ones = np.ones(lay.shape, np.float32)
+                nn = nir.IF(r=ones, v_threshold=np.ascontiguousarray(th, np.float32), v_reset=0 * ones,
+                            metadata=meta)
+            else:
+                nn = nir.Scale(scale=np.ones(lay.shape, np.float32), metadata=meta)
+            self.add(node.name, nn, lay, self.feed(x, lay))
+        elif isinstance(node, ir.MaxPool2d) and self.fits(x, identity(in_shapes[0])):
+            nn = nir.SumPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
+                               padding=np.array(node.padding),
+                               metadata=self.op_meta(node, False, identity(shape), identity(in_shapes[0])))
+            self.add(node.name, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
+        else:
+            return None
+        self.value_of[node.name] = [node.name]
+        return False
+
+    def ppn_neuron(self, node: ir.MTNeuronPPN, shape, in_shape, nir):
+        """The binary-channel neuron: a fan-out copies each channel's input current
+        to its L level channels (a synaptic node with weights 1), and a neuron node
+        of the expanded shape fires at most one of them."""
+        L = node.channels_per_value
+        rank, axis = len(in_shape), node.axis
+        channels = in_shape[axis]
+        copy = np.zeros((channels * L, channels), np.float32)
+        copy[np.arange(channels * L), np.repeat(np.arange(channels), L)] = 1.0
+        zeros = np.zeros(channels * L, np.float32)
+        fan_meta = _json_meta("ecmt.adapter", role="fan_out", levels=L)
+        if rank == 3 and axis == 0:
+            want, out = identity(in_shape), identity(shape)
+            fan = nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=copy[:, :, None, None], stride=1, padding=0,
+                             dilation=1, groups=1, bias=zeros, metadata=fan_meta)
+        elif rank == 1:
+            want, out = identity(in_shape), identity(shape)
+            fan = nir.Linear(weight=copy, metadata=fan_meta)
+        elif rank == 2 and axis == 1:
+            want, out = channels_first(in_shape), channels_first(shape)
+            fan = nir.Conv1d(input_shape=in_shape[0], weight=copy[:, :, None], stride=1, padding=0, dilation=1,
+                             groups=1, bias=zeros, metadata=fan_meta)
+        else:
+            return None
+        if not self.fits(node.inputs[0], want):
+            return None
+        fan_name = self.add(self.unique(f"{node.name}.fan_out"), fan, out, self.feed(node.inputs[0], want))
+        self.summary.adapters += 1
+        lam = ir.ppn.level_values(node, channels)                         # [channels, L]
+        th = np.abs(_np(lam)).reshape(-1)                                 # one threshold per binary channel
+        view = [1] * rank
+        view[axis] = channels * L
+        th = np.broadcast_to(th.reshape(view), shape)
+        th = (th.transpose(out.perm) if out.perm is not None else th).reshape(out.shape)
+        ones = np.ones(out.shape, np.float32)
+        nn = nir.IF(r=ones, v_threshold=np.ascontiguousarray(th, np.float32), v_reset=0 * ones,
+                    metadata=self.op_meta(node, False, out, out, fan_out=fan_name))
+        self.add(node.name, nn, out, [fan_name])
+        self.value_of[node.name] = [node.name]
+        return False
+
+    def generic(self, node, shape):
+        """Any other node: a Conv1d carrier fed by its operands' ports."""
+        operands = list(node.inputs) or [self.g.input.name]   # a constant ignores the graph input it hangs on
+        ports = self.ports(operands)
+        sizes = [math.prod(self.g.shapes[o]) for o in operands]
+        out = carrier_layout(shape)
+        meta = self.op_meta(node, False, out, operand_sizes=sizes)
+        self.add(node.name, self.carrier_conv1d((1, sum(sizes)), out.shape, meta), out, ports)
+        self.value_of[node.name] = [node.name]
+
+
+def to_nir(graph: ir.SpikingGraph):
+    """The NIR graph of `graph`, and the export summary."""
+    import nir
+    graph.validate()
+    w = _Writer(graph)
+    for node in graph:
+        w.emit(node)
+    desc = graph_to_json(graph)
+    desc["convention"] = {"name": CONVENTION, "version": VERSION}
+    meta = {"ecmt.description": json.dumps(desc, separators=(",", ":"))}
+    return nir.NIRGraph(nodes=w.nodes, edges=w.edges, metadata=meta), w.summary

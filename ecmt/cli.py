@@ -162,8 +162,17 @@ def _export(graph, to: str, output, unroll=None, ppn=False) -> str:
     return f"Lava HDF5 export in the {export(graph, output)} layout (docs/lava.md)\nwrote {output}"
 
 
+# File endings each export format is written under (NIR and Lava files are both HDF5).
+EXPORT_SUFFIXES = {"onnx": (".onnx",), "nir": (".nir",), "lava": (".h5", ".hdf5", ".net")}
+
+
 def cmd_export(args):
     from .ir import SpikingGraph
+    suffix = Path(args.output).suffix.lower()
+    if suffix not in EXPORT_SUFFIXES[args.to]:
+        raise EcmtError(f"-o {args.output}: a {args.to} export is written to a "
+                        f"{' / '.join(EXPORT_SUFFIXES[args.to])} file, not {suffix or 'a file without an ending'}",
+                        hint=f"name the output e.g. model{EXPORT_SUFFIXES[args.to][0]}, or pick the matching --to")
     graph = SpikingGraph.load(args.graph)
     if args.unroll is not None and args.to != "onnx":
         raise EcmtError("--unroll applies to --to onnx only")
@@ -284,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a graph to ONNX, NIR or Lava")
     p.add_argument("graph", help="graph file (.ecmt)")
     p.add_argument("--to", required=True, choices=["onnx", "nir", "lava"], help="target format")
-    p.add_argument("-o", "--output", required=True, help="file to write")
+    p.add_argument("-o", "--output", required=True,
+                   help="file to write: .onnx (onnx), .nir (nir), .h5 / .hdf5 / .net (lava)")
     p.add_argument("--unroll", type=int, help="ONNX: T steps in one graph (input once, [T, B, ...] out)")
     p.add_argument("--ppn", action="store_true",
                    help="NIR: binary-spike form (parallel parameter normalization, docs/nir.md)")

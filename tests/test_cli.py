@@ -60,6 +60,9 @@ def test_demo_runs_end_to_end(tmp_path):
     (["convert", "--model", "timm:not_a_model", "-o", "x.ecmt"], None, "cannot build timm model"),
     (["convert", "--model", "demo", "--data", "fashion-mnist", "-o", "x.ecmt"],
      {"ECMT_FASHION_MNIST": "/nonexistent"}, "Fashion-MNIST not found"),
+    (["export", "/nonexistent.ecmt", "--to", "nir", "-o", "x.onnx"], None,
+     "a nir export is written to a .nir file, not .onnx"),
+    (["export", "/nonexistent.ecmt", "--to", "onnx", "-o", "model"], None, "not a file without an ending"),
 ])
 def test_user_errors_are_one_line_with_a_hint(args, env, expected, tmp_path):
     r = ecmt_cli(*args, env=env)

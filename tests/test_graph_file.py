@@ -106,6 +106,28 @@ def test_pickled_files_are_refused_without_unpickling(tmp_path):
     assert not marker.exists()
 
 
+def test_exports_are_named_for_what_they_are(tmp_path):
+    from exporters import nir as enir
+    from exporters import onnx as eonnx
+    graph = small_graph()
+    enir.export(graph, tmp_path / "g.nir")
+    eonnx.export(graph, tmp_path / "g.onnx")
+    for name, what in (("g.nir", "is an HDF5 file (a NIR or Lava/netx export?)"), ("g.onnx", "is an ONNX model")):
+        with pytest.raises(GraphFileError, match=re.escape(what)):
+            SpikingGraph.load(tmp_path / name)
+
+
+def test_a_header_length_with_low_byte_0x80_is_not_a_pickle(tmp_path):
+    graph = small_graph()
+    for pad in range(300):                # pad the metadata until the header length's low byte is 0x80
+        graph.meta["pad"] = "x" * pad
+        graph.save(tmp_path / "g.ecmt")
+        if (tmp_path / "g.ecmt").read_bytes()[0] == 0x80:
+            break
+    assert (tmp_path / "g.ecmt").read_bytes()[0] == 0x80
+    assert SpikingGraph.load(tmp_path / "g.ecmt").meta["pad"] == graph.meta["pad"]
+
+
 def test_safetensors_without_graph(tmp_path):
     from safetensors.torch import save_file
     save_file({"a": torch.zeros(2)}, str(tmp_path / "w.safetensors"))

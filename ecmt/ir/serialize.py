@@ -51,22 +51,41 @@ def save_graph(graph: SpikingGraph, path) -> None:
         save_file(tensors, str(tmp), metadata={META_KEY: header})
 
 
+_HINT = "graphs are written by `ecmt convert` or SpikingGraph.save"
+
+
+def _looks_like(head: bytes) -> str | None:
+    """What a file that is not a safetensors graph seems to be, from its first bytes."""
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "an HDF5 file (a NIR or Lava/netx export?), not an ecmt graph"
+    if head[:2] == b"PK":
+        return "a zip / torch.save archive, not an ecmt graph; ecmt never unpickles files"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a Python pickle, not an ecmt graph; ecmt never unpickles files"
+    if head[:1] == b"\x08" and head[2:3] == b"\x12":     # ONNX ModelProto: ir_version, then producer_name
+        return "an ONNX model, not an ecmt graph"
+    return None
+
+
 def _sniff(path: Path) -> None:
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head[:2] == b"PK":
-        raise GraphFileError(f"{path}: is a zip / torch.save archive, not an ecmt graph; "
-                             "ecmt never unpickles files",
-                             hint="graphs are written by `ecmt convert` or SpikingGraph.save")
-    if head[:1] == b"\x80":
-        raise GraphFileError(f"{path}: is a Python pickle, not an ecmt graph; ecmt never unpickles files",
-                             hint="graphs are written by `ecmt convert` or SpikingGraph.save")
+        head = f.read(16)
+    # A safetensors file: 8-byte little-endian header length, then the JSON header.
+    if len(head) >= 9 and head[8:9] == b"{":
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if header_len > path.stat().st_size - 8:
+            raise GraphFileError(f"{path}: truncated or corrupt (header of {header_len} bytes "
+                                 f"in a {path.stat().st_size}-byte file)")
+        return
+    what = _looks_like(head)
+    if what is not None:
+        hint = {"HDF5": "read NIR files with exporters.nir.load and Lava files with exporters.lava.load",
+                "ONNX": "ONNX exports run in onnxruntime; ecmt reads its own .ecmt graphs"}
+        raise GraphFileError(f"{path}: is {what}",
+                             hint=next((h for k, h in hint.items() if k in what), _HINT))
     if len(head) < 8:
         raise GraphFileError(f"{path}: truncated ({len(head)} bytes)")
-    (header_len,) = struct.unpack("<Q", head)
-    if header_len > path.stat().st_size - 8:
-        raise GraphFileError(f"{path}: truncated or corrupt (header of {header_len} bytes "
-                             f"in a {path.stat().st_size}-byte file)")
+    raise GraphFileError(f"{path}: not an ecmt graph (no safetensors header)", hint=_HINT)
 
 
 def load_graph(path) -> SpikingGraph:

@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("convert", help="convert a trained model to a spiking graph file")
-    p.add_argument("--model", default="demo", help="'demo' (ViT), 'demo-cnn' or 'timm:<name>' (default demo)")
+    p.add_argument("--model", default="demo", help="'demo' (ViT), 'demo-cnn', 'demo-mlp' or 'timm:<name>' (default demo)")
     p.add_argument("--checkpoint", help="state dict (.safetensors, or a torch file read weights-only)")
     p.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                    help="keyword for timm.create_model, e.g. img_size=32 (repeatable)")
@@ -305,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("train-demo", help="train a demo model (ViT or CNN) with its seeded recipe")
-    p.add_argument("--model", choices=("demo", "demo-cnn"), default="demo",
-                   help="demo: the ViT (default); demo-cnn: the ResNet-style CNN")
+    p.add_argument("--model", choices=("demo", "demo-cnn", "demo-mlp"), default="demo",
+                   help="demo: the ViT (default); demo-cnn: the ResNet-style CNN; demo-mlp: a ReLU MLP")
     p.add_argument("-o", "--output", default=None, help="checkpoint to write (default: the packaged one)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
     p.add_argument("--limit", type=int, help="train on the first N images only")

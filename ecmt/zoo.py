@@ -3,7 +3,9 @@ them and for users' models.
 
 * ``demo``: a small timm VisionTransformer for 28x28 grey images;
 * ``demo-cnn``: a small ResNet-style CNN (batch norm, a residual block, max
-  and average pooling) for the same images.
+  and average pooling) for the same images;
+* ``demo-mlp``: a ReLU MLP (784-256-128-10), the plain sequential network
+  that every NIR consumer and lava-dl's netx can express.
 
 Checkpoints are read without unpickling code: safetensors, or torch files
 with ``weights_only=True``.
@@ -31,6 +33,7 @@ DEMO_CONFIG = dict(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_
                    num_heads=4, mlp_ratio=2.0)
 DEMO_RECIPE = dict(epochs=12, batch_size=128, lr=2e-3, weight_decay=0.05, warmup_epochs=1, seed=0)
 CNN_RECIPE = dict(epochs=4, batch_size=128, lr=2e-3, weight_decay=5e-4, warmup_epochs=1, seed=0)
+MLP_RECIPE = dict(epochs=8, batch_size=128, lr=2e-3, weight_decay=5e-4, warmup_epochs=1, seed=0)
 
 
 def build_demo_vit(**overrides) -> torch.nn.Module:
@@ -63,6 +66,12 @@ def build_demo_cnn() -> torch.nn.Module:
         *_conv_bn(32, 64), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
 
 
+def build_demo_mlp() -> torch.nn.Module:
+    """28x28x1 -> 256 -> 128 -> 10, ReLU between the layers (about 235 k parameters)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+                         nn.Linear(128, 10))
+
+
 @dataclasses.dataclass(frozen=True)
 class Demo:
     build: Callable[[], torch.nn.Module]
@@ -74,6 +83,7 @@ class Demo:
 DEMOS = {
     "demo": Demo(build_demo_vit, DEMO_CHECKPOINT, DEMO_RECIPE, DEMO_CONFIG),
     "demo-cnn": Demo(build_demo_cnn, ASSETS / "demo_cnn.safetensors", CNN_RECIPE, {"model": "build_demo_cnn"}),
+    "demo-mlp": Demo(build_demo_mlp, ASSETS / "demo_mlp.safetensors", MLP_RECIPE, {"model": "build_demo_mlp"}),
 }
 
 
@@ -104,8 +114,8 @@ def load_state_dict(path) -> dict[str, torch.Tensor]:
 
 
 def load_model(spec: str, checkpoint: str | None = None, **kwargs) -> torch.nn.Module:
-    """'demo' (the committed demo ViT), 'demo-cnn' (the committed demo CNN), or
-    'timm:<name>' with an optional checkpoint; kwargs go to timm.create_model."""
+    """'demo' (the committed demo ViT), 'demo-cnn' / 'demo-mlp' (the committed demo
+    CNN / MLP), or 'timm:<name>' with an optional checkpoint; kwargs go to timm.create_model."""
     if spec in DEMOS:
         model = DEMOS[spec].build()
         path = Path(checkpoint) if checkpoint else DEMOS[spec].checkpoint
@@ -123,7 +133,7 @@ def load_model(spec: str, checkpoint: str | None = None, **kwargs) -> torch.nn.M
             raise EcmtError(f"cannot build timm model {spec[5:]!r}: {err}") from None
         path = Path(checkpoint) if checkpoint else None
     else:
-        raise EcmtError(f"unknown model {spec!r}", hint="use 'demo', 'demo-cnn' or 'timm:<model name>'")
+        raise EcmtError(f"unknown model {spec!r}", hint="use 'demo', 'demo-cnn', 'demo-mlp' or 'timm:<model name>'")
     if path is not None:
         state = load_state_dict(path)
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -145,7 +155,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def train_demo(out: str | Path | None = None, *, model: str = "demo", epochs: int | None = None,
                limit: int | None = None, seed: int | None = None, progress: bool = True,
                data_root: str | None = None) -> dict:
-    """Train a demo model ('demo' or 'demo-cnn') on Fashion-MNIST with its seeded
+    """Train a demo model ('demo', 'demo-cnn' or 'demo-mlp') on Fashion-MNIST with its seeded
     recipe; write a safetensors checkpoint (default: the packaged one) and a
     .json with its test accuracy next to it."""
     from . import data

@@ -13,24 +13,38 @@ from ecmt.atomic import atomic_path
 
 from .reader import NirImportError, load
 from .torch_map import torch_node_map
-from .writer import CONVENTION, VERSION, ExportSummary, NirExportError, to_nir
+from .writer import CONVENTION, NEURONS, VERSION, ExportSummary, NirExportError, to_nir
 
-__all__ = ["CONVENTION", "VERSION", "ExportSummary", "NirExportError", "NirImportError", "export", "load",
-           "to_nir", "torch_node_map"]
+__all__ = ["CONVENTION", "NEURONS", "VERSION", "ExportSummary", "NirExportError", "NirImportError", "export",
+           "load", "to_nir", "torch_node_map"]
 
 
-def export(graph: ir.SpikingGraph, path, *, ppn: bool = False, verbose: bool = False) -> ExportSummary:
+def export(graph: ir.SpikingGraph, path, *, ppn: bool = False, neuron: str = "IF",
+           verbose: bool = False) -> ExportSummary:
     """Write `graph` as a NIR file (HDF5).  With ppn=True, MT neurons that feed
     synaptic layers are written in parallel-parameter-normalized binary form
-    (ecmt.ir.ppn).  Returns (and with verbose prints) how many nodes are standard
-    and how many use the convention, by kind."""
+    (ecmt.ir.ppn).  `neuron` ("IF" or "LIF") is the NIR neuron that stands for
+    an MT neuron in consumers that ignore ecmt's metadata ("LIF" for snnTorch
+    1.0.0, docs/nir.md).  Returns (and with verbose prints) how many nodes are
+    standard and how many use the convention, by kind."""
     import nir
     if ppn:
         graph = ir.expand_ppn(graph)
-    nir_graph, summary = to_nir(graph)
+    nir_graph, summary = to_nir(graph, neuron)
     with atomic_path(Path(path)) as tmp:
         nir.write(str(tmp), nir_graph)
+        _drop_zero_v_reset(tmp)
         nir.read(str(tmp))            # what we write must be what NIR accepts
     if verbose:
         print(summary)
     return summary
+
+
+def _drop_zero_v_reset(path) -> None:
+    """Delete the all-zero ``v_reset`` datasets of neuron nodes: nir 1.0.8 reads a missing
+    v_reset as 0, and nir 1.0.4 (sinabs' pin) refuses IF / LIF nodes that have one."""
+    import h5py
+    with h5py.File(path, "r+") as f:
+        for node in f["node/nodes"].values():
+            if "v_reset" in node and not node["v_reset"][()].any():
+                del node["v_reset"]

@@ -51,6 +51,7 @@ def load(path):
     if conv.get("name") != CONVENTION or conv.get("version") != VERSION:
         raise NirImportError(f"{path}: unsupported convention {conv} (this ecmt reads {CONVENTION} v{VERSION})",
                              hint="export the graph again with this ecmt version")
+    roles = decode(g.metadata["ecmt.nodes"]) if "ecmt.nodes" in g.metadata else {}
     tensors = {}
     for nd in desc["nodes"]:
         name = nd["name"]
@@ -58,7 +59,7 @@ def load(path):
             if not nd["tensors"] and nd["kind"] == "add":       # written as converging edges
                 continue
             raise NirImportError(f"{path}: node {name!r} ({nd['kind']}) is missing from the NIR graph")
-        for field, t in _node_tensors(g.nodes[name], nd, path).items():
+        for field, t in _node_tensors(g.nodes[name], nd, roles.get(name), path).items():
             tensors[nd["tensors"][field]] = t
     try:
         return graph_from_json(desc, tensors, source=str(path))
@@ -66,7 +67,7 @@ def load(path):
         raise NirImportError(str(err)) from None
 
 
-def _node_tensors(nn, nd: dict, path) -> dict[str, torch.Tensor]:
+def _node_tensors(nn, nd: dict, role: dict | None, path) -> dict[str, torch.Tensor]:
     """The IR tensors of one node, from standard NIR fields or convention metadata."""
     name, kind, fields = nd["name"], nd["kind"], nd["tensors"]
     meta = getattr(nn, "metadata", {}) or {}
@@ -76,10 +77,7 @@ def _node_tensors(nn, nd: dict, path) -> dict[str, torch.Tensor]:
         raise NirImportError(f"{where}: unsupported convention {op.get('convention')} v{op.get('version')}")
     if op is not None and op.get("kind") != kind:
         raise NirImportError(f"{where}: metadata says kind {op.get('kind')!r}")
-    standard = type(nn).__name__ in STANDARD_TYPES and (op is None or op.get("standard"))
-    if not standard:
-        if op is None:
-            raise NirImportError(f"{where}: convention node without 'ecmt.op' metadata")
+    if op is not None:          # a convention node: its tensors travel in the metadata
         out = {}
         for field in fields:
             arr = meta.get(f"ecmt.tensor.{field}")
@@ -87,6 +85,8 @@ def _node_tensors(nn, nd: dict, path) -> dict[str, torch.Tensor]:
                 raise NirImportError(f"{where}: missing metadata 'ecmt.tensor.{field}'")
             out[field] = torch.from_numpy(np.array(arr, dtype=np.float32).reshape(nd["tensor_shapes"][field]))
         return out
+    if type(nn).__name__ not in STANDARD_TYPES:
+        raise NirImportError(f"{where}: convention node without 'ecmt.op' metadata")
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     if kind == "linear":
         w = np.asarray(nn.weight)
@@ -97,19 +97,19 @@ def _node_tensors(nn, nd: dict, path) -> dict[str, torch.Tensor]:
     if kind == "conv2d":
         return {"weight": t(nn.weight), **({"bias": t(nn.bias)} if "bias" in fields else {})}
     if kind == "scale":
-        return {"factor": t(_unlayout_factor(np.asarray(nn.scale), nd, op))}
+        return {"factor": t(_unlayout_factor(np.asarray(nn.scale), nd, role))}
     return {}
 
 
-def _unlayout_factor(scale: np.ndarray, nd: dict, op: dict | None) -> np.ndarray:
+def _unlayout_factor(scale: np.ndarray, nd: dict, role: dict | None) -> np.ndarray:
     """A Scale node's factor back in the IR's shape: the writer broadcast it to the
-    value's shape and laid it out like the value (op["layout"])."""
+    value's shape and laid it out like the value (its layout in ``ecmt.nodes``)."""
     shape = nd["tensor_shapes"]["factor"]
     value = tuple(nd["shape"])
-    if op is None or "layout" not in op or scale.size != math.prod(value):
+    if role is None or "layout" not in role or scale.size != math.prod(value):
         raise NirImportError(f"node {nd['name']!r} (scale): field factor: no layout metadata, or a NIR scale of "
                              f"{scale.size} elements for a value of shape {list(value)}")
-    full = to_ir(torch.from_numpy(np.ascontiguousarray(scale, np.float32))[None], Layout.from_json(op["layout"]),
+    full = to_ir(torch.from_numpy(np.ascontiguousarray(scale, np.float32))[None], Layout.from_json(role["layout"]),
                  value)[0].numpy()
     aligned = (1,) * (len(value) - len(shape)) + tuple(shape)
     index = tuple(slice(0, 1) if d == 1 else slice(None) for d in aligned)

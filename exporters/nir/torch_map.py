@@ -150,5 +150,5 @@ def torch_node_map() -> dict:
     """{NIR node type: function(node) -> torch module} for ``nirtorch.nir_to_torch``."""
     import nir
     kinds = ("Input", "Output", "Affine", "Linear", "Conv1d", "Conv2d", "AvgPool2d", "SumPool2d", "Flatten",
-             "Scale", "IF")
+             "Scale", "IF", "LIF")
     return {getattr(nir, kind): _map for kind in kinds}

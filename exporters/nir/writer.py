@@ -6,6 +6,15 @@ metadata ``ecmt.op`` holds the IR kind, attributes, IR shapes and layout, and
 whose tensors travel as ``ecmt.tensor.<field>``.  Residual adds of equal
 shapes write no node at all: their operands' edges converge on the consumer,
 which NIR defines to sum them.
+
+The file is written for the consumers as shipped (docs/nir.md, "Other NIR
+consumers"): only nodes whose NIR meaning differs from what they compute
+carry node metadata (nir 1.0.4, sinabs' pin, rejects metadata on Input,
+Output, Linear, Scale, Conv2d and AvgPool2d); the graph metadata
+``ecmt.nodes`` says what every NIR node is.  Bias-free linear layers are
+Affine with a zero bias and average pools without padding are SumPool2d
+(the node types every consumer maps), and IF nodes have no ``v_reset``
+dataset (nir 1.0.8 reads it as 0, nir 1.0.4 has no such field).
 """
 from __future__ import annotations
 
@@ -35,12 +44,17 @@ class ExportSummary:
     standard: dict[str, int]          # IR kind -> nodes written as standard NIR nodes (or as edges)
     convention: dict[str, int]        # IR kind -> nodes written with the convention
     adapters: int                     # NIR-only nodes: layout changes, operand ports, PPN fan-outs
+    depth_first_ok: bool = True       # Norse / sinabs (depth-first from the Input) run it in order
 
     def __str__(self) -> str:
         fmt = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
-        return (f"NIR export: {sum(self.standard.values())} standard nodes ({fmt(self.standard)}); "
+        text = (f"NIR export: {sum(self.standard.values())} standard nodes ({fmt(self.standard)}); "
                 f"{sum(self.convention.values())} convention nodes ({fmt(self.convention)}); "
                 f"{self.adapters} adapters")
+        if not self.depth_first_ok:
+            text += ("\nnote: consumers that run nodes depth-first from the Input (Norse, sinabs) would read "
+                     "some inputs a step late in this graph (docs/nir.md)")
+        return text
 
 
 def _np(t) -> np.ndarray:
@@ -60,9 +74,11 @@ def _conv1d_fit(length_in: int, length_out: int) -> tuple[int, int]:
 
 
 class _Writer:
-    def __init__(self, graph: ir.SpikingGraph):
+    def __init__(self, graph: ir.SpikingGraph, neuron: str = "IF"):
         import nir
-        self.nir, self.g = nir, graph
+        self.nir, self.g, self.neuron = nir, graph, neuron
+        self.roles: dict[str, dict] = {}                 # NIR node -> what it is (graph metadata ecmt.nodes)
+        self.gain: dict[str, float] = {}                 # NIR node -> its NIR output / its IR value, where not 1
         self.nodes: dict[str, object] = {}
         self.edges: list[tuple[str, str]] = []
         self.layout: dict[str, Layout] = {}              # NIR node -> how its output holds its IR value
@@ -72,9 +88,11 @@ class _Writer:
         self.consumer = ""
 
     # -- helpers ---------------------------------------------------------------------
-    def add(self, name: str, node, layout: Layout, inputs: list[str]) -> str:
+    def add(self, name: str, node, layout: Layout, inputs: list[str], role: str = "standard",
+            ir_node: str | None = None) -> str:
         self.nodes[name] = node
         self.layout[name] = layout
+        self.roles[name] = {"node": ir_node, "role": role, "layout": layout.to_json()}
         self.edges.extend((src, name) for src in inputs)
         return name
 
@@ -122,8 +140,8 @@ class _Writer:
         dims = flatten_dims(have.shape, want.shape) if have.perm == want.perm else None
         if dims is not None:                                   # merging axes: a real Flatten
             node = self.nir.Flatten(input_type={"input": np.array(have.shape)}, start_dim=dims[0],
-                                    end_dim=dims[1], metadata=meta)
-            result = self.add(name, node, want, [src])
+                                    end_dim=dims[1])
+            result = self.add(name, node, want, [src], role="layout")
         elif len(have.shape) == 3:
             step = Layout((have.shape[0], have.shape[1] * have.shape[2]), have.perm)
             result = self.adapt(self.adapt(src, ir_shape, step), ir_shape, want)
@@ -132,7 +150,7 @@ class _Writer:
             result = self.adapt(self.adapt(src, ir_shape, Layout((1, want.shape[0]))), ir_shape, want)
             self.summary.adapters -= 1
         else:                                                  # any 2-d -> 2-d reordering
-            result = self.add(name, self.carrier_conv1d(have.shape, want.shape, meta), want, [src])
+            result = self.add(name, self.carrier_conv1d(have.shape, want.shape, meta), want, [src], role="layout")
         self.adapted[key] = result
         return result
 
@@ -157,29 +175,24 @@ class _Writer:
             for flat in flats:
                 node = self.carrier_conv1d((1, n), (1, total), meta, weight=weight, pad_dil=(pad, dil))
                 out.append(self.add(self.unique(f"{self.consumer}.port{len(out)}"), node, Layout((1, total)),
-                                    [flat]))
+                                    [flat], role="port"))
                 self.summary.adapters += 1
             offset += n
         return out
 
-    def op_meta(self, node: ir.Node, standard: bool, layout: Layout | None = None,
-                input_layout: Layout | None = None, **extra) -> dict:
-        """``ecmt.op``: what the IR node is (and, for convention nodes, its tensors, IR
-        shapes and the layout its NIR output holds the value in)."""
+    def op_meta(self, node: ir.Node, layout: Layout, input_layout: Layout | None = None, **extra) -> dict:
+        """A convention node's metadata: ``ecmt.op`` (the IR kind, attributes, IR shapes,
+        the layouts its NIR input and output hold the values in) and its tensors."""
         attrs = {k: list(v) if isinstance(v, tuple) else v for k, v in node.attrs().items()}
-        fields = dict(kind=node.KIND, standard=standard, inputs=list(node.inputs), attrs=attrs, **extra)
-        if layout is not None:
-            fields.update(shape=list(self.g.shapes[node.name]),
-                          input_shapes=[list(self.g.shapes[s]) for s in node.inputs],
-                          layout=layout.to_json())
+        fields = dict(kind=node.KIND, standard=False, inputs=list(node.inputs), attrs=attrs,
+                      shape=list(self.g.shapes[node.name]), input_shapes=[list(self.g.shapes[s]) for s in node.inputs],
+                      tensor_shapes={f: list(t.shape) for f, t in node.tensors().items()}, layout=layout.to_json(),
+                      **extra)
         if input_layout is not None:
             fields["input_layout"] = input_layout.to_json()
-        if not standard:
-            fields["tensor_shapes"] = {f: list(t.shape) for f, t in node.tensors().items()}
         meta = _json_meta("ecmt.op", **fields)
-        if not standard:
-            for field, t in node.tensors().items():     # 1-d: HDF5 cannot compress scalars
-                meta[f"ecmt.tensor.{field}"] = _np(t).reshape(-1)
+        for field, t in node.tensors().items():     # 1-d: HDF5 cannot compress scalars
+            meta[f"ecmt.tensor.{field}"] = _np(t).reshape(-1)
         return meta
 
     # -- per node ----------------------------------------------------------------------
@@ -197,23 +210,20 @@ class _Writer:
 
     def standard(self, node, shape, in_shapes, nir):
         """Write `node` as the NIR node that computes it; True, or None if NIR cannot."""
-        meta = lambda layout=None, **extra: self.op_meta(node, True, layout, **extra)
+        add = lambda nn, layout, inputs: self.add(node.name, nn, layout, inputs, ir_node=node.name)
         x = node.inputs[0] if node.inputs else None
         if isinstance(node, ir.Input):
-            self.add(node.name, nir.Input(input_type={"input": np.array(shape)}, metadata=meta()),
-                     identity(shape), [])
+            add(nir.Input(input_type={"input": np.array(shape)}), identity(shape), [])
         elif isinstance(node, ir.Output):
             want = identity(shape)
             sources = self.feed(x, want)
             if len(sources) > 1:     # a sum of edges: consumers do not sum into an Output, so a node does
                 n = math.prod(shape)
-                meta_sum = _json_meta("ecmt.adapter", role="sum")
-                total = (nir.Linear(weight=np.eye(n, dtype=np.float32), metadata=meta_sum) if len(shape) == 1
-                         else nir.Scale(scale=np.ones(shape, np.float32), metadata=meta_sum))
-                sources = [self.add(self.unique(f"{x}.sum"), total, want, sources)]
+                total = (nir.Affine(weight=np.eye(n, dtype=np.float32), bias=np.zeros(n, np.float32))
+                         if len(shape) == 1 else nir.Scale(scale=np.ones(shape, np.float32)))
+                sources = [self.add(self.unique(f"{x}.sum"), total, want, sources, role="sum")]
                 self.summary.adapters += 1
-            self.add(node.name, nir.Output(output_type={"output": np.array(shape)}, metadata=meta()), want,
-                     sources)
+            add(nir.Output(output_type={"output": np.array(shape)}), want, sources)
         elif isinstance(node, ir.Add) and len(set(node.inputs)) == len(node.inputs) \
                 and all(s == shape for s in in_shapes):
             # NIR sums the edges into a node: the add is the consumers' converging edges.
@@ -221,44 +231,42 @@ class _Writer:
             return True
         elif isinstance(node, ir.Linear) and len(in_shapes[0]) in (1, 2):
             w, bias = _np(node.weight), node.bias is not None
-            if len(in_shapes[0]) == 1:
+            b = _np(node.bias) if bias else np.zeros(w.shape[0], np.float32)
+            if len(in_shapes[0]) == 1:      # Affine even without a bias: sinabs maps no Linear
                 want, out = identity(in_shapes[0]), identity(shape)
-                nn = (nir.Affine(weight=w, bias=_np(node.bias), metadata=meta(bias=True)) if bias
-                      else nir.Linear(weight=w, metadata=meta(bias=False)))
+                nn = nir.Affine(weight=w, bias=b)
             else:   # [tokens, features]: Conv1d with kernel 1, channels-first
                 want, out = channels_first(in_shapes[0]), channels_first(shape)
-                b = _np(node.bias) if bias else np.zeros(w.shape[0], np.float32)
                 nn = nir.Conv1d(input_shape=in_shapes[0][0], weight=w[:, :, None], stride=1, padding=0,
-                                dilation=1, groups=1, bias=b, metadata=meta(bias=bias))
+                                dilation=1, groups=1, bias=b)
             if not self.fits(x, want):
                 return None
-            self.add(node.name, nn, out, self.feed(x, want))
+            add(nn, out, self.feed(x, want))
         elif isinstance(node, ir.Conv2d) and node.groups == 1 and self.fits(x, identity(in_shapes[0])):
             # (NIR 1.0.8 types a grouped Conv2d's input as C / groups channels, which no
             # producer can match; grouped convolutions use the convention.)
             bias = _np(node.bias) if node.bias is not None else np.zeros(node.weight.shape[0], np.float32)
             nn = nir.Conv2d(input_shape=tuple(in_shapes[0][1:]), weight=_np(node.weight), stride=node.stride,
-                            padding=node.padding, dilation=node.dilation, groups=node.groups, bias=bias,
-                            metadata=meta(bias=node.bias is not None))
-            self.add(node.name, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
-        elif isinstance(node, ir.AvgPool2d) and self.fits(x, identity(in_shapes[0])):
+                            padding=node.padding, dilation=node.dilation, groups=node.groups, bias=bias)
+            add(nn, identity(shape), self.feed(x, identity(in_shapes[0])))
+        elif isinstance(node, ir.AvgPool2d) and any(node.padding) and self.fits(x, identity(in_shapes[0])):
+            # (Without padding it is a SumPool2d, below: Norse and sinabs map no AvgPool2d.)
             nn = nir.AvgPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
-                               padding=np.array(node.padding), metadata=meta())
-            self.add(node.name, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
+                               padding=np.array(node.padding))
+            add(nn, identity(shape), self.feed(x, identity(in_shapes[0])))
         elif isinstance(node, ir.Reshape) and flatten_dims(in_shapes[0], shape) is not None \
                 and self.fits(x, identity(in_shapes[0])):
             start, end = flatten_dims(in_shapes[0], shape)
-            nn = nir.Flatten(input_type={"input": np.array(in_shapes[0])}, start_dim=start, end_dim=end,
-                             metadata=meta())
-            self.add(node.name, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
+            nn = nir.Flatten(input_type={"input": np.array(in_shapes[0])}, start_dim=start, end_dim=end)
+            add(nn, identity(shape), self.feed(x, identity(in_shapes[0])))
         elif isinstance(node, ir.Scale):
             # The factor, laid out like the value it scales.
             lay = self.first_layout(x)
             factor = np.broadcast_to(_np(node.factor), shape)
             if lay.perm is not None:
                 factor = factor.transpose(lay.perm)
-            nn = nir.Scale(scale=np.ascontiguousarray(factor).reshape(lay.shape), metadata=meta(lay))
-            self.add(node.name, nn, lay, self.feed(x, lay))
+            nn = nir.Scale(scale=np.ascontiguousarray(factor).reshape(lay.shape))
+            add(nn, lay, self.feed(x, lay))
         else:
             return None
         self.value_of.setdefault(node.name, [node.name])
@@ -273,22 +281,26 @@ class _Writer:
             return self.ppn_neuron(node, shape, in_shapes[0], nir)
         if isinstance(node, (ir.MTNeuron, ir.NonlinearityECM)):
             lay = self.first_layout(x)
-            meta = self.op_meta(node, False, lay, lay)
+            meta = self.op_meta(node, lay, lay)
             if isinstance(node, ir.MTNeuron):
-                # For consumers that ignore the metadata: IF at the first positive level, reset to zero.
-                th = np.broadcast_to(_np(node.th_pos), shape)
-                th = (th.transpose(lay.perm) if lay.perm is not None else th).reshape(lay.shape)
-                ones = np.ones(lay.shape, np.float32)
-                nn = nir.IF(r=ones, v_threshold=np.ascontiguousarray(th, np.float32), v_reset=0 * ones,
-                            metadata=meta)
+                # For consumers that ignore the metadata: one threshold at the first positive
+                # level (times the gain of a pool written as a sum).
+                gain = self.gain.get(self.value_of[x][0], 1.0)
+                th = np.broadcast_to(_np(node.th_pos), shape) * gain
+                nn = self.neuron_node(lay, th, meta)
             else:
                 nn = nir.Scale(scale=np.ones(lay.shape, np.float32), metadata=meta)
-            self.add(node.name, nn, lay, self.feed(x, lay))
-        elif isinstance(node, ir.MaxPool2d) and self.fits(x, identity(in_shapes[0])):
+            self.add(node.name, nn, lay, self.feed(x, lay), role="convention", ir_node=node.name)
+        elif isinstance(node, (ir.MaxPool2d, ir.AvgPool2d)) and self.fits(x, identity(in_shapes[0])):
+            # Max pooling (an ECM) and average pooling without padding, as a SumPool2d: the
+            # pooling node every consumer maps.  A consumer that ignores the metadata sums.
             nn = nir.SumPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
                                padding=np.array(node.padding),
-                               metadata=self.op_meta(node, False, identity(shape), identity(in_shapes[0])))
-            self.add(node.name, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
+                               metadata=self.op_meta(node, identity(shape), identity(in_shapes[0])))
+            self.add(node.name, nn, identity(shape), self.feed(x, identity(in_shapes[0])), role="convention",
+                     ir_node=node.name)
+            if isinstance(node, ir.AvgPool2d):
+                self.gain[node.name] = float(math.prod(node.kernel_size))
         else:
             return None
         self.value_of[node.name] = [node.name]
@@ -304,36 +316,46 @@ class _Writer:
         copy = np.zeros((channels * L, channels), np.float32)
         copy[np.arange(channels * L), np.repeat(np.arange(channels), L)] = 1.0
         zeros = np.zeros(channels * L, np.float32)
-        fan_meta = _json_meta("ecmt.adapter", role="fan_out", levels=L)
         if rank == 3 and axis == 0:
             want, out = identity(in_shape), identity(shape)
             fan = nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=copy[:, :, None, None], stride=1, padding=0,
-                             dilation=1, groups=1, bias=zeros, metadata=fan_meta)
+                             dilation=1, groups=1, bias=zeros)
         elif rank == 1:
             want, out = identity(in_shape), identity(shape)
-            fan = nir.Linear(weight=copy, metadata=fan_meta)
+            fan = nir.Affine(weight=copy, bias=zeros)
         elif rank == 2 and axis == 1:
             want, out = channels_first(in_shape), channels_first(shape)
             fan = nir.Conv1d(input_shape=in_shape[0], weight=copy[:, :, None], stride=1, padding=0, dilation=1,
-                             groups=1, bias=zeros, metadata=fan_meta)
+                             groups=1, bias=zeros)
         else:
             return None
         if not self.fits(node.inputs[0], want):
             return None
-        fan_name = self.add(self.unique(f"{node.name}.fan_out"), fan, out, self.feed(node.inputs[0], want))
+        fan_name = self.add(self.unique(f"{node.name}.fan_out"), fan, out, self.feed(node.inputs[0], want),
+                            role="fan_out")
         self.summary.adapters += 1
         lam = ir.ppn.level_values(node, channels)                         # [channels, L]
         th = np.abs(_np(lam)).reshape(-1)                                 # one threshold per binary channel
         view = [1] * rank
         view[axis] = channels * L
         th = np.broadcast_to(th.reshape(view), shape)
-        th = (th.transpose(out.perm) if out.perm is not None else th).reshape(out.shape)
-        ones = np.ones(out.shape, np.float32)
-        nn = nir.IF(r=ones, v_threshold=np.ascontiguousarray(th, np.float32), v_reset=0 * ones,
-                    metadata=self.op_meta(node, False, out, out, fan_out=fan_name))
-        self.add(node.name, nn, out, [fan_name])
+        nn = self.neuron_node(out, th, self.op_meta(node, out, out, fan_out=fan_name))
+        self.add(node.name, nn, out, [fan_name], role="convention", ir_node=node.name)
         self.value_of[node.name] = [node.name]
         return False
+
+    def neuron_node(self, layout: Layout, threshold: np.ndarray, metadata: dict):
+        """The NIR neuron that carries an MT neuron: what a consumer that ignores the
+        metadata runs.  "IF": NIR's IF, r = 1, reset to 0.  "LIF": an LIF with tau = 1e4
+        and r = tau / 1e-4, which snnTorch 1.0.0 (dt = 1e-4) reads as a reset-to-zero IF
+        that, unlike its IF import, chains into the next layer."""
+        th = threshold.transpose(layout.perm) if layout.perm is not None else threshold
+        th = np.ascontiguousarray(th, np.float32).reshape(layout.shape)
+        ones, zeros = np.ones(layout.shape, np.float32), np.zeros(layout.shape, np.float32)
+        if self.neuron == "LIF":
+            return self.nir.LIF(tau=1e4 * ones, r=1e8 * ones, v_leak=zeros, v_threshold=th, v_reset=zeros,
+                                metadata=metadata)
+        return self.nir.IF(r=ones, v_threshold=th, v_reset=zeros, metadata=metadata)
 
     def generic(self, node, shape):
         """Any other node: a Conv1d carrier fed by its operands' ports."""
@@ -341,19 +363,50 @@ class _Writer:
         ports = self.ports(operands)
         sizes = [math.prod(self.g.shapes[o]) for o in operands]
         out = carrier_layout(shape)
-        meta = self.op_meta(node, False, out, operand_sizes=sizes)
-        self.add(node.name, self.carrier_conv1d((1, sum(sizes)), out.shape, meta), out, ports)
+        meta = self.op_meta(node, out, operand_sizes=sizes)
+        self.add(node.name, self.carrier_conv1d((1, sum(sizes)), out.shape, meta), out, ports, role="convention",
+                 ir_node=node.name)
         self.value_of[node.name] = [node.name]
 
 
-def to_nir(graph: ir.SpikingGraph):
-    """The NIR graph of `graph`, and the export summary."""
+NEURONS = ("IF", "LIF")
+
+
+def to_nir(graph: ir.SpikingGraph, neuron: str = "IF"):
+    """The NIR graph of `graph`, and the export summary.  `neuron` names the NIR neuron
+    that carries MT neurons for consumers that ignore the metadata (see neuron_node)."""
     import nir
+    if neuron not in NEURONS:
+        raise NirExportError(f"neuron {neuron!r}: must be one of {', '.join(NEURONS)}")
     graph.validate()
-    w = _Writer(graph)
+    w = _Writer(graph, neuron)
     for node in graph:
         w.emit(node)
     desc = graph_to_json(graph)
     desc["convention"] = {"name": CONVENTION, "version": VERSION}
-    meta = {"ecmt.description": json.dumps(desc, separators=(",", ":"))}
+    meta = {"ecmt.description": json.dumps(desc, separators=(",", ":")),
+            "ecmt.nodes": json.dumps(w.roles, separators=(",", ":"))}
+    w.summary.depth_first_ok = depth_first_is_topological(w.nodes, w.edges)
     return nir.NIRGraph(nodes=w.nodes, edges=w.edges, metadata=meta), w.summary
+
+
+def depth_first_is_topological(nodes: dict, edges: list[tuple[str, str]]) -> bool:
+    """Whether a depth-first walk from the Input, children in edge-list order (how
+    nirtorch's legacy loader, and so Norse and sinabs, order a graph), meets every
+    node after all its producers and ends at the Output."""
+    children, producers = collections.defaultdict(list), collections.defaultdict(set)
+    for src, dst in edges:
+        children[src].append(dst)
+        producers[dst].add(src)
+    start = next(n for n, node in nodes.items() if type(node).__name__ == "Input")
+    order, seen, stack = [], set(), [start]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        order.append(name)
+        stack.extend(reversed(children[name]))
+    position = {n: i for i, n in enumerate(order)}
+    return (len(order) == len(nodes) and type(nodes[order[-1]]).__name__ == "Output"
+            and all(position[p] < position[n] for n in order for p in producers[n]))

@@ -11,5 +11,8 @@ bootstrap: $(VENV)/.bootstrapped
 demo: $(VENV)/.bootstrapped
 	$(VENV)/bin/ecmt demo
 
+# The NIR consumer libraries (snnTorch, Norse, sinabs) run ecmt's files in their own
+# environments (tools/nir_consumers.sh says why); the script returns at once when they are current.
 test: $(VENV)/.bootstrapped
+	tools/nir_consumers.sh
 	$(PY) -m pytest -q

@@ -149,7 +149,7 @@ def cmd_energy(args):
         print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
-def _export(graph, to: str, output, unroll=None, ppn=False) -> str:
+def _export(graph, to: str, output, unroll=None, ppn=False, neuron="IF", unit_thresholds=False) -> str:
     """Write one export; return what to print about it."""
     if to == "onnx":
         from exporters.onnx import export
@@ -157,7 +157,7 @@ def _export(graph, to: str, output, unroll=None, ppn=False) -> str:
         return f"wrote {output}"
     if to == "nir":
         from exporters.nir import export
-        return f"{export(graph, output, ppn=ppn)}\nwrote {output}"
+        return f"{export(graph, output, ppn=ppn, neuron=neuron, unit_thresholds=unit_thresholds)}\nwrote {output}"
     from exporters.lava import export
     return f"Lava HDF5 export in the {export(graph, output)} layout (docs/lava.md)\nwrote {output}"
 
@@ -173,12 +173,14 @@ def cmd_export(args):
         raise EcmtError(f"-o {args.output}: a {args.to} export is written to a "
                         f"{' / '.join(EXPORT_SUFFIXES[args.to])} file, not {suffix or 'a file without an ending'}",
                         hint=f"name the output e.g. model{EXPORT_SUFFIXES[args.to][0]}, or pick the matching --to")
-    graph = SpikingGraph.load(args.graph)
     if args.unroll is not None and args.to != "onnx":
         raise EcmtError("--unroll applies to --to onnx only")
-    if args.ppn and args.to != "nir":
-        raise EcmtError("--ppn applies to --to nir only")
-    print(_export(graph, args.to, args.output, args.unroll, args.ppn))
+    for flag, given in (("--ppn", args.ppn), ("--nir-neuron", args.nir_neuron != "IF"),
+                        ("--unit-thresholds", args.unit_thresholds)):
+        if given and args.to != "nir":
+            raise EcmtError(f"{flag} applies to --to nir only")
+    graph = SpikingGraph.load(args.graph)
+    print(_export(graph, args.to, args.output, args.unroll, args.ppn, args.nir_neuron, args.unit_thresholds))
 
 
 def cmd_inspect(args):
@@ -298,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unroll", type=int, help="ONNX: T steps in one graph (input once, [T, B, ...] out)")
     p.add_argument("--ppn", action="store_true",
                    help="NIR: binary-spike form (parallel parameter normalization, docs/nir.md)")
+    p.add_argument("--nir-neuron", choices=("IF", "LIF"), default="IF",
+                   help="NIR: the neuron node that stands for MT neurons in consumers that ignore ecmt's "
+                        "metadata (LIF for snnTorch 1.0.0; default IF)")
+    p.add_argument("--unit-thresholds", action="store_true",
+                   help="NIR: move thresholds into the weights where exact, for consumers whose spikes are 1")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("inspect", help="summarize a graph file")

@@ -260,3 +260,26 @@ def test_ppn_export_writes_binary_neurons_on_standard_synapses(model, tmp_path, 
     after = [n for n in expanded.of_kind(ir.Linear) + expanded.of_kind(ir.Conv2d)
              if isinstance(expanded[n.inputs[0]], ir.MTNeuronPPN)]
     assert after and all(roles[n.name]["role"] == "standard" for n in after)
+
+
+def test_unit_thresholds_move_thresholds_into_the_weights_exactly():
+    from ecmt.ir.unit import unit_thresholds
+    from models import relu_mlp
+    graph = ecmt.convert(relu_mlp(), torch.randn(64, 1, 8, 8), progress=False).graph
+    unit, done = unit_thresholds(graph)
+    assert done == [n.name for n in graph.of_kind(ir.MTNeuron)] and len(done) == 2
+    assert all(float(unit[n].th_pos) == 1.0 for n in done)
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(SpikingModel(unit)(x, 16), SpikingModel(graph)(x, 16), rtol=1e-5, atol=1e-5)
+    # A neuron feeding a residual add keeps its threshold: its spikes reach the add unweighted.
+    residual = ecmt.convert(relu_cnn_residual(), torch.randn(32, 1, 8, 8), progress=False).graph
+    _, kept = unit_thresholds(residual)
+    skip = [n for n in residual.of_kind(ir.Add)][0].inputs
+    assert not set(skip) & set(kept)
+
+
+def relu_cnn_residual():
+    from ecmt.zoo import ResidualBlock
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), ResidualBlock(4), nn.Flatten(),
+                         nn.Linear(4 * 8 * 8, 10)).eval()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ecmt import ir
 from ecmt.atomic import atomic_path
+from ecmt.ir.unit import unit_thresholds as unit_threshold_graph
 
 from .reader import NirImportError, load
 from .torch_map import torch_node_map
@@ -20,17 +21,23 @@ __all__ = ["CONVENTION", "NEURONS", "VERSION", "ExportSummary", "NirExportError"
 
 
 def export(graph: ir.SpikingGraph, path, *, ppn: bool = False, neuron: str = "IF",
-           verbose: bool = False) -> ExportSummary:
+           unit_thresholds: bool = False, verbose: bool = False) -> ExportSummary:
     """Write `graph` as a NIR file (HDF5).  With ppn=True, MT neurons that feed
     synaptic layers are written in parallel-parameter-normalized binary form
     (ecmt.ir.ppn).  `neuron` ("IF" or "LIF") is the NIR neuron that stands for
     an MT neuron in consumers that ignore ecmt's metadata ("LIF" for snnTorch
-    1.0.0, docs/nir.md).  Returns (and with verbose prints) how many nodes are
+    1.0.0, docs/nir.md); with unit_thresholds=True the thresholds that can move
+    into the weights do (ecmt.ir.unit), so that those consumers' unit spikes
+    have the right size.  Returns (and with verbose prints) how many nodes are
     standard and how many use the convention, by kind."""
     import nir
+    normalized = None
+    if unit_thresholds:
+        graph, normalized = unit_threshold_graph(graph)
     if ppn:
         graph = ir.expand_ppn(graph)
     nir_graph, summary = to_nir(graph, neuron)
+    summary.unit_thresholds = normalized
     with atomic_path(Path(path)) as tmp:
         nir.write(str(tmp), nir_graph)
         _drop_zero_v_reset(tmp)

@@ -45,12 +45,16 @@ class ExportSummary:
     convention: dict[str, int]        # IR kind -> nodes written with the convention
     adapters: int                     # NIR-only nodes: layout changes, operand ports, PPN fan-outs
     depth_first_ok: bool = True       # Norse / sinabs (depth-first from the Input) run it in order
+    unit_thresholds: list[str] | None = None   # MT neurons whose threshold moved into the weights
 
     def __str__(self) -> str:
         fmt = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
         text = (f"NIR export: {sum(self.standard.values())} standard nodes ({fmt(self.standard)}); "
                 f"{sum(self.convention.values())} convention nodes ({fmt(self.convention)}); "
                 f"{self.adapters} adapters")
+        if self.unit_thresholds is not None:
+            mt = sum(v for k, v in self.convention.items() if k.startswith("mt_neuron"))
+            text += f"\nunit thresholds: {len(self.unit_thresholds)} of {mt} MT neurons"
         if not self.depth_first_ok:
             text += ("\nnote: consumers that run nodes depth-first from the Input (Norse, sinabs) would read "
                      "some inputs a step late in this graph (docs/nir.md)")

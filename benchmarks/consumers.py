@@ -1,0 +1,170 @@
+"""ecmt's NIR files in the field's NIR libraries as shipped, against ecmt's executor.
+
+    python benchmarks/consumers.py     # writes docs/benchmarks/consumers.{md,json}
+
+For the demo MLP and the demo CNN (paper calibration on 512 training images) and
+three exports of each:
+
+* graded: the default file (MT neurons as IF nodes with ecmt metadata);
+* unit: the same graph with thresholds moved into the weights where exact
+  (`--unit-thresholds`), so that a consumer's unit spikes have the right size;
+* binary: converted with one level per neuron (levels = 1), unit thresholds:
+  the single-threshold network closest to what IF neurons compute.
+
+each library loads the file with its own import function and runs it with its
+own models (tools/nir_consumer_run.py in the environments of
+tools/nir_consumers.sh): Norse and sinabs read the IF file, snnTorch 1.0.0 the
+LIF one (its IF import breaks the next layer).  nirtorch with ecmt's node map
+runs the graded file.  The same 1000 test images are fed for T = 32 steps; the
+prediction at t is the argmax of the summed outputs up to t.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine_info, machine_markdown, write_result  # noqa: E402
+
+import ecmt  # noqa: E402
+from ecmt import SpikingModel, data  # noqa: E402
+from ecmt.evaluate import ann_accuracy  # noqa: E402
+from ecmt.zoo import load_model  # noqa: E402
+from exporters import nir as enir  # noqa: E402
+
+ROOT = Path(__file__).parent.parent
+OUT = ROOT / "docs" / "benchmarks"
+CONSUMERS = {"norse": "IF", "sinabs": "IF", "snntorch": "LIF"}
+VARIANTS = {"graded": dict(levels=8, unit=False), "unit": dict(levels=8, unit=True),
+            "binary": dict(levels=1, unit=True)}
+
+
+def accuracy_at(outputs: np.ndarray, labels: np.ndarray, ts) -> dict:
+    """outputs [T, N, classes] per step -> accuracy of the summed outputs at each t."""
+    total = np.cumsum(outputs, axis=0)
+    return {t: float((total[t - 1].argmax(-1) == labels).mean()) for t in ts}
+
+
+def agreement_at(outputs: np.ndarray, reference: np.ndarray, ts) -> dict:
+    total = np.cumsum(outputs, axis=0)
+    return {t: float((total[t - 1].argmax(-1) == reference[t - 1].argmax(-1)).mean()) for t in ts}
+
+
+def run_consumer(consumer: str, path: Path, x_path: Path, T: int, out: Path):
+    python = subprocess.run([str(ROOT / "tools" / "nir_consumers.sh"), "--python", consumer],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    start = time.time()
+    r = subprocess.run([python, str(ROOT / "tools" / "nir_consumer_run.py"), "--consumer", consumer,
+                        "--nir", str(path), "--inputs", str(x_path), "-T", str(T), "--out", str(out),
+                        "--batch-size", "250"], capture_output=True, text=True)
+    seconds = time.time() - start
+    if r.returncode != 0:
+        return None, seconds, r.stderr.strip().splitlines()[-1]
+    return np.load(out), seconds, None
+
+
+def node_map_run(path: Path, x: torch.Tensor, T: int) -> np.ndarray:
+    import nir
+    import nirtorch
+    outs = []
+    for batch in x.split(250):
+        m = nirtorch.nir_to_torch(nir.read(str(path)), enir.torch_node_map())
+        out, state = m(batch)
+        steps = [out]
+        for _ in range(T - 1):
+            out, state = m(batch, state)
+            steps.append(out)
+        outs.append(torch.stack(steps))
+    return torch.cat(outs, dim=1).numpy()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--samples", type=int, default=1000)
+    ap.add_argument("-T", type=int, default=32)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    ts = [t for t in (1, 2, 4, 8, 16, 32) if t <= args.T]
+    train, test = data.fashion_mnist("train"), data.fashion_mnist("test").take(args.samples)
+    calib = train.sample(512)
+    labels = test.labels.numpy()
+    result = {"machine": machine_info(), "samples": args.samples, "T": args.T, "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        x_path = tmp / "x.npy"
+        np.save(x_path, test.images.numpy())
+        for model_name in ("demo-mlp", "demo-cnn"):
+            model = load_model(model_name)
+            entry = {"ann_accuracy": ann_accuracy(model, test, progress=False), "variants": {}}
+            for variant, spec in VARIANTS.items():
+                graph = ecmt.convert(model, calib, levels=spec["levels"], progress=False).graph
+                executor = SpikingModel(graph)(test.images, args.T).numpy()
+                v = {"executor": {"accuracy": {t: float((executor[t - 1].argmax(-1) == labels).mean())
+                                               for t in ts}},
+                     "consumers": {}}
+                files = {}
+                for neuron in ("IF", "LIF"):
+                    files[neuron] = tmp / f"{model_name}-{variant}-{neuron}.nir"
+                    summary = enir.export(graph, files[neuron], neuron=neuron, unit_thresholds=spec["unit"])
+                v["unit_thresholds"] = len(summary.unit_thresholds or [])
+                v["mt_neurons"] = sum(n for k, n in summary.convention.items() if k.startswith("mt_neuron"))
+                if variant == "graded":
+                    start = time.time()
+                    mapped = node_map_run(files["IF"], test.images, args.T)
+                    v["consumers"]["nirtorch + ecmt node map"] = {
+                        "accuracy": accuracy_at(mapped, labels, ts), "agreement": agreement_at(mapped, executor, ts),
+                        "max_abs_error": float(np.abs(np.cumsum(mapped, 0) / np.arange(1, args.T + 1)[:, None, None]
+                                                      - executor).max()),
+                        "seconds": round(time.time() - start, 1)}
+                for consumer, neuron in CONSUMERS.items():
+                    out, seconds, error = run_consumer(consumer, files[neuron], x_path, args.T, tmp / "y.npy")
+                    row = {"file": neuron, "seconds": round(seconds, 1)}
+                    if error:
+                        row["error"] = error
+                    else:
+                        row.update(accuracy=accuracy_at(out, labels, ts), agreement=agreement_at(out, executor, ts))
+                    v["consumers"][consumer] = row
+                    print(model_name, variant, consumer, row.get("accuracy", row.get("error")), flush=True)
+                entry["variants"][variant] = v
+            result["models"][model_name] = entry
+    write_result(OUT, "consumers", result, markdown(result, ts))
+
+
+def markdown(result: dict, ts) -> str:
+    pct = lambda a: f"{100 * a:.1f}%"
+    lines = ["# ecmt's NIR files in snnTorch, Norse and sinabs, as shipped", "",
+             "Produced by `python benchmarks/consumers.py`.  " + machine_markdown(result["machine"]), "",
+             f"{result['samples']} Fashion-MNIST test images, fed for T = {result['T']} steps; the prediction at t is "
+             "the argmax of the summed outputs up to t.  Each library loads the file with its own import function "
+             "and runs its own neuron models; *agreement* is the share of images on which its prediction equals "
+             "the executor's (docs/nir.md says what each library computes for an MT neuron).", ""]
+    for model_name, entry in result["models"].items():
+        lines += [f"## {model_name} (ANN {pct(entry['ann_accuracy'])})", "",
+                  "| export | runtime | file | " + " | ".join(f"t={t}" for t in ts) + " | agreement t=8 / t=32 | s |",
+                  "|---|---|---|" + "---|" * len(ts) + "---|---|"]
+        for variant, v in entry["variants"].items():
+            name = f"{variant} ({v['unit_thresholds']}/{v['mt_neurons']} unit)" if variant != "graded" else variant
+            lines.append(f"| {name} | ecmt executor | | " + " | ".join(pct(v["executor"]["accuracy"][t]) for t in ts)
+                         + " | | |")
+            for consumer, row in v["consumers"].items():
+                if "error" in row:
+                    lines.append(f"| {name} | {consumer} | {row.get('file', 'IF')} | " + " | ".join("-" for _ in ts)
+                                 + f" | {row['error'].replace('|', '/')[:140]} | {row['seconds']} |")
+                    continue
+                agree = row["agreement"]
+                lines.append(f"| {name} | {consumer} | {row.get('file', 'IF')} | "
+                             + " | ".join(pct(row["accuracy"][t]) for t in ts)
+                             + f" | {pct(agree.get(8, 0))} / {pct(agree.get(32, agree[max(agree)]))} | {row['seconds']} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -6,11 +6,15 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import EcmtError
+
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path next to `path`; on success it is renamed to
     `path` (with the usual permissions), on any error it is deleted."""
+    if str(path).endswith(os.sep) or Path(path).is_dir():
+        raise EcmtError(f"{path}: is a directory, not a file to write", hint="name the output file")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)

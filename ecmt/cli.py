@@ -179,6 +179,8 @@ def cmd_export(args):
                         ("--unit-thresholds", args.unit_thresholds)):
         if given and args.to != "nir":
             raise EcmtError(f"{flag} applies to --to nir only")
+    if Path(args.output).resolve() == Path(args.graph).resolve():
+        raise EcmtError(f"-o {args.output}: is the input graph; an export would overwrite it")
     graph = SpikingGraph.load(args.graph)
     print(_export(graph, args.to, args.output, args.unroll, args.ppn, args.nir_neuron, args.unit_thresholds))
 

@@ -63,6 +63,8 @@ def test_demo_runs_end_to_end(tmp_path):
     (["export", "/nonexistent.ecmt", "--to", "nir", "-o", "x.onnx"], None,
      "a nir export is written to a .nir file, not .onnx"),
     (["export", "/nonexistent.ecmt", "--to", "onnx", "-o", "model"], None, "not a file without an ending"),
+    (["export", "/tmp/g.nir", "--to", "nir", "-o", "/tmp/g.nir"], None, "is the input graph"),
+    (["export", "/nonexistent.ecmt", "--to", "onnx", "-o", "/tmp/"], None, "not a file without an ending"),
 ])
 def test_user_errors_are_one_line_with_a_hint(args, env, expected, tmp_path):
     r = ecmt_cli(*args, env=env)

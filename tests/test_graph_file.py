@@ -106,6 +106,14 @@ def test_pickled_files_are_refused_without_unpickling(tmp_path):
     assert not marker.exists()
 
 
+def test_a_directory_is_not_an_output_file(tmp_path):
+    from ecmt.errors import EcmtError
+    (tmp_path / "d").mkdir()
+    with pytest.raises(EcmtError, match="is a directory"):
+        small_graph().save(tmp_path / "d")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"] and not list((tmp_path / "d").iterdir())
+
+
 def test_exports_are_named_for_what_they_are(tmp_path):
     from exporters import nir as enir
     from exporters import onnx as eonnx

@@ -25,6 +25,45 @@ def say(*args) -> None:
         print(*args)
 
 
+# -- option types: every range is checked when the command line is read, before any work --
+def count(value: str) -> int:
+    """A whole number >= 1 (time steps, images, batch sizes, levels)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def quantile(value: str) -> float:
+    try:
+        q = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.5 < q <= 1:           # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in (0.5, 1] (the share of activations below th_pos), got {value}")
+    return q
+
+
+def device(value: str) -> str:
+    import torch
+    try:
+        torch.device(value)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device (cpu, cuda or cuda:N)") from None
+    return value
+
+
+def names(value: str) -> list[str]:
+    """A comma-separated list with at least one name."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"{value!r} names nothing (a comma-separated list)")
+    return items
+
+
 def _model_kwargs(pairs: list[str]) -> dict:
     out = {}
     for pair in pairs or []:
@@ -46,20 +85,20 @@ def _add_data_args(p: argparse.ArgumentParser, calibration: bool = False):
                                        "(default /usr/share/datasets/fashion-mnist)")
     if calibration:
         p.add_argument("--calib-data", help="calibration data if not the training split of --data")
-        p.add_argument("--calib-samples", type=int, default=512,
+        p.add_argument("--calib-samples", type=count, default=512,
                        help="calibration images, taken from the training split (default 512)")
 
 
 def _add_device_arg(p: argparse.ArgumentParser):
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda; under torchrun each rank "
+    p.add_argument("--device", type=device, default="cpu", help="cpu (default) or cuda; under torchrun each rank "
                                                    "uses cuda:<local rank>")
 
 
 def _add_convert_args(p: argparse.ArgumentParser):
-    p.add_argument("--levels", type=int, default=8, help="MT levels per sign (default 8)")
-    p.add_argument("--quantile", type=float, default=0.99, help="calibration quantile p (default 0.99)")
+    p.add_argument("--levels", type=count, default=8, help="MT levels per sign (default 8)")
+    p.add_argument("--quantile", type=quantile, default=0.99, help="calibration quantile p (default 0.99)")
     p.add_argument("--per-channel", action="store_true", help="one threshold per channel")
-    p.add_argument("--target-T", type=int, dest="target_T",
+    p.add_argument("--target-T", type=count, dest="target_T",
                    help="search each neuron's threshold and levels for the best estimate at this T "
                         "(calibration data only; docs/conversion.md)")
 
@@ -138,10 +177,15 @@ def cmd_energy(args):
 
     from . import data
     from .ir import SpikingGraph
+    unknown = [m for m in args.mode if m not in hw_sim.MODES]
+    if unknown:
+        raise EcmtError(f"--mode {','.join(args.mode)}: unknown mode {unknown[0]!r} "
+                        f"(known: {', '.join(hw_sim.MODES)})")
+    for name in args.hw:                   # every profile is read and checked before any work
+        hw_sim.load_profile(name)
     graph = SpikingGraph.load(args.graph)
     split = data.load(args.data, "test", args.data_root).take(args.limit)
-    report = hw_sim.simulate(graph, split.images, args.T, [h for h in args.hw.split(",") if h],
-                             mode=[m for m in args.mode.split(",") if m], labels=split.labels,
+    report = hw_sim.simulate(graph, split.images, args.T, args.hw, mode=args.mode, labels=split.labels,
                              progress=not args.quiet, device=distributed.device_for(args.device))
     if distributed.is_main():
         paths = report.write(args.report)
@@ -250,11 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train-or-load the demo ViT, convert, evaluate per step, export, "
                                     "energy report")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("-T", type=int, default=16, help="time steps (default 16)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images")
+    p.add_argument("-T", type=count, default=16, help="time steps (default 16)")
+    p.add_argument("--limit", type=count, default=None, help="evaluate on the first N test images")
     p.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files")
-    p.add_argument("--calib-samples", type=int, default=512, help="calibration images (default 512)")
-    p.add_argument("--energy-samples", type=int, default=256,
+    p.add_argument("--calib-samples", type=count, default=512, help="calibration images (default 512)")
+    p.add_argument("--energy-samples", type=count, default=256,
                    help="test images replayed for the energy report (default 256)")
     _add_convert_args(p)
     _add_device_arg(p)
@@ -274,9 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="ANN accuracy and SNN accuracy at every t <= T")
     p.add_argument("graph", help="graph file (.ecmt)")
     _add_data_args(p)
-    p.add_argument("-T", type=int, default=16, help="time steps (default 16)")
-    p.add_argument("--limit", type=int, help="first N test images only")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("-T", type=count, default=16, help="time steps (default 16)")
+    p.add_argument("--limit", type=count, help="first N test images only")
+    p.add_argument("--batch-size", type=count, default=256)
     p.add_argument("--json", help="also write the results to this JSON file")
     _add_device_arg(p)
     p.set_defaults(func=cmd_eval)
@@ -284,12 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("energy", help="count events on real inputs; energy and latency reports")
     p.add_argument("graph", help="graph file (.ecmt)")
     _add_data_args(p)
-    p.add_argument("-T", type=int, default=4, help="time steps (default 4)")
-    p.add_argument("--hw", default="cmos45-fp32,loihi",
+    p.add_argument("-T", type=count, default=4, help="time steps (default 4)")
+    p.add_argument("--hw", type=names, default="cmos45-fp32,loihi",
                    help="comma-separated hardware profiles: names in hw_sim/profiles or .toml paths "
                         "(default cmos45-fp32,loihi)")
-    p.add_argument("--mode", default="full,paper", help="counting modes: full, paper or both (default both)")
-    p.add_argument("--limit", type=int, default=256, help="test images to replay (default 256)")
+    p.add_argument("--mode", type=names, default="full,paper",
+                   help="counting modes: full, paper or both (default both)")
+    p.add_argument("--limit", type=count, default=256, help="test images to replay (default 256)")
     p.add_argument("--report", required=True, help="folder for report.json, report.md and report.html")
     _add_device_arg(p)
     p.set_defaults(func=cmd_energy)
@@ -299,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, choices=["onnx", "nir", "lava"], help="target format")
     p.add_argument("-o", "--output", required=True,
                    help="file to write: .onnx (onnx), .nir (nir), .h5 / .hdf5 / .net (lava)")
-    p.add_argument("--unroll", type=int, help="ONNX: T steps in one graph (input once, [T, B, ...] out)")
+    p.add_argument("--unroll", type=count, help="ONNX: T steps in one graph (input once, [T, B, ...] out)")
     p.add_argument("--ppn", action="store_true",
                    help="NIR: binary-spike form (parallel parameter normalization, docs/nir.md)")
     p.add_argument("--nir-neuron", choices=("IF", "LIF"), default="IF",
@@ -317,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=("demo", "demo-cnn", "demo-mlp"), default="demo",
                    help="demo: the ViT (default); demo-cnn: the ResNet-style CNN; demo-mlp: a ReLU MLP")
     p.add_argument("-o", "--output", default=None, help="checkpoint to write (default: the packaged one)")
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    p.add_argument("--limit", type=int, help="train on the first N images only")
+    p.add_argument("--epochs", type=count, help="override the recipe's epochs")
+    p.add_argument("--limit", type=count, help="train on the first N images only")
     p.add_argument("--seed", type=int, help="override the recipe's seed")
     p.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files")
     p.set_defaults(func=cmd_train_demo)
@@ -328,8 +373,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "T", 1) is not None and getattr(args, "T", 1) < 1:
-        parser.error("-T must be >= 1")
     where = ""
     try:
         distributed.init(getattr(args, "device", "cpu"))

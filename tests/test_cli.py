@@ -75,6 +75,38 @@ def test_user_errors_are_one_line_with_a_hint(args, env, expected, tmp_path):
     assert all(line.startswith("hint:") for line in rest)
 
 
+@pytest.mark.parametrize("args, option, reason", [
+    (["eval", "g.ecmt", "--limit", "0"], "--limit", "must be >= 1"),
+    (["eval", "g.ecmt", "--limit", "-1"], "--limit", "must be >= 1"),
+    (["eval", "g.ecmt", "--batch-size", "0"], "--batch-size", "must be >= 1"),
+    (["eval", "g.ecmt", "-T", "0"], "-T", "must be >= 1"),
+    (["energy", "g.ecmt", "--report", "r", "--hw", ""], "--hw", "names nothing"),
+    (["energy", "g.ecmt", "--report", "r", "--mode", ","], "--mode", "names nothing"),
+    (["convert", "-o", "x.ecmt", "--quantile", "1.5"], "--quantile", "must be in (0.5, 1]"),
+    (["convert", "-o", "x.ecmt", "--quantile", "nan"], "--quantile", "must be in (0.5, 1]"),
+    (["convert", "-o", "x.ecmt", "--target-T", "0"], "--target-T", "must be >= 1"),
+    (["convert", "-o", "x.ecmt", "--calib-samples", "0"], "--calib-samples", "must be >= 1"),
+    (["convert", "-o", "x.ecmt", "--device", "gpu0"], "--device", "is not a device"),
+    (["demo", "--energy-samples", "0"], "--energy-samples", "must be >= 1"),
+])
+def test_bad_options_are_refused_before_any_work(args, option, reason, capsys):
+    from ecmt.cli import main
+    with pytest.raises(SystemExit) as exit_info:          # argparse: usage, then one error line
+        main(args)
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {option}" in last and reason in last, last
+
+
+def test_unknown_mode_and_profile_are_refused_before_any_work(tmp_path, capsys):
+    from ecmt.cli import main
+    for args, expected in ((["--mode", "fast"], "--mode fast: unknown mode 'fast'"),
+                           (["--hw", "loihi,nope"], "hardware profile 'nope' not found")):
+        assert main(["energy", "/nonexistent.ecmt", "--report", str(tmp_path / "r"), *args]) == 2
+        assert expected in capsys.readouterr().err
+        assert not (tmp_path / "r").exists()
+
+
 def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
     with pytest.raises(data.DataError) as err:
         data.fashion_mnist("test", tmp_path)

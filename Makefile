@@ -13,6 +13,8 @@ demo: $(VENV)/.bootstrapped
 
 # The NIR consumer libraries (snnTorch, Norse, sinabs) run ecmt's files in their own
 # environments (tools/nir_consumers.sh says why); the script returns at once when they are current.
+# SANA-FE (the cross-check of hw_sim's loihi-sanafe profile) likewise runs in .cache/sanafe.
 test: $(VENV)/.bootstrapped
 	tools/nir_consumers.sh
+	tools/sanafe_env.sh
 	$(PY) -m pytest -q

@@ -40,6 +40,7 @@ class Constant:
     unit: str
     source: str
     status: str
+    range: tuple[float, float] | None = None     # (low, high) for an assumption with a range
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,18 @@ class HardwareProfile:
     host: str
     value_bits: int              # width of values and weights in memory
     constants: dict[str, dict[str, Constant]]
+    mt_form: str = "channels"    # binary spikes: "channels" (2n level channels) or "element"
+    weight_sharing: bool = False
+
+    @property
+    def has_mesh(self) -> bool:
+        """Priced with the mapped, routed, timed mesh model (hw_sim/mesh.py)."""
+        return "mesh" in self.constants
+
+    def get(self, key: str, default: float | None = None) -> float | None:
+        section, name = key.split(".", 1)
+        c = self.constants.get(section, {}).get(name)
+        return default if c is None else c.value
 
     def __getitem__(self, key: str) -> float:
         """'section.name' -> value."""
@@ -84,10 +97,16 @@ def _constant(path: Path, key: str, raw) -> Constant:
         raise ProfileError(f"{path}: key {key}.status: {raw['status']!r} is not one of {', '.join(STATUSES)}")
     if not str(raw["source"]).strip():
         raise ProfileError(f"{path}: key {key}.source: every constant needs a source")
-    unknown = set(raw) - {"value", "unit", "source", "status"}
+    unknown = set(raw) - {"value", "unit", "source", "status", "range"}
     if unknown:
         raise ProfileError(f"{path}: key {key}: unknown field(s) {sorted(unknown)}")
-    return Constant(float(value), str(raw.get("unit", "")), str(raw["source"]), raw["status"])
+    span = raw.get("range")
+    if span is not None:
+        if (not isinstance(span, list) or len(span) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                               for v in span) or not span[0] <= value <= span[1]):
+            raise ProfileError(f"{path}: key {key}.range: expected [low, high] around the value")
+        span = (float(span[0]), float(span[1]))
+    return Constant(float(value), str(raw.get("unit", "")), str(raw["source"]), raw["status"], span)
 
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
@@ -122,10 +141,24 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
             if name not in table:
                 raise ProfileError(f"{path}: key {section}.{name}: missing")
         constants[section] = {name: _constant(path, f"{section}.{name}", raw) for name, raw in table.items()}
+    if "mesh" in data:
+        if kind != "neuromorphic" or not isinstance(data["mesh"], dict):
+            raise ProfileError(f"{path}: key mesh: a [mesh] table belongs to a neuromorphic profile")
+        from .mesh import MESH_REQUIRED
+        for name in MESH_REQUIRED:
+            if name not in data["mesh"]:
+                raise ProfileError(f"{path}: key mesh.{name}: missing")
+        constants["mesh"] = {name: _constant(path, f"mesh.{name}", raw) for name, raw in data["mesh"].items()}
+    mt_form = head.get("mt_form", "channels")
+    if mt_form not in ("channels", "element"):
+        raise ProfileError(f"{path}: key profile.mt_form: must be 'channels' or 'element'")
+    sharing = head.get("weight_sharing", False)
+    if not isinstance(sharing, bool):
+        raise ProfileError(f"{path}: key profile.weight_sharing: must be true or false")
     return HardwareProfile(name=head["name"], description=str(head.get("description", "")), kind=kind,
                            path=str(path), spikes=spikes, ann_baseline=str(head.get("ann_baseline", "self")),
                            host=str(head.get("host", "")), value_bits=int(head.get("value_bits", 32)),
-                           constants=constants)
+                           constants=constants, mt_form=mt_form, weight_sharing=sharing)
 
 
 def available_profiles() -> list[str]:

@@ -1,0 +1,208 @@
+"""hw_sim's loihi-sanafe profile against SANA-FE 2.2.9 itself: the same mapping and the
+same recorded spikes, per layer and in total (energy by category, latency per step).
+
+    tools/sanafe_env.sh && OMP_NUM_THREADS=1 python benchmarks/sanafe.py   # writes docs/benchmarks/sanafe.{md,json}
+
+Cases: the demo MLP (both MT forms), the demo CNN (one neuron per element: its 2n-channel
+form does not map on Loihi's cores, see "Not run"), and block 0 of the
+demo ViT (one neuron per element, the rest of the ViT left to the host).  One test image
+each, T = 8 (ViT: T = 4).  SANA-FE runs in its own environment, as a subprocess.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine import machine_info, machine_markdown, write_result  # noqa: E402
+
+import ecmt  # noqa: E402
+from ecmt import data  # noqa: E402
+from ecmt.zoo import load_model  # noqa: E402
+from hw_sim import load_profile, mesh  # noqa: E402
+from hw_sim import sanafe_export as sx  # noqa: E402
+
+OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
+TOL = {"total": 0.05, "synapse": 0.10, "neuron": 0.10, "network": 0.10, "latency": 0.25}
+
+
+def subset(onchip: mesh.OnChip, keep) -> mesh.OnChip:
+    groups = {n: g for n, g in onchip.groups.items() if keep(n)}
+    conns = [c for c in onchip.connections if c.src in groups and c.dst in groups]
+    return mesh.OnChip(groups, conns, max(g.phase for g in groups.values()))
+
+
+def sanafe_limits(profile):
+    """The profile with SANA-FE's own capacity checks: neurons per core only (SANA-FE has no
+    axon limit); synapse memory is kept.  Used where Loihi's axon limits need more than the
+    one chip SANA-FE's description has."""
+    mesh_c = dict(profile.constants["mesh"])
+    for key in ("input_axons", "output_axons"):
+        mesh_c[key] = dataclasses.replace(mesh_c[key], value=float("inf"), source="SANA-FE: not checked")
+    return dataclasses.replace(profile, name=profile.name + " (SANA-FE limits)",
+                               constants={**profile.constants, "mesh": mesh_c})
+
+
+def case(name, graph, x, T, profile, keep=None) -> dict:
+    onchip = mesh.extract(graph, profile)
+    if keep is not None:
+        onchip = subset(onchip, keep)
+    placement = mesh.place(onchip, profile)
+    note = ""
+    if placement.chips > 1:
+        loihi_chips = placement.chips
+        profile = sanafe_limits(profile)
+        placement = mesh.place(onchip, profile)
+        note = (f"With Loihi's axon limits this needs {loihi_chips} chips; compared on the mapping with "
+                f"SANA-FE's own limits (no axon limit): {placement.cores} cores.")
+    rasters = mesh.record(graph, x, T, onchip)
+    t0 = time.perf_counter()
+    acc = mesh.Accounting(onchip, placement, profile, T)
+    acc.add(rasters)
+    hw = acc.result()
+    hw_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    desc = sx.describe(onchip, placement, rasters, profile)
+    edges = sum(len(c["edges"]) for c in desc["connections"])
+    sf = sx.run(desc)
+    sf_s = time.perf_counter() - t0
+    ps, ss = hw["per_step"], sf["per_step"]
+    rel = lambda a, b: (a - b) / b if b else 0.0
+    energy = {
+        "synapse": (sum(ps["synapse_j"]), sf["energy_j"]["synapse"]),
+        "neuron": (sum(ps["neuron_j"]), sf["energy_j"]["soma"]),
+        "network": (sum(ps["network_j"]), sf["energy_j"]["network"]),
+    }
+    energy["total"] = (sum(v[0] for v in energy.values()), sf["energy_j"]["total"])
+    latency = {"hw_sim": ps["onchip_latency_s"], "sanafe_detailed": ss["latency_s"]["detailed"],
+               "sanafe_simple": ss["latency_s"]["simple"]}
+    lat_rel = [rel(a, b) for a, b in zip(latency["hw_sim"], latency["sanafe_detailed"])]
+    layers = []
+    sf_groups = {g["name"]: g for g in sf.get("per_group", [])}
+    for gname, g in hw["groups"].items():
+        s = sf_groups.get(gname, {})
+        layers.append({"name": gname, "kind": onchip.groups[gname].kind,
+                       "neurons": onchip.groups[gname].neurons,
+                       "cores": next(l.cores for l in placement.layers if l.name == gname),
+                       "limiting_resource": next(l.limiting_resource for l in placement.layers if l.name == gname),
+                       **{f"{k}_hw": g[k] for k in ("fired", "synaptic_events_out", "messages_out", "hops_out")},
+                       **{f"{k}_sanafe": sum(s.get(k, [0])) for k in ("fired", "synaptic_events_out",
+                                                                       "messages_out", "hops_out")}})
+    counts = {k: {"hw_sim": ps[k], "sanafe": ss[k]} for k in
+              ("synaptic_events", "neurons_fired", "neurons_updated", "messages", "hops")}
+    ok = (abs(rel(*energy["total"])) <= TOL["total"]
+          and all(abs(rel(*energy[c])) <= TOL[c] for c in ("synapse", "neuron", "network"))
+          and max(abs(v) for v in lat_rel) <= TOL["latency"])
+    return {"name": name, "mt_form": profile.mt_form, "T": T, "profile": profile.name, "note": note, "cores": placement.cores,
+            "tiles": placement.tiles_in_use, "mapped_neurons": hw["mapped_neurons"], "explicit_synapses": edges,
+            "energy_j": {k: {"hw_sim": a, "sanafe": b, "rel": rel(a, b)} for k, (a, b) in energy.items()},
+            "latency_per_step_s": latency, "latency_rel": lat_rel, "counts": counts, "layers": layers,
+            "replay_ok": sf["replay"]["ok"], "sanafe_self_check_max_rel": max(sf["expected"]["max_rel_diff"].values()),
+            "within_tolerances": ok, "derivation": placement.derivation,
+            "seconds": {"hw_sim_accounting": hw_s, "sanafe": sf_s, "sanafe_run": sf["run"]}}
+
+
+def markdown(result: dict) -> str:
+    lines = ["# hw_sim (loihi-sanafe) against SANA-FE 2.2.9", "",
+             "Same mapping (hw_sim's placement), same spikes (one test image recorded by the ecmt "
+             "executor and replayed in SANA-FE, tools/sanafe_run.py).  Tolerances: total energy 5 %, each "
+             "category 10 %, latency per step 25 % (SANA-FE's default `detailed` timing model).  "
+             "`benchmarks/sanafe.py`; run time " + f"{result['seconds']:.0f} s.", "",
+             machine_markdown(result["machine"]), ""]
+    for c in result["cases"]:
+        e = c["energy_j"]
+        lines += [f"## {c['name']} (MT form: {c['mt_form']}, T = {c['T']})", "",
+                  f"{c['mapped_neurons']} neurons on {c['cores']} cores in {c['tiles']} tiles; "
+                  f"{c['explicit_synapses']} explicit synapses given to SANA-FE; replay exact: {c['replay_ok']}; "
+                  f"within tolerances: **{c['within_tolerances']}**.  {c['note']}", "",
+                  "| energy | hw_sim (nJ) | SANA-FE (nJ) | difference |", "|---|---|---|---|"]
+        for k in ("synapse", "neuron", "network", "total"):
+            lines.append(f"| {k} | {1e9 * e[k]['hw_sim']:.4f} | {1e9 * e[k]['sanafe']:.4f} | "
+                         f"{100 * e[k]['rel']:+.2e} % |")
+        lat = c["latency_per_step_s"]
+        lines += ["", "| t | hw_sim (us) | SANA-FE detailed (us) | difference | SANA-FE simple (us) |",
+                  "|---|---|---|---|---|"]
+        for t in range(c["T"]):
+            lines.append(f"| {t + 1} | {1e6 * lat['hw_sim'][t]:.4f} | {1e6 * lat['sanafe_detailed'][t]:.4f} | "
+                         f"{100 * c['latency_rel'][t]:+.2f} % | {1e6 * lat['sanafe_simple'][t]:.4f} |")
+        lines += ["", "| layer | neurons | cores | limit | fired (hw / SF) | syn. events out | messages out "
+                  "| hops out |", "|---|---|---|---|---|---|---|---|"]
+        for l in c["layers"]:
+            lines.append(f"| {l['name']} | {l['neurons']} | {l['cores']} | {l['limiting_resource']} | "
+                         + " | ".join(f"{l[k + '_hw']:.0f} / {l[k + '_sanafe']:.0f}"
+                                      for k in ("fired", "synaptic_events_out", "messages_out", "hops_out")) + " |")
+        lines.append("")
+    lines += ["## Differences", "",
+              "Energy and every count agree to rounding: hw_sim prices the same events with the same "
+              "constants (synaptic events per (spike, synapse), every mapped neuron accessed every step, "
+              "updates with SANA-FE's one-step delivery rule, one message per (spiking neuron, destination "
+              "core), X-then-Y hops).  hw_sim's latency is SANA-FE's `simple` model (max over cores of "
+              "neuron-side and message-side serial work, plus the barrier by tiles in use), which equals "
+              "SANA-FE's simple figures exactly; the `detailed` model schedules each message "
+              "(send, hop delay, first-come processing at the destination), so a core that receives late "
+              "finishes after the simple bound: the detailed step is longer by the tail of the last "
+              "messages' delivery and processing.  hw_sim's latency is therefore a lower bound of SANA-FE's "
+              "detailed figure.", ""]
+    for c in result["cases"]:
+        worst = max(c["latency_rel"], key=abs)
+        lines.append(f"* {c['name']} ({c['mt_form']}): largest latency difference {100 * worst:+.1f} % "
+                     f"({'within' if abs(worst) <= TOL['latency'] else 'OUTSIDE'} the 25 % tolerance).")
+    lines += ["", "Where it is outside (the demo CNN, 20-25 k messages and ~1.5 M synaptic events per step "
+              "over 86 cores), the likely causes (not yet confirmed message by message from SANA-FE's trace): destination cores process messages one at a time in arrival order, and "
+              "messages of a core are sent one after another as its neurons are processed, so a core that "
+              "gets most of its input from late-processed neurons of its source cores cannot overlap its "
+              "processing with their generation; SANA-FE's detailed model also adds NoC congestion "
+              "(blocking once the link densities along a route exceed the buffers).  The simple model "
+              "assumes full overlap.  Closing this needs hw_sim to schedule messages as the detailed model "
+              "does (not done yet).", ""]
+    if result.get("skipped"):
+        lines += ["## Not run", ""] + [f"* {s}" for s in result["skipped"]] + [""]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-vit", action="store_true")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite docs/benchmarks/sanafe.md from the committed sanafe.json")
+    args = parser.parse_args()
+    if args.markdown_only:
+        import json
+        result = json.loads((OUT / "sanafe.json").read_text())
+        (OUT / "sanafe.md").write_text(markdown(result))
+        return
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
+    x = test.images[:1]
+    base = load_profile("loihi-sanafe")
+    element = dataclasses.replace(base, mt_form="element")
+    cases, skipped = [], []
+    mlp = ecmt.convert(load_model("demo-mlp"), train.images[:256], progress=False).graph
+    cases.append(case("demo MLP", mlp, x, 8, base))
+    cases.append(case("demo MLP", mlp, x, 8, element))
+    cnn = ecmt.convert(load_model("demo-cnn"), train.images[:256], progress=False).graph
+    try:
+        chips = mesh.place(mesh.extract(cnn, base), base).chips
+        skipped.append(f"demo CNN in the 2n-channel form: {chips} Loihi chips; SANA-FE's description is one chip")
+    except mesh.MappingError as err:
+        skipped.append(f"demo CNN in the 2n-channel form: refused by the mapping: {err}")
+    cases.append(case("demo CNN", cnn, x, 8, element))
+    if not args.skip_vit:
+        vit = ecmt.convert(load_model("demo"), train.images[:256], progress=False).graph
+        cases.append(case("demo ViT, block 0", vit, x, 4, element, keep=lambda n: n.startswith("blocks.0.")))
+    result = {"machine": machine_info(), "cases": cases, "skipped": skipped,
+              "seconds": time.perf_counter() - start}
+    write_result(OUT, "sanafe", result, markdown(result), indent=1)
+    for c in cases:
+        print(c["name"], c["mt_form"], {k: f"{100 * v['rel']:+.3f}%" for k, v in c["energy_j"].items()},
+              f"latency max {100 * max(map(abs, c['latency_rel'])):.1f}%", c["within_tolerances"])
+
+
+if __name__ == "__main__":
+    main()

@@ -193,7 +193,8 @@ def cmd_energy(args):
         print(f"wrote {', '.join(str(p) for p in paths)}")
 
 
-def _export(graph, to: str, output, unroll=None, ppn=False, neuron="IF", unit_thresholds=False) -> str:
+def _export(graph, to: str, output, unroll=None, ppn=False, neuron="IF", unit_thresholds=False,
+            lava_layout="auto") -> str:
     """Write one export; return what to print about it."""
     if to == "onnx":
         from exporters.onnx import export
@@ -203,7 +204,7 @@ def _export(graph, to: str, output, unroll=None, ppn=False, neuron="IF", unit_th
         from exporters.nir import export
         return f"{export(graph, output, ppn=ppn, neuron=neuron, unit_thresholds=unit_thresholds)}\nwrote {output}"
     from exporters.lava import export
-    return f"Lava HDF5 export in the {export(graph, output)} layout (docs/lava.md)\nwrote {output}"
+    return f"Lava HDF5 export in the {export(graph, output, lava_layout)} layout (docs/lava.md)\nwrote {output}"
 
 
 # File endings each export format is written under (NIR and Lava files are both HDF5).
@@ -223,10 +224,13 @@ def cmd_export(args):
                         ("--unit-thresholds", args.unit_thresholds)):
         if given and args.to != "nir":
             raise EcmtError(f"{flag} applies to --to nir only")
+    if args.lava_layout != "auto" and args.to != "lava":
+        raise EcmtError("--lava-layout applies to --to lava only")
     if Path(args.output).resolve() == Path(args.graph).resolve():
         raise EcmtError(f"-o {args.output}: is the input graph; an export would overwrite it")
     graph = SpikingGraph.load(args.graph)
-    print(_export(graph, args.to, args.output, args.unroll, args.ppn, args.nir_neuron, args.unit_thresholds))
+    print(_export(graph, args.to, args.output, args.unroll, args.ppn, args.nir_neuron, args.unit_thresholds,
+                  args.lava_layout))
 
 
 def cmd_inspect(args):
@@ -350,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nir-neuron", choices=("IF", "LIF"), default="IF",
                    help="NIR: the neuron node that stands for MT neurons in consumers that ignore ecmt's "
                         "metadata (LIF for snnTorch 1.0.0; default IF)")
+    p.add_argument("--lava-layout", choices=("auto", "netx", "extended"), default="auto",
+                   help="Lava: netx (lava-dl netx's own sigma-delta blocks; ReLU MLPs and CNNs), extended "
+                        "(ecmt's processes, any graph) or auto (netx where it can; default)")
     p.add_argument("--unit-thresholds", action="store_true",
                    help="NIR: move thresholds into the weights where exact, for consumers whose spikes are 1")
     p.set_defaults(func=cmd_export)

@@ -98,6 +98,15 @@ def test_bad_options_are_refused_before_any_work(args, option, reason, capsys):
     assert f"argument {option}" in last and reason in last, last
 
 
+def test_export_options_for_another_format_are_refused(capsys):
+    from ecmt.cli import main
+    for args, expected in ((["--to", "nir", "-o", "x.nir", "--lava-layout", "netx"], "--lava-layout applies to"),
+                           (["--to", "lava", "-o", "x.h5", "--unit-thresholds"], "--unit-thresholds applies to"),
+                           (["--to", "onnx", "-o", "x.onnx", "--ppn"], "--ppn applies to")):
+        assert main(["export", "/nonexistent.ecmt", *args]) == 2
+        assert expected in capsys.readouterr().err
+
+
 def test_unknown_mode_and_profile_are_refused_before_any_work(tmp_path, capsys):
     from ecmt.cli import main
     for args, expected in ((["--mode", "fast"], "--mode fast: unknown mode 'fast'"),

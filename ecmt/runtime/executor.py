@@ -127,9 +127,6 @@ def compile_node(node: ir.Node, shape: tuple[int, ...], device, product_form: st
     raise TypeError(f"executor has no implementation for node kind {node.KIND!r}")
 
 
-_compile = compile_node    # the name exporters/lava/processes.py imports
-
-
 class GraphExecutor:
     """Compiled form of a graph for one device; `run` is the whole API.
 

@@ -1,10 +1,12 @@
-"""Lava exporter: an HDF5 file in lava-dl netx's layout (extended for what
-netx lacks), and a runnable network of Lava processes.
+"""Lava exporter: an HDF5 file in lava-dl netx's layout -- the netx layout,
+which netx itself runs (a ReLU MLP / CNN as a sigma-delta network, ``netx.py``),
+or the extended one for any graph -- and a runnable network of ecmt's own
+Lava processes (``build``).
 
-Lava itself is imported only by ``build``/``LavaNetwork``: importing it sets
-multiprocessing's start method, which fails in a process that has already
-chosen one (after torch.compile, for example), and the HDF5 export does not
-need it.
+Lava itself is imported only by ``build``/``LavaNetwork`` and ``netx.run``:
+importing it sets multiprocessing's start method, which fails in a process
+that has already chosen one (after torch.compile, for example), and the HDF5
+export does not need it.
 """
 from .hdf5 import export, load
 

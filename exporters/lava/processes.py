@@ -3,7 +3,9 @@
 * ``MTNeuron``: the multi-threshold neuron as a Lava process; graded spikes
   carry the level value.  Two models: floating point (tag ``floating_pt``)
   and fixed point (``fixed_pt``: integer membrane and thresholds in units of
-  2^-8 of the smaller threshold).
+  2^-F of the smaller threshold, F = ``fraction_bits(levels)``: 12 for 8
+  levels, so that the top level, 2^(F + levels - 1) units, leaves the 24-bit
+  membrane 16x headroom).
 * ``HostNode`` (with 0 to 3 inputs): any other ecmt node (ECMs, products,
   residual adds, shape operations, constants, biases) run on the host, by
   ecmt's own executor code for that node, so the host side computes exactly
@@ -13,7 +15,9 @@
   Dense/Conv models emit the previous step's result (a one-step synaptic
   delay, which would misalign residual paths); ``ZeroDelayDense`` /
   ``ZeroDelayConv`` models compute the current step's result instead.  Their
-  fixed-point versions use 8-bit weights with one scale per layer.
+  fixed-point versions use 8-bit weights with one scale per output channel
+  (a per-neuron factor, which hardware folds into the receiving neuron's
+  threshold).
 """
 from __future__ import annotations
 
@@ -105,20 +109,31 @@ class PyMTNeuronFloat(_MTModelBase):
         self.s_out.send(s)
 
 
-FRACTION_BITS = 8
+MEMBRANE_BITS = 24       # Loihi 2's neuron state width
+HEADROOM_BITS = 4        # the membrane may reach 16x the top level
+
+
+def fraction_bits(levels: int) -> int:
+    """Fraction bits of the fixed-point membrane (its unit is 2^-F of the
+    smaller threshold): as many as leave the top level, 2^(F + levels - 1)
+    units, 2^HEADROOM_BITS of headroom in a signed 24-bit membrane; at most
+    16.  (2^-8, the first choice, was the largest error of the fixed-point
+    model: docs/lava.md.)"""
+    return max(8, min(16, MEMBRANE_BITS - 1 - HEADROOM_BITS - (int(levels) - 1)))
 
 
 @implements(proc=MTNeuron, protocol=LoihiProtocol)
 @requires(CPU)
 @tag("fixed_pt")
 class PyMTNeuronFixed(_MTModelBase):
-    """Integer membrane: unit u = min(th_pos, th_neg) / 2^8 (per neuron);
-    thresholds and levels are integers in that unit; the spike leaves as
+    """Integer membrane: unit u = min(th_pos, th_neg) / 2^F (per neuron,
+    F = fraction_bits(levels)); thresholds and levels are integers in that
+    unit; the input is rounded to it every step; the spike leaves as
     (integer level) x u."""
 
     def run_spk(self):
         if not hasattr(self, "unit"):
-            self.unit = np.minimum(self.th_pos, self.th_neg) / F32(2 ** FRACTION_BITS)
+            self.unit = np.minimum(self.th_pos, self.th_neg) / F32(2 ** fraction_bits(self.levels))
             self.th_p_int = np.round(self.th_pos / self.unit).astype(np.int64)
             self.th_n_int = np.round(self.th_neg / self.unit).astype(np.int64)
         if self.new_sample():
@@ -185,8 +200,8 @@ class _HostModelBase(PyLoihiProcessModel):
         # so the host side runs single-threaded, and eagerly (no per-process compilation).
         torch.set_num_threads(1)
         os.environ["ECMT_COMPILE"] = "0"
-        from ecmt.runtime.executor import _compile
-        self.fn, self.state = _compile(self.params["node"], self.params["out_shape"], torch.device("cpu"),
+        from ecmt.runtime.executor import compile_node
+        self.fn, self.state = compile_node(self.params["node"], self.params["out_shape"], torch.device("cpu"),
                                        "direct")
         self.ports = [getattr(self, f"in{i}") for i in range(len(self.params["in_shapes"]))]
         self.period = self.params["period"]
@@ -224,9 +239,13 @@ def host_model(proc_cls, tag_name: str):
 
 
 # -- synapses without delay ------------------------------------------------------------------
-def quantize_int8(w: np.ndarray) -> tuple[np.ndarray, float]:
-    """8-bit weights with one scale per layer."""
-    scale = float(np.abs(w).max()) / 127.0 or 1.0
+def quantize_int8(w: np.ndarray, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """8-bit weights, round to nearest, with one scale per output channel (the
+    first axis: Dense [out, in], Conv [out, x, y, in]), or one per layer."""
+    w = np.asarray(w, np.float64)
+    axes = tuple(range(1, w.ndim)) if per_channel else None
+    scale = np.abs(w).max(axis=axes, keepdims=per_channel) / 127.0
+    scale = np.where(scale > 0, scale, 1.0)
     return np.clip(np.round(w / scale), -127, 127), scale
 
 

@@ -106,6 +106,27 @@ def test_pickled_files_are_refused_without_unpickling(tmp_path):
     assert not marker.exists()
 
 
+def test_a_flipped_byte_in_the_tensor_data_is_caught(tmp_path):
+    small_graph().save(tmp_path / "g.ecmt")
+    raw = (tmp_path / "g.ecmt").read_bytes()
+    data_start = 8 + int.from_bytes(raw[:8], "little")
+    for offset in (data_start, len(raw) - 1, (data_start + len(raw)) // 2):
+        bad = bytearray(raw)
+        bad[offset] ^= 0x01                       # the lowest mantissa bit of one weight
+        (tmp_path / "b.ecmt").write_bytes(bytes(bad))
+        with pytest.raises(GraphFileError, match="do not match the file's checksum"):
+            SpikingGraph.load(tmp_path / "b.ecmt")
+
+
+def test_nan_or_inf_tensors_are_refused(tmp_path):
+    graph = small_graph()
+    graph.nodes["fc1"].weight[2, 3] = float("nan")
+    graph.nodes["fc1"].bias[0] = float("inf")
+    with pytest.raises(GraphError, match=re.escape("node 'fc1' (linear): field weight: 1 of 48 values are NaN")):
+        graph.save(tmp_path / "g.ecmt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_directory_is_not_an_output_file(tmp_path):
     from ecmt.errors import EcmtError
     (tmp_path / "d").mkdir()

@@ -146,6 +146,10 @@ class SpikingGraph:
                 raise GraphError(f"{where}: field {field}: expected a tensor, got {type(t).__name__}")
             if t.dtype != torch.float32:
                 raise GraphError(f"{where}: field {field}: wrong dtype {t.dtype}, expected torch.float32")
+            finite = torch.isfinite(t)
+            if not bool(finite.all()):
+                raise GraphError(f"{where}: field {field}: {int((~finite).sum())} of {t.numel()} values are "
+                                 "NaN or infinite")
 
     def _check_reaches_output(self) -> None:
         live = {self.output.name}

@@ -6,6 +6,7 @@ loading a graph never runs code.  Tensors are stored under ``<node>.<field>``.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import struct
 from pathlib import Path
@@ -19,6 +20,7 @@ from ..errors import GraphError, GraphFileError
 from .graph import NODE_KINDS, SpikingGraph
 
 META_KEY = "ecmt_graph"
+CHECKSUM_KEY = "ecmt_sha256"
 
 
 def graph_to_json(graph: SpikingGraph) -> dict:
@@ -48,7 +50,18 @@ def save_graph(graph: SpikingGraph, path) -> None:
                for node in graph for f, t in node.tensors().items()}
     header = json.dumps(graph_to_json(graph), separators=(",", ":"), allow_nan=False)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={META_KEY: header})
+        save_file(tensors, str(tmp), metadata={META_KEY: header, CHECKSUM_KEY: tensor_checksum(tensors)})
+
+
+def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, shape and bytes, in name order: safetensors
+    has no checksum of its own, and a flipped byte in a weight would load silently."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key].detach().contiguous().cpu()
+        digest.update(f"{key}:{list(t.shape)}:{t.dtype};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 _HINT = "graphs are written by `ecmt convert` or SpikingGraph.save"
@@ -95,13 +108,18 @@ def load_graph(path) -> SpikingGraph:
     _sniff(path)
     try:
         with safe_open(str(path), framework="pt") as f:
-            header = (f.metadata() or {}).get(META_KEY)
+            metadata = f.metadata() or {}
+            header = metadata.get(META_KEY)
             if header is None:
                 raise GraphFileError(f"{path}: a safetensors file without an ecmt graph description "
                                      f"(no '{META_KEY}' metadata)")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as err:
         raise GraphFileError(f"{path}: corrupt or truncated graph file ({err})") from None
+    expected = metadata.get(CHECKSUM_KEY)      # (files written before the checksum have none)
+    if expected is not None and tensor_checksum(tensors) != expected:
+        raise GraphFileError(f"{path}: tensor data do not match the file's checksum (the file is corrupt)",
+                             hint="convert or export the graph again")
     try:
         desc = json.loads(header)
     except json.JSONDecodeError as err:

@@ -283,3 +283,11 @@ def relu_cnn_residual():
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), ResidualBlock(4), nn.Flatten(),
                          nn.Linear(4 * 8 * 8, 10)).eval()
+
+
+def test_unknown_neuron_carrier_is_refused_before_writing(tmp_path):
+    graph = SpikingGraph([ir.Input("input", (), shape=(4,)), ir.Linear("fc", ("input",), weight=torch.eye(4)),
+                          ir.Output("output", ("fc",))])
+    with pytest.raises(enir.NirExportError, match="neuron 'LI': must be one of IF, LIF"):
+        enir.export(graph, tmp_path / "x.nir", neuron="LI")
+    assert list(tmp_path.iterdir()) == []

@@ -140,7 +140,6 @@ class _Writer:
         meta = _json_meta("ecmt.adapter", role="layout", ir_shape=list(ir_shape),
                           **{"from": have.to_json(), "to": want.to_json()})
         name = self.unique(f"{src}.layout")
-        self.summary.adapters += 1
         dims = flatten_dims(have.shape, want.shape) if have.perm == want.perm else None
         if dims is not None:                                   # merging axes: a real Flatten
             node = self.nir.Flatten(input_type={"input": np.array(have.shape)}, start_dim=dims[0],
@@ -149,10 +148,8 @@ class _Writer:
         elif len(have.shape) == 3:
             step = Layout((have.shape[0], have.shape[1] * have.shape[2]), have.perm)
             result = self.adapt(self.adapt(src, ir_shape, step), ir_shape, want)
-            self.summary.adapters -= 1
         elif len(want.shape) == 1:
             result = self.adapt(self.adapt(src, ir_shape, Layout((1, want.shape[0]))), ir_shape, want)
-            self.summary.adapters -= 1
         else:                                                  # any 2-d -> 2-d reordering
             result = self.add(name, self.carrier_conv1d(have.shape, want.shape, meta), want, [src], role="layout")
         self.adapted[key] = result
@@ -180,7 +177,6 @@ class _Writer:
                 node = self.carrier_conv1d((1, n), (1, total), meta, weight=weight, pad_dil=(pad, dil))
                 out.append(self.add(self.unique(f"{self.consumer}.port{len(out)}"), node, Layout((1, total)),
                                     [flat], role="port"))
-                self.summary.adapters += 1
             offset += n
         return out
 
@@ -226,7 +222,6 @@ class _Writer:
                 total = (nir.Affine(weight=np.eye(n, dtype=np.float32), bias=np.zeros(n, np.float32))
                          if len(shape) == 1 else nir.Scale(scale=np.ones(shape, np.float32)))
                 sources = [self.add(self.unique(f"{x}.sum"), total, want, sources, role="sum")]
-                self.summary.adapters += 1
             add(nir.Output(output_type={"output": np.array(shape)}), want, sources)
         elif isinstance(node, ir.Add) and len(set(node.inputs)) == len(node.inputs) \
                 and all(s == shape for s in in_shapes):
@@ -337,7 +332,6 @@ class _Writer:
             return None
         fan_name = self.add(self.unique(f"{node.name}.fan_out"), fan, out, self.feed(node.inputs[0], want),
                             role="fan_out")
-        self.summary.adapters += 1
         lam = ir.ppn.level_values(node, channels)                         # [channels, L]
         th = np.abs(_np(lam)).reshape(-1)                                 # one threshold per binary channel
         view = [1] * rank
@@ -390,6 +384,7 @@ def to_nir(graph: ir.SpikingGraph, neuron: str = "IF"):
     desc["convention"] = {"name": CONVENTION, "version": VERSION}
     meta = {"ecmt.description": json.dumps(desc, separators=(",", ":")),
             "ecmt.nodes": json.dumps(w.roles, separators=(",", ":"))}
+    w.summary.adapters = sum(r["role"] not in ("standard", "convention") for r in w.roles.values())
     w.summary.depth_first_ok = depth_first_is_topological(w.nodes, w.edges)
     return nir.NIRGraph(nodes=w.nodes, edges=w.edges, metadata=meta), w.summary
 

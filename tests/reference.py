@@ -5,7 +5,7 @@ import numpy as np
 
 
 def mt_neuron_reference(xs, th_pos: float, th_neg: float | None, levels: int) -> list[float]:
-    """One neuron, one element, per step and per level, as ECMT_SPEC.md section 2 words it."""
+    """One neuron, one element, per step and per level, as docs/method.md §2 words it."""
     f = np.float32
     v = f(0)
     out = []

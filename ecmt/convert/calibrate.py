@@ -1,4 +1,4 @@
-"""Threshold calibration (ECMT_SPEC.md section 5).
+"""Threshold calibration (docs/method.md §5).
 
 The graph runs in analog mode (every MT neuron replaced by the function it
 approximates, which is the source ANN) on calibration batches.  For each MT

@@ -3,7 +3,7 @@
 ``simplify`` folds what the IR can say more directly (a transpose or a scalar
 scale next to a product ECM, a per-channel scale or shift after a synaptic
 layer, which is how batch norm and LayerScale arrive, no-op shape ops).  ``place_neurons`` inserts the
-MT neurons (ECMT_SPEC.md section 4) by one rule, the same for ViTs and ReLU
+MT neurons (docs/method.md §4) by one rule, the same for ViTs and ReLU
 networks:
 
 * every ReLU becomes a positive-only MT neuron;

@@ -1,4 +1,4 @@
-"""Expectation compensation modules (ECMT_SPEC.md section 3).
+"""Expectation compensation modules (docs/method.md §3).
 
 A nonlinearity ECM keeps the running input sum S_t and emits
 

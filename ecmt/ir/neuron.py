@@ -10,7 +10,7 @@ from .node import Node, Shape, ShapeError, broadcast
 
 @dataclasses.dataclass(eq=False)
 class MTNeuron(Node):
-    """Multi-threshold neuron with reset by subtraction (ECMT_SPEC.md section 2).
+    """Multi-threshold neuron with reset by subtraction (docs/method.md §2).
 
     Per step: v <- v + x; the highest level k in n-1..0 with
     v >= th_pos * 2^k - th_pos / 2 fires +th_pos * 2^k, else the highest k with

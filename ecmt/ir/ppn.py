@@ -1,4 +1,4 @@
-"""Parallel parameter normalization (ECMT_SPEC.md section 2).
+"""Parallel parameter normalization (docs/method.md §2).
 
 On binary-spike hardware a graded MT spike s = lambda_j (one of 2n levels)
 travels as a one-hot binary vector b over the levels, and the next synaptic

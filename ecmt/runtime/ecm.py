@@ -1,4 +1,4 @@
-"""Expectation compensation modules (ECMT_SPEC.md section 3): the state kept
+"""Expectation compensation modules (docs/method.md §3): the state kept
 between steps.  The per-step arithmetic lives in kernels.py."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Vectorized multi-threshold neuron (ECMT_SPEC.md section 2).
+"""Vectorized multi-threshold neuron (docs/method.md §2).
 
 The spec scans levels k = n-1..0 and fires the first whose boundary the
 membrane has crossed.  The boundaries th * 2^k - th / 2 grow with k, so the

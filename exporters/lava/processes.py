@@ -41,7 +41,7 @@ F32 = np.float32
 
 # -- MT neuron --------------------------------------------------------------------------------
 class MTNeuron(AbstractProcess):
-    """Multi-threshold neuron (ECMT_SPEC.md section 2) on a neuromorphic core.
+    """Multi-threshold neuron (docs/method.md §2) on a neuromorphic core.
     The membrane restarts at zero every `period` steps (one sample per period).
     `record` > 0 keeps the spikes of the first `record` steps in Var `history`."""
 

@@ -6,20 +6,18 @@ at T = 1..8 on the demo ViT, and the accuracy-against-energy frontier.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown, write_result  # noqa: E402
+from machine import machine_info, machine_markdown, write_result
 
-import ecmt  # noqa: E402
-import hw_sim  # noqa: E402
-from ecmt import data  # noqa: E402
-from ecmt.convert import calibration_batches  # noqa: E402
-from ecmt.evaluate import ann_accuracy, snn_accuracy  # noqa: E402
-from ecmt.zoo import load_model  # noqa: E402
+import ecmt
+import hw_sim
+from ecmt import data
+from ecmt.convert import calibration_batches
+from ecmt.evaluate import ann_accuracy, snn_accuracy
+from ecmt.zoo import load_model
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 SETTINGS = {

@@ -12,22 +12,20 @@ max-pool activation) and in accuracy.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown, write_result  # noqa: E402
+from machine import machine_info, machine_markdown, write_result
 
-import ecmt  # noqa: E402
-import hw_sim  # noqa: E402
-from ecmt import data, ir  # noqa: E402
-from ecmt.convert import calibration_batches  # noqa: E402
-from ecmt.evaluate import ann_accuracy  # noqa: E402
-from ecmt.zoo import load_model  # noqa: E402
+import ecmt
+import hw_sim
+from ecmt import data, ir
+from ecmt.convert import calibration_batches
+from ecmt.evaluate import ann_accuracy
+from ecmt.zoo import load_model
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,14 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown, write_result  # noqa: E402
+from machine import machine_info, machine_markdown, write_result
 
-import ecmt  # noqa: E402
-from ecmt import SpikingModel, data  # noqa: E402
-from ecmt.evaluate import ann_accuracy  # noqa: E402
-from ecmt.zoo import load_model  # noqa: E402
-from exporters import nir as enir  # noqa: E402
+import ecmt
+from ecmt import SpikingModel, data
+from ecmt.evaluate import ann_accuracy
+from ecmt.zoo import load_model
+from exporters import nir as enir
 
 ROOT = Path(__file__).parent.parent
 OUT = ROOT / "docs" / "benchmarks"

@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown, median_time, write_result  # noqa: E402
+from machine import machine_info, machine_markdown, median_time, write_result
 
-import ecmt  # noqa: E402
-from ecmt import data  # noqa: E402
-from ecmt.convert import calibration_batches  # noqa: E402
-from ecmt.evaluate import snn_accuracy  # noqa: E402
-from ecmt.zoo import load_model  # noqa: E402
+import ecmt
+from ecmt import data
+from ecmt.convert import calibration_batches
+from ecmt.evaluate import snn_accuracy
+from ecmt.zoo import load_model
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 VARIANTS = {   # name -> convert() options; "paper" is the default calibration

@@ -12,8 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown, write_result  # noqa: E402
+from machine import machine_info, machine_markdown, write_result
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 LIMIT, T = 2000, 8

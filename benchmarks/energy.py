@@ -9,22 +9,20 @@ the same graph on the same batch, in the same process (median of repeats).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import interleaved_medians, machine_info, machine_markdown, write_result  # noqa: E402
+from machine import interleaved_medians, machine_info, machine_markdown, write_result
 
-import ecmt  # noqa: E402
-import hw_sim  # noqa: E402
-from ecmt import data, ir  # noqa: E402
-from ecmt.convert import calibration_batches  # noqa: E402
-from ecmt.runtime import GraphExecutor  # noqa: E402
-from ecmt.zoo import load_model  # noqa: E402
-from hw_sim.histogram import histogram  # noqa: E402
+import ecmt
+import hw_sim
+from ecmt import data, ir
+from ecmt.convert import calibration_batches
+from ecmt.runtime import GraphExecutor
+from ecmt.zoo import load_model
+from hw_sim.histogram import histogram
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 PROFILES = ["cmos45-fp32", "loihi"]

@@ -6,20 +6,18 @@ the executor (accuracy per step, deviation, run time).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown, write_result  # noqa: E402
+from machine import machine_info, machine_markdown, write_result
 
-import ecmt  # noqa: E402
-from ecmt import data  # noqa: E402
-from ecmt.convert import calibration_batches  # noqa: E402
-from ecmt.zoo import load_model  # noqa: E402
-from exporters.lava import build  # noqa: E402
+import ecmt
+from ecmt import data
+from ecmt.convert import calibration_batches
+from ecmt.zoo import load_model
+from exporters.lava import build
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from pathlib import Path
 from unittest import mock
@@ -37,15 +36,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown, write_result  # noqa: E402
+from machine import machine_info, machine_markdown, write_result
 
-import ecmt  # noqa: E402
-from ecmt import data, ir  # noqa: E402
-from ecmt.runtime import GraphExecutor  # noqa: E402
-from ecmt.zoo import load_model  # noqa: E402
-from exporters import lava as elava  # noqa: E402
-from exporters.lava import netx, processes  # noqa: E402
+import ecmt
+from ecmt import data, ir
+from ecmt.runtime import GraphExecutor
+from ecmt.zoo import load_model
+from exporters import lava as elava
+from exporters.lava import netx, processes
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 T = 8

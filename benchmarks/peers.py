@@ -49,16 +49,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-from machine import machine_info, machine_markdown, write_result  # noqa: E402
+from machine import machine_info, machine_markdown, write_result
 
-import ecmt  # noqa: E402
-import hw_sim  # noqa: E402
-from ecmt import data, ir  # noqa: E402
-from ecmt.runtime import GraphExecutor  # noqa: E402
-from ecmt.zoo import load_model  # noqa: E402
-from hw_sim.counting import Counter, conv_fanout, to_lists  # noqa: E402
-from hw_sim.simulate import build as hw_sim_build  # noqa: E402
+import ecmt
+import hw_sim
+from ecmt import data, ir
+from ecmt.runtime import GraphExecutor
+from ecmt.zoo import load_model
+from hw_sim.counting import Counter, conv_fanout, to_lists
+from hw_sim.simulate import build as hw_sim_build
 
 try:
     from spikingjelly.activation_based import ann2snn, functional, neuron

@@ -39,7 +39,11 @@ def test_search_improves_the_estimate_at_the_target_T():
     assert cal["method"] == "search" and cal["target_T"] == 2 and cal["choices"] == 2
     for n in searched.graph.of_kind(ir.MTNeuron):
         assert n.meta["search"]["target_T"] == 2 and n.levels == n.meta["search"]["levels"]
-    assert "x" in searched.graph.summary().splitlines()[-1]          # inspect shows the choice
+    # `ecmt inspect` shows each neuron's chosen multiplier and target T on its own row
+    rows = {line.split()[0]: line for line in searched.graph.summary().splitlines() if line.startswith("  ")}
+    for n in searched.graph.of_kind(ir.MTNeuron):
+        choice = n.meta["search"]
+        assert rows[n.name].endswith(f"x{choice['multiplier']:g}, T=2"), rows[n.name]
 
 
 def test_search_reads_only_the_calibration_iterable():

@@ -29,10 +29,14 @@ Stages, each typed:
   step; a neuron updates when it fires, has work of its own (non-zero input from
   the run or non-zero membrane: ``extra``), or received a synaptic event at t - 1
   (on the chip a spike at t reaches the soma at t + 1); one message per (spiking
-  neuron, destination core), routed X then Y with per-hop energy and delay;
-  per-core serial latency (generation: neuron work + messages out; processing:
-  messages in + synaptic events), a step = max over cores of each, per phase, plus
-  the barrier chosen by tiles in use.
+  neuron, destination core), routed X then Y with per-hop energy and delay.
+  Latency per step and sample: ``StepSchedule``, an event-driven schedule after
+  SANA-FE 2.2.9's detailed timing model (each core's messages sent as its neurons
+  fire, hop delays and network load on the way, each destination core processing
+  what arrives in arrival order), per phase, plus the barrier chosen by tiles in
+  use; and SANA-FE's "simple" model (max over cores of serial generation work and of
+  serial processing work; over the whole step a lower bound of the schedule), as
+  ``*_simple_s``.
 
 The input synapses of an MT element land on its first compartment (channel 0, its
 membrane); the fan-out of its input to the level channels is the core's dendritic
@@ -43,6 +47,7 @@ synaptic events per spike do not.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import math
 
 import torch
@@ -748,19 +753,220 @@ def record(graph, x: torch.Tensor, T: int, onchip: OnChip) -> dict[str, Raster]:
     return rec.take()
 
 
+# -- the detailed step schedule ------------------------------------------------------------
+class _Sent:
+    """A message at the head of its core's send queue, ordered by departure time only: ties
+    then fall to heap order, as in the C++ priority queue this follows."""
+    __slots__ = ("sent", "core", "i")
+
+    def __init__(self, sent: float, core: int, i: int):
+        self.sent, self.core, self.i = sent, core, i
+
+    def __lt__(self, other: "_Sent") -> bool:
+        return self.sent < other.sent
+
+
+class StepSchedule:
+    """Event-driven timing of one step on the mesh from one sample's spikes, after SANA-FE
+    2.2.9's detailed timing model (Boyle et al., TCAD 2025; its schedule.cpp and chip.cpp,
+    rewritten here):
+
+    * each core runs its neurons in mapping order, adding up their soma times (access,
+      + update, + spike out); a neuron that fires sends one message per destination core,
+      in core order: the first carries the time added up since the core's previous message
+      plus one message-out time, each further one a message-out time.  What is left after
+      the core's last message is a send-free slot at the end of its queue;
+    * a core's messages leave one after another: the first at its generation time, each
+      next one at the previous one's departure plus its own generation time;
+    * messages are handled in global order of departure.  The network keeps the load of the
+      messages in flight (sent, not yet taken in by their destination) on every router input
+      they pass: the sending core's port of the first router, then on each later router of
+      the X-then-Y route the port facing where the message came from; one message adds
+      1 / (hops + 2) to each of those hops + 1 inputs.  With rho the load along a new
+      message's route and mu the mean processing time of the messages in flight, a route
+      loaded beyond (hops + 1) x link_buffer holds the message back by the excess x mu (its
+      core's later messages leave later too), and the trip takes max(hop delays,
+      rho x mu / (hops + 1));
+    * a destination core takes messages in one at a time in arrival order; each costs
+      message-in + synaptic events x synaptic-event time;
+    * the step lasts until the last departure or the last processing ends.
+
+    Without a `link_buffer` in the profile's [mesh] table the network is never loaded (every
+    trip takes its hop delays).
+    """
+
+    def __init__(self, onchip: OnChip, placement: Placement, profile, tables: dict):
+        m = lambda k: profile[f"mesh.{k}"]
+        access, update, spike = m("t_neuron_access"), m("t_neuron_update"), m("t_spike_out")
+        # soma times summed in the order SANA-FE adds them, so that equal times stay equal
+        self.t_idle, self.t_update, self.t_fire = access, access + update, access + update + spike
+        self.t_out, self.t_in, self.t_syn = m("t_message_out"), m("t_message_in"), m("t_synaptic_event")
+        self.t_hop = (m("t_hop_x"), m("t_hop_y"))
+        buffer = profile.get("mesh.link_buffer")
+        self.buffer = None if buffer is None else float(buffer)
+        self.cpt, self.height = int(m("cores_per_tile")), int(m("height"))
+        self.x, self.y = (v.tolist() for v in core_xy(profile, placement.cores))
+        self.inputs = (max(self.x, default=0) + 1) * self.height * (4 + self.cpt)
+        # per core, what it runs in order: (group, its elements there, neurons per element)
+        self.runs: dict[int, list] = {}
+        for name, g in onchip.groups.items():
+            cores = placement.core_of[name]
+            for core in torch.unique(cores).tolist():
+                elems = torch.nonzero(cores == core).flatten().tolist()
+                self.runs.setdefault(core, []).append((name, elems, g.channels))
+        self.runs = dict(sorted(self.runs.items()))
+        # per source group: each element's destination cores (ascending) and processing times
+        self.dests: dict[str, tuple[list, list, list]] = {}
+        for name, tab in tables.items():
+            nz = torch.nonzero(tab["syn"] > 0)
+            n_syn = tab["syn"][nz[:, 0], nz[:, 1]].round().long()
+            start = torch.cumsum(torch.bincount(nz[:, 0], minlength=tab["syn"].shape[0]), 0)
+            procs = {n: self._processing(n) for n in torch.unique(n_syn).tolist()}
+            self.dests[name] = ([0] + start.tolist(), nz[:, 1].tolist(), [procs[n] for n in n_syn.tolist()])
+        self.routes: dict[tuple[int, int], tuple] = {}
+
+    def _processing(self, synapses: int) -> float:
+        t = self.t_in
+        for _ in range(synapses):             # added one by one, as SANA-FE does
+            t += self.t_syn
+        return t
+
+    def _route(self, src: int, dst: int) -> tuple[float, int, tuple[int, ...]]:
+        """(hop delays, hops + 1, the router inputs it loads) of the X-then-Y route src -> dst.
+        A router input is numbered router x (4 + cores per tile) + port: ports 0-3 face
+        west, east, south, north (where the message came from), 4 + k is core k's port."""
+        key = (src, dst)
+        if key not in self.routes:
+            ports = 4 + self.cpt
+            x0, y0, x1, y1 = self.x[src], self.y[src], self.x[dst], self.y[dst]
+            router = lambda x, y: (x * self.height + y) * ports
+            inputs = [router(x0, y0) + 4 + src % self.cpt]
+            sx = 1 if x1 > x0 else -1
+            for x in range(x0 + sx, x1 + sx, sx) if x1 != x0 else ():
+                inputs.append(router(x, y0) + (0 if sx > 0 else 1))
+            sy = 1 if y1 > y0 else -1
+            for y in range(y0 + sy, y1 + sy, sy) if y1 != y0 else ():
+                inputs.append(router(x1, y) + (2 if sy > 0 else 3))
+            hx, hy = abs(x1 - x0), abs(y1 - y0)
+            self.routes[key] = (0.0 + hx * self.t_hop[0] + hy * self.t_hop[1], hx + hy + 1, tuple(inputs))
+        return self.routes[key]
+
+    def queues(self, chan: dict[str, list], updated: dict[str, list]) -> dict[int, list]:
+        """Per core, its send queue for one sample and step: (generation time, destination core
+        or -1 for the send-free slot, processing time, route).  chan[group][e]: the channel that
+        fired (-1 none); updated[group][e]: channel 0 updates without firing."""
+        t_idle, t_upd, t_fire, t_out = self.t_idle, self.t_update, self.t_fire, self.t_out
+        out = {}
+        for core, runs in self.runs.items():
+            acc, q = 0.0, []
+            for name, elems, L in runs:
+                ch, up = chan[name], updated[name]
+                start, dst, proc = self.dests.get(name, (None, None, None))
+                for e in elems:
+                    c = ch[e]
+                    for j in range(L):
+                        if j == c:
+                            acc += t_fire
+                            if start is not None and start[e] < start[e + 1]:
+                                for k in range(start[e], start[e + 1]):
+                                    q.append((acc + t_out, dst[k], proc[k], self._route(core, dst[k])))
+                                    acc = 0.0
+                        elif j == 0:
+                            acc += t_upd if up[e] else t_idle
+                        else:
+                            acc += t_idle
+            if acc != 0.0:
+                q.append((acc, -1, 0.0, None))
+            out[core] = q
+        return out
+
+    def run(self, queues: dict[int, list]) -> float:
+        """The time from the step's start to its last event (no barrier)."""
+        push, pop = heapq.heappush, heapq.heappop
+        ready = []
+        for core, q in queues.items():        # pushed one by one in core order, as SANA-FE does
+            if q:
+                push(ready, _Sent(q[0][0], core, 0))
+        buffer = self.buffer
+        load = [0.0] * self.inputs
+        inflight, seq = [], 0                 # (taken in at, seq, route inputs, share, processing)
+        n_flight, sum_proc = 0, 0.0
+        free = {}                             # per destination core: when it is done with its queue
+        last = 0.0
+        while ready:
+            msg = pop(ready)
+            sent = msg.sent
+            if sent > last:
+                last = sent
+            while inflight and inflight[0][0] <= sent:
+                _, _, inputs, share, proc = pop(inflight)
+                for i in inputs:
+                    load[i] -= share
+                n_flight -= 1
+                sum_proc = sum_proc - proc if n_flight else 0.0
+            q = queues[msg.core]
+            _, dst, proc, route = q[msg.i]
+            if dst >= 0:
+                trip, links, inputs = route
+                if buffer is not None:
+                    rho = 0.0
+                    for i in inputs:
+                        rho += load[i]
+                    mu = sum_proc / n_flight if n_flight else 0.0
+                    excess = rho - links * buffer
+                    if excess > 0:
+                        sent += excess * mu
+                    crowd = rho * mu / links
+                    if crowd > trip:
+                        trip = crowd
+                arrive = sent + trip
+                f = free.get(dst, 0.0)
+                done = f + proc
+                if arrive + proc > done:
+                    done = arrive + proc
+                free[dst] = done
+                if done > last:
+                    last = done
+                if buffer is not None:
+                    share = 1.0 / (links + 1)
+                    for i in inputs:
+                        load[i] += share
+                    push(inflight, (arrive if arrive > f else f, seq, inputs, share, proc))
+                    seq += 1
+                    n_flight += 1
+                    sum_proc += proc
+            msg.i += 1
+            if msg.i < len(q):
+                msg.sent = sent + q[msg.i][0]
+                push(ready, msg)
+                if msg.sent > last:
+                    last = msg.sent
+        return last
+
+
 # -- time and price ------------------------------------------------------------------------
 STEP_FIELDS = ("synaptic_events", "neurons_fired", "neurons_updated", "messages", "hops", "hops_x", "hops_y",
                "synapse_j", "neuron_j", "network_j", "host_transfers", "host_transfer_j",
-               "onchip_latency_s", "chip_latency_s", "host_transfer_s")
+               "onchip_latency_s", "chip_latency_s", "onchip_latency_simple_s", "chip_latency_simple_s",
+               "host_transfer_s")
+SCHEDULED_FIELDS = ("onchip_latency_s", "chip_latency_s")      # from the scheduled samples only
 GROUP_FIELDS = ("fired", "updated", "synaptic_events_out", "messages_out", "hops_out", "synapse_j", "neuron_j",
                 "network_j")
 
 
 class Accounting:
     """SANA-FE's accounting of a mapped on-chip part, summed over the samples of every
-    batch given to add(); per step (lists of T) and per group."""
+    batch given to add(); per step (lists of T) and per group.
 
-    def __init__(self, onchip: OnChip, placement: Placement, profile, T: int):
+    The detailed schedule is pure Python (about a second per sample and step on the
+    demo CNN), so it runs on the first ``schedule_samples`` samples only and the
+    detailed latency is their mean; every count, energy and the simple latency use
+    every sample."""
+
+    SCHEDULE_SAMPLES = 32
+
+    def __init__(self, onchip: OnChip, placement: Placement, profile, T: int,
+                 schedule_samples: int = SCHEDULE_SAMPLES):
         self.onchip, self.placement, self.profile, self.T = onchip, placement, profile, T
         m = lambda k: profile[f"mesh.{k}"]
         self.k = {k: m(k) for k in MESH_REQUIRED if k.startswith(("e_", "t_"))}
@@ -775,7 +981,9 @@ class Accounting:
                                              torch.full((g.elements,), float(g.channels), dtype=torch.float64))
             self.phase_of_core[placement.core_of[name]] = g.phase
         self.barrier = barrier(profile, placement.tiles_in_use, placement.chips)
+        self.schedule = StepSchedule(onchip, placement, profile, self.tables)
         self.samples = 0
+        self.schedule_samples, self.scheduled = schedule_samples, 0
         self.step = {f: [0.0] * T for f in STEP_FIELDS}
         self.group = {name: {f: 0.0 for f in GROUP_FIELDS} for name in onchip.groups}
 
@@ -783,6 +991,8 @@ class Accounting:
         k, T, C = self.k, self.T, self.placement.cores
         B = next(iter(rasters.values())).chan.shape[1]
         self.samples += B
+        scheduled = max(0, min(B, self.schedule_samples - self.scheduled))
+        self.scheduled += scheduled
         recv = {name: torch.zeros(B, g.elements, dtype=torch.bool) for name, g in self.onchip.groups.items()}
         for t in range(T):
             gen = self.neurons_per_core.unsqueeze(0).expand(B, C) * k["t_neuron_access"]
@@ -790,6 +1000,7 @@ class Accounting:
             proc = torch.zeros(B, C, dtype=torch.float64)
             nxt = {name: torch.zeros(B, g.elements, dtype=torch.bool) for name, g in self.onchip.groups.items()}
             st = {f: 0.0 for f in STEP_FIELDS}
+            chans, updated = {}, {}
             for name, g in self.onchip.groups.items():
                 r = rasters[name]
                 chan, extra = r.chan[t], r.extra[t]
@@ -797,6 +1008,7 @@ class Accounting:
                 S = fired.double()
                 f0 = chan == 0
                 upd = (extra | recv[name]) & ~f0
+                chans[name], updated[name] = chan, upd
                 cores = self.placement.core_of[name]
                 nf, nu = float(S.sum()), float(S.sum() + upd.sum())
                 gen.index_add_(1, cores, S * (k["t_spike_out"] + k["t_neuron_update"])
@@ -837,16 +1049,30 @@ class Accounting:
                     valid = c.dst_index >= 0
                     nxt[c.dst][:, c.dst_index[valid]] |= y[:, valid]
             recv = nxt
-            # Latency per sample: SANA-FE's "simple" model over all cores (one step, one
-            # barrier), and per phase (each chip segment of the step with its own barrier).
+            # Latency per sample, over all cores (one step, one barrier: SANA-FE's view) and
+            # per phase (each chip segment of the step with its own barrier): the detailed
+            # schedule, and SANA-FE's "simple" model (max over cores of neuron-side and
+            # message-side serial work; over the whole step a lower bound of the schedule).
             onchip = torch.maximum(gen.max(1).values, proc.max(1).values) + self.barrier
             chip = torch.zeros(B, dtype=torch.float64)
             for p in range(1, self.onchip.phases + 1):
                 sel = self.phase_of_core == p
                 if bool(sel.any()):
                     chip += torch.maximum(gen[:, sel].max(1).values, proc[:, sel].max(1).values) + self.barrier
-            st["onchip_latency_s"] = float(onchip.sum())
-            st["chip_latency_s"] = float(chip.sum())
+            st["onchip_latency_simple_s"] = float(onchip.sum())
+            st["chip_latency_simple_s"] = float(chip.sum())
+            phase_of = self.phase_of_core.tolist()
+            for b in range(scheduled):
+                queues = self.schedule.queues({n: c[b].tolist() for n, c in chans.items()},
+                                              {n: u[b].tolist() for n, u in updated.items()})
+                whole = self.schedule.run(queues)
+                st["onchip_latency_s"] += whole + self.barrier
+                for p in range(1, self.onchip.phases + 1):
+                    part = {c: q for c, q in queues.items() if phase_of[c] == p}
+                    if part:
+                        # a phase's messages are processed in that phase, wherever they go
+                        span = whole if len(part) == len(queues) else self.schedule.run(part)
+                        st["chip_latency_s"] += span + self.barrier
             st["host_transfer_j"] = st["host_transfers"] * k["e_host_transfer"]
             st["host_transfer_s"] = st["host_transfers"] * k["t_host_transfer"]
             for f in STEP_FIELDS:
@@ -854,9 +1080,10 @@ class Accounting:
 
     def result(self) -> dict:
         """Per-inference figures (sums divided by samples)."""
-        n = max(self.samples, 1)
-        return {"per_step": {f: [v / n for v in vals] for f, vals in self.step.items()},
+        n, m = max(self.samples, 1), max(self.scheduled, 1)
+        per = lambda f: m if f in SCHEDULED_FIELDS else n
+        return {"per_step": {f: [v / per(f) for v in vals] for f, vals in self.step.items()},
                 "groups": {name: {f: v / n for f, v in d.items()} for name, d in self.group.items()},
                 "barrier_s": self.barrier, "phases": self.onchip.phases, "mapped_neurons": self.neurons,
                 "cores": self.placement.cores, "tiles": self.placement.tiles_in_use, "chips": self.placement.chips,
-                "samples": self.samples}
+                "samples": self.samples, "scheduled_samples": self.scheduled}

@@ -3,6 +3,7 @@ force, barriers per host phase, and the cross-check against SANA-FE itself (run 
 own environment, tools/sanafe_env.sh, as a subprocess)."""
 import dataclasses
 import os
+import re
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ def variant(tmp_path, replace: dict, name="variant", **head):
         lines = text.splitlines()
         for i, line in enumerate(lines):
             if line.startswith(f"{key} = {{ value = "):
-                rest = line.split(",", 1)[1]
+                rest = re.sub(r' range = \[[^]]*\], range_source = "[^"]*",', "", line.split(",", 1)[1])
                 lines[i] = f"{key} = {{ value = {value},{rest}"
         text = "\n".join(lines) + "\n"
     path = tmp_path / f"{name}.toml"
@@ -142,6 +143,91 @@ def test_messages_and_hops_equal_brute_force_on_a_two_core_network(tmp_path, for
         assert got[key] == [float(v) for v in want[key]], key
 
 
+# -- the detailed step schedule --------------------------------------------------------------
+def hand_built(sizes: dict, cores: dict, links: list, fired: list):
+    """An on-chip part of single-neuron elements: groups of `sizes` placed whole on `cores`
+    (global ids, 4 per tile), each link (src, src elements, dst) a linear layer from those
+    source elements to every element of dst; fired[t] = {group: elements firing at t + 1}."""
+    groups = {n: mesh.Group(n, "mt", (k,), 1) for n, k in sizes.items()}
+    conns = [mesh.Connection(src, dst, f"fc{i}", "linear", torch.tensor(elems), torch.arange(sizes[dst]),
+                             (len(elems),), (sizes[dst],)) for i, (src, elems, dst) in enumerate(links)]
+    onchip = mesh.OnChip(groups, conns, 1)
+    used = max(cores.values()) + 1
+    placement = mesh.Placement({n: torch.full((k,), cores[n]) for n, k in sizes.items()}, used, 1,
+                               len({c // 4 for c in cores.values()}), [], {}, [])
+    T = len(fired)
+    rasters = {}
+    for n, k in sizes.items():
+        chan = torch.full((T, 1, k), -1, dtype=torch.int16)
+        for t, step in enumerate(fired):
+            chan[t, 0, step.get(n, [])] = 0
+        rasters[n] = mesh.Raster(chan, torch.zeros(T, 1, k, dtype=torch.bool))
+    return onchip, placement, rasters
+
+
+def test_detailed_step_latency_by_hand(tmp_path):
+    """Two tiles: a (3 neurons, core 0 = tile 0 at (0, 0)) sends a0, a1 to b (17 neurons,
+    core 20 = tile 5 at (1, 1): one x- and one y-hop) and a2 to c (13 neurons, core 1 in
+    tile 0: no hop).  Step 1: a0, a1, a2 fire.  Step 2: nothing fires; b and c update (they
+    received synaptic events at step 1)."""
+    profile = variant(tmp_path, {}, mt_form='"element"')
+    onchip, placement, rasters = hand_built({"a": 3, "b": 17, "c": 13}, {"a": 0, "b": 20, "c": 1},
+                                            [("a", [0, 1], "b"), ("a", [2], "c")],
+                                            [{"a": [0, 1, 2]}, {}])
+    acc = mesh.Accounting(onchip, placement, profile, 2)
+    acc.add(rasters)
+    got = acc.result()["per_step"]
+    k = lambda name: profile[f"mesh.{name}"]
+    idle, upd, out = k("t_neuron_access"), k("t_neuron_access") + k("t_neuron_update"), k("t_message_out")
+    fire = upd + k("t_spike_out")
+    proc_b, proc_c = k("t_message_in") + 17 * k("t_synaptic_event"), k("t_message_in") + 13 * k("t_synaptic_event")
+    hop = k("t_hop_x") + k("t_hop_y")
+    sync = k("barrier_2")                                      # 2 tiles in use
+    # step 1: core 0 sends m1 (a0 -> core 20), m2 (a1 -> core 20), m3 (a2 -> core 1), each
+    # after one neuron's firing time and a message-out time; cores 1 and 20 only access
+    # their neurons (13 and 17 x idle, sent as slots with no message, ending before m3).
+    s1, s2, s3 = fire + out, 2 * (fire + out), 3 * (fire + out)
+    done1 = s1 + hop + proc_b                                  # m1 reached an idle core 20
+    assert s1 + hop < s2                                       # m1 has left the network when m2 is sent
+    done2 = max(done1, s2 + hop) + proc_b                      # m2 waits for core 20 until done1
+    taken2 = max(done1, s2 + hop)
+    assert taken2 > s3                                         # m2 is still in the network when m3 is sent
+    # m3's route (0 hops) has one router input: core 0's port, which m2 (2 hops: 3 inputs)
+    # loads with 1 / (2 + 2); the mean processing time in flight is m2's: the trip takes
+    # load x mean / (0 + 1) instead of 0 (load 1/4 < 1 x link_buffer: not held back)
+    trip3 = (1 / 4) * proc_b / 1
+    done3 = s3 + trip3 + proc_c
+    step1 = max(done2, done3, 17 * idle, 13 * idle) + sync
+    assert done3 > done2                                       # the network load decides step 1
+    step2 = max(3 * idle, 17 * upd, 13 * upd) + sync
+    assert got["onchip_latency_s"] == pytest.approx([step1, step2], rel=1e-12)
+    assert got["chip_latency_s"] == pytest.approx([step1, step2], rel=1e-12)    # one phase
+    # the simple model: max over cores of serial sending work and serial receiving work
+    simple1 = max(3 * (fire + out), 2 * proc_b, proc_c) + sync
+    assert got["onchip_latency_simple_s"] == pytest.approx([simple1, step2], rel=1e-12)
+
+
+def test_congested_schedule_against_sanafe(tmp_path):
+    """200 neurons of one core fire at once, the first 190 into a slower core of the same
+    tile: the messages waiting there load the sending core's router input past its link
+    buffer, so the last 10 messages, to an idle core, are held back and end the step late;
+    SANA-FE's detailed model agrees."""
+    sanafe_or_skip()
+    profile = variant(tmp_path, {}, mt_form='"element"')
+    onchip, placement, rasters = hand_built({"a": 200, "b": 30, "c": 200}, {"a": 0, "b": 1, "c": 2},
+                                            [("a", list(range(190)), "b"), ("a", list(range(190, 200)), "c")],
+                                            [{"a": list(range(200))}])
+    acc = mesh.Accounting(onchip, placement, profile, 1)
+    acc.add(rasters)
+    got = acc.result()["per_step"]["onchip_latency_s"][0]
+    free = mesh.Accounting(onchip, placement, profile, 1)
+    free.schedule.buffer = None
+    free.add(rasters)
+    assert got > 1.05 * free.result()["per_step"]["onchip_latency_s"][0]
+    sf = sx.run(sx.describe(onchip, placement, rasters, profile))
+    assert got == pytest.approx(sf["per_step"]["latency_s"]["detailed"][0], rel=1e-9)
+
+
 def test_one_barrier_per_host_phase(tmp_path):
     """Two chip segments in a step (chip -> host ReLU ECM -> chip): two barriers."""
     profile = load_profile("loihi-sanafe")
@@ -194,7 +280,8 @@ def compare(hw: dict, sf: dict) -> dict:
     out = {c: rel(sum(ps[a]), sf["energy_j"][b]) for c, (a, b) in cats.items()}
     out["total"] = rel(sum(sum(ps[a]) for a, _ in cats.values()), sf["energy_j"]["total"])
     out["latency_per_step"] = max(rel(a, b) for a, b in zip(ps["onchip_latency_s"], sf["per_step"]["latency_s"]["detailed"]))
-    out["latency_simple"] = max(rel(a, b) for a, b in zip(ps["onchip_latency_s"], sf["per_step"]["latency_s"]["simple"]))
+    out["latency_simple"] = max(rel(a, b) for a, b in zip(ps["onchip_latency_simple_s"],
+                                                          sf["per_step"]["latency_s"]["simple"]))
     for key in ("synaptic_events", "neurons_fired", "neurons_updated", "messages", "hops"):
         out[key] = max(rel(a, b) for a, b in zip(ps[key], sf["per_step"][key]))
     return out
@@ -221,6 +308,68 @@ def test_mlp_against_sanafe(tmp_path, form):
     for c in ("synapse", "neuron", "network"):
         assert diff[c] <= 0.10, (c, diff)
     assert diff["latency_per_step"] <= 0.25, diff
-    # the accounting is SANA-FE's: counts agree exactly, and so does its simple latency model
-    for key in ("synaptic_events", "neurons_fired", "neurons_updated", "messages", "hops", "latency_simple"):
+    # the accounting is SANA-FE's: counts agree exactly, and so do both its timing models
+    for key in ("synaptic_events", "neurons_fired", "neurons_updated", "messages", "hops", "latency_simple",
+                "latency_per_step"):
         assert diff[key] <= 1e-9, (key, diff)
+
+
+def test_detailed_schedule_runs_on_the_first_samples_only(tmp_path):
+    """Counts, energy and the simple latency use every sample; the (slow) detailed
+    schedule the first `schedule_samples`, whose mean is the detailed latency."""
+    profile = variant(tmp_path, {"neurons_per_core": 2, "cores_per_tile": 1}, mt_form='"element"')
+    graph = mlp(sizes=(5, 4, 3, 2), levels=3)
+    onchip = mesh.extract(graph, profile)
+    placement = mesh.place(onchip, profile)
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(3)) * 2
+    T = 4
+    rasters = mesh.record(graph, x, T, onchip)
+    capped = mesh.Accounting(onchip, placement, profile, T, schedule_samples=2)
+    capped.add({n: dataclasses.replace(r, chan=r.chan[:, :2], extra=r.extra[:, :2]) for n, r in rasters.items()})
+    capped.add({n: dataclasses.replace(r, chan=r.chan[:, 2:], extra=r.extra[:, 2:]) for n, r in rasters.items()})
+    first_two = mesh.Accounting(onchip, placement, profile, T)
+    first_two.add({n: dataclasses.replace(r, chan=r.chan[:, :2], extra=r.extra[:, :2]) for n, r in rasters.items()})
+    every = mesh.Accounting(onchip, placement, profile, T)
+    every.add(rasters)
+    got, two, full = capped.result(), first_two.result(), every.result()
+    assert (got["samples"], got["scheduled_samples"], full["scheduled_samples"]) == (3, 2, 3)
+    for key in ("onchip_latency_s", "chip_latency_s"):
+        assert got["per_step"][key] == pytest.approx(two["per_step"][key], rel=1e-12)
+    for key in ("synapse_j", "neuron_j", "network_j", "messages", "onchip_latency_simple_s"):
+        assert got["per_step"][key] == pytest.approx(full["per_step"][key], rel=1e-12)
+
+
+def test_demo_vit_maps_to_the_core_count_derived_by_hand():
+    """The whole demo ViT (4 blocks, 50 tokens x 64 features, 4 heads, MLP 128, MT
+    neurons of 8 signed levels = 16 binary channels) on loihi-sanafe, derived by hand
+    per block from the per-core limits (1024 neurons, 1 Mbit of 8-bit synapses, 4096
+    input and 4096 output axons, no weight sharing):
+
+    * norm1 MT (3200 elements): each element feeds the 64 q/k/v outputs of its
+      token, which sit on 4 cores (one per head) in each of q, k and v: 12 destination
+      cores, so 12 output axons per channel; 4096 // (12 x 16) = 21 elements per core,
+      ceil(3200 / 21) = 153 cores (output axons);
+    * q, k, v MT (3200 each): 1024 // 16 = 64 elements per core = 4 tokens of one head,
+      whose inputs are 4 x 64 x 16 = 4096 input axons (exactly the limit) and
+      64 x 64 x 16 x 8 bit = 0.5 Mbit; 3200 / 64 = 50 cores each (neurons);
+    * softmax MT (4 x 50 x 50 = 10000): ceil(10000 x 16 / 1024) = 157 (neurons);
+    * attention-output, norm2 MT (3200 each): 50 cores each; GELU MT (6400): 100;
+    * proj and fc1 accumulators (fan-in 64 x 16 channels x 8 bit = 8192 bit each):
+      2^20 // 8192 = 128 per core: 3200 / 128 = 25 and 6400 / 128 = 50 (synapse memory);
+      fc2 (fan-in 128): 64 per core, 3200 / 64 = 50 (synapse memory).
+
+    Per block 153 + 3 x 50 + 157 + 50 + 50 + 100 + 25 + 50 + 50 = 785 cores; four
+    blocks 3140 cores, ceil(3140 / 128) = 25 chips."""
+    from ecmt import convert, data
+    from ecmt.zoo import load_model
+    graph = convert(load_model("demo"), data.fashion_mnist("train").images[:16], progress=False).graph
+    placement = mesh.place(mesh.extract(graph, load_profile("loihi-sanafe")), load_profile("loihi-sanafe"))
+    expected = {"norm1.layernorm_ecm.mt": (153, "output axons"), "attn.select0.mt": (50, "neurons"),
+                "attn.select1.mt": (50, "neurons"), "attn.select2.mt": (50, "neurons"),
+                "attn.softmax.mt": (157, "neurons"), "attn.reshape_2.mt": (50, "neurons"),
+                "norm2.layernorm_ecm.mt": (50, "neurons"), "mlp.act.mt": (100, "neurons"),
+                "attn.proj": (25, "synapse memory"), "mlp.fc1": (50, "synapse memory"),
+                "mlp.fc2": (50, "synapse memory")}
+    got = {l.name: (l.cores, l.limiting_resource) for l in placement.layers}
+    assert got == {f"blocks.{b}.{k}": v for b in range(4) for k, v in expected.items()}
+    assert (placement.cores, placement.chips) == (3140, 25)

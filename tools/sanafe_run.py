@@ -114,8 +114,11 @@ every run), per step t, e(...) and l(...) being the architecture's energies and 
       [1 tile 0.6 us, 2-3 1.0 us, 4-28 1.4 us, 29-32 1.8 us].
   The "detailed" model (the default) schedules the same delays as events: each core sends
   its messages one after another, each message reaches its core after max(hop latency,
-  a congestion estimate), and each core processes what it receives one message at a time;
-  the step takes the last event's time plus the barrier.
+  a congestion estimate from the messages in flight on its route and the link buffer)
+  and may be held back when its route is full, and each core processes what it receives
+  one message at a time; the step takes the last event's time plus the barrier
+  (hw_sim/mesh.py's StepSchedule reimplements it; --messages writes SANA-FE's schedule
+  message by message to check it).
 
 Exit status: 0 ok; 2 bad input (one line on stderr: sanafe_run: <what>); 3 SANA-FE
 raised an error; 4 the replayed spikes differ from the rasters (the result is written).
@@ -141,6 +144,8 @@ FIRE_POTENTIAL = 2.0           # above the threshold: the neuron fires, then res
 UPDATE_POTENTIAL = 1.0 / 128   # non-zero (soma updates), quantized to 0 (never fires)
 THRESHOLD = 1.0
 TIMING_MODELS = ("detailed", "simple", "cycle")
+MESSAGE_FIELDS = ("src_core", "dest_core", "generation_s", "processing_s", "network_s", "blocking_s", "sent_s",
+                  "received_s", "processed_s", "hops")
 ENERGY_KEYS = ("total", "synapse", "dendrite", "soma", "network")
 
 
@@ -244,8 +249,8 @@ def _expand(name: str) -> list[str]:
 
 
 def noc_constants(arch_path: str) -> dict:
-    """NoC size, per-tile hop energies/latencies and the sync table, from the YAML (the
-    Python API does not expose them)."""
+    """NoC size and link buffer, per-tile hop energies/latencies and the sync table, from the
+    YAML (the Python API does not expose them)."""
     import yaml
     with open(arch_path) as f:
         doc = yaml.safe_load(f)["architecture"]
@@ -265,7 +270,8 @@ def noc_constants(arch_path: str) -> dict:
         table = {i: float(v) for i, v in enumerate(raw)}
     else:
         table = {int(k): float(v) for k, v in raw.items()}
-    return {"width": int(attrs["width"]), "height": int(attrs["height"]), "tiles": tiles,
+    return {"width": int(attrs["width"]), "height": int(attrs["height"]),
+            "link_buffer_size": attrs.get("link_buffer_size"), "tiles": tiles,
             "sync_table": {str(k): v for k, v in sorted(table.items())}}
 
 
@@ -556,6 +562,15 @@ def breakdown_tables(net: dict, run: dict) -> tuple[list, list]:
     return rows, [{"name": n, **v} for n, v in per_group.items()]
 
 
+def write_messages(path: str, steps: list) -> None:
+    keys = ("generation_delay", "processing_delay", "network_delay", "blocking_delay", "send_timestamp",
+            "received_timestamp", "processed_timestamp")
+    out = [[[m["src_core_id"], -1 if m["placeholder"] else m["dest_core_id"], *(m[k] for k in keys), m["hops"]]
+            for m in msgs] for msgs in steps]
+    with open(path, "w") as f:
+        json.dump({"fields": MESSAGE_FIELDS, "steps": out}, f)
+
+
 def replay_check(net: dict, fired: list) -> dict:
     mismatches = []
     for t in range(net["T"]):
@@ -588,6 +603,10 @@ def main(argv=None) -> int:
                          "(~1.5 GB and ~4 s more per chip; the figures are the same)")
     ap.add_argument("--no-breakdown", action="store_true",
                     help="skip SANA-FE's message trace (per-core and per-group tables); faster on large runs")
+    ap.add_argument("--messages", metavar="JSON",
+                    help="also write the first timing model's schedule, message by message: per step, in "
+                         "SANA-FE's trace order (a core's sending order is its messages by sent_s), "
+                         + ", ".join(MESSAGE_FIELDS) + " (dest_core -1: the core's time after its last message)")
     args = ap.parse_args(argv)
     try:
         net = load_description(args.net)
@@ -597,6 +616,8 @@ def main(argv=None) -> int:
                 raise BadInput(f"--timing: unknown model {m!r} (one of {', '.join(TIMING_MODELS)})")
         if not timings:
             raise BadInput("--timing: no model given")
+        if args.messages and args.no_breakdown:
+            raise BadInput("--messages needs SANA-FE's message trace: drop --no-breakdown")
     except BadInput as err:
         print(f"sanafe_run: {err}", file=sys.stderr)
         return 2
@@ -689,6 +710,8 @@ def _run(args, net, timings, sanafe, arch_path, scratch, t_start) -> int:
     }
     if not args.no_breakdown:
         result["per_core"], result["per_group"] = breakdown_tables(net, first)
+        if args.messages:
+            write_messages(args.messages, first["messages"])
     tmp = args.out + ".tmp"
     with open(tmp, "w") as f:
         json.dump(result, f, indent=1, allow_nan=False)

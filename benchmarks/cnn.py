@@ -88,7 +88,7 @@ def main():
         designs = run_designs(spiking, model, test, args.T)
         sim_s = time.time() - t0
         report = hw_sim.simulate(spiking.graph, test.take(args.energy_samples).images, args.T,
-                                 ["cmos45-fp32", "loihi"], mode=["paper", "full"], progress=False)
+                                 ["cmos45-fp32", "loihi"], mode=None, progress=False)
         rows[name] = {"convert_seconds": round(convert_s, 1), "simulate_seconds": round(sim_s, 1),
                       "designs": designs,
                       "full_ratio_cmos": report.result("cmos45-fp32", "full")["energy_ratio_per_t"],

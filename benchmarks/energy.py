@@ -1,7 +1,9 @@
 """hw_sim on the demo ViT: energy ratio against its ANN at T = 1..8 in both
 counting modes, next to SNN accuracy, and the cost of counting.
 
-    python benchmarks/energy.py          # writes docs/benchmarks/energy.{md,json}
+    python benchmarks/energy.py          # writes docs/benchmarks/energy.{md,json}, the demo's energy
+                                         # report (docs/benchmarks/energy_report/) and its screenshot
+                                         # (docs/energy_report.png, with Debian's `chromium`)
 
 Counting overhead: one hw_sim.simulate run against one plain executor run of
 the same graph on the same batch, in the same process (median of repeats).
@@ -9,6 +11,9 @@ the same graph on the same batch, in the same process (median of repeats).
 from __future__ import annotations
 
 import argparse
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import torch
@@ -45,7 +50,7 @@ def main():
     times = interleaved_medians({
         "plain_s": lambda: executor.run(x, args.T),
         "recording_s": lambda: recording.run(x, args.T),
-        "simulate_s": lambda: hw_sim.simulate(graph, x, args.T, PROFILES, mode=["full", "paper"], progress=False),
+        "simulate_s": lambda: hw_sim.simulate(graph, x, args.T, PROFILES, mode=None, progress=False),
     }, args.repeats)
     overhead = {"batch": 256, "T": args.T, "repeats": args.repeats, **times,
                 "ratio": times["simulate_s"] / times["plain_s"],
@@ -55,9 +60,10 @@ def main():
     print(histograms, flush=True)
 
     split = test.take(args.samples)
-    report = hw_sim.simulate(graph, split.images, args.T, PROFILES, mode=["full", "paper"], labels=split.labels,
+    report = hw_sim.simulate(graph, split.images, args.T, PROFILES, mode=None, labels=split.labels,
                              progress=False)
     report.write(OUT / "energy_report")
+    screenshot(OUT / "energy_report" / "report.html", OUT.parent / "energy_report.png")
     result = {"machine": machine_info(), "overhead": overhead, "histograms": histograms,
               "samples": len(split), "T": args.T,
               "accuracy": report.data["accuracy"],
@@ -67,6 +73,18 @@ def main():
               "ann_uj": {f"{r['profile']['name']} ({r['mode']})": 1e6 * r["ann"]["energy_j"] for r in report.hardware},
               "firing_rate": report.data["paper"]["firing_rate"]}
     write_result(OUT, "energy", result, render(result))
+
+
+def screenshot(html: Path, png: Path) -> None:
+    """The report's first 2400 pixels as headless Chromium renders them (README links it)."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        print("no chromium (Debian package `chromium`): the screenshot is not regenerated", flush=True)
+        return
+    with tempfile.TemporaryDirectory() as profile:      # a fresh browser profile, removed after
+        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                        f"--user-data-dir={profile}", f"--screenshot={png}", "--window-size=1280,2400",
+                        html.resolve().as_uri()], check=True, capture_output=True, timeout=300)
 
 
 def histogram_cost(recording: GraphExecutor, x, T: int, repeats: int) -> dict:

@@ -18,6 +18,7 @@ FUNCTION_OPS = {
     "layernorm_ecm": (4, 3, 0),   # mean, centre, square, variance sum, normalize, affine (+1 rsqrt per row)
     "gelu_ecm": (2, 4, 1),        # 0.5 x (1 + erf(x / sqrt 2))
     "relu_ecm": (1, 0, 0),        # one compare
+    "elementwise_ecm": (1, 2, 1),  # sigmoid 1 / (1 + exp(-x)) and SiLU's x * it (hardswish: less)
     "maxpool2d_ecm": (0, 0, 0),   # compares counted per window element
 }
 

@@ -28,6 +28,11 @@ from the run: each MT neuron's kernel writes a one-byte event code per element
 active updates; a linear layer fed by an MT neuron (through reshapes) gets its
 synaptic operations from that neuron's spike count; products and convolutions
 count non-zero pairs in fused kernels.
+
+Per sample, the counts that depend on the data (spikes, active updates, SOPs,
+paper SOPs) are also kept as totals over the T steps (``Counter.per_sample``),
+for the reports' 95% intervals over samples: every other count is the same for
+every sample.
 """
 from __future__ import annotations
 
@@ -43,25 +48,28 @@ from ecmt.runtime.kernels import fused
 from .costs import ECM_BOOKKEEPING, FUNCTION_OPS, PRODUCT_BOOKKEEPING
 from .histogram import histogram
 
+# The counts that depend on the data, kept per sample.
+SAMPLE_FIELDS = ("spikes", "active_updates", "sops", "paper_sops")
 FIELDS = ("spikes", "sops", "macs", "dense", "neuron_updates", "active_updates", "adds", "mults",
           "specials", "state_rw", "paper_sops", "paper_dense")
 
 
 @fused
 def count_nonzero(x: torch.Tensor) -> torch.Tensor:
-    return (x != 0).sum()
+    """Non-zero elements per sample (dimension 0)."""
+    return (x != 0).flatten(1).sum(1)
 
 
 @fused
 def weighted_nonzero(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Sum of `weight` (int64, broadcast over the batch) where x is non-zero."""
-    return torch.where(x != 0, weight, 0).sum()
+    """Per sample, the sum of `weight` (int64, broadcast over the batch) where x is non-zero."""
+    return torch.where(x != 0, weight, 0).flatten(1).sum(1)
 
 
 @fused
 def product_pairs(x, y, a_now, b_now, ca_prev, cb_prev):
     """Non-zero pairs of the spiking form (x B_{t-1} + A_{t-1} y + x y) and of
-    the reference's count (x B_t + A_t y + x y), as a [2] tensor, from the
+    the reference's count (x B_t + A_t y + x y), per sample as a [batch, 2] tensor, from the
     increments x, y and the updated sums A_t, B_t (all as multiplied,
     contiguous); with the non-zero counts of A_t's columns and B_t's rows, the
     next step's ca_prev, cb_prev.  Counts are summed in float32 (exact: a
@@ -70,10 +78,11 @@ def product_pairs(x, y, a_now, b_now, ca_prev, cb_prev):
         return (z != 0).to(torch.float32).sum(dim=dim).to(torch.float64)
 
     cx, cy, ca, cb = nonzero(x, -2), nonzero(y, -1), nonzero(a_now, -2), nonzero(b_now, -1)
-    xy = (cx * cy).sum()
-    full = xy + (cx * cb_prev).sum() + (ca_prev * cy).sum()
-    paper = xy + (cx * cb).sum() + (ca * cy).sum()
-    return torch.stack([full, paper]).to(torch.int64), ca, cb
+    per_sample = lambda z: z.flatten(1).sum(1)
+    xy = per_sample(cx * cy)
+    full = xy + per_sample(cx * cb_prev) + per_sample(ca_prev * cy)
+    paper = xy + per_sample(cx * cb) + per_sample(ca * cy)
+    return torch.stack([full, paper], dim=1).to(torch.int64), ca, cb
 
 
 def conv_fanout(node: ir.Conv2d, in_shape: tuple[int, ...]) -> torch.Tensor:
@@ -168,6 +177,9 @@ class Counter:
                 data.add(n.name)
         self.constant = {n.name for n in graph if n.name not in data}
         self.per_sample: dict[str, torch.Tensor] = {}
+        # Per node computed from the data, per batch: [batch, 2] totals over the steps of
+        # (spikes, active updates) for MT neurons, (sops, paper_sops) for measured nodes.
+        self.batches: list[dict[str, torch.Tensor]] = []
         for n in graph:
             if isinstance(n, ir.Linear) and (src := spike_source(graph, n)) is not None:
                 self.sources[n.name] = src
@@ -183,40 +195,55 @@ class Counter:
         if isinstance(node, ir.Input) and t == 1:
             self.samples += out.shape[0]
             self.previous.clear()               # a new run: the products' sums start at zero
+            self.batches.append({})
         i = t - 1
         if isinstance(node, ir.MTNeuron):
             hist = self.histograms[node.name][i]
+            code, bins = self.executor.state(node.name).code, 2 * (2 * node.levels + 1)
             if node.name in self.constant:
                 hist.zero_()                    # the same every run: kept per sample
-            histogram(self.executor.state(node.name).code, 2 * (2 * node.levels + 1), out=hist)
+                histogram(code, bins, out=hist)
+                return
+            # one histogram per sample: [batch, input zero / non-zero, level -n..n]
+            per = histogram(code, bins, rows=out.shape[0]).view(out.shape[0], 2, -1)
+            hist.add_(per.sum(0))
+            levels = per.sum(1)
+            self._add_sample(node.name, torch.stack([levels.sum(1) - levels[:, node.levels], per[:, 1].sum(1)], 1))
             return
         if node.name not in self.measured:
             return
-        row = torch.zeros(2, dtype=torch.int64, device=self.device) if node.name in self.constant \
-            else self.measured[node.name][i]
         if isinstance(node, ir.ProductECM):
-            self._count_product(node, row)
+            pairs = self._count_product(node)
         elif isinstance(node, ir.Conv2d):
-            row[0].add_(weighted_nonzero(inputs[0], self.fanout[node.name]))
+            sops = weighted_nonzero(inputs[0], self.fanout[node.name])
+            pairs = torch.stack([sops, torch.zeros_like(sops)], dim=1)       # the paper counts Linear only
         else:
             nnz = count_nonzero(inputs[0]) * node.weight.shape[0]
-            if self.graph.spiking[node.inputs[0]]:
-                row[0].add_(nnz)
-            row[1].add_(nnz)
+            pairs = torch.stack([nnz if self.graph.spiking[node.inputs[0]] else torch.zeros_like(nnz), nnz], dim=1)
+        row = pairs.sum(0)
         if node.name in self.constant:
             self.per_sample[node.name] = row
+        else:
+            self.measured[node.name][i].add_(row)
+            self._add_sample(node.name, pairs)
 
-    def _count_product(self, node: ir.ProductECM, row: torch.Tensor) -> None:
+    def _add_sample(self, name: str, pairs: torch.Tensor) -> None:
+        batch = self.batches[-1]
+        if name in batch:
+            batch[name].add_(pairs)
+        else:
+            batch[name] = pairs.clone()
+
+    def _count_product(self, node: ir.ProductECM) -> torch.Tensor:
         state = self.executor.state(node.name)      # this step's x, y and A_t, B_t, transposed as multiplied
         if node.name not in self.previous:
             self.previous[node.name] = (torch.zeros_like(state.a[..., 0, :], dtype=torch.float64),
                                         torch.zeros_like(state.b[..., :, 0], dtype=torch.float64))
         pairs, ca, cb = product_pairs(state.x, state.y, state.a, state.b, *self.previous[node.name])
         self.previous[node.name] = (ca, cb)
-        if all(self.graph.spiking[s] for s in node.inputs):
-            row.add_(pairs)
-        else:
-            row[1].add_(pairs[1])        # analog operands: MACs, counted from shapes
+        if not all(self.graph.spiking[s] for s in node.inputs):
+            pairs[:, 0] = 0              # analog operands: MACs, counted from shapes
+        return pairs
 
     # -- results -----------------------------------------------------------------------
     def result(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -248,6 +275,21 @@ class Counter:
         for name, src in self.sources.items():      # linear layers fed by an MT neuron's spikes
             sops = out[src]["spikes"] * self.graph[name].weight.shape[0]
             out[name]["sops"], out[name]["paper_sops"] = sops, sops.clone()
+        return out
+
+
+    def per_sample_totals(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per node computed from the data, per field of SAMPLE_FIELDS it has: an int64
+        tensor [samples] of per-sample totals over the T steps, in the order the samples ran."""
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for name in self.batches[0] if self.batches else ():
+            both = torch.cat([b[name] for b in self.batches]).cpu()
+            pair = ("spikes", "active_updates") if name in self.histograms else ("sops", "paper_sops")
+            out[name] = dict(zip(pair, both.unbind(1)))
+        for name, src in self.sources.items():
+            if src in out:
+                width = self.graph[name].weight.shape[0]
+                out[name] = {"sops": out[src]["spikes"] * width, "paper_sops": out[src]["spikes"] * width}
         return out
 
 

@@ -14,6 +14,11 @@ Two counting modes:
   profile everything runs on the accelerator, with a memory access per
   weight used and per state element read or written.
 
+Pricing is linear in the counts: `rates` gives, per node and count field, the
+joules one event costs by category, and `snn_energy` multiplies them by the
+counts.  Re-pricing with one constant changed (hw_sim/simulate.py's range
+and sensitivity) is a new `rates` on a copy of the profile, without the network.
+
 Per-inference figures: counts are divided by the number of samples.
 """
 from __future__ import annotations
@@ -24,10 +29,6 @@ from ecmt import ir
 
 from .costs import FUNCTION_OPS, SPECIAL_MACS
 from .profile import HardwareProfile
-
-
-def _per_step(counts: dict, field: str, T: int) -> list[float]:
-    return [float(sum(node[field][t] for node in counts.values())) for t in range(T)]
 
 
 # -- the ANN at the same places, analytically ------------------------------------------------
@@ -89,51 +90,68 @@ def ann_energy(graph: ir.SpikingGraph, profile: HardwareProfile, mode: str) -> t
 
 
 # -- the spiking network -------------------------------------------------------------------
-def snn_energy(graph: ir.SpikingGraph, counts: dict, profile: HardwareProfile, mode: str,
-               samples: int) -> dict[str, dict[str, list[float]]]:
-    """Per node: energy per step (J per sample), split into 'core', 'host' and 'memory'."""
-    T = len(next(iter(counts.values()))["sops"])
-    out = {}
-    for node in graph:
-        c = {k: [v / samples for v in vals] for k, vals in counts[node.name].items() if k != "levels"}
-        core, host, memory = [0.0] * T, [0.0] * T, [0.0] * T
-        for t in range(T):
-            if mode == "paper":
-                e_ac = profile["energy.add"] if profile.kind == "cmos" else profile["energy.sop"]
-                core[t] = c["paper_sops"][t] * e_ac
-            elif profile.kind == "neuromorphic":
-                core[t], host[t], memory[t] = _neuromorphic(node, c, t, profile)
-            else:
-                core[t], memory[t] = _cmos(node, c, t, profile)
-        out[node.name] = {"core": core, "host": host, "memory": memory}
-    return out
+# Categories of dynamic energy.  Neuromorphic profiles: synapse, neuron, network on the cores,
+# host (the host's operations and its memory traffic).  CMOS profiles: synapse (SOPs as adds),
+# neuron (MT updates), analog (every other operation) and memory (SRAM traffic).
+CATEGORIES = {"neuromorphic": ("synapse", "neuron", "network", "host"),
+              "cmos": ("synapse", "neuron", "network", "host", "analog", "memory")}
+
+Rates = dict[str, dict[str, dict[str, float]]]     # node -> count field -> category -> J per event
 
 
-def _neuromorphic(node, c, t, p: HardwareProfile) -> tuple[float, float, float]:
-    core = host = memory = 0.0
+def rates(graph: ir.SpikingGraph, profile: HardwareProfile, mode: str) -> Rates:
+    """Per node and count field, the energy of one counted event by category."""
+    if mode == "paper":
+        if profile.kind != "cmos":
+            raise ValueError(f"paper mode prices on a CMOS profile only, not {profile.name}")
+        return {n.name: {"paper_sops": {"synapse": profile["energy.add"]}} for n in graph}
+    price = _neuromorphic if profile.kind == "neuromorphic" else _cmos
+    return {n.name: price(n, profile) for n in graph}
+
+
+def _neuromorphic(node, p: HardwareProfile) -> dict[str, dict[str, float]]:
+    r: dict[str, dict[str, float]] = {
+        "macs": {"host": p["energy.host_mac"]}, "adds": {"host": p["energy.host_add"]},
+        "mults": {"host": p["energy.host_mult"]}, "specials": {"host": SPECIAL_MACS * p["energy.host_mac"]}}
     if isinstance(node, ir.ProductECM):
-        host += c["sops"][t] * p["energy.host_add"]        # dynamic weights: the host accumulates
+        r["sops"] = {"host": p["energy.host_add"]}          # dynamic weights: the host accumulates
     else:
-        core += c["sops"][t] * p["energy.sop"]
+        r["sops"] = {"synapse": p["energy.sop"]}
     if isinstance(node, ir.MTNeuron):
-        active = c["active_updates"][t]
-        core += (active * p["energy.neuron_update_active"]
-                 + (c["neuron_updates"][t] - active) * p["energy.neuron_update_inactive"]
-                 + c["spikes"][t] * p["energy.spike_route"])
+        inactive = p["energy.neuron_update_inactive"]
+        r["neuron_updates"] = {"neuron": inactive}
+        r["active_updates"] = {"neuron": p["energy.neuron_update_active"] - inactive}
+        r["spikes"] = {"network": p["energy.spike_route"]}
     else:
-        memory += c["state_rw"][t] * 4 / 8 * p["energy.host_sram_read_64b"]   # fp32 state on the host
-    host += (c["macs"][t] * p["energy.host_mac"] + c["adds"][t] * p["energy.host_add"]
-             + c["mults"][t] * p["energy.host_mult"] + c["specials"][t] * SPECIAL_MACS * p["energy.host_mac"])
-    return core, host, memory
+        r["state_rw"] = {"host": 4 / 8 * p["energy.host_sram_read_64b"]}     # fp32 state on the host
+    return r
 
 
-def _cmos(node, c, t, p: HardwareProfile) -> tuple[float, float]:
+def _cmos(node, p: HardwareProfile) -> dict[str, dict[str, float]]:
     e = lambda k: p[f"energy.{k}"]
-    compute = (c["sops"][t] * e("add") + c["macs"][t] * e("mac") + c["adds"][t] * e("add")
-               + c["mults"][t] * e("mult") + c["specials"][t] * SPECIAL_MACS * e("mac"))
+    word = p.value_bits / 8 / 8 * e("sram_read_64b")             # one value: a fraction of a 64-bit access
+    r = {"sops": {"synapse": e("add"), "memory": word}, "macs": {"analog": e("mac"), "memory": word},
+         "adds": {"analog": e("add")}, "mults": {"analog": e("mult")},
+         "specials": {"analog": SPECIAL_MACS * e("mac")}, "state_rw": {"memory": word}}
     if isinstance(node, ir.MTNeuron):
         # add the input, compare against each level, subtract the spike
-        compute += c["neuron_updates"][t] * (node.levels + 2) * e("add")
-    word = p.value_bits / 8 / 8                                  # fraction of a 64-bit access
-    memory = (c["sops"][t] + c["macs"][t] + c["state_rw"][t]) * word * e("sram_read_64b")
-    return compute, memory
+        r["neuron_updates"] = {"neuron": (node.levels + 2) * e("add")}
+    return r
+
+
+def snn_energy(graph: ir.SpikingGraph, counts: dict, profile: HardwareProfile, mode: str,
+               samples: int) -> dict[str, dict[str, list[float]]]:
+    """Per node and category: energy per step (J per sample)."""
+    T = len(next(iter(counts.values()))["sops"])
+    cats = CATEGORIES["cmos" if mode == "paper" else profile.kind]
+    out = {}
+    for name, fields in rates(graph, profile, mode).items():
+        per = {c: [0.0] * T for c in cats}
+        for field, by_cat in fields.items():
+            steps = counts[name][field]
+            for c, joules in by_cat.items():
+                row = per[c]
+                for t in range(T):
+                    row[t] += steps[t] * joules / samples
+        out[name] = per
+    return out

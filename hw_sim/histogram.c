@@ -32,3 +32,31 @@ void histogram_u8(const uint8_t *code, int64_t n, int64_t *counts, int64_t bins,
             counts[b] += total[b];
     }
 }
+
+/* The same per row of a [rows, len] byte array: counts[r * bins + b] += #{i : code[r, i] == b};
+ * rows in parallel (the per-sample counts of hw_sim's intervals). */
+void histogram_rows_u8(const uint8_t *code, int64_t rows, int64_t len, int64_t *counts, int64_t bins,
+                       int threads) {
+    #pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        uint32_t sub[4][256];
+        int64_t total[256] = {0};
+        const uint8_t *row = code + r * len;
+        for (int64_t start = 0; start < len; start += BLOCK) {
+            int64_t end = start + BLOCK < len ? start + BLOCK : len, i = start;
+            memset(sub, 0, sizeof sub);
+            for (; i + 4 <= end; i += 4) {
+                sub[0][row[i]]++;
+                sub[1][row[i + 1]]++;
+                sub[2][row[i + 2]]++;
+                sub[3][row[i + 3]]++;
+            }
+            for (; i < end; i++)
+                sub[0][row[i]]++;
+            for (int b = 0; b < 256; b++)
+                total[b] += (int64_t)sub[0][b] + sub[1][b] + sub[2][b] + sub[3][b];
+        }
+        for (int64_t b = 0; b < bins; b++)
+            counts[r * bins + b] += total[b];
+    }
+}

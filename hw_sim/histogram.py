@@ -58,25 +58,40 @@ def _library() -> ctypes.CDLL | None:
         return None
     lib.histogram_u8.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.histogram_u8.restype = None
+    lib.histogram_rows_u8.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
+                                      ctypes.c_int64, ctypes.c_int]
+    lib.histogram_rows_u8.restype = None
     return lib
 
 
-def histogram(codes: torch.Tensor, bins: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def histogram(codes: torch.Tensor, bins: int, out: torch.Tensor | None = None, rows: int = 1) -> torch.Tensor:
     """Counts of each value 0..bins-1 in the 1-D uint8 tensor `codes`, added
     to `out` (contiguous int64 with `bins` elements) if given, else returned
-    as a new int64 [bins]."""
+    as a new int64 [bins].  With `rows` > 1, `codes` is `rows` equal parts
+    counted apart: `out` has rows x bins elements ([rows, bins] when new)."""
     if codes.dtype != torch.uint8 or codes.dim() != 1:
         raise ValueError(f"histogram needs a 1-D uint8 tensor, got {codes.dtype} of shape {tuple(codes.shape)}")
     if not 0 < bins <= 256:
         raise ValueError(f"bins must be in 1..256, got {bins}")
+    if rows < 1 or codes.numel() % rows:
+        raise ValueError(f"{codes.numel()} codes do not split into {rows} equal rows")
     if out is None:
-        out = torch.zeros(bins, dtype=torch.int64, device=codes.device)
-    elif out.dtype != torch.int64 or out.numel() != bins or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous int64 tensor of {bins} elements")
+        out = torch.zeros((rows, bins) if rows > 1 else bins, dtype=torch.int64, device=codes.device)
+    elif out.dtype != torch.int64 or out.numel() != rows * bins or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous int64 tensor of {rows * bins} elements")
     lib = _library() if codes.device.type == "cpu" and out.device.type == "cpu" else None
-    if lib is None:
+    if lib is None and rows == 1:
         out.view(-1).add_(torch.bincount(codes, minlength=bins)[:bins])
         return out
+    if lib is None:
+        # each row's codes shifted into its own range of bins: one bincount for all rows
+        shift = torch.arange(rows, device=codes.device).repeat_interleave(codes.numel() // rows) * bins
+        out.view(-1).add_(torch.bincount(codes.long() + shift, minlength=rows * bins)[:rows * bins])
+        return out
     codes = codes.contiguous()
-    lib.histogram_u8(codes.data_ptr(), codes.numel(), out.data_ptr(), bins, torch.get_num_threads())
+    if rows == 1:
+        lib.histogram_u8(codes.data_ptr(), codes.numel(), out.data_ptr(), bins, torch.get_num_threads())
+    else:
+        lib.histogram_rows_u8(codes.data_ptr(), rows, codes.numel() // rows, out.data_ptr(), bins,
+                              torch.get_num_threads())
     return out

@@ -2,12 +2,17 @@
 
 Every constant is a table {value, unit, source, status} with status one of
 silicon / pre-silicon / assumption, so each reported number can be traced to
-where its constants came from.  Profiles live in hw_sim/profiles/; a user adds
-one by dropping a file there or by passing a path.
+where its constants came from, and an optional range = [low, high] with
+range_source saying where the spread comes from (no range: low = high = value).
+Profiles live in hw_sim/profiles/; a user adds one by dropping a file there or
+by passing a path.  Everything is checked here, at load, before any work:
+finite, >= 0, > 0 where the model divides by it, a positive integer where a
+count, low <= value <= high; each error names the file, table and key.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from pathlib import Path
 
@@ -29,6 +34,13 @@ REQUIRED = {
     },
 }
 
+# The model divides by these: they must be > 0.
+POSITIVE = {"timing.clock_hz", "timing.ops_per_cycle", "timing.host_ops_per_second"}
+# Counts: positive integers.
+COUNTS = {"timing.ops_per_cycle", "architecture.cores", "architecture.neurons_per_core",
+          "architecture.synapses_per_core", "mesh.width", "mesh.height", "mesh.cores_per_tile",
+          "mesh.synapse_memory_bits", "mesh.synapse_bits", "mesh.input_axons", "mesh.output_axons"}
+
 
 class ProfileError(EcmtError):
     """A malformed hardware profile (names the file and key)."""
@@ -40,7 +52,9 @@ class Constant:
     unit: str
     source: str
     status: str
-    range: tuple[float, float] | None = None     # (low, high) for an assumption with a range
+    low: float
+    high: float
+    range_source: str = ""       # why [low, high]; empty where no range is stated (low = high = value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +86,15 @@ class HardwareProfile:
         section, name = key.split(".", 1)
         return self.constants[section][name].value
 
-    def constant(self, key: str) -> Constant:
+    def keys(self) -> list[str]:
+        """Every constant as 'section.name', in file order."""
+        return [f"{s}.{k}" for s, table in self.constants.items() for k in table]
+
+    def with_value(self, key: str, value: float) -> HardwareProfile:
+        """A copy with one constant's value replaced (for re-pricing at a range end)."""
         section, name = key.split(".", 1)
-        return self.constants[section][name]
+        table = {**self.constants[section], name: dataclasses.replace(self.constants[section][name], value=value)}
+        return dataclasses.replace(self, constants={**self.constants, section: table})
 
     def statuses(self) -> dict[str, int]:
         out = {s: 0 for s in STATUSES}
@@ -84,29 +104,49 @@ class HardwareProfile:
         return out
 
 
+def _number(path: Path, key: str, field: str, value) -> float:
+    """A finite number obeying the key's rule (>= 0; > 0 if divided by; positive integer if a count)."""
+    where = f"{path}: key {key}.{field}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProfileError(f"{where}: expected a finite number, got {value!r}")
+    if key in COUNTS and (value != int(value) or value < 1):
+        raise ProfileError(f"{where}: a count, expected a positive integer, got {value!r}")
+    if key in POSITIVE and value <= 0:
+        raise ProfileError(f"{where}: expected a number > 0 (the model divides by it), got {value!r}")
+    if value < 0:
+        raise ProfileError(f"{where}: expected a number >= 0, got {value!r}")
+    return float(value)
+
+
 def _constant(path: Path, key: str, raw) -> Constant:
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: key {key}: expected a table {{value, unit, source, status}}")
     for field in ("value", "source", "status"):
         if field not in raw:
             raise ProfileError(f"{path}: key {key}: missing '{field}'")
-    value = raw["value"]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise ProfileError(f"{path}: key {key}.value: expected a number >= 0, got {value!r}")
+    value = _number(path, key, "value", raw["value"])
     if raw["status"] not in STATUSES:
         raise ProfileError(f"{path}: key {key}.status: {raw['status']!r} is not one of {', '.join(STATUSES)}")
     if not str(raw["source"]).strip():
         raise ProfileError(f"{path}: key {key}.source: every constant needs a source")
-    unknown = set(raw) - {"value", "unit", "source", "status", "range"}
+    unknown = set(raw) - {"value", "unit", "source", "status", "range", "range_source"}
     if unknown:
         raise ProfileError(f"{path}: key {key}: unknown field(s) {sorted(unknown)}")
     span = raw.get("range")
-    if span is not None:
-        if (not isinstance(span, list) or len(span) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float))
-                                                               for v in span) or not span[0] <= value <= span[1]):
-            raise ProfileError(f"{path}: key {key}.range: expected [low, high] around the value")
-        span = (float(span[0]), float(span[1]))
-    return Constant(float(value), str(raw.get("unit", "")), str(raw["source"]), raw["status"], span)
+    if span is None:
+        if "range_source" in raw:
+            raise ProfileError(f"{path}: key {key}.range_source: given without a range")
+        return Constant(value, str(raw.get("unit", "")), str(raw["source"]), raw["status"], value, value)
+    if not isinstance(span, list) or len(span) != 2:
+        raise ProfileError(f"{path}: key {key}.range: expected [low, high], got {span!r}")
+    low, high = (_number(path, key, "range", v) for v in span)
+    if not low <= value <= high:
+        raise ProfileError(f"{path}: key {key}.range: expected low <= value <= high, got [{low:g}, {high:g}] "
+                           f"around {value:g}")
+    note = str(raw.get("range_source", "")).strip()
+    if low < high and not note:
+        raise ProfileError(f"{path}: key {key}.range_source: a range needs its source")
+    return Constant(value, str(raw.get("unit", "")), str(raw["source"]), raw["status"], low, high, note)
 
 
 def load_profile(name_or_path: str | Path) -> HardwareProfile:
@@ -155,9 +195,18 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     sharing = head.get("weight_sharing", False)
     if not isinstance(sharing, bool):
         raise ProfileError(f"{path}: key profile.weight_sharing: must be true or false")
+    bits = head.get("value_bits", 32)
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 64:
+        raise ProfileError(f"{path}: key profile.value_bits: expected an integer from 1 to 64, got {bits!r}")
+    baseline = head.get("ann_baseline", "self")
+    if not isinstance(baseline, str) or not baseline:
+        raise ProfileError(f"{path}: key profile.ann_baseline: expected 'self' or a CMOS profile's name")
+    if baseline == "self" and kind != "cmos":
+        raise ProfileError(f"{path}: key profile.ann_baseline: a {kind} profile needs a CMOS profile as its "
+                           "ANN baseline")
     return HardwareProfile(name=head["name"], description=str(head.get("description", "")), kind=kind,
-                           path=str(path), spikes=spikes, ann_baseline=str(head.get("ann_baseline", "self")),
-                           host=str(head.get("host", "")), value_bits=int(head.get("value_bits", 32)),
+                           path=str(path), spikes=spikes, ann_baseline=baseline,
+                           host=str(head.get("host", "")), value_bits=bits,
                            constants=constants, mt_form=mt_form, weight_sharing=sharing)
 
 

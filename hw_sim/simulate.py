@@ -8,32 +8,57 @@ import torch
 from tqdm.auto import tqdm
 
 from ecmt import distributed, ir
+from ecmt.errors import EcmtError
 from ecmt.runtime import GraphExecutor
 
 from . import mesh as mesh_mod
 from . import report as report_mod
 from .counting import FIELDS, Counter, to_lists
 from .costs import SPECIAL_MACS
-from .energy import ann_energy, snn_energy
+from .energy import ann_energy, rates, snn_energy
 from .mapping import map_units, step_latency
-from .profile import HardwareProfile, load_profile
+from .profile import HardwareProfile, ProfileError, load_profile
 
 MODES = ("paper", "full")
+# The operating point: the first t whose accuracy is within this of the ANN's.
+WITHIN = 0.01
 
 
-def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str | Sequence[str] = "cmos45-fp32",
-             *, mode: str | Sequence[str] = "full", labels: torch.Tensor | None = None, batch_size: int = 256,
-             device=None, progress: bool = True) -> report_mod.Report:
-    """Run `graph` for T steps on `inputs` [N, ...], count every event, and
-    price the counts on each hardware profile (a name in hw_sim/profiles or a
-    path to a .toml file) in each counting mode ("full", "paper").  With
-    `labels`, accuracy at every t is reported too."""
+class ModeError(EcmtError, ValueError):
+    """A counting mode that does not apply (names the mode, and the profile where it is the profile's)."""
+
+
+def plan(profiles: list[HardwareProfile], mode: str | Sequence[str] | None) -> list[tuple[HardwareProfile, str]]:
+    """The (profile, mode) pairs to price, checked before any work.  `mode` None: full on
+    every profile, and paper on the CMOS ones (the paper's formula prices a CMOS add
+    against a CMOS MAC; on neuromorphic hardware it would mix process nodes)."""
+    if mode is None:
+        return [(p, "full") for p in profiles] + [(p, "paper") for p in profiles if p.kind == "cmos"]
     modes = [mode] if isinstance(mode, str) else list(mode)
     for m in modes:
         if m not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {m!r}")
+            raise ModeError(f"mode must be one of {MODES}, got {m!r}")
+    for p in profiles:
+        if "paper" in modes and p.kind != "cmos":
+            raise ModeError(f"profile {p.name} ({p.kind}): mode 'paper' is the ECMT paper's formula "
+                            "(E_AC x SOPs / E_MAC x MACs on one CMOS process) and applies to CMOS profiles only",
+                            hint="price it in mode 'full', or leave the mode out (full everywhere, paper on CMOS)")
+    return [(p, m) for m in modes for p in profiles]
+
+
+def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str | Sequence[str] = "cmos45-fp32",
+             *, mode: str | Sequence[str] | None = "full", labels: torch.Tensor | None = None,
+             batch_size: int = 256, device=None, progress: bool = True) -> report_mod.Report:
+    """Run `graph` for T steps on `inputs` [N, ...], count every event, and
+    price the counts on each hardware profile (a name in hw_sim/profiles or a
+    path to a .toml file) in each counting mode ("full"; "paper" on CMOS
+    profiles only; None: full everywhere and paper on CMOS).  With `labels`,
+    the accuracy at every t and the ANN's accuracy are reported too."""
     names = [hardware] if isinstance(hardware, str) else list(hardware)
     profiles = [load_profile(h) for h in names]
+    pairs = plan(profiles, mode)
+    for p in profiles:                   # every ANN baseline is read and checked before any work
+        _baseline(p)
     executor = GraphExecutor(graph, device, record_levels=True)
     counter = Counter(executor, T)
     # Profiles with a [mesh] table: map the on-chip part (a network that does not fit
@@ -53,6 +78,7 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
         for r in recorders.values():
             r(node, inputs, out, t)
     correct = torch.zeros(T, dtype=torch.long)
+    ann_correct = torch.zeros((), dtype=torch.long)
     n = len(inputs)
     # Under torchrun each rank replays its share of the batches; counts are summed across ranks.
     starts = distributed.shard(range(0, n, batch_size))
@@ -65,20 +91,37 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
         if labels is not None:
             y = labels[start:start + batch_size].to(est.device)
             correct += (est.argmax(-1) == y.unsqueeze(0)).sum(dim=1).cpu()
+            ann_correct += (executor.run_analog(x.to(executor.device)).argmax(-1) == y).sum().cpu()
     counts = to_lists(distributed.all_reduce_tree(counter.result()))
     correct = distributed.all_reduce_sum(correct)
+    ann_correct = distributed.all_reduce_sum(ann_correct)
+    # Per-sample totals stay on each rank: intervals are given for one process only.
+    per_sample = counter.per_sample_totals() if distributed.world() == 1 else None
     if distributed.world() > 1 and meshes:
-        from ecmt.errors import EcmtError
         raise EcmtError(f"hw_sim: profile(s) {', '.join(meshes)} (mesh model) cannot run under torchrun yet",
                         hint="run `ecmt energy` with these profiles in one process")
     mesh_results = {name: (onchip, placement, acc.result()) for name, (onchip, placement, acc) in meshes.items()}
-    return report_mod.Report(build(graph, counts, profiles, modes, T, n,
+    return report_mod.Report(build(graph, counts, pairs, None, T, n,
                                    (correct.double() / n).tolist() if labels is not None else None,
-                                   mesh_results))
+                                   mesh_results, per_sample=per_sample,
+                                   ann_accuracy=ann_correct.item() / n if labels is not None else None))
 
 
-def build(graph, counts, profiles: list[HardwareProfile], modes: list[str], T: int, samples: int,
-          accuracy, meshes: dict | None = None) -> dict:
+def _baseline(profile: HardwareProfile) -> HardwareProfile:
+    if profile.ann_baseline == "self":
+        return profile
+    base = load_profile(profile.ann_baseline)
+    if base.kind != "cmos":
+        raise ProfileError(f"{profile.path}: key profile.ann_baseline: {base.name} is not a CMOS profile")
+    return base
+
+
+def build(graph, counts, profiles: list, modes: list[str] | None, T: int, samples: int,
+          accuracy, meshes: dict | None = None, per_sample: dict | None = None,
+          ann_accuracy: float | None = None) -> dict:
+    """The report's data.  `profiles` is a list of (profile, mode) pairs with `modes`
+    None, or of profiles priced in every mode of `modes`."""
+    pairs = list(profiles) if modes is None else plan(list(profiles), modes)
     per_step = {f: [sum(c[f][t] for c in counts.values()) / samples for t in range(T)] for f in FIELDS}
     layers = [{"name": n.name, "kind": n.KIND,
                **{f: sum(counts[n.name][f]) / samples for f in FIELDS}} for n in graph]
@@ -86,16 +129,26 @@ def build(graph, counts, profiles: list[HardwareProfile], modes: list[str], T: i
               for name, c in counts.items() if "levels" in c}
     meta = graph.meta
     data = {
-        "schema": report_mod.SCHEMA, "version": report_mod.VERSION, "modes": modes, "T": T, "samples": samples,
+        "schema": report_mod.SCHEMA, "version": report_mod.VERSION,
+        "modes": list(dict.fromkeys(m for _, m in pairs)), "T": T, "samples": samples,
         "graph": {"source": meta.get("source", "graph"), "nodes": len(graph),
                   "mt_neurons": len(graph.of_kind(ir.MTNeuron)), "calibration": meta.get("calibration", {})},
         "accuracy": accuracy,
+        "ann_accuracy": ann_accuracy,
+        "operating_point": {"within": WITHIN, "t": _operating_t(accuracy, ann_accuracy)},
         "counts": {"per_step": per_step, "layers": layers, "levels": levels},
         "paper": _paper_figures(graph, counts, samples, T),
-        "hardware": [_price(graph, counts, p, m, T, samples, (meshes or {}).get(p.name))
-                     for m in modes for p in profiles],
+        "hardware": [_entry(graph, counts, p, m, T, samples, (meshes or {}).get(p.name), per_sample)
+                     for p, m in pairs],
     }
     return data
+
+
+def _operating_t(accuracy, ann_accuracy) -> int | None:
+    """The first t (1-based) whose accuracy is within WITHIN of the ANN's, or None."""
+    if accuracy is None or ann_accuracy is None:
+        return None
+    return next((t + 1 for t, a in enumerate(accuracy) if a >= ann_accuracy - WITHIN - 1e-12), None)
 
 
 def _paper_figures(graph, counts, samples, T) -> dict:
@@ -105,11 +158,24 @@ def _paper_figures(graph, counts, samples, T) -> dict:
             "firing_rate": sum(sops) / sum(dense_step) if sum(dense_step) else 0.0}
 
 
-def _price(graph, counts, profile: HardwareProfile, mode: str, T: int, samples: int, mesh=None) -> dict:
-    energy = snn_energy(graph, counts, profile, mode, samples)
-    baseline = profile if profile.ann_baseline == "self" else load_profile(profile.ann_baseline)
-    ann_j, ann_counts = ann_energy(graph, baseline, mode)
-    categories = _categories(graph, counts, profile, mode, T, samples, energy)
+def _price(graph, counts, profile: HardwareProfile, mode: str, T: int, samples: int, mesh=None,
+           cache: dict | None = None) -> dict:
+    """One report entry.  `cache` (one per profile and mode) keeps the per-node energies, the ANN
+    baseline, the mapping and step times for re-pricings that leave the constants they depend on alone."""
+    cache = {} if cache is None else cache
+    key = ("energy", profile.value_bits, _values(profile, "energy"))
+    if key not in cache:
+        energy = snn_energy(graph, counts, profile, mode, samples)
+        cache[key] = ({c: [sum(e[c][t] for e in energy.values()) for t in range(T)]
+                       for c in next(iter(energy.values()))},
+                      [{"name": n.name, "kind": n.KIND, "energy_j": sum(map(sum, energy[n.name].values())),
+                        "by_category_j": {c: sum(v) for c, v in energy[n.name].items()}} for n in graph])
+    categories, layers = dict(cache[key][0]), cache[key][1]       # the mesh model replaces categories
+    key = ("baseline", profile.ann_baseline)
+    if key not in cache:
+        baseline = _baseline(profile)
+        cache[key] = baseline, ann_energy(graph, baseline, mode)
+    baseline, (ann_j, ann_counts) = cache[key]
     extra = {}
     if mesh is not None and mode == "full":
         onchip, placement, res = mesh
@@ -130,8 +196,11 @@ def _price(graph, counts, profile: HardwareProfile, mode: str, T: int, samples: 
                  "mesh": {**{k: v for k, v in res.items() if k != "per_step"}, "per_step": ps,
                           "mt_form": profile.mt_form, "weight_sharing": profile.weight_sharing}}
     else:
-        units = map_units(graph, profile) if profile.kind == "neuromorphic" else []
-        steps = step_latency(graph, counts, profile, units, samples)
+        key = ("steps", _values(profile, "timing", "architecture"))
+        if key not in cache:
+            units = map_units(graph, profile) if profile.kind == "neuromorphic" else []
+            cache[key] = units, step_latency(graph, counts, profile, units, samples)
+        units, steps = cache[key]
         cores = sum(u.cores for u in units) if units else None
         chips = math.ceil(cores / profile["architecture.cores"]) if cores else None
         npc = profile.get("architecture.neurons_per_core")
@@ -140,74 +209,58 @@ def _price(graph, counts, profile: HardwareProfile, mode: str, T: int, samples: 
                     else "synapses"} for u in units]
     step_energy = [sum(categories[c][t] for c in categories) for t in range(T)]
     latency = sum(s["step_s"] for s in steps)
-    static = profile["energy.static_power"] * latency
-    static_c = profile.constant("energy.static_power")
+    # The paper's formula has no static term.
+    power = profile["energy.static_power"] if mode == "full" else 0.0
+    static = power * latency
     by_category = {c: sum(v) for c, v in categories.items()}
     by_category["static"] = static
-    cumulative = [sum(step_energy[:t + 1]) for t in range(T)]
+    # Energy up to step t, the static share included (static power x latency up to t).
+    cumulative, e, s = [], 0.0, 0.0
+    for t in range(T):
+        e, s = e + step_energy[t], s + steps[t]["step_s"]
+        cumulative.append(e + power * s)
+    if "mesh" in extra:
+        chip_s = sum(extra["mesh"]["per_step"]["chip_latency_s"])
+        transfer_s = sum(extra["mesh"]["per_step"]["host_transfer_s"])
+        phases = {"chip": chip_s, "host_transfer": transfer_s, "host": latency - chip_s - transfer_s}
+    elif profile.kind == "cmos":
+        phases = {"compute": latency}
+    else:
+        core_s, host_s = sum(s["core_s"] for s in steps), sum(s["host_s"] for s in steps)
+        phases = {"cores": core_s, "host": host_s, "barrier": latency - core_s - host_s}
     return {
         "mode": mode,
         "profile": {"name": profile.name, "description": profile.description, "kind": profile.kind,
                     "spikes": profile.spikes, "host": profile.host, "path": profile.path,
                     "statuses": profile.statuses(),
                     "constants": {f"{s}.{k}": {"value": c.value, "unit": c.unit, "source": c.source,
-                                                "status": c.status, **({"range": list(c.range)} if c.range else {})}
+                                                "status": c.status, "range": [c.low, c.high],
+                                                "range_source": c.range_source}
                                   for s, table in profile.constants.items() for k, c in table.items()}},
         "energy_per_step_j": step_energy,
         "energy_j": sum(step_energy),
         "energy_by_category_j": by_category,
         "energy_by_category_per_step_j": categories,
         "static_j": static,
-        "static_j_range": [lo * latency for lo in static_c.range] if static_c.range else [static, static],
         "total_j": sum(step_energy) + static,
         "latency_per_step_s": [s["step_s"] for s in steps],
         "latency_s": latency,
+        "latency_by_phase_s": phases,
         "cores_used": cores,
         "chips": chips,
         "mapping": mapping,
         "units": [vars(u) for u in units],
         "ann": {"profile": baseline.name, "energy_j": ann_j, "counts": ann_counts},
         "energy_ratio": (sum(step_energy) + static) / ann_j if ann_j else 0.0,
+        "energy_per_t_j": cumulative,
         "energy_ratio_per_t": [c / ann_j if ann_j else 0.0 for c in cumulative],
-        "layers": [{"name": n.name, "kind": n.KIND, "energy_j": sum(map(sum, energy[n.name].values())),
-                    "core_j": sum(energy[n.name]["core"]), "host_j": sum(energy[n.name]["host"]),
-                    "memory_j": sum(energy[n.name]["memory"])} for n in graph],
+        "layers": layers,
         **extra,
     }
 
 
-def _categories(graph, counts, profile, mode, T, samples, energy) -> dict[str, list[float]]:
-    """Dynamic energy per step by category: synapse, neuron, network, host (with the
-    host's memory traffic); CMOS profiles also 'analog' and 'memory'."""
-    cats = {c: [0.0] * T for c in ("synapse", "neuron", "network", "host")}
-    if mode == "paper":
-        cats["synapse"] = [sum(e["core"][t] for e in energy.values()) for t in range(T)]
-        return cats
-    per = lambda name, f, t: counts[name][f][t] / samples
-    if profile.kind == "neuromorphic":
-        for n in graph:
-            for t in range(T):
-                cats["host"][t] += energy[n.name]["host"][t] + energy[n.name]["memory"][t]
-                if isinstance(n, ir.MTNeuron):
-                    a = per(n.name, "active_updates", t)
-                    cats["neuron"][t] += (a * profile["energy.neuron_update_active"]
-                                          + (per(n.name, "neuron_updates", t) - a)
-                                          * profile["energy.neuron_update_inactive"])
-                    cats["network"][t] += per(n.name, "spikes", t) * profile["energy.spike_route"]
-                if not isinstance(n, ir.ProductECM):
-                    cats["synapse"][t] += per(n.name, "sops", t) * profile["energy.sop"]
-        return cats
-    cats.update(analog=[0.0] * T, memory=[0.0] * T)
-    for n in graph:
-        for t in range(T):
-            sop = per(n.name, "sops", t) * profile["energy.add"]
-            neuron = per(n.name, "neuron_updates", t) * (n.levels + 2) * profile["energy.add"] \
-                if isinstance(n, ir.MTNeuron) else 0.0
-            cats["synapse"][t] += sop
-            cats["neuron"][t] += neuron
-            cats["analog"][t] += energy[n.name]["core"][t] - sop - neuron
-            cats["memory"][t] += energy[n.name]["memory"][t]
-    return cats
+def _values(profile: HardwareProfile, *sections: str) -> tuple:
+    return tuple((s, k, c.value) for s in sections for k, c in profile.constants.get(s, {}).items())
 
 
 def _host_seconds(graph, counts, profile, T, samples, on_chip: set[str]) -> list[float]:
@@ -223,3 +276,112 @@ def _host_seconds(graph, counts, profile, T, samples, on_chip: set[str]) -> list
                 ops += c["sops"][t] / samples if isinstance(n, ir.ProductECM) else 0.0
         out.append(ops / profile["timing.host_ops_per_second"])
     return out
+
+
+# -- uncertainty: ranges of the constants, sensitivity, intervals over samples ---------------------
+# Mesh constants that price linearly: the per-step field they price and the per-step count they
+# multiply (None: every mapped neuron, every step), as hw_sim/mesh.py's Accounting prices them.
+MESH_LINEAR = {
+    "mesh.e_synaptic_event": ("synapse_j", "synaptic_events"),
+    "mesh.e_neuron_update": ("neuron_j", "neurons_updated"),
+    "mesh.e_spike_out": ("neuron_j", "neurons_fired"),
+    "mesh.e_neuron_access": ("neuron_j", None),
+    "mesh.e_message_out": ("network_j", "messages"),
+    "mesh.e_message_in": ("network_j", "messages"),
+    "mesh.e_hop_x": ("network_j", "hops_x"),
+    "mesh.e_hop_y": ("network_j", "hops_y"),
+    "mesh.e_host_transfer": ("host_transfer_j", "host_transfers"),
+    "mesh.t_host_transfer": ("host_transfer_s", "host_transfers"),
+}
+
+
+def _mesh_repriced(mesh, nominal: HardwareProfile, variant: HardwareProfile):
+    """The mesh results with MESH_LINEAR's constants re-priced at `variant`'s values."""
+    if mesh is None:
+        return None
+    onchip, placement, res = mesh
+    ps = {k: list(v) for k, v in res["per_step"].items()}
+    for key, (field, count) in MESH_LINEAR.items():
+        delta = variant[key] - nominal[key]
+        if delta:
+            per = ps[count] if count else [res["mapped_neurons"]] * len(ps[field])
+            ps[field] = [v + delta * c for v, c in zip(ps[field], per)]
+    return onchip, placement, {**res, "per_step": ps}
+
+
+def _covered(profile: HardwareProfile, key: str, mesh) -> bool:
+    """Whether re-pricing reflects a change of `key`: not so for the mesh model's timing and
+    mapping constants (a step's latency is a maximum over cores of the mapped network)."""
+    return not (mesh is not None and key.startswith("mesh.") and key not in MESH_LINEAR)
+
+
+def _entry(graph, counts, profile: HardwareProfile, mode: str, T: int, samples: int, mesh, per_sample) -> dict:
+    """One report entry: priced at the nominal constants, then re-priced (counts fixed) at
+    each end of each constant's range, one at a time, and at the corners of the ranges."""
+    cache: dict = {}
+    entry = _price(graph, counts, profile, mode, T, samples, mesh, cache)
+    mesh_used = mesh if mode == "full" else None
+
+    def price(variant: HardwareProfile) -> tuple[float, float]:
+        r = _price(graph, counts, variant, mode, T, samples, _mesh_repriced(mesh, profile, variant), cache)
+        return r["total_j"], r["latency_s"]
+
+    nominal = entry["total_j"], entry["latency_s"]
+    ends, sensitivity, not_covered = {}, [], []
+    for key in profile.keys():
+        c = profile.constants[key.split(".")[0]][key.split(".", 1)[1]]
+        if c.low == c.high:
+            continue
+        if not _covered(profile, key, mesh_used):
+            not_covered.append(key)
+            continue
+        at = {end: price(profile.with_value(key, v)) for end, v in (("low", c.low), ("high", c.high))}
+        ends[key] = at
+        sensitivity.append({"constant": key, "energy_j": [at["low"][0], at["high"][0]],
+                            "latency_s": [at["low"][1], at["high"][1]]})
+    sensitivity.sort(key=lambda s: (-abs(s["energy_j"][1] - s["energy_j"][0]), s["constant"]))
+
+    def corner(which: int, lowest: bool) -> float:
+        """Every constant at the end of its range that moves result `which` (0 energy, 1 latency)
+        down (lowest) or up; where that result does not move, the end that moves latency
+        the same way (static energy grows with latency)."""
+        variant = profile
+        for key, at in ends.items():
+            lo, hi = at["low"], at["high"]
+            order = (lo[which], lo[1]) <= (hi[which], hi[1]) if lowest else (lo[which], lo[1]) >= (hi[which], hi[1])
+            c = profile.constants[key.split(".")[0]][key.split(".", 1)[1]]
+            variant = variant.with_value(key, c.low if order else c.high)
+        return price(variant)[which] if ends else nominal[which]
+
+    entry["range"] = {"energy_j": [corner(0, True), nominal[0], corner(0, False)],
+                      "latency_s": [corner(1, True), nominal[1], corner(1, False)]}
+    entry["sensitivity"] = sensitivity
+    entry["sensitivity_not_covered"] = not_covered
+    entry["interval95"] = (_interval(graph, counts, profile, mode, entry["total_j"], per_sample, samples)
+                           if mesh_used is None else None)
+    return entry
+
+
+def _interval(graph, counts, profile, mode, total_j: float, per_sample, samples) -> dict | None:
+    """95% intervals of the mean over samples (normal approximation, 1.96 standard errors) of the
+    energy and the spikes per inference.  Only the data-dependent counts vary per sample, and the
+    energy is linear in them: per sample, their totals times the profile's rates."""
+    if not per_sample or samples < 2:
+        return None
+    energy = torch.zeros(samples, dtype=torch.float64)
+    spikes = torch.zeros(samples, dtype=torch.float64)
+    table = rates(graph, profile, mode)
+    for name, fields in per_sample.items():
+        for field, values in fields.items():
+            joules = sum(table[name].get(field, {}).values())
+            if joules:
+                energy += values.double() * joules
+            if field == "spikes":
+                spikes += values.double()
+
+    def half(x: torch.Tensor) -> float:
+        return 1.96 * float(x.std(unbiased=True)) / math.sqrt(samples)
+    e, s = half(energy), half(spikes)
+    total_spikes = sum(sum(counts[n.name]["spikes"]) for n in graph.of_kind(ir.MTNeuron)) / samples
+    return {"energy_j": [total_j - e, total_j + e],
+            "spikes": [total_spikes - s, total_spikes + s]}

@@ -10,6 +10,7 @@ import hw_sim
 from ecmt import SpikingGraph, SpikingModel, ir
 from ecmt.runtime import GraphExecutor
 from hw_sim.counting import Counter, to_lists
+from ecmt.errors import EcmtError
 from hw_sim.profile import ProfileError, load_profile
 
 
@@ -185,21 +186,34 @@ def test_reports_are_byte_identical_for_the_same_inputs(demo_graph, tmp_path):
     texts = []
     for run in range(2):
         torch.manual_seed(run)
-        report = hw_sim.simulate(demo_graph, x.images, 3, ["cmos45-fp32", "loihi"], mode=["full", "paper"],
+        report = hw_sim.simulate(demo_graph, x.images, 3, ["cmos45-fp32", "loihi"], mode=None,
                                  labels=x.labels, progress=False)
         report.write(tmp_path / str(run))
         texts.append((tmp_path / str(run) / "report.json").read_bytes())
     assert texts[0] == texts[1]
     data_ = json.loads(texts[0])
-    assert data_["schema"] == "ecmt.hw_sim.report" and data_["version"] == 1
-    assert {(r["profile"]["name"], r["mode"]) for r in data_["hardware"]} == {
-        ("cmos45-fp32", "full"), ("loihi", "full"), ("cmos45-fp32", "paper"), ("loihi", "paper")}
+    assert data_["schema"] == "ecmt.hw_sim.report" and data_["version"] == 2
+    # no mode given: full everywhere, the paper's formula on the CMOS profile only
+    assert [(r["profile"]["name"], r["mode"]) for r in data_["hardware"]] == [
+        ("cmos45-fp32", "full"), ("loihi", "full"), ("cmos45-fp32", "paper")]
     loihi = [r for r in data_["hardware"] if r["profile"]["name"] == "loihi" and r["mode"] == "full"][0]
     assert loihi["cores_used"] >= 1 and loihi["latency_s"] > 0
     assert all(c["source"] and c["status"] in ("silicon", "pre-silicon", "assumption")
                for c in loihi["profile"]["constants"].values())
     html = (tmp_path / "0" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3
+    # side by side, categories per step, against t, and the top layers of each of the 3 entries
+    assert html.count("data:image/png;base64,") == 6
+
+
+def test_paper_mode_on_a_neuromorphic_profile_is_refused(tmp_path):
+    g = graph_of((4,), ir.MTNeuron("mt", ("input",), levels=2, th_pos=torch.tensor(0.5), th_neg=None),
+                 ir.Output("output", ("mt",)))
+    for name in ("loihi", "loihi-sanafe", "truenorth"):
+        with pytest.raises(hw_sim.ModeError) as err:
+            hw_sim.simulate(g, torch.rand(2, 4), 2, ["cmos45-fp32", name], mode=["full", "paper"], progress=False)
+        assert isinstance(err.value, EcmtError) and name in str(err.value) and "'paper'" in str(err.value)
+    pairs = hw_sim.plan([load_profile("loihi"), load_profile("cmos45-fp32")], None)
+    assert [(p.name, m) for p, m in pairs] == [("loihi", "full"), ("cmos45-fp32", "full"), ("cmos45-fp32", "paper")]
 
 
 def test_every_shipped_profile_loads():
@@ -211,6 +225,23 @@ def test_every_shipped_profile_loads():
     assert all(c.status == "assumption" for c in load_profile("loihi2").constants["energy"].values())
 
 
+def test_every_shipped_constant_has_a_sourced_range():
+    for name in hw_sim.available_profiles():
+        text = (hw_sim.profile.PROFILE_DIR / f"{name}.toml").read_text()
+        p = load_profile(name)
+        lines = [l for l in text.splitlines() if l.split(" = { value", 1)[0].isidentifier() and "= { value" in l]
+        assert len(lines) == len(p.keys())
+        assert all("range = [" in l for l in lines), name            # stated, even where low = high
+        for key in p.keys():
+            section, k = key.split(".", 1)
+            c = p.constants[section][k]
+            assert c.low <= c.value <= c.high and c.range_source, (name, key)
+    sop = load_profile("loihi").constants["energy"]["sop"]
+    assert (sop.low, sop.value, sop.high) == (23.6e-12, 23.6e-12, 35.5e-12)      # Davies vs SANA-FE
+    barrier = load_profile("loihi").constants["timing"]["barrier"]
+    assert (barrier.low, barrier.high) == (113e-9, 465e-9)
+
+
 def test_user_profile_file_and_malformed_profiles(tmp_path):
     text = (hw_sim.profile.PROFILE_DIR / "cmos45-fp32.toml").read_text()
     (tmp_path / "mine.toml").write_text(text.replace('name = "cmos45-fp32"', 'name = "mine"'))
@@ -220,7 +251,25 @@ def test_user_profile_file_and_malformed_profiles(tmp_path):
         "nokey.toml": (text.replace("mac = {", "macc = {", 1), "key energy.mac: missing"),
         "status.toml": (text.replace('status = "silicon"', 'status = "measured"', 1), "key energy.mac.status"),
         "value.toml": (text.replace("value = 4.6e-12", 'value = "big"', 1), "key energy.mac.value"),
+        "bits.toml": (text.replace("value_bits = 32", "value_bits = -32"), "key profile.value_bits"),
+        "nan.toml": (text.replace("value = 4.6e-12", "value = nan", 1), "key energy.mac.value: expected a finite"),
+        "inf.toml": (text.replace("value = 0.9e-12", "value = inf", 1), "key energy.add.value: expected a finite"),
+        "negative.toml": (text.replace("value = 3.7e-12", "value = -3.7e-12", 1), "key energy.mult.value"),
+        "clock.toml": (text.replace("value = 1e9", "value = 0", 1), "key timing.clock_hz.value: expected a number > 0"),
+        "ops.toml": (text.replace("value = 256", "value = 2.5", 1), "key timing.ops_per_cycle.value: a count"),
+        "order.toml": (text.replace("range = [0.5e9, 2e9]", "range = [2e9, 4e9]", 1),
+                       "key timing.clock_hz.range: expected low <= value <= high"),
+        "nanrange.toml": (text.replace("range = [0.5e9, 2e9]", "range = [nan, 2e9]", 1),
+                          "key timing.clock_hz.range: expected a finite"),
     }
+    loihi = (hw_sim.profile.PROFILE_DIR / "loihi.toml").read_text()
+    bad.update({
+        "cores.toml": (loihi.replace("cores = { value = 128", "cores = { value = 0", 1),
+                       "key architecture.cores.value: a count"),
+        "host.toml": (loihi.replace("value = 1.0e9", "value = 0.0", 1),
+                      "key timing.host_ops_per_second.value: expected a number > 0"),
+        "baseline.toml": (loihi.replace('ann_baseline = "cmos45-fp32"\n', ""), "key profile.ann_baseline"),
+    })
     for name, (content, message) in bad.items():
         (tmp_path / name).write_text(content)
         with pytest.raises(ProfileError) as err:
@@ -275,6 +324,12 @@ def test_histogram_equals_bincount(native, monkeypatch):
             out = torch.ones(2, 17, dtype=torch.int64)
             hist_mod.histogram(codes, 34, out=out)               # adds into out
             assert torch.equal(out.view(-1), expected + 1)
+        rows = random[:300_000].view(3, -1)                       # one histogram per row (per sample)
+        per_row = torch.stack([torch.bincount(r, minlength=34) for r in rows])
+        assert torch.equal(hist_mod.histogram(random[:300_000], 34, rows=3), per_row)
+        assert torch.equal(hist_mod.histogram(runs[:200_000], 34, rows=4).sum(0), torch.bincount(runs[:200_000]))
+        with pytest.raises(ValueError, match="equal rows"):
+            hist_mod.histogram(random, 34, rows=2)
         with pytest.raises(ValueError, match="uint8"):
             hist_mod.histogram(random.long(), 34)
     finally:

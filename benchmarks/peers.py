@@ -56,7 +56,7 @@ import hw_sim
 from ecmt import data, ir
 from ecmt.runtime import GraphExecutor
 from ecmt.zoo import load_model
-from hw_sim.counting import Counter, conv_fanout, to_lists
+from hw_sim.counting import Counter, conv_fanout, event_counts
 from hw_sim.simulate import build as hw_sim_build
 
 try:
@@ -511,8 +511,9 @@ def evaluate_ecmt(spiking, images, labels, T, prices: Prices, profile) -> dict:
         correct += (est.argmax(-1) == labels[s:s + BATCH].unsqueeze(0)).sum(dim=1)
     n = len(images)
     acc = (correct.double() / n).tolist()
-    counts = to_lists(counter.result())
-    report = hw_sim.Report(hw_sim_build(graph, counts, [profile], ["full"], T, n, acc))
+    events = event_counts(counter)
+    counts = events.nodes
+    report = hw_sim.Report(hw_sim_build(graph, events, [profile], ["full"], acc))
     full = report.result(PROFILE, "full")
     ann_j = full["ann"]["energy_j"]
     sub = ecmt_subset(graph, counts, {name: c["levels"] for name, c in counts.items() if "levels" in c}, n, T)

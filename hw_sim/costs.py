@@ -9,6 +9,8 @@ our assumptions, stated once here; docs/energy.md explains them.
 """
 from __future__ import annotations
 
+import math
+
 SPECIAL_MACS = 8
 
 # f itself, per input element: (adds, mults, specials).  Row-wise functions
@@ -28,3 +30,39 @@ ECM_BOOKKEEPING = (2, 2)          # (adds, mults)
 
 # Product ECM per output element and step: P * scale / t, minus the previous running output.
 PRODUCT_BOOKKEEPING = (1, 1)
+
+
+def forward_work(graph, node) -> dict[str, int]:
+    """The ANN's own work at `node` in one forward of one sample: macs (a convolution
+    counted over its zero-padded window, as an accelerator runs it), adds, mults and
+    specials.  counting.shape_work (the spiking run) and energy.ann_work (the baseline)
+    both start from this one table.  MT neurons are the ANN's identity (or ReLU: one
+    compare per element)."""
+    from ecmt import ir
+    size = lambda name: math.prod(graph.shapes[name])
+    out = size(node.name)
+    w = {"macs": 0, "adds": 0, "mults": 0, "specials": 0}
+    if isinstance(node, ir.Linear):
+        w.update(macs=size(node.inputs[0]) * node.weight.shape[0], adds=out if node.bias is not None else 0)
+    elif isinstance(node, ir.Conv2d):
+        _, c_in_g, kh, kw = node.weight.shape
+        w.update(macs=out * c_in_g * kh * kw, adds=out if node.bias is not None else 0)
+    elif isinstance(node, ir.ProductECM):
+        a = graph.shapes[node.inputs[0]]
+        w["macs"] = out * (a[-2] if node.transpose_a else a[-1])
+    elif isinstance(node, ir.MTNeuron):
+        w["adds"] = 0 if node.signed else out
+    elif node.KIND in FUNCTION_OPS:
+        adds, mults, specials = FUNCTION_OPS[node.KIND]
+        if isinstance(node, ir.MaxPool2d):
+            adds = node.kernel_size[0] * node.kernel_size[1]     # compares per output
+        w.update(adds=adds * out, mults=mults * out, specials=specials * out)
+    elif isinstance(node, ir.Add):
+        w["adds"] = (len(node.inputs) - 1) * out
+    elif isinstance(node, ir.Scale):
+        w["mults"] = out
+    elif isinstance(node, ir.Mean):
+        w.update(adds=size(node.inputs[0]), mults=out)
+    elif isinstance(node, ir.AvgPool2d):
+        w.update(adds=node.kernel_size[0] * node.kernel_size[1] * out, mults=out)
+    return w

@@ -36,6 +36,7 @@ every sample.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -45,7 +46,7 @@ from ecmt import ir
 from ecmt.runtime import GraphExecutor
 from ecmt.runtime.kernels import fused
 
-from .costs import ECM_BOOKKEEPING, FUNCTION_OPS, PRODUCT_BOOKKEEPING
+from .costs import ECM_BOOKKEEPING, PRODUCT_BOOKKEEPING, forward_work
 from .histogram import histogram
 
 # The counts that depend on the data, kept per sample.
@@ -107,44 +108,34 @@ def spike_source(graph: ir.SpikingGraph, node: ir.Node) -> str | None:
 
 def shape_work(graph: ir.SpikingGraph, node: ir.Node) -> dict[str, int]:
     """The counts of one step of `node` for one sample that follow from shapes
-    alone (whatever the data): dense work, analog ops, neuron updates, state traffic."""
-    size = lambda name: math.prod(graph.shapes[name])
-    out = size(node.name)
-    spiking_in = bool(node.inputs) and graph.spiking[node.inputs[0]]
+    alone (whatever the data): the ANN's work at the node (costs.forward_work), split
+    into dense work fed by spikes and analog MACs, plus what the spiking run adds:
+    ECM bookkeeping, neuron updates, state traffic, the output's running sum."""
+    out = math.prod(graph.shapes[node.name])
+    f = forward_work(graph, node)
+    spiking_in = bool(node.inputs) and all(graph.spiking[s] for s in node.inputs)
     w: dict[str, int] = {}
-    if isinstance(node, ir.Linear):
-        dense = size(node.inputs[0]) * node.weight.shape[0]
-        w.update(dense=dense, paper_dense=dense, macs=0 if spiking_in else dense,
-                 adds=out if node.bias is not None else 0)
-    elif isinstance(node, ir.Conv2d):
-        dense = int(conv_fanout(node, graph.shapes[node.inputs[0]]).sum())   # exact at the borders
-        w.update(dense=dense, macs=0 if spiking_in else dense, adds=out if node.bias is not None else 0)
+    if isinstance(node, (ir.Linear, ir.Conv2d, ir.ProductECM)):
+        # a convolution fed by spikes reaches only real inputs: exact at the borders
+        dense = int(conv_fanout(node, graph.shapes[node.inputs[0]]).sum()) if isinstance(node, ir.Conv2d) \
+            else f["macs"]
+        w.update(dense=dense, macs=0 if spiking_in else dense, adds=f["adds"])
+        if not isinstance(node, ir.Conv2d):
+            w["paper_dense"] = dense
+        if isinstance(node, ir.ProductECM):
+            ba, bm = PRODUCT_BOOKKEEPING
+            w.update(adds=ba * out, mults=bm * out, state_rw=2 * sum(
+                math.prod(graph.shapes[i]) for i in node.inputs) + 2 * out)
     elif isinstance(node, ir.MTNeuron):
         w.update(neuron_updates=out, state_rw=2 * out)
     elif isinstance(node, (ir.NonlinearityECM, ir.MaxPool2d)):
-        adds, mults, specials = FUNCTION_OPS[node.KIND]
-        if isinstance(node, ir.MaxPool2d):
-            adds = node.kernel_size[0] * node.kernel_size[1]     # compares per output
         ba, bm = ECM_BOOKKEEPING
-        w.update(adds=(adds + ba) * out, mults=(mults + bm) * out, specials=specials * out, state_rw=4 * out)
-    elif isinstance(node, ir.ProductECM):
-        a = graph.shapes[node.inputs[0]]
-        dense = out * (a[-2] if node.transpose_a else a[-1])
-        spiking = all(graph.spiking[s] for s in node.inputs)
-        ba, bm = PRODUCT_BOOKKEEPING
-        w.update(dense=dense, paper_dense=dense, macs=0 if spiking else dense, adds=ba * out, mults=bm * out,
-                 state_rw=2 * (size(node.inputs[0]) + size(node.inputs[1])) + 2 * out)
-    elif isinstance(node, ir.Add):
-        w.update(adds=(len(node.inputs) - 1) * out)
-    elif isinstance(node, ir.Scale):
-        w.update(mults=out)
-    elif isinstance(node, ir.Mean):
-        w.update(adds=size(node.inputs[0]), mults=out)
-    elif isinstance(node, ir.AvgPool2d):
-        w.update(adds=node.kernel_size[0] * node.kernel_size[1] * out, mults=out)
+        w.update(adds=f["adds"] + ba * out, mults=f["mults"] + bm * out, specials=f["specials"], state_rw=4 * out)
     elif isinstance(node, ir.Output):
         w.update(adds=out)
-    return {f: v for f, v in w.items() if v}
+    else:
+        w.update(f)
+    return {k: v for k, v in w.items() if v}
 
 
 class Counter:
@@ -296,3 +287,37 @@ class Counter:
 def to_lists(counts: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, list]]:
     """Counter.result() as Python ints, for reports."""
     return {name: {f: v.tolist() for f, v in fields.items()} for name, fields in counts.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class EventCounts:
+    """The count stage's result, all that the map, time and price stages read.
+
+    ``nodes``: per node and field (FIELDS; MT neurons also ``levels``, [T][2n]) the
+    events of each step summed over ``samples`` samples.  ``per_sample``: per node
+    computed from the data, the SAMPLE_FIELDS totals over T of each sample (for
+    intervals; None where not kept, e.g. under torchrun)."""
+    nodes: dict[str, dict[str, list]]
+    samples: int
+    per_sample: dict[str, dict[str, torch.Tensor]] | None = None
+
+    @property
+    def T(self) -> int:
+        return len(next(iter(self.nodes.values()))["sops"])
+
+    def per_step(self, name: str, field: str) -> list[float]:
+        """One node's events per step and inference."""
+        return [v / self.samples for v in self.nodes[name][field]]
+
+    def total_per_step(self, field: str) -> list[float]:
+        """Every node's events per step and inference."""
+        return [sum(c[field][t] for c in self.nodes.values()) / self.samples for t in range(self.T)]
+
+    def total(self, name: str, field: str) -> float:
+        """One node's events over the T steps, per inference."""
+        return sum(self.nodes[name][field]) / self.samples
+
+
+def event_counts(counter: Counter) -> EventCounts:
+    """A single process's counts (simulate() sums ranks' counts itself)."""
+    return EventCounts(to_lists(counter.result()), counter.samples, counter.per_sample_totals())

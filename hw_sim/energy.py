@@ -27,48 +27,19 @@ import math
 
 from ecmt import ir
 
-from .costs import FUNCTION_OPS, SPECIAL_MACS
+from .costs import SPECIAL_MACS, forward_work
+from .counting import EventCounts
 from .profile import HardwareProfile
 
 
 # -- the ANN at the same places, analytically ------------------------------------------------
 def ann_work(graph: ir.SpikingGraph) -> dict[str, dict[str, int]]:
-    """Per node, the work of one ANN forward for one sample: macs, adds, mults, specials,
-    weight_reads.  MT neurons are the ANN's identity (or ReLU: one compare)."""
+    """Per node, the work of one ANN forward for one sample (costs.forward_work) and its
+    weight reads (one per multiply-accumulate)."""
     work = {}
     for node in graph:
-        out = math.prod(graph.shapes[node.name])
-        w = {"macs": 0, "adds": 0, "mults": 0, "specials": 0}
-        if isinstance(node, ir.Linear):
-            w["macs"] = math.prod(graph.shapes[node.inputs[0]]) * node.weight.shape[0]
-            w["adds"] = out if node.bias is not None else 0
-        elif isinstance(node, ir.Conv2d):
-            c_out, c_in_g, kh, kw = node.weight.shape
-            w["macs"] = out * c_in_g * kh * kw
-            w["adds"] = out if node.bias is not None else 0
-        elif isinstance(node, ir.ProductECM):
-            a = graph.shapes[node.inputs[0]]
-            k = a[-2] if node.transpose_a else a[-1]
-            w["macs"] = out * k
-        elif isinstance(node, ir.MTNeuron):
-            w["adds"] = 0 if node.signed else out
-        elif node.KIND in FUNCTION_OPS:
-            adds, mults, specials = FUNCTION_OPS[node.KIND]
-            if isinstance(node, ir.MaxPool2d):
-                adds = node.kernel_size[0] * node.kernel_size[1]
-            w.update(adds=adds * out, mults=mults * out, specials=specials * out)
-        elif isinstance(node, ir.Add):
-            w["adds"] = (len(node.inputs) - 1) * out
-        elif isinstance(node, (ir.Scale,)):
-            w["mults"] = out
-        elif isinstance(node, ir.Mean):
-            w["adds"] = math.prod(graph.shapes[node.inputs[0]])
-            w["mults"] = out
-        elif isinstance(node, ir.AvgPool2d):
-            w["adds"] = node.kernel_size[0] * node.kernel_size[1] * out
-            w["mults"] = out
-        w["weight_reads"] = w["macs"]
-        work[node.name] = w
+        w = forward_work(graph, node)
+        work[node.name] = {**w, "weight_reads": w["macs"]}
     return work
 
 
@@ -139,19 +110,19 @@ def _cmos(node, p: HardwareProfile) -> dict[str, dict[str, float]]:
     return r
 
 
-def snn_energy(graph: ir.SpikingGraph, counts: dict, profile: HardwareProfile, mode: str,
-               samples: int) -> dict[str, dict[str, list[float]]]:
-    """Per node and category: energy per step (J per sample)."""
-    T = len(next(iter(counts.values()))["sops"])
+def snn_energy(graph: ir.SpikingGraph, counts: EventCounts, profile: HardwareProfile,
+               mode: str) -> dict[str, dict[str, list[float]]]:
+    """Per node and category: energy per step (J per inference)."""
+    T = counts.T
     cats = CATEGORIES["cmos" if mode == "paper" else profile.kind]
     out = {}
     for name, fields in rates(graph, profile, mode).items():
         per = {c: [0.0] * T for c in cats}
         for field, by_cat in fields.items():
-            steps = counts[name][field]
+            steps = counts.per_step(name, field)
             for c, joules in by_cat.items():
                 row = per[c]
                 for t in range(T):
-                    row[t] += steps[t] * joules / samples
+                    row[t] += steps[t] * joules
         out[name] = per
     return out

@@ -24,6 +24,7 @@ import math
 from ecmt import ir
 
 from .costs import SPECIAL_MACS
+from .counting import EventCounts
 from .profile import HardwareProfile
 
 
@@ -66,16 +67,15 @@ def map_units(graph: ir.SpikingGraph, profile: HardwareProfile) -> list[Unit]:
     return units
 
 
-def step_latency(graph: ir.SpikingGraph, counts: dict, profile: HardwareProfile, units: list[Unit],
-                 samples: int) -> list[dict]:
-    """Per step: seconds on the slowest core, on the host, and in total (per sample)."""
-    T = len(next(iter(counts.values()))["sops"])
-    per = lambda name, field, t: counts[name][field][t] / samples
+def step_latency(graph: ir.SpikingGraph, counts: EventCounts, profile: HardwareProfile,
+                 units: list[Unit]) -> list[dict]:
+    """Per step: seconds on the slowest core, on the host, and in total (per inference)."""
+    per = lambda name, field, t: counts.nodes[name][field][t] / counts.samples
     rows = []
-    for t in range(T):
+    for t in range(counts.T):
         if profile.kind == "cmos":
-            ops = sum(per(n, f, t) for n in counts for f in ("sops", "macs", "adds", "mults"))
-            ops += sum(per(n, "specials", t) for n in counts) * SPECIAL_MACS
+            ops = sum(per(n, f, t) for n in counts.nodes for f in ("sops", "macs", "adds", "mults"))
+            ops += sum(per(n, "specials", t) for n in counts.nodes) * SPECIAL_MACS
             ops += sum(per(n.name, "neuron_updates", t) * (n.levels + 2) for n in graph.of_kind(ir.MTNeuron))
             seconds = ops / (profile["timing.ops_per_cycle"] * profile["timing.clock_hz"])
             rows.append({"core_s": seconds, "host_s": 0.0, "step_s": seconds})
@@ -92,11 +92,10 @@ def step_latency(graph: ir.SpikingGraph, counts: dict, profile: HardwareProfile,
         on_core = {u.name for u in units}
         host_ops = 0.0
         for n in graph:
-            c = counts[n.name]
-            host_ops += sum(c[f][t] for f in ("macs", "adds", "mults")) / samples
-            host_ops += c["specials"][t] * SPECIAL_MACS / samples
+            host_ops += sum(per(n.name, f, t) for f in ("macs", "adds", "mults"))
+            host_ops += per(n.name, "specials", t) * SPECIAL_MACS
             if n.name not in on_core:
-                host_ops += c["sops"][t] / samples          # products of spike streams
+                host_ops += per(n.name, "sops", t)          # products of spike streams
         host = host_ops / profile["timing.host_ops_per_second"]
         rows.append({"core_s": slowest, "host_s": host, "step_s": slowest + host + profile["timing.barrier"]})
     return rows

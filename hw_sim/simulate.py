@@ -13,7 +13,7 @@ from ecmt.runtime import GraphExecutor
 
 from . import mesh as mesh_mod
 from . import report as report_mod
-from .counting import FIELDS, Counter, to_lists
+from .counting import FIELDS, Counter, EventCounts, to_lists
 from .costs import SPECIAL_MACS
 from .energy import ann_energy, rates, snn_energy
 from .mapping import map_units, step_latency
@@ -92,19 +92,18 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
             y = labels[start:start + batch_size].to(est.device)
             correct += (est.argmax(-1) == y.unsqueeze(0)).sum(dim=1).cpu()
             ann_correct += (executor.run_analog(x.to(executor.device)).argmax(-1) == y).sum().cpu()
-    counts = to_lists(distributed.all_reduce_tree(counter.result()))
+    # Per-sample totals stay on each rank: intervals are given for one process only.
+    counts = EventCounts(to_lists(distributed.all_reduce_tree(counter.result())), n,
+                         counter.per_sample_totals() if distributed.world() == 1 else None)
     correct = distributed.all_reduce_sum(correct)
     ann_correct = distributed.all_reduce_sum(ann_correct)
-    # Per-sample totals stay on each rank: intervals are given for one process only.
-    per_sample = counter.per_sample_totals() if distributed.world() == 1 else None
     if distributed.world() > 1 and meshes:
         raise EcmtError(f"hw_sim: profile(s) {', '.join(meshes)} (mesh model) cannot run under torchrun yet",
                         hint="run `ecmt energy` with these profiles in one process")
     mesh_results = {name: (onchip, placement, acc.result()) for name, (onchip, placement, acc) in meshes.items()}
-    return report_mod.Report(build(graph, counts, pairs, None, T, n,
+    return report_mod.Report(build(graph, counts, pairs, None,
                                    (correct.double() / n).tolist() if labels is not None else None,
-                                   mesh_results, per_sample=per_sample,
-                                   ann_accuracy=ann_correct.item() / n if labels is not None else None))
+                                   mesh_results, ann_accuracy=ann_correct.item() / n if labels is not None else None))
 
 
 def _baseline(profile: HardwareProfile) -> HardwareProfile:
@@ -116,17 +115,17 @@ def _baseline(profile: HardwareProfile) -> HardwareProfile:
     return base
 
 
-def build(graph, counts, profiles: list, modes: list[str] | None, T: int, samples: int,
-          accuracy, meshes: dict | None = None, per_sample: dict | None = None,
-          ann_accuracy: float | None = None) -> dict:
-    """The report's data.  `profiles` is a list of (profile, mode) pairs with `modes`
-    None, or of profiles priced in every mode of `modes`."""
+def build(graph, counts: EventCounts, profiles: list, modes: list[str] | None, accuracy,
+          meshes: dict | None = None, ann_accuracy: float | None = None) -> dict:
+    """The report's data: `counts` priced (and, for mesh profiles, `meshes`' mapped and
+    timed results).  `profiles` is a list of (profile, mode) pairs with `modes` None, or
+    of profiles priced in every mode of `modes`."""
     pairs = list(profiles) if modes is None else plan(list(profiles), modes)
-    per_step = {f: [sum(c[f][t] for c in counts.values()) / samples for t in range(T)] for f in FIELDS}
-    layers = [{"name": n.name, "kind": n.KIND,
-               **{f: sum(counts[n.name][f]) / samples for f in FIELDS}} for n in graph]
+    T, samples = counts.T, counts.samples
+    per_step = {f: counts.total_per_step(f) for f in FIELDS}
+    layers = [{"name": n.name, "kind": n.KIND, **{f: counts.total(n.name, f) for f in FIELDS}} for n in graph]
     levels = {name: [sum(step[k] for step in c["levels"]) / samples for k in range(len(c["levels"][0]))]
-              for name, c in counts.items() if "levels" in c}
+              for name, c in counts.nodes.items() if "levels" in c}
     meta = graph.meta
     data = {
         "schema": report_mod.SCHEMA, "version": report_mod.VERSION,
@@ -137,9 +136,8 @@ def build(graph, counts, profiles: list, modes: list[str] | None, T: int, sample
         "ann_accuracy": ann_accuracy,
         "operating_point": {"within": WITHIN, "t": _operating_t(accuracy, ann_accuracy)},
         "counts": {"per_step": per_step, "layers": layers, "levels": levels},
-        "paper": _paper_figures(graph, counts, samples, T),
-        "hardware": [_entry(graph, counts, p, m, T, samples, (meshes or {}).get(p.name), per_sample)
-                     for p, m in pairs],
+        "paper": _paper_figures(counts),
+        "hardware": [_entry(graph, counts, p, m, (meshes or {}).get(p.name)) for p, m in pairs],
     }
     return data
 
@@ -151,21 +149,21 @@ def _operating_t(accuracy, ann_accuracy) -> int | None:
     return next((t + 1 for t, a in enumerate(accuracy) if a >= ann_accuracy - WITHIN - 1e-12), None)
 
 
-def _paper_figures(graph, counts, samples, T) -> dict:
-    sops = [sum(c["paper_sops"][t] for c in counts.values()) / samples for t in range(T)]
-    dense_step = [sum(c["paper_dense"][t] for c in counts.values()) / samples for t in range(T)]
+def _paper_figures(counts: EventCounts) -> dict:
+    sops, dense_step = counts.total_per_step("paper_sops"), counts.total_per_step("paper_dense")
     return {"sops_per_step": sops, "dense_per_step": dense_step,
             "firing_rate": sum(sops) / sum(dense_step) if sum(dense_step) else 0.0}
 
 
-def _price(graph, counts, profile: HardwareProfile, mode: str, T: int, samples: int, mesh=None,
+def _price(graph, counts: EventCounts, profile: HardwareProfile, mode: str, mesh=None,
            cache: dict | None = None) -> dict:
     """One report entry.  `cache` (one per profile and mode) keeps the per-node energies, the ANN
     baseline, the mapping and step times for re-pricings that leave the constants they depend on alone."""
     cache = {} if cache is None else cache
+    T = counts.T
     key = ("energy", profile.value_bits, _values(profile, "energy"))
     if key not in cache:
-        energy = snn_energy(graph, counts, profile, mode, samples)
+        energy = snn_energy(graph, counts, profile, mode)
         cache[key] = ({c: [sum(e[c][t] for e in energy.values()) for t in range(T)]
                        for c in next(iter(energy.values()))},
                       [{"name": n.name, "kind": n.KIND, "energy_j": sum(map(sum, energy[n.name].values())),
@@ -180,8 +178,7 @@ def _price(graph, counts, profile: HardwareProfile, mode: str, T: int, samples: 
     if mesh is not None and mode == "full":
         onchip, placement, res = mesh
         ps = res["per_step"]
-        host_s = _host_seconds(graph, counts, profile, T, samples, set(onchip.groups)
-                               | {c.node for c in onchip.connections})
+        host_s = _host_seconds(graph, counts, profile, set(onchip.groups) | {c.node for c in onchip.connections})
         steps = [{"step_s": ps["chip_latency_s"][t] + ps["host_transfer_s"][t] + host_s[t]} for t in range(T)]
         for cat, key in (("synapse", "synapse_j"), ("neuron", "neuron_j"), ("network", "network_j")):
             categories[cat] = [ps[key][t] for t in range(T)]
@@ -199,7 +196,7 @@ def _price(graph, counts, profile: HardwareProfile, mode: str, T: int, samples: 
         key = ("steps", _values(profile, "timing", "architecture"))
         if key not in cache:
             units = map_units(graph, profile) if profile.kind == "neuromorphic" else []
-            cache[key] = units, step_latency(graph, counts, profile, units, samples)
+            cache[key] = units, step_latency(graph, counts, profile, units)
         units, steps = cache[key]
         cores = sum(u.cores for u in units) if units else None
         chips = math.ceil(cores / profile["architecture.cores"]) if cores else None
@@ -263,17 +260,17 @@ def _values(profile: HardwareProfile, *sections: str) -> tuple:
     return tuple((s, k, c.value) for s in sections for k, c in profile.constants.get(s, {}).items())
 
 
-def _host_seconds(graph, counts, profile, T, samples, on_chip: set[str]) -> list[float]:
+def _host_seconds(graph, counts: EventCounts, profile, on_chip: set[str]) -> list[float]:
     """Per step, the host's operations over its throughput (as mapping.step_latency)."""
     out = []
-    for t in range(T):
+    for t in range(counts.T):
         ops = 0.0
         for n in graph:
-            c = counts[n.name]
-            ops += sum(c[f][t] for f in ("macs", "adds", "mults")) / samples
-            ops += c["specials"][t] * SPECIAL_MACS / samples
-            if n.name not in on_chip and not isinstance(n, ir.MTNeuron):
-                ops += c["sops"][t] / samples if isinstance(n, ir.ProductECM) else 0.0
+            c = counts.nodes[n.name]
+            ops += sum(c[f][t] for f in ("macs", "adds", "mults")) / counts.samples
+            ops += c["specials"][t] * SPECIAL_MACS / counts.samples
+            if n.name not in on_chip and isinstance(n, ir.ProductECM):
+                ops += c["sops"][t] / counts.samples
         out.append(ops / profile["timing.host_ops_per_second"])
     return out
 
@@ -315,15 +312,15 @@ def _covered(profile: HardwareProfile, key: str, mesh) -> bool:
     return not (mesh is not None and key.startswith("mesh.") and key not in MESH_LINEAR)
 
 
-def _entry(graph, counts, profile: HardwareProfile, mode: str, T: int, samples: int, mesh, per_sample) -> dict:
+def _entry(graph, counts: EventCounts, profile: HardwareProfile, mode: str, mesh) -> dict:
     """One report entry: priced at the nominal constants, then re-priced (counts fixed) at
     each end of each constant's range, one at a time, and at the corners of the ranges."""
     cache: dict = {}
-    entry = _price(graph, counts, profile, mode, T, samples, mesh, cache)
+    entry = _price(graph, counts, profile, mode, mesh, cache)
     mesh_used = mesh if mode == "full" else None
 
     def price(variant: HardwareProfile) -> tuple[float, float]:
-        r = _price(graph, counts, variant, mode, T, samples, _mesh_repriced(mesh, profile, variant), cache)
+        r = _price(graph, counts, variant, mode, _mesh_repriced(mesh, profile, variant), cache)
         return r["total_j"], r["latency_s"]
 
     nominal = entry["total_j"], entry["latency_s"]
@@ -357,15 +354,15 @@ def _entry(graph, counts, profile: HardwareProfile, mode: str, T: int, samples: 
                       "latency_s": [corner(1, True), nominal[1], corner(1, False)]}
     entry["sensitivity"] = sensitivity
     entry["sensitivity_not_covered"] = not_covered
-    entry["interval95"] = (_interval(graph, counts, profile, mode, entry["total_j"], per_sample, samples)
-                           if mesh_used is None else None)
+    entry["interval95"] = _interval(graph, counts, profile, mode, entry["total_j"]) if mesh_used is None else None
     return entry
 
 
-def _interval(graph, counts, profile, mode, total_j: float, per_sample, samples) -> dict | None:
+def _interval(graph, counts: EventCounts, profile, mode, total_j: float) -> dict | None:
     """95% intervals of the mean over samples (normal approximation, 1.96 standard errors) of the
     energy and the spikes per inference.  Only the data-dependent counts vary per sample, and the
     energy is linear in them: per sample, their totals times the profile's rates."""
+    per_sample, samples = counts.per_sample, counts.samples
     if not per_sample or samples < 2:
         return None
     energy = torch.zeros(samples, dtype=torch.float64)
@@ -382,6 +379,6 @@ def _interval(graph, counts, profile, mode, total_j: float, per_sample, samples)
     def half(x: torch.Tensor) -> float:
         return 1.96 * float(x.std(unbiased=True)) / math.sqrt(samples)
     e, s = half(energy), half(spikes)
-    total_spikes = sum(sum(counts[n.name]["spikes"]) for n in graph.of_kind(ir.MTNeuron)) / samples
+    total_spikes = sum(counts.total(n.name, "spikes") for n in graph.of_kind(ir.MTNeuron))
     return {"energy_j": [total_j - e, total_j + e],
             "spikes": [total_spikes - s, total_spikes + s]}

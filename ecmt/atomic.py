@@ -1,23 +1,91 @@
-"""Write files so that a failure never leaves a half-written output behind."""
+"""Write files so that a failure never leaves a half-written output behind.
+
+The temporary file lies next to the target (a rename is atomic only within
+one file system) and is named ``.NAME.HOST-PID.XXXXXXXX.part`` after its
+writer.  A run killed before its rename leaves it behind; the next write of
+the same target removes it once its writer is gone: a dead pid on this host,
+or no write for STALE_SECONDS from another host's writer (a shared folder).
+"""
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import EcmtError
+
+STALE_SECONDS = 15 * 60
+
+
+def host_tag() -> str:
+    """This host's name as temporary file names carry it."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32] or "host"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_parts(path: Path) -> list[Path]:
+    """Delete leftover temporary files of `path` whose writer is gone; return them."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"([A-Za-z0-9_]+)-(\d{1,7})\.[A-Za-z0-9_]{8}\.part")
+    removed = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return removed
+    host, now = host_tag(), time.time()
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        # A live writer on this host keeps its file however long its work takes.
+        if (not _alive(int(m[2])) if m[1] == host else age > STALE_SECONDS):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def check_writable(path) -> None:
+    """Refuse an output that cannot be written, before any work is done."""
+    path = Path(path)
+    if str(path).endswith(os.sep) or path.is_dir():
+        raise EcmtError(f"{path}: is a directory, not a file to write", hint="name the output file")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise EcmtError(f"{path}: is read-only; ecmt does not replace it", hint="remove it or pick another name")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise EcmtError(f"{path}: cannot write in {parent} (permission denied)", hint="pick another folder")
 
 
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path next to `path`; on success it is renamed to
     `path` (with the usual permissions), on any error it is deleted."""
-    if str(path).endswith(os.sep) or Path(path).is_dir():
-        raise EcmtError(f"{path}: is a directory, not a file to write", hint="name the output file")
+    check_writable(path)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{host_tag()}-{os.getpid()}.", suffix=".part",
+                                   dir=path.parent)
+    except OSError as err:
+        raise EcmtError(f"{path}: cannot write ({err.strerror or err})") from None
     os.close(fd)
     try:
         yield Path(tmp)

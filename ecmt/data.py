@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .tensorfile import read_tensors
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
@@ -101,28 +102,33 @@ def tensor_file(path: str | os.PathLike) -> Split:
     """A user's data in one file: safetensors, or a torch file read with
     weights_only=True, holding 'images' [N, C, H, W] and 'labels' [N]."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            content = load_file(str(path))
-        except Exception as err:  # noqa: BLE001
-            raise DataError(f"{path}: cannot read safetensors file ({err})") from None
-    else:
-        try:
-            content = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            raise DataError(f"{path}: cannot read as a tensor file ({type(err).__name__}: {err})",
-                            hint="save a dict {'images': tensor, 'labels': tensor} with torch.save "
-                                 "or safetensors") from None
+    content = read_tensors(path, "data file", DataError,
+                           hint="save a dict {'images': tensor, 'labels': tensor} with torch.save or safetensors")
     if not isinstance(content, dict) or "images" not in content or "labels" not in content:
         raise DataError(f"{path}: expected a dict with 'images' and 'labels' tensors")
+    if not all(isinstance(content[k], torch.Tensor) for k in ("images", "labels")):
+        raise DataError(f"{path}: 'images' and 'labels' must be tensors")
     images, labels = content["images"].float(), content["labels"].long()
     if images.dim() != 4 or labels.dim() != 1 or len(images) != len(labels):
         raise DataError(f"{path}: 'images' must be [N, C, H, W] and 'labels' [N]; got "
                         f"{list(images.shape)} and {list(labels.shape)}")
+    if len(images) == 0:
+        raise DataError(f"{path}: holds no images")
+    bad = ~torch.isfinite(images)
+    if bool(bad.any()):
+        first = int(bad.flatten(1).any(1).nonzero()[0])
+        raise DataError(f"{path}: {int(bad.sum())} of {images.numel()} image values are NaN or infinite "
+                        f"(the first in image {first})", hint="clean the data; ecmt does not guess values")
     return Split(images, labels)
+
+
+def check_shape(split: Split, expected, what: str) -> None:
+    """Refuse images of another shape than the model takes, before any work."""
+    given = tuple(split.images.shape[1:])
+    if given != tuple(expected):
+        raise DataError(f"{what}: the images are {list(given)} (channels, height, width) but the model "
+                        f"takes {list(expected)}",
+                        hint="use data with the model's channels and image size")
 
 
 def image_folder(path: str | os.PathLike, size: int | None = None, grey: bool = False) -> Split:
@@ -140,9 +146,13 @@ def image_folder(path: str | os.PathLike, size: int | None = None, grey: bool = 
         for f in sorted((root / cls).iterdir()):
             if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"):
                 continue
-            img = Image.open(f).convert("L" if grey else "RGB")
-            if size:
-                img = img.resize((size, size))
+            try:
+                img = Image.open(f).convert("L" if grey else "RGB")
+                if size:
+                    img = img.resize((size, size))
+            except (OSError, ValueError, Image.DecompressionBombError) as err:   # decoding is lazy
+                raise DataError(f"{f}: cannot read the image ({type(err).__name__}: {err})",
+                                hint="remove or replace the file") from None
             arr = np.asarray(img, dtype=np.float32) / 255.0
             images.append(torch.from_numpy(arr).reshape(arr.shape[0], arr.shape[1], -1).permute(2, 0, 1))
             labels.append(label)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_path, write_text
 from .errors import EcmtError
+from .tensorfile import read_tensors
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "demo_vit.safetensors"
@@ -90,21 +91,8 @@ DEMOS = {
 def load_state_dict(path) -> dict[str, torch.Tensor]:
     """A checkpoint's tensors: safetensors, or a torch file read with weights_only=True
     (a bare state dict, or one under 'state_dict' / 'model')."""
-    path = Path(path)
-    if not path.is_file():
-        raise EcmtError(f"{path}: no such checkpoint")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path))
-        except Exception as err:  # noqa: BLE001
-            raise EcmtError(f"{path}: not a readable safetensors checkpoint ({err})") from None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001
-        raise EcmtError(f"{path}: cannot load checkpoint safely ({type(err).__name__}: {err})",
-                        hint="ecmt only reads tensors (weights_only=True); re-save the state_dict, "
-                             "or use safetensors") from None
+    state = read_tensors(path, "checkpoint", hint="ecmt only reads tensors (weights_only=True); re-save the "
+                                                  "state_dict, or use safetensors")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -141,6 +129,32 @@ def load_model(spec: str, checkpoint: str | None = None, **kwargs) -> torch.nn.M
             raise EcmtError(f"{path}: checkpoint does not fit {spec}: missing {missing[:5]}, "
                             f"unexpected {unexpected[:5]}")
     return model.eval()
+
+
+def check_input(model: torch.nn.Module, images: torch.Tensor, what: str) -> None:
+    """Refuse images `model` cannot take, before any work, naming both shapes: a ViT's
+    patch embedding states its channels and image size; other models try one image."""
+    from .errors import DataError
+    given = list(images.shape[1:])
+    embed = getattr(model, "patch_embed", None)
+    if embed is not None and hasattr(embed, "img_size") and hasattr(getattr(embed, "proj", None), "in_channels"):
+        expected = [embed.proj.in_channels, *embed.img_size]
+        fixed_size = not getattr(embed, "dynamic_img_size", False)
+        if given[0] != expected[0] or (fixed_size and given != expected):
+            raise DataError(f"{what}: the images are {given} (channels, height, width) but the model takes "
+                            f"{expected}", hint="use data with the model's channels and image size")
+        return
+    try:
+        with torch.no_grad():
+            model(images[:1])
+    except RuntimeError as err:
+        first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+        takes = (f"its first layer takes {first.in_channels} channels" if isinstance(first, nn.Conv2d) else
+                 f"its first layer takes {first.in_features} values per image" if first is not None else
+                 "it fails on them")
+        raise DataError(f"{what}: the images are {given} (channels, height, width); {takes} "
+                        f"({str(err).splitlines()[0]})",
+                        hint="use data with the model's channels and image size") from None
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -8,6 +8,7 @@ import torch
 
 from ecmt import data
 from ecmt.zoo import DEMO_CHECKPOINT, load_model, load_state_dict, train_demo
+from models import TINY_VIT
 
 
 def ecmt_cli(*args, env=None):
@@ -17,9 +18,7 @@ def ecmt_cli(*args, env=None):
                           text=True, env=full_env, timeout=600)
 
 
-TINY_VIT = ["--model", "timm:vit_tiny_patch16_224", "--model-arg", "img_size=8", "--model-arg",
-            "patch_size=4", "--model-arg", "in_chans=1", "--model-arg", "num_classes=10",
-            "--model-arg", "depth=1", "--model-arg", "embed_dim=32", "--model-arg", "num_heads=2"]
+
 
 
 def test_convert_inspect_eval_round_trip(tmp_path):
@@ -110,7 +109,9 @@ def test_export_options_for_another_format_are_refused(capsys):
 def test_unknown_mode_and_profile_are_refused_before_any_work(tmp_path, capsys):
     from ecmt.cli import main
     for args, expected in ((["--mode", "fast"], "--mode fast: unknown mode 'fast'"),
-                           (["--hw", "loihi,nope"], "hardware profile 'nope' not found")):
+                           (["--hw", "loihi,nope"], "hardware profile 'nope' not found"),
+                           (["--hw", "cmos45-fp32,loihi", "--mode", "full,paper"],
+                            "profile loihi (neuromorphic): mode 'paper'")):
         assert main(["energy", "/nonexistent.ecmt", "--report", str(tmp_path / "r"), *args]) == 2
         assert expected in capsys.readouterr().err
         assert not (tmp_path / "r").exists()
@@ -123,9 +124,10 @@ def test_missing_fashion_mnist_says_how_to_get_it(tmp_path):
 
 
 def test_user_tensor_file_and_image_folder(tmp_path):
-    torch.save({"images": torch.rand(5, 1, 8, 8), "labels": torch.arange(5)}, tmp_path / "d.pt")
+    images = torch.rand(5, 1, 8, 8)
+    torch.save({"images": images, "labels": torch.arange(5)}, tmp_path / "d.pt")
     split = data.load(str(tmp_path / "d.pt"), "test")
-    assert split.images.shape == (5, 1, 8, 8)
+    assert torch.equal(split.images, images) and split.labels.tolist() == [0, 1, 2, 3, 4]
     from PIL import Image
     for cls in ("a", "b"):
         (tmp_path / "imgs" / cls).mkdir(parents=True)
@@ -133,6 +135,11 @@ def test_user_tensor_file_and_image_folder(tmp_path):
             Image.new("RGB", (6, 6), (i * 100, 0, 0)).save(tmp_path / "imgs" / cls / f"{i}.png")
     split = data.load(str(tmp_path / "imgs"), "test")
     assert split.images.shape == (4, 3, 6, 6) and split.labels.tolist() == [0, 0, 1, 1]
+    # pixels scaled to [0, 1] then normalized (x - 0.5) / 0.5, channels first, files in name
+    # order within each class
+    red = (torch.tensor([0, 100, 0, 100]) / 255 - 0.5) / 0.5
+    torch.testing.assert_close(split.images[:, 0], red.view(4, 1, 1).expand(4, 6, 6))
+    assert torch.all(split.images[:, 1:] == -1)
 
 
 def test_checkpoints_load_without_unpickling(tmp_path):
@@ -141,7 +148,7 @@ def test_checkpoints_load_without_unpickling(tmp_path):
             return (print, ("pwned",))
     torch.save({"w": Boom()}, tmp_path / "evil.pt")
     from ecmt.errors import EcmtError
-    with pytest.raises(EcmtError, match="cannot load checkpoint safely"):
+    with pytest.raises(EcmtError, match="cannot read checkpoint safely"):
         load_state_dict(tmp_path / "evil.pt")
 
 

@@ -10,7 +10,7 @@ import torch
 
 from ecmt import SpikingGraph, ir
 
-from test_cli import TINY_VIT
+from models import TINY_VIT
 
 TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "ecmt"]
 SINGLE = [sys.executable, "-m", "ecmt"]

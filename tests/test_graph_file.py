@@ -11,17 +11,7 @@ from ecmt import SpikingGraph, SpikingModel
 from ecmt import ir
 from ecmt.errors import GraphError, GraphFileError
 from ecmt.ir.serialize import META_KEY
-
-
-def small_graph() -> SpikingGraph:
-    g = torch.Generator().manual_seed(0)
-    return SpikingGraph([
-        ir.Input("input", (), shape=(6,)),
-        ir.Linear("fc1", ("input",), weight=torch.randn(8, 6, generator=g), bias=torch.randn(8, generator=g)),
-        ir.MTNeuron("mt1", ("fc1",), th_pos=torch.tensor(0.5), th_neg=torch.tensor(0.4), levels=4),
-        ir.Linear("fc2", ("mt1",), weight=torch.randn(3, 8, generator=g), bias=None),
-        ir.Output("output", ("fc2",)),
-    ])
+from models import ecm_graph, small_graph
 
 
 def write_raw(path, header: dict, tensors: dict[str, torch.Tensor]):
@@ -59,7 +49,10 @@ def _header(tmp_path):
     (lambda h, t: h["nodes"][1].update(kind="conv3d"), "node 'fc1' (conv3d): field kind: unknown op"),
     (lambda h, t: h["nodes"][3].update(inputs=["nowhere"]), "node 'fc2' (linear): field inputs: dangling"),
     (lambda h, t: h["nodes"][3]["attrs"].clear() or t.pop("fc1.weight"), "node 'fc1' (linear): field weight: missing tensor"),
-    (lambda h, t: t.update({"fc2.weight": torch.randn(3, 7)}), "node 'fc2' (linear): field inputs"),
+    (lambda h, t: t.update({"fc2.weight": torch.randn(3, 7)}),
+     "node 'fc2' (linear): field tensor_shapes.weight: records [3, 8] but the tensor is [3, 7]"),
+    (lambda h, t: t.update({"fc2.weight": torch.randn(3, 7)}) or h["nodes"][3]["tensor_shapes"].update(weight=[3, 7]),
+     "node 'fc2' (linear): field inputs"),
     (lambda h, t: t.update({"fc2.weight": torch.randn(3, 8).double()}), "node 'fc2' (linear): field weight: wrong dtype"),
     (lambda h, t: h["nodes"][2].update(shape=[9]), "node 'mt1' (mt_neuron): field shape: recorded [9]"),
     (lambda h, t: h["nodes"][2]["attrs"].update(levels=0), "node 'mt1' (mt_neuron): field levels"),
@@ -71,6 +64,85 @@ def test_bad_description_gives_one_clear_error(tmp_path, mutate, message):
     with pytest.raises((GraphError, GraphFileError)) as err:
         SpikingGraph.load(tmp_path / "bad.ecmt")
     assert message in str(err.value)
+
+
+def _nested(depth: int) -> dict:
+    deep: dict = {}
+    for _ in range(depth):
+        deep = {"x": deep}
+    return deep
+
+
+@pytest.mark.parametrize("graph, mutate, message", [
+    (small_graph, lambda h: h.update(version=1.0), "unsupported graph version 1.0"),
+    (small_graph, lambda h: h.update(version=True), "unsupported graph version True"),
+    (small_graph, lambda h: [h], "not an ecmt graph (the description is a list, not an object)"),
+    (small_graph, lambda h: h.update(extra=1), "graph: field extra: unknown key"),
+    (small_graph, lambda h: h.update(nodes={}), "graph: field nodes: expected a list of nodes, got an object"),
+    (small_graph, lambda h: h["meta"].update(deep=_nested(40)), "graph: field meta.deep.x"),
+    (small_graph, lambda h: h["meta"].update(source=["a"]), "graph: field meta.source: expected a string"),
+    (small_graph, lambda h: h["nodes"][2]["attrs"].update(levels=1e30),
+     "node 'mt1' (mt_neuron): field levels: expected a whole number, got 1e+30"),
+    (small_graph, lambda h: h["nodes"][2]["attrs"].update(levels=2**40),
+     "node 'mt1' (mt_neuron): field levels: 1099511627776 is out of range"),
+    (small_graph, lambda h: h["nodes"][2]["attrs"].update(levels=33), "node 'mt1' (mt_neuron): field levels: must be <= 32"),
+    (small_graph, lambda h: h["nodes"][2]["attrs"].update(levels="8"),
+     "node 'mt1' (mt_neuron): field levels: expected a whole number, got '8'"),
+    (small_graph, lambda h: h["nodes"][2]["attrs"].pop("levels") and h["nodes"][2]["attrs"].update(level=8),
+     "node 'mt1' (mt_neuron): field level: not an attribute of mt_neuron (its attributes: levels, spikes_per_step)"),
+    (small_graph, lambda h: h["nodes"][2]["attrs"].update(spikes_per_step=0),
+     "node 'mt1' (mt_neuron): field spikes_per_step: must be >= 1"),
+    (small_graph, lambda h: h["nodes"][2]["attrs"].update(spikes_per_step=2.5),
+     "node 'mt1' (mt_neuron): field spikes_per_step: expected a whole number"),
+    (small_graph, lambda h: h["nodes"][2]["attrs"].update(levels=2, spikes_per_step=3),
+     "node 'mt1' (mt_neuron): field spikes_per_step: spikes_per_step must be in 1..levels = 2, got 3"),
+    (small_graph, lambda h: h["nodes"][2]["meta"].update(role=[1]), "node 'mt1' (mt_neuron): field meta.role"),
+    (small_graph, lambda h: h["nodes"][1].update(inputs="input"),
+     "node 'fc1' (linear): field inputs: expected a list of node names"),
+    (small_graph, lambda h: h["nodes"][1].pop("spiking"), "node 'fc1' (linear): field spiking: missing"),
+    (small_graph, lambda h: h["nodes"][1]["tensors"].update(weight=["fc1.weight"]),
+     "node 'fc1' (linear): field tensors.weight: expected a string"),
+    (small_graph, lambda h: h["nodes"][0]["attrs"].update(shape=["6"]),
+     "node 'input' (input): field shape[0]: expected a whole number, got '6'"),
+    (small_graph, lambda h: h["nodes"][0]["attrs"].update(shape=[0]), "node 'input' (input): field shape[0]: must be >= 1"),
+    (small_graph, lambda h: h["nodes"].__setitem__(1, "fc1"), "node #1: field node: expected an object"),
+    (ecm_graph, lambda h: h["nodes"][1]["attrs"].update(eps="1e-5"),
+     "node 'ln' (layernorm_ecm): field eps: expected a number, got '1e-5'"),
+    (ecm_graph, lambda h: h["nodes"][1]["attrs"].update(eps=0), "node 'ln' (layernorm_ecm): field eps: must be > 0"),
+    (ecm_graph, lambda h: h["nodes"][2]["attrs"].update(scale="0.5"),
+     "node 'qk' (product_ecm): field scale: expected a number, got '0.5'"),
+    (ecm_graph, lambda h: h["nodes"][2]["attrs"].update(scale=float("nan")),
+     "node 'qk' (product_ecm): field scale: must be a finite float32 number, got nan"),
+    (ecm_graph, lambda h: h["nodes"][2]["attrs"].update(transpose_b=1),
+     "node 'qk' (product_ecm): field transpose_b: expected true or false, got 1"),
+])
+def test_every_field_is_typed_and_range_checked(tmp_path, graph, mutate, message):
+    graph().save(tmp_path / "g.ecmt")
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "g.ecmt"), "pt") as f:
+        header, tensors = json.loads(f.metadata()[META_KEY]), {k: f.get_tensor(k) for k in f.keys()}
+    header = mutate(header) or header
+    write_raw(tmp_path / "bad.ecmt", header, tensors)
+    with pytest.raises((GraphError, GraphFileError)) as err:
+        SpikingGraph.load(tmp_path / "bad.ecmt")
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000 + "]" * 100_000, "not valid JSON (RecursionError"),
+    ('{"format": "ecmt.spiking_graph", "version": 1' + "0" * 5000 + "}", "not valid JSON (ValueError: Exceeds the limit"),
+])
+def test_hostile_json_text(tmp_path, text, message):
+    from safetensors.torch import save_file
+    save_file({"a": torch.zeros(1)}, str(tmp_path / "j.ecmt"), metadata={META_KEY: text})
+    with pytest.raises(GraphFileError, match=re.escape(message)):
+        SpikingGraph.load(tmp_path / "j.ecmt")
+
+
+def test_ecm_graph_round_trips(tmp_path):
+    ecm_graph().save(tmp_path / "g.ecmt")
+    loaded = SpikingGraph.load(tmp_path / "g.ecmt")
+    assert loaded["ln"].eps == 1e-5 and loaded["qk"].scale == 0.5 and loaded["qk"].transpose_b is True
 
 
 def test_truncated_file(tmp_path):
@@ -189,3 +261,14 @@ def test_failed_save_leaves_no_file(tmp_path):
 def test_validate_names_node_and_field(build, message):
     with pytest.raises(GraphError, match=re.escape(message)):
         SpikingGraph(build())
+
+
+def test_graph_files_without_spikes_per_step_mean_one(tmp_path):
+    """Files written before the field existed load as the paper's neuron (k = 1)."""
+    header, tensors = _header(tmp_path)
+    for node in header["nodes"]:
+        if node["kind"] == "mt_neuron":
+            node["attrs"].pop("spikes_per_step")
+    write_raw(tmp_path / "old.ecmt", header, tensors)
+    graph = SpikingGraph.load(tmp_path / "old.ecmt")
+    assert [n.spikes_per_step for n in graph.of_kind(ir.MTNeuron)] == [1]

@@ -101,8 +101,8 @@ def calibrate(graph: ir.SpikingGraph, batches: Iterable[torch.Tensor], *, quanti
     `fixed` maps a neuron role ("softmax", "gelu", ...) to (th_pos, th_neg)
     used instead of the quantiles.  Returns a summary for graph.meta.
     """
-    if not 0.5 < quantile < 1.0:
-        raise ValueError(f"quantile must be in (0.5, 1), got {quantile}")
+    if not 0.5 < quantile <= 1.0:          # 1: the largest activation (and the smallest)
+        raise ValueError(f"quantile must be in (0.5, 1], got {quantile}")
     fixed = fixed or {}
     neurons = graph.of_kind(ir.MTNeuron)
     stats = {n.name: _Stats(channel_shape(graph, n) if per_channel else None) for n in neurons}

@@ -5,7 +5,7 @@ import dataclasses
 
 import torch
 
-from .node import Node, Shape, ShapeError
+from .node import Dims, Node, Shape, ShapeError
 
 
 @dataclasses.dataclass(eq=False)
@@ -15,7 +15,7 @@ class Input(Node):
     KIND = "input"
     ARITY = 0
     LINEAR = True
-    shape: tuple[int, ...]
+    shape: Dims
 
     def infer_shape(self, shapes: list[Shape]) -> Shape:
         if not self.shape or any(int(d) <= 0 for d in self.shape):

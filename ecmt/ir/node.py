@@ -10,11 +10,37 @@ step* is stated in each kind's docstring; the runtime implements it.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 
 Shape = tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric attribute (of each element, for a tuple), written into
+    its annotation, e.g. ``levels: Annotated[int, Range(ge=1, le=32)]``.  The graph
+    loader checks every attribute against its annotation before building a node."""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+
+    def violated(self, v) -> str | None:
+        if self.ge is not None and not v >= self.ge:
+            return f">= {self.ge:g}"
+        if self.gt is not None and not v > self.gt:
+            return f"> {self.gt:g}"
+        if self.le is not None and not v <= self.le:
+            return f"<= {self.le:g}"
+        return None
+
+
+Count = Annotated[int, Range(ge=1)]             # a size: features, groups, levels
+Index = Annotated[int, Range(ge=0)]
+Pair = Annotated[tuple[int, int], Range(ge=1)]  # stride, kernel, dilation
+Padding = Annotated[tuple[int, int], Range(ge=0)]
+Dims = Annotated[tuple[int, ...], Range(ge=1)]  # a shape
 
 
 class ShapeError(ValueError):

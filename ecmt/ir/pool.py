@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .node import Node, Shape, ShapeError
+from .node import Node, Padding, Pair, Shape, ShapeError
 
 
 def _pool_shape(x: Shape, kernel, stride, padding) -> Shape:
@@ -28,9 +28,9 @@ class AvgPool2d(Node):
     Linear, so spikes in give a weighted sum out."""
     KIND = "avgpool2d"
     LINEAR = True
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int] = (0, 0)
+    kernel_size: Pair
+    stride: Pair
+    padding: Padding = (0, 0)
 
     def __post_init__(self):
         self.kernel_size, self.stride, self.padding = map(_pair, (self.kernel_size, self.stride, self.padding))
@@ -44,9 +44,9 @@ class MaxPool2d(Node):
     """Max pooling as an ECM: running output sum t * maxpool(S_t / t).
     (Max pooling of spikes is not the spike of the max; see docs.)"""
     KIND = "maxpool2d_ecm"
-    kernel_size: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int] = (0, 0)
+    kernel_size: Pair
+    stride: Pair
+    padding: Padding = (0, 0)
 
     def __post_init__(self):
         self.kernel_size, self.stride, self.padding = map(_pair, (self.kernel_size, self.stride, self.padding))

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from ..atomic import atomic_path
 from ..errors import GraphError, GraphFileError
 from .graph import NODE_KINDS, SpikingGraph
+from .schema import check_description, check_node
 
 META_KEY = "ecmt_graph"
 CHECKSUM_KEY = "ecmt_sha256"
@@ -122,56 +123,30 @@ def load_graph(path) -> SpikingGraph:
                              hint="convert or export the graph again")
     try:
         desc = json.loads(header)
-    except json.JSONDecodeError as err:
-        raise GraphFileError(f"{path}: graph description is not valid JSON ({err})") from None
+    except (ValueError, RecursionError) as err:     # also numbers of > 4300 digits, nesting too deep
+        raise GraphFileError(f"{path}: graph description is not valid JSON "
+                             f"({type(err).__name__}: {str(err)[:200]})") from None
     return graph_from_json(desc, tensors, source=str(path))
 
 
-def graph_from_json(desc: dict, tensors: dict[str, torch.Tensor], source: str = "graph") -> SpikingGraph:
-    if not isinstance(desc, dict) or desc.get("format") != SpikingGraph.FORMAT:
-        raise GraphFileError(f"{source}: not an ecmt graph (format {desc.get('format')!r})")
-    version = desc.get("version")
-    if version != SpikingGraph.VERSION:
-        raise GraphFileError(f"{source}: unsupported graph version {version!r} "
-                             f"(this ecmt reads version {SpikingGraph.VERSION})",
-                             hint="convert the model again with this ecmt version")
+def graph_from_json(desc, tensors: dict[str, torch.Tensor], source: str = "graph") -> SpikingGraph:
+    """Build a graph from its description; every field is checked (schema.py)
+    before any node is built."""
+    meta, records = check_description(desc, source, SpikingGraph.FORMAT, SpikingGraph.VERSION)
     nodes = []
-    for i, nd in enumerate(desc.get("nodes", [])):
-        name = nd.get("name", f"#{i}")
-        kind = nd.get("kind")
-        where = f"{source}: node {name!r} ({kind})"
-        cls = NODE_KINDS.get(kind)
-        if cls is None:
-            raise GraphError(f"{where}: field kind: unknown op {kind!r} "
-                             f"(known: {', '.join(sorted(NODE_KINDS))})")
-        kwargs = {}
-        for field, key in nd.get("tensors", {}).items():
-            if field not in cls.TENSORS:
-                raise GraphError(f"{where}: field {field}: not a tensor field of {kind}")
-            if key not in tensors:
-                raise GraphError(f"{where}: field {field}: missing tensor {key!r}")
-            kwargs[field] = tensors[key]
-        for field in cls.OPTIONAL_TENSORS:
-            kwargs.setdefault(field, None)
-        attrs = nd.get("attrs", {})
-        try:
-            node = cls(name=name, inputs=tuple(nd.get("inputs", ())), meta=nd.get("meta", {}),
-                       **attrs, **kwargs)
-        except TypeError as err:
-            missing = [t for t in cls.TENSORS if t not in kwargs]
-            field = missing[0] if missing else ", ".join(sorted(attrs))
-            raise GraphError(f"{where}: field {field}: {err}") from None
-        nodes.append((node, nd))
-    graph = SpikingGraph([n for n, _ in nodes], meta=desc.get("meta", {}), validate=False)
+    for i, nd in enumerate(records):
+        kwargs = check_node(nd, tensors, NODE_KINDS, i, source)
+        nodes.append((NODE_KINDS[nd["kind"]](**kwargs), nd))
     try:
+        graph = SpikingGraph([n for n, _ in nodes], meta=meta, validate=False)
         graph.validate()
     except GraphError as err:
         raise GraphError(f"{source}: {err}") from None
     for node, nd in nodes:
-        if tuple(nd.get("shape", ())) != graph.shapes[node.name]:
+        if tuple(nd["shape"]) != graph.shapes[node.name]:
             raise GraphError(f"{source}: node {node.name!r} ({node.KIND}): field shape: recorded "
-                             f"{nd.get('shape')} but inputs give {list(graph.shapes[node.name])}")
-        if bool(nd.get("spiking")) != graph.spiking[node.name]:
+                             f"{nd['shape']} but inputs give {list(graph.shapes[node.name])}")
+        if nd["spiking"] != graph.spiking[node.name]:
             raise GraphError(f"{source}: node {node.name!r} ({node.KIND}): field spiking: recorded "
-                             f"{nd.get('spiking')} but the graph gives {graph.spiking[node.name]}")
+                             f"{nd['spiking']} but the graph gives {graph.spiking[node.name]}")
     return graph

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .node import Node, Shape, ShapeError, normalize_axis
+from .node import Count, Dims, Index, Node, Shape, ShapeError, normalize_axis
 
 
 @dataclasses.dataclass(eq=False)
@@ -13,7 +13,7 @@ class Reshape(Node):
     KIND = "reshape"
     LINEAR = True
     SHAPE_ONLY = True
-    shape: tuple[int, ...]
+    shape: Dims
 
     def infer_shape(self, shapes: list[Shape]) -> Shape:
         (x,) = shapes
@@ -46,8 +46,8 @@ class Slice(Node):
     LINEAR = True
     SHAPE_ONLY = True
     axis: int
-    start: int
-    stop: int
+    start: Index
+    stop: Count
 
     def infer_shape(self, shapes: list[Shape]) -> Shape:
         (x,) = shapes
@@ -64,7 +64,7 @@ class Select(Node):
     LINEAR = True
     SHAPE_ONLY = True
     axis: int
-    index: int
+    index: Index
 
     def infer_shape(self, shapes: list[Shape]) -> Shape:
         (x,) = shapes

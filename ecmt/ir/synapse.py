@@ -10,7 +10,7 @@ import dataclasses
 
 import torch
 
-from .node import Node, Shape, ShapeError
+from .node import Count, Node, Padding, Pair, Shape, ShapeError
 
 
 @dataclasses.dataclass(eq=False)
@@ -49,10 +49,10 @@ class Conv2d(Node):
     LINEAR = True
     weight: torch.Tensor
     bias: torch.Tensor | None = None
-    stride: tuple[int, int] = (1, 1)
-    padding: tuple[int, int] = (0, 0)
-    dilation: tuple[int, int] = (1, 1)
-    groups: int = 1
+    stride: Pair = (1, 1)
+    padding: Padding = (0, 0)
+    dilation: Pair = (1, 1)
+    groups: Count = 1
 
     def __post_init__(self):
         self.stride, self.padding, self.dilation = map(_pair, (self.stride, self.padding, self.dilation))

@@ -47,7 +47,7 @@ def load(path):
         raise NirImportError(f"{path}: not an ecmt NIR file (graph metadata has no 'ecmt.description')",
                              hint="only files written by exporters.nir.export can be imported")
     desc = decode(raw)
-    conv = desc.get("convention", {})
+    conv = desc.pop("convention", {})          # NIR's own key; the rest is the graph description
     if conv.get("name") != CONVENTION or conv.get("version") != VERSION:
         raise NirImportError(f"{path}: unsupported convention {conv} (this ecmt reads {CONVENTION} v{VERSION})",
                              hint="export the graph again with this ecmt version")
@@ -97,7 +97,8 @@ def _node_tensors(nn, nd: dict, role: dict | None, path) -> dict[str, torch.Tens
     if kind == "conv2d":
         return {"weight": t(nn.weight), **({"bias": t(nn.bias)} if "bias" in fields else {})}
     if kind == "scale":
-        return {"factor": t(_unlayout_factor(np.asarray(nn.scale), nd, role))}
+        # reshape: t() makes a 0-d factor (a scalar scale, x * -1) 1-d
+        return {"factor": t(_unlayout_factor(np.asarray(nn.scale), nd, role)).reshape(nd["tensor_shapes"]["factor"])}
     return {}
 
 

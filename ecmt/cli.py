@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 from . import distributed
-from .atomic import write_text
+from .atomic import check_writable, write_text
 from .errors import EcmtError
 
 
@@ -96,6 +96,9 @@ def _add_device_arg(p: argparse.ArgumentParser):
 
 def _add_convert_args(p: argparse.ArgumentParser):
     p.add_argument("--levels", type=count, default=8, help="MT levels per sign (default 8)")
+    p.add_argument("--spikes-per-step", type=count, default=1, dest="spikes_per_step", metavar="K",
+                   help="levels an MT neuron may send together in one step, as one graded value "
+                        "(1..levels; default 1, the paper's neuron; docs/method.md §2)")
     p.add_argument("--quantile", type=quantile, default=0.99, help="calibration quantile p (default 0.99)")
     p.add_argument("--per-channel", action="store_true", help="one threshold per channel")
     p.add_argument("--target-T", type=count, dest="target_T",
@@ -116,15 +119,20 @@ def _calibration(args):
 
 def _convert(args, model):
     from .convert import convert
+    from .zoo import check_input
     device = distributed.device_for(args.device)
-    return convert(model.to(device), [b.to(device) for b in _calibration(args)], levels=args.levels,
-                   quantile=args.quantile, per_channel=args.per_channel, target_T=args.target_T,
+    batches = _calibration(args)
+    check_input(model, batches[0], f"--calib-data {args.calib_data}" if args.calib_data else f"--data {args.data}")
+    return convert(model.to(device), [b.to(device) for b in batches], levels=args.levels,
+                   spikes_per_step=args.spikes_per_step, quantile=args.quantile, per_channel=args.per_channel,
+                   target_T=args.target_T,
                    progress=not args.quiet, device=device)
 
 
 def cmd_convert(args):
     from .ir import MTNeuron
     from .zoo import load_model
+    check_writable(args.output)             # before the work, not after it
     model = load_model(args.model, args.checkpoint, **_model_kwargs(args.model_arg))
     spiking = _convert(args, model)
     if distributed.is_main():
@@ -156,8 +164,15 @@ def evaluate(spiking, split, T: int, batch_size: int, quiet: bool, device="cpu")
 def cmd_eval(args):
     from . import data
     from .runtime import SpikingModel
+    from . import memory
+    if args.json:
+        check_writable(args.json)
     spiking = SpikingModel.load(args.graph)
     split = data.load(args.data, "test", args.data_root).take(args.limit)
+    data.check_shape(split, spiking.graph.shapes[spiking.graph.input.name], f"--data {args.data}")
+    memory.check(memory.run_bytes(spiking.graph, min(args.batch_size, len(split)), args.T),
+                 f"ecmt eval -T {args.T} --batch-size {args.batch_size}", "-T or --batch-size",
+                 distributed.device_for(args.device))
     result = evaluate(spiking, split, args.T, args.batch_size, args.quiet, args.device)
     say(accuracy_table(result["ann_accuracy"], result["snn_accuracy"]))
     if args.json and distributed.is_main():
@@ -165,10 +180,25 @@ def cmd_eval(args):
 
 
 def _energy_summary(report) -> str:
-    rows = [f"{'profile':<14}{'mode':<7}{'SNN uJ':>10}{'ANN uJ':>10}{'ratio':>8}{'latency ms':>12}"]
+    """Per profile and mode: energy and ratio at the operating point (when the accuracy is
+    known) and at T, latency at T, and the range of the energy over the constants' ranges."""
+    d = report.data
+    T, t_op = d["T"], d["operating_point"]["t"]
+    rows = []
+    if d.get("ann_accuracy") is not None:
+        rows.append(f"operating point: t = {t_op}, the first step within {100 * d['operating_point']['within']:g} "
+                    f"point of the ANN's {100 * d['ann_accuracy']:.2f}% (SNN {100 * d['accuracy'][t_op - 1]:.2f}%)"
+                    if t_op else f"operating point: no t <= {T} is within "
+                    f"{100 * d['operating_point']['within']:g} point of the ANN's {100 * d['ann_accuracy']:.2f}%")
+    at_op = f"{f'uJ t={t_op}':>11}{'ratio':>8}" if t_op else ""
+    rows.append(f"{'profile':<14}{'mode':<7}{at_op}{f'uJ T={T}':>11}{'ratio':>8}{'latency ms':>12}"
+                f"{'range uJ (min-max)':>22}")
     for r in report.hardware:
-        rows.append(f"{r['profile']['name']:<14}{r['mode']:<7}{1e6 * r['energy_j']:>10.4g}"
-                    f"{1e6 * r['ann']['energy_j']:>10.4g}{r['energy_ratio']:>8.3f}{1e3 * r['latency_s']:>12.4g}")
+        op = (f"{1e6 * r['energy_per_t_j'][t_op - 1]:>11.4g}{r['energy_ratio_per_t'][t_op - 1]:>8.3f}"
+              if t_op else "")
+        lo, _, hi = r["range"]["energy_j"]
+        rows.append(f"{r['profile']['name']:<14}{r['mode']:<7}{op}{1e6 * r['total_j']:>11.4g}"
+                    f"{r['energy_ratio']:>8.3f}{1e3 * r['latency_s']:>12.4g}{f'{1e6 * lo:.3g}-{1e6 * hi:.3g}':>22}")
     return "\n".join(rows)
 
 
@@ -177,14 +207,18 @@ def cmd_energy(args):
 
     from . import data
     from .ir import SpikingGraph
-    unknown = [m for m in args.mode if m not in hw_sim.MODES]
+    unknown = [m for m in args.mode or () if m not in hw_sim.MODES]
     if unknown:
         raise EcmtError(f"--mode {','.join(args.mode)}: unknown mode {unknown[0]!r} "
                         f"(known: {', '.join(hw_sim.MODES)})")
-    for name in args.hw:                   # every profile is read and checked before any work
-        hw_sim.load_profile(name)
+    # every profile (and the pairing of profiles and modes) is read and checked before any work
+    hw_sim.plan([hw_sim.load_profile(name) for name in args.hw], args.mode)
+    from . import memory
     graph = SpikingGraph.load(args.graph)
     split = data.load(args.data, "test", args.data_root).take(args.limit)
+    data.check_shape(split, graph.shapes[graph.input.name], f"--data {args.data}")
+    memory.check(memory.energy_bytes(graph, min(256, len(split)), args.T), f"ecmt energy -T {args.T}", "-T",
+                 distributed.device_for(args.device))
     report = hw_sim.simulate(graph, split.images, args.T, args.hw, mode=args.mode, labels=split.labels,
                              progress=not args.quiet, device=distributed.device_for(args.device))
     if distributed.is_main():
@@ -228,6 +262,7 @@ def cmd_export(args):
         raise EcmtError("--lava-layout applies to --to lava only")
     if Path(args.output).resolve() == Path(args.graph).resolve():
         raise EcmtError(f"-o {args.output}: is the input graph; an export would overwrite it")
+    check_writable(args.output)
     graph = SpikingGraph.load(args.graph)
     print(_export(graph, args.to, args.output, args.unroll, args.ppn, args.nir_neuron, args.unit_thresholds,
                   args.lava_layout))
@@ -249,6 +284,9 @@ def cmd_train_demo(args):
 def cmd_demo(args):
     from . import data
     from .zoo import DEMO_CHECKPOINT, load_model, train_demo
+    if args.spikes_per_step > 1:      # refused before the work: the demo ends in hw_sim, which cannot count k > 1
+        raise EcmtError("ecmt demo ends with an energy report, and hw_sim cannot count spikes of several "
+                        "levels (--spikes-per-step > 1) yet", hint="use ecmt convert, eval and export")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not DEMO_CHECKPOINT.exists():
@@ -280,7 +318,7 @@ def cmd_demo(args):
     import hw_sim
     energy_split = split.take(args.energy_samples)
     report = hw_sim.simulate(spiking.graph, energy_split.images, args.T, ["cmos45-fp32", "loihi"],
-                             mode=["full", "paper"], labels=energy_split.labels, progress=not args.quiet,
+                             mode=None, labels=energy_split.labels, progress=not args.quiet,
                              device=distributed.device_for(args.device))
     if distributed.is_main():
         paths = report.write(out / "energy")
@@ -336,8 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hw", type=names, default="cmos45-fp32,loihi",
                    help="comma-separated hardware profiles: names in hw_sim/profiles or .toml paths "
                         "(default cmos45-fp32,loihi)")
-    p.add_argument("--mode", type=names, default="full,paper",
-                   help="counting modes: full, paper or both (default both)")
+    p.add_argument("--mode", type=names,
+                   help="counting modes: full, paper (CMOS profiles only) or both (default: full on every "
+                        "profile, paper on the CMOS ones)")
     p.add_argument("--limit", type=count, default=256, help="test images to replay (default 256)")
     p.add_argument("--report", required=True, help="folder for report.json, report.md and report.html")
     _add_device_arg(p)

@@ -159,10 +159,20 @@ class _Emitter:
         mag = b.op("Abs", [v], n)
         half = b.op("Mul", [th, b.scalar(0.5)], n)
         level = b.op("Mul", [mag, zero], n)                       # zeros shaped like v
-        for k in range(node.levels):                               # the spec's comparisons, highest wins
-            value = b.op("Mul", [th, b.scalar(float(2 ** k))], n)
-            crossed = b.op("GreaterOrEqual", [mag, b.op("Sub", [value, half], n)], n)
-            level = b.op("Where", [crossed, value, level], n)
+        if node.spikes_per_step == 1:
+            for k in range(node.levels):                           # the spec's comparisons, highest wins
+                value = b.op("Mul", [th, b.scalar(float(2 ** k))], n)
+                crossed = b.op("GreaterOrEqual", [mag, b.op("Sub", [value, half], n)], n)
+                level = b.op("Where", [crossed, value, level], n)
+        else:
+            # k levels per step: kernels.mt_multi_levels, op for op (level is the sum s so far)
+            fired = level
+            for k in range(node.levels - 1, -1, -1):
+                value = b.op("Mul", [th, b.scalar(float(2 ** k))], n)
+                crossed = b.op("GreaterOrEqual", [b.op("Sub", [mag, level], n), b.op("Sub", [value, half], n)], n)
+                crossed = b.op("And", [crossed, b.op("Less", [fired, b.scalar(float(node.spikes_per_step))], n)], n)
+                level = b.op("Where", [crossed, b.op("Add", [level, value], n), level], n)
+                fired = b.op("Add", [fired, b.op("Cast", [crossed], n, to=onnx.TensorProto.FLOAT)], n)
         other = b.op("Neg", [level], n) if node.signed else b.op("Mul", [level, zero], n)
         s = b.op("Where", [pos, level, other], n)
         self.set_state(node, "v", b.op("Sub", [v, s], n))
@@ -198,6 +208,13 @@ class _Emitter:
                 core = b.op("Erf", [b.op("Mul", [m, b.scalar(1 / math.sqrt(2))], n)], n)
             return b.op("Mul", [b.op("Mul", [m, b.scalar(0.5)], n), b.op("Add", [core, b.scalar(1.0)], n)], n)
         return self._ecm(node, inputs, x, gelu)
+
+    def _elementwise_ecm(self, node, inputs, x):
+        b, n = self.b, node.name
+        f = {"sigmoid": lambda m: b.op("Sigmoid", [m], n),
+             "silu": lambda m: b.op("Mul", [m, b.op("Sigmoid", [m], n)], n),
+             "hardswish": lambda m: b.op("HardSwish", [m], n)}[node.function]
+        return self._ecm(node, inputs, x, f)
 
     def _relu_ecm(self, node, inputs, x):
         return self._ecm(node, inputs, x, lambda m: self.b.op("Relu", [m], node.name))

@@ -44,13 +44,19 @@ class LockstepMismatch(AssertionError):
 
 
 def _distance_to_boundary(v: torch.Tensor, state) -> torch.Tensor:
-    """|v - nearest boundary| / threshold, for every element."""
+    """|v - nearest boundary| / threshold, for every element.  With k > 1 levels per
+    step, every comparison of the remaining membrane |v| - s (kernels.mt_multi_levels)."""
     pos = v >= 0
     th = state.th_pos if state.th_neg is None else torch.where(pos, state.th_pos, state.th_neg)
     mag = v.abs()
     best = torch.full_like(v, float("inf"))
-    for k in range(state.levels):
-        best = torch.minimum(best, (mag - (th * float(2 ** k) - th * 0.5)).abs())
+    s, fired = torch.zeros_like(v), torch.zeros_like(v)
+    for k in range(state.levels - 1, -1, -1):
+        value, bound = th * float(2 ** k), th * float(2 ** k) - th * 0.5
+        best = torch.where(fired < state.k, torch.minimum(best, (mag - s - bound).abs()), best)
+        if state.k > 1:
+            crossed = (mag - s >= bound) & (fired < state.k)
+            s, fired = torch.where(crossed, s + value, s), fired + crossed.to(v.dtype)
     return best / th
 
 

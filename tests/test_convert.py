@@ -1,4 +1,8 @@
 """Conversion of timm transformers and ReLU networks."""
+import inspect
+import re
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -7,7 +11,7 @@ import torch.nn as nn
 import ecmt
 from ecmt import ir
 from ecmt.errors import UnsupportedModelError
-from models import relu_mlp
+from models import cnn_strided_depthwise, relu_mlp
 
 
 def rel_err(a, b):
@@ -53,7 +57,14 @@ def test_vit_block_has_eight_neurons_and_analog_ends():
                             "layernorm", "gelu"])
     consumers = graph.consumers()
     spiking_in = {c for n in neurons for c in consumers[n.name]}
+
+    def fed(name):          # the nodes a neuron's spikes reach through shape ops
+        for c in consumers[name]:
+            yield from fed(c) if graph[c].SHAPE_ONLY else (c,)
     # Everything fed by spikes is a synaptic layer or a product (via shape ops).
+    reached = {c for n in neurons for c in fed(n.name)}
+    assert reached and all(isinstance(graph[c], (ir.Linear, ir.ProductECM)) for c in reached), \
+        sorted((c, graph[c].KIND) for c in reached)
     conv = graph.of_kind(ir.Conv2d)[0]
     assert not graph.spiking[conv.inputs[0]]                       # patch embedding is analog
     head = graph["head"]
@@ -66,24 +77,58 @@ def test_vit_block_has_eight_neurons_and_analog_ends():
     assert not av.transpose_a and not av.transpose_b and av.scale == 1.0
 
 
+class Unconvertible(nn.Module):
+    """Three operations the converter cannot express, in nested modules."""
+
+    class Branch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return torch.tanh(self.fc(x))                   # UNSUPPORTED tanh
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(self.Branch(), self.Branch())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.blocks(x)
+        x = x + torch.cumsum(x, dim=-1)                     # UNSUPPORTED cumsum
+        return self.head(x)
+
+
 def test_unsupported_model_lists_every_operation():
-    model = timm_model("eva02_tiny_patch14_224", depth=2)      # rotary embeddings and SwiGLU
     with pytest.raises(UnsupportedModelError) as err:
-        ecmt.convert(model, torch.randn(2, 3, 224, 224), progress=False)
-    text = str(err.value)
-    for path in ("blocks.0.mlp.act: SiLU", "blocks.1.mlp.act: SiLU", "blocks.0.attn:", "blocks.1.attn:"):
-        assert path in text
-    assert text.count("\n") >= 8
+        ecmt.convert(Unconvertible().eval(), torch.randn(4, 8), progress=False)
+    lines = str(err.value).splitlines()
+    assert lines[0] == "cannot convert Unconvertible: 3 unsupported operation(s):"
+    source, first = inspect.getsourcelines(Unconvertible)
+    where = {op: first + i for i, text in enumerate(source) for op in ("tanh", "cumsum")
+             if f"UNSUPPORTED {op}" in text}
+    here = Path(__file__).name
+    assert [line.split(" (")[0] for line in lines[1:]] == [
+        "  blocks.0: torch.tanh", "  blocks.1: torch.tanh", "  <top>: torch.cumsum"]
+    for line, op in zip(lines[1:], ("tanh", "tanh", "cumsum")):
+        assert "(no conversion rule)" in line
+        assert line.endswith(f"{here}:{where[op]}"), line
 
 
-def relu_cnn():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1),
-                         nn.ReLU(), nn.Conv2d(8, 4, 3, groups=4, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(4 * 4 * 4, 10)).eval()
+def test_timm_model_errors_name_module_and_source_line():
+    # TNT embeds pixels with nn.Unfold and a conv over patches folded into the batch
+    model = timm_model("tnt_s_patch16_224", depth=1, img_size=32, embed_dim=64, num_heads_outer=2)
+    with pytest.raises(UnsupportedModelError) as err:
+        ecmt.convert(model, torch.randn(2, 3, 32, 32), progress=False)
+    lines = str(err.value).splitlines()[1:]
+    assert [line.split(" (")[0] for line in lines] == ["  pixel_embed.unfold: Unfold", "  pixel_embed.proj: Conv2d"]
+    for line in lines:
+        path, number = re.search(r" at (timm/\S+):(\d+)$", line).groups()
+        called = (Path(inspect.getfile(timm)).parent.parent / path).read_text().splitlines()[int(number) - 1]
+        assert "self.unfold(" in called or "self.proj(" in called, (line, called)
 
 
-@pytest.mark.parametrize("build", [relu_mlp, relu_cnn])
+@pytest.mark.parametrize("build", [relu_mlp, cnn_strided_depthwise])
 def test_relu_networks_become_positive_only_neurons(build):
     model = build()
     calib, x = torch.randn(64, 1, 8, 8), torch.randn(16, 1, 8, 8)
@@ -106,6 +151,7 @@ def test_per_channel_thresholds_and_levels():
         shape = spiking.graph.shapes[n.name]
         assert n.levels == 4
         assert n.th_pos.shape[-1] == shape[-1] and n.th_pos.shape[-2] == 1
+        assert n.th_pos.unique().numel() > 1, n.name        # each channel its own quantile
     assert spiking.graph.meta["calibration"]["per_channel"] is True
 
 
@@ -137,3 +183,16 @@ def test_calibration_reads_only_the_iterable_it_is_given():
 
     spiking = ecmt.convert(relu_mlp(), batches(), progress=False)
     assert len(seen) == 3 and spiking.graph.meta["calibration"]["samples"] == 12
+
+
+def test_convert_leaves_the_callers_training_flags_alone():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.Dropout(0.5), nn.ReLU(), nn.Linear(32, 10))
+    model.train()
+    model[2].eval()                                  # mixed flags come back exactly as they were
+    flags = [m.training for m in model.modules()]
+    calib, x = torch.randn(64, 1, 8, 8), torch.randn(8, 1, 8, 8)
+    analog = ecmt.convert(model, calib, spiking=False, progress=False)
+    assert [m.training for m in model.modules()] == flags
+    model.eval()                                     # converted as the eval-mode network
+    with torch.no_grad():
+        torch.testing.assert_close(analog.analog(x), model(x), rtol=1e-5, atol=1e-6)

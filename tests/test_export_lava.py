@@ -13,15 +13,9 @@ import ecmt
 from ecmt import SpikingModel, ir
 from exporters import lava as elava
 from exporters.verify import lockstep
-from models import relu_mlp
+from models import cnn_strided_grouped, relu_mlp
 
 T = 5
-
-
-def relu_cnn():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1, groups=2),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 10)).eval()
 
 
 def two_block_demo_vit():
@@ -39,7 +33,7 @@ def lava_vs_executor(graph, x, fixed_point=False):
     return net, estimates, spikes
 
 
-@pytest.mark.parametrize("build, shape", [(relu_mlp, (1, 8, 8)), (relu_cnn, (1, 8, 8))])
+@pytest.mark.parametrize("build, shape", [(relu_mlp, (1, 8, 8)), (cnn_strided_grouped, (1, 8, 8))])
 def test_relu_networks_match_in_lava(build, shape):
     graph = ecmt.convert(build(), torch.randn(64, *shape), progress=False).graph
     x = torch.randn(3, *shape)
@@ -73,7 +67,7 @@ def quantized_weights(graph):
     return ir.SpikingGraph(nodes, meta=graph.meta)
 
 
-@pytest.mark.parametrize("build, shape", [(relu_mlp, (1, 8, 8)), (relu_cnn, (1, 8, 8))])
+@pytest.mark.parametrize("build, shape", [(relu_mlp, (1, 8, 8)), (cnn_strided_grouped, (1, 8, 8))])
 def test_fixed_point_model_is_its_arithmetic(build, shape):
     """The fixed-point models in lockstep with the executor running the same
     8-bit per-channel weights: the integer membrane (unit 2^-12 of the
@@ -112,7 +106,7 @@ def netx_export(graph, path, **kwargs):
     return path
 
 
-@pytest.mark.parametrize("build, shape", [(relu_mlp, (1, 8, 8)), (relu_cnn, (1, 8, 8))])
+@pytest.mark.parametrize("build, shape", [(relu_mlp, (1, 8, 8)), (cnn_strided_grouped, (1, 8, 8))])
 def test_netx_runs_the_netx_layout(build, shape, tmp_path):
     """lava.lib.dl.netx.hdf5.Network builds the file with its own blocks and
     runs it (Loihi2SimCfg, fixed point), and:
@@ -269,3 +263,42 @@ def test_netx_accuracy_against_the_executor(kind, tmp_path):
     netx_accuracy = (out[-1].argmax(-1) == y).mean()
     executor_accuracy = (spiking(test.images, 8)[-1].argmax(-1).numpy() == y).mean()
     assert netx_accuracy >= executor_accuracy - 0.01, (netx_accuracy, executor_accuracy)
+
+
+def _with_k(graph, k):
+    return ir.SpikingGraph([dataclasses.replace(n, spikes_per_step=k) if isinstance(n, ir.MTNeuron) else n
+                            for n in graph], meta=graph.meta)
+
+
+def test_multi_level_neurons_match_in_lava_as_graded_payloads():
+    """spikes_per_step k > 1: the float model equals the executor; each spike is one
+    graded value, the sum of the step's levels."""
+    from ecmt import data
+    graph = ecmt.convert(two_block_demo_vit(), data.fashion_mnist("train").images[:128], progress=False).graph
+    graph = _with_k(graph, 3)
+    x = data.fashion_mnist("test").images[:2]
+    net, estimates, spikes = lava_vs_executor(graph, x)
+    result = lockstep(graph, x, T, estimates, spikes)
+    assert result.max_rel_diff <= 1e-5, result
+    units = []                                             # spikes in threshold units (per-tensor thresholds)
+    for n in graph.of_kind(ir.MTNeuron):
+        s = np.concatenate([spikes(n.name, t).ravel() for t in range(1, T + 1)])
+        units += [s[s > 0] / float(n.th_pos)] + ([-s[s < 0] / float(n.th_neg)] if n.signed else [])
+    units = np.concatenate(units)
+    assert (np.abs(np.log2(units) - np.round(np.log2(units))) > 0.01).any()    # sums of several levels occur
+
+
+def test_multi_level_fixed_point_model_is_its_arithmetic():
+    from exporters.lava.processes import fraction_bits
+    graph = _with_k(ecmt.convert(relu_mlp(), torch.randn(64, 1, 8, 8), progress=False).graph, 4)
+    x = torch.randn(8, 1, 8, 8)
+    net, estimates, spikes = lava_vs_executor(graph, x, fixed_point=True)
+    result = lockstep(quantized_weights(graph), x, T, estimates, spikes, tie_tol=T * 2.0 ** -fraction_bits(8))
+    assert result.max_rel_diff <= 1e-5, result
+
+
+def test_netx_layout_refuses_multi_level_neurons(tmp_path):
+    graph = _with_k(ecmt.convert(relu_mlp(), torch.randn(64, 1, 8, 8), progress=False).graph, 2)
+    from exporters.lava.netx import NetxLayoutError
+    with pytest.raises(NetxLayoutError, match="spikes_per_step"):
+        elava.export(graph, tmp_path / "g.h5", layout="netx")

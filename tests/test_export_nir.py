@@ -13,6 +13,7 @@ import ecmt
 from ecmt import SpikingGraph, SpikingModel, ir
 from ecmt.ir import expand_ppn
 from exporters import nir as enir
+from models import cnn_avgpool_grouped
 
 
 def _demo(name):
@@ -81,16 +82,9 @@ def test_export_prints_counts_by_kind(demo_graph, tmp_path, capsys):
     assert "standard nodes" in out and "convention nodes" in out and "mt_neuron 32" in out
 
 
-def relu_cnn():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2),
-                         nn.Conv2d(8, 8, 3, padding=1, groups=2), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(8 * 4 * 4, 10)).eval()
-
-
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_ppn_form_computes_the_graded_form(tmp_path, per_channel):
-    model = relu_cnn()
+    model = cnn_avgpool_grouped()
     graph = ecmt.convert(model, torch.randn(64, 1, 8, 8), progress=False, per_channel=per_channel).graph
     ppn = expand_ppn(graph)
     assert len(ppn.of_kind(ir.MTNeuronPPN)) == 1          # the neuron feeding the grouped conv
@@ -128,7 +122,7 @@ def test_independent_consumer_runs_the_synaptic_subgraph(tmp_path):
     Affine mapping loses the bias, so linear layers are checked with the consumers,
     tests/test_nir_consumers.py.)"""
     import nirtorch
-    model = relu_cnn()
+    model = cnn_avgpool_grouped()
     converted = ecmt.convert(model, torch.randn(64, 1, 8, 8), progress=False).graph
     synaptic = SpikingGraph([
         ir.Input("input", (), shape=(1, 8, 8)),
@@ -291,3 +285,28 @@ def test_unknown_neuron_carrier_is_refused_before_writing(tmp_path):
     with pytest.raises(enir.NirExportError, match="neuron 'LI': must be one of IF, LIF"):
         enir.export(graph, tmp_path / "x.nir", neuron="LI")
     assert list(tmp_path.iterdir()) == []
+
+
+def _with_k(graph, k):
+    import dataclasses
+    return SpikingGraph([dataclasses.replace(n, spikes_per_step=k) if isinstance(n, ir.MTNeuron) else n
+                         for n in graph], meta=dict(graph.meta))
+
+
+def test_multi_level_round_trip_and_node_map_equal_the_executor(demo_graph, tmp_path):
+    graph = _with_k(demo_graph, 3)
+    loaded, _ = round_trip(graph, tmp_path)
+    assert {n.spikes_per_step for n in loaded.of_kind(ir.MTNeuron)} == {3}
+    x = torch.rand(2, 1, 28, 28)
+    ours = SpikingModel(graph)(x, 4)
+    assert not torch.equal(ours, SpikingModel(demo_graph)(x, 4))   # k is honoured, not dropped
+    assert torch.equal(SpikingModel(loaded)(x, 4), ours)
+    theirs = run_with_node_map(tmp_path / "g.nir", x, 4)
+    assert (theirs - ours).abs().max() <= 1e-5 * ours.abs().max()
+
+
+def test_multi_level_neurons_refuse_the_ppn_form(demo_graph, tmp_path):
+    from ecmt.errors import GraphError
+    with pytest.raises(GraphError, match=r"node 'blocks\.0\.[a-z0-9_.]+' \(mt_neuron\): field spikes_per_step"):
+        enir.export(_with_k(demo_graph, 2), tmp_path / "g.nir", ppn=True)
+    assert not (tmp_path / "g.nir").exists()

@@ -29,7 +29,7 @@ def assert_matches(spiking, tmp_path, x):
 
 
 def test_plain_export_runs_free_without_verification_outputs(tmp_path):
-    from test_graph_file import small_graph
+    from models import small_graph
     graph = small_graph()
     x = torch.randn(3, 6)
     estimates, spikes = run(export(graph, tmp_path / "g.onnx"), x.numpy(), 8)
@@ -99,3 +99,26 @@ def test_cli_export(demo_spiking, tmp_path):
     model = onnx.load(str(tmp_path / "g.onnx"))
     assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 3
     assert build_model(demo_spiking.graph).graph.output[0].name == "y"
+
+
+def with_spikes_per_step(graph, k):
+    """The same graph with every MT neuron sending up to k levels per step
+    (calibration does not depend on k)."""
+    import dataclasses
+    return ecmt.SpikingGraph([dataclasses.replace(n, spikes_per_step=k) if isinstance(n, ir.MTNeuron) else n
+                              for n in graph], meta=dict(graph.meta))
+
+
+@pytest.mark.parametrize("k", [2, 8])
+def test_multi_level_demo_vit_matches_executor(demo_spiking, tmp_path, k):
+    from ecmt import data
+    spiking = SpikingModel(with_spikes_per_step(demo_spiking.graph, k))
+    assert_matches(spiking, tmp_path, data.fashion_mnist("test").images[:2])
+
+
+def test_multi_level_per_channel_small_graph_matches_executor(tmp_path):
+    from models import small_graph
+    graph = small_graph()
+    graph["mt1"].th_pos = torch.linspace(0.1, 0.8, 8)
+    spiking = SpikingModel(with_spikes_per_step(graph, 3))
+    assert_matches(spiking, tmp_path, torch.randn(5, 6) * 4)

@@ -6,7 +6,7 @@ import torch
 from ecmt.ir import MTNeuron
 from ecmt.runtime.neuron import MTState
 
-from reference import mt_neuron_reference
+from reference import mt_multi_reference, mt_neuron_reference
 
 
 def run_mt(xs: torch.Tensor, th_pos, th_neg, levels=8) -> torch.Tensor:
@@ -130,3 +130,105 @@ def test_event_codes_are_level_number_plus_levels_plus_active(th_pos, th_neg, co
             active = xs[t][index].item() != 0
             flat = np.ravel_multi_index(index, xs.shape[1:])
             assert codes[t, flat].item() == number + levels + (2 * levels + 1) * active
+
+
+# -- spikes_per_step k > 1 ------------------------------------------------------------------
+
+def run_multi(xs, th_pos, th_neg, levels, k, compiled):
+    node = MTNeuron(name="n", inputs=("x",), th_pos=torch.as_tensor(th_pos, dtype=torch.float32),
+                    th_neg=None if th_neg is None else torch.as_tensor(th_neg, dtype=torch.float32),
+                    levels=levels, spikes_per_step=k)
+    state = MTState(node, tuple(xs.shape[2:]), compiled=compiled)
+    return torch.stack([state.step(x) for x in xs])
+
+
+def test_multi_level_worked_cases():
+    # th = 1: 2.9 sends 2 + 1 = 3 with k = 2 and keeps -0.1; with k = 1 it sends 2
+    s = run_multi(torch.tensor([[[2.9]], [[0.0]]]), 1.0, 1.0, 8, 2, compiled=False)
+    assert s.flatten().tolist() == [3.0, 0.0]
+    # 3 levels, k = 3: at most 4 + 2 + 1 = 7 per step, the excess carries
+    s = run_multi(torch.tensor([[[10.0]], [[0.0]]]), 1.0, 1.0, 3, 3, compiled=False)
+    assert s.flatten().tolist() == [7.0, 3.0]
+    # k = 2 keeps the two highest levels of round(v): 7 -> 4 + 2, remainder 1 next step
+    s = run_multi(torch.tensor([[[-7.0]], [[0.0]]]), 1.0, 1.0, 4, 2, compiled=False)
+    assert s.flatten().tolist() == [-6.0, -1.0]
+
+
+def test_multi_level_keeps_the_first_levels_sign():
+    # th_pos = 1, th_neg = 0.25.  Step 1: 0.6 fires +1; the remainder -0.4 would cross the
+    # negative boundary -0.125, but a step's levels share the first one's sign.
+    # Step 2: v = -0.4 - 0.5 = -0.9 fires -1 (0.25 * 4, boundary -0.875); the remainder is +0.1.
+    s = run_multi(torch.tensor([[[0.6]], [[-0.5]]]), 1.0, 0.25, 4, 4, compiled=False)
+    assert s.flatten().tolist() == [1.0, -1.0]
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("thresholds", ["tensor", "channel"])
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("levels, k", [(1, 1), (4, 1), (4, 2), (8, 3), (8, 8)])
+def test_multi_level_kernels_equal_literal_reference(compiled, thresholds, signed, levels, k):
+    gen = torch.Generator().manual_seed(levels * 10 + k)
+    T, tokens, channels = 8, 6, 4
+    xs = torch.randn(T, 1, tokens, channels, generator=gen) * 4.0
+    xs[0, 0, 0] = torch.tensor([1e3, -1e3, 2.0 ** levels, -(2.0 ** levels)])   # capped inputs
+    if thresholds == "tensor":
+        th_pos, th_neg = torch.tensor(0.37), torch.tensor(0.61)
+    else:
+        th_pos = torch.rand(1, channels, generator=gen) + 0.1
+        th_neg = torch.rand(1, channels, generator=gen) + 0.1
+    th_neg = th_neg if signed else None
+    got = run_multi(xs, th_pos, th_neg, levels, k, compiled)
+    for i in range(tokens):
+        for c in range(channels):
+            tp = th_pos.reshape(-1)[0 if th_pos.numel() == 1 else c].item()
+            tn = None if th_neg is None else th_neg.reshape(-1)[0 if th_neg.numel() == 1 else c].item()
+            expected = mt_multi_reference(xs[:, 0, i, c].tolist(), tp, tn, levels, k)
+            assert got[:, 0, i, c].tolist() == expected, f"element {i, c}"
+            if k == 1:
+                assert expected == mt_neuron_reference(xs[:, 0, i, c].tolist(), tp, tn, levels)
+
+
+def test_multi_level_with_all_levels_sends_any_multiple_of_theta():
+    xs = torch.linspace(-20, 20, 401).view(1, 1, -1)
+    s = run_multi(xs, 1.0, 1.0, 4, 4, compiled=False)
+    assert torch.equal(s.flatten(), torch.clamp(torch.floor(xs.abs() + 0.5), max=15).flatten() * xs.sign().flatten())
+
+
+def test_spikes_per_step_above_levels_is_a_graph_error():
+    from ecmt.errors import GraphError
+    from ecmt.ir import Input, Output, SpikingGraph
+    node = MTNeuron(name="mt", inputs=("x",), th_pos=torch.tensor(1.0), th_neg=None, levels=3, spikes_per_step=4)
+    with pytest.raises(GraphError, match="mt.*spikes_per_step"):
+        SpikingGraph([Input(name="x", inputs=(), shape=(4,)), node, Output(name="out", inputs=("mt",))])
+
+
+def test_k_level_neurons_refuse_event_codes():
+    node = MTNeuron(name="mt", inputs=("x",), th_pos=torch.tensor(1.0), th_neg=None, levels=3, spikes_per_step=2)
+    state = MTState(node, (4,))
+    from ecmt.errors import GraphError
+    with pytest.raises(GraphError, match="node 'mt' \\(mt_neuron\\): field spikes_per_step: 2 levels"):
+        state.record = True
+
+
+def test_executor_recording_event_codes_refuses_k_level_graphs():
+    """hw_sim counts from record_levels codes; a k > 1 graph is refused there, not miscounted."""
+    from ecmt.errors import GraphError
+    from ecmt.ir import Input, Output, SpikingGraph
+    from ecmt.runtime.executor import GraphExecutor
+    graph = SpikingGraph([Input(name="x", inputs=(), shape=(4,)),
+                          MTNeuron(name="mt", inputs=("x",), th_pos=torch.tensor(1.0), th_neg=None, levels=3,
+                                   spikes_per_step=2),
+                          Output(name="out", inputs=("mt",))])
+    GraphExecutor(graph)                                   # plain runs are fine
+    with pytest.raises(GraphError, match="node 'mt'"):
+        GraphExecutor(graph, record_levels=True)
+
+
+def test_convert_checks_spikes_per_step_against_levels():
+    import ecmt
+    from ecmt.errors import EcmtError
+    with pytest.raises(EcmtError, match="spikes_per_step must be in 1..levels = 2, got 3"):
+        ecmt.convert(torch.nn.ReLU(), torch.zeros(4, 3), levels=2, spikes_per_step=3, progress=False)
+    graph = ecmt.convert(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)),
+                         torch.randn(16, 3), levels=4, spikes_per_step=4, progress=False).graph
+    assert [n.spikes_per_step for n in graph.of_kind(MTNeuron)] == [4]

@@ -1,12 +1,13 @@
 """ANN -> SNN conversion with the ECMT method: lower, simplify, place neurons, calibrate."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import torch
 
 from .. import ir
-from ..errors import EcmtError
+from ..errors import DataError, EcmtError
 from ..runtime import SpikingModel
 from .calibrate import calibrate
 from .lower import lower
@@ -18,29 +19,51 @@ __all__ = ["convert", "calibration_batches"]
 def calibration_batches(calib, batch_size: int = 128) -> list[torch.Tensor]:
     """Normalize `calib` (a tensor, or an iterable of tensors or (x, y) pairs)
     to a list of input batches."""
-    if isinstance(calib, torch.Tensor):
-        return list(calib.split(batch_size))
-    out = []
-    for item in calib:
+    out = list(calib.split(batch_size)) if isinstance(calib, torch.Tensor) else []
+    for item in [] if isinstance(calib, torch.Tensor) else calib:
         x = item[0] if isinstance(item, (tuple, list)) else item
         if not isinstance(x, torch.Tensor):
             raise EcmtError(f"calibration batches must be tensors or (x, y) pairs, got {type(x).__name__}")
         out.append(x)
     if not out:
         raise EcmtError("calibration data is empty")
+    for i, x in enumerate(out):
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:      # one NaN moves every threshold it reaches, silently
+            raise DataError(f"calibration batch {i + 1} of {len(out)}: {bad} of {x.numel()} values are NaN "
+                            "or infinite", hint="clean the calibration data")
     return out
 
 
-def convert(model: torch.nn.Module, calib, *, levels: int = 8, quantile: float = 0.99,
+def _keeps_training_modes(fn):
+    """convert() traces and calibrates in eval mode (dropout off, batch norm on its
+    running statistics); the caller's model gets its own train/eval flags back."""
+    @functools.wraps(fn)
+    def run(model: torch.nn.Module, *args, **kwargs):
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            for m, training in modes:
+                m.training = training
+    return run
+
+
+@_keeps_training_modes
+def convert(model: torch.nn.Module, calib, *, levels: int = 8, spikes_per_step: int = 1, quantile: float = 0.99,
             per_channel: bool = False, fixed_thresholds: dict[str, tuple[float, float]] | None = None,
             spiking: bool = True, target_T: int | None = None, device=None,
             progress: bool = True) -> SpikingModel:
     """Convert a trained ANN into a spiking model (ECMT).
 
-    model: a torch module in eval mode (timm ViT / DeiT / EVA with GELU MLP, or a
-        ReLU MLP / CNN).  calib: calibration inputs (a tensor, or an iterable of
+    model: a trained torch module, converted in eval mode (its own train/eval
+        flags are left as they were): a timm transformer (docs/conversion.md lists
+        the supported operations) or a ReLU MLP / CNN.  calib: calibration inputs (a tensor, or an iterable of
         batches or (x, y) pairs), never the evaluation split.
-    levels: MT levels per sign (2 * levels spike values).  quantile: the
+    levels: MT levels per sign (2 * levels spike values).  spikes_per_step: how
+        many distinct levels an MT neuron may send in one step, as one graded
+        value (1..levels; 1, the default, is the paper's neuron; docs/method.md §2).
+        quantile: the
         calibration quantile p.  per_channel: one threshold per channel instead
         of per tensor.  fixed_thresholds: {role: (th_pos, th_neg)} overrides
         for neurons by role ("softmax", "gelu", "layernorm", "linear", "product", "relu").
@@ -50,24 +73,36 @@ def convert(model: torch.nn.Module, calib, *, levels: int = 8, quantile: float =
         and levels for the best estimate at this T (convert/search.py), on the
         calibration data only.
     """
+    if not 1 <= int(spikes_per_step) <= int(levels):
+        raise EcmtError(f"spikes_per_step must be in 1..levels = {levels}, got {spikes_per_step}",
+                        hint="--spikes-per-step K needs K <= --levels")
     batches = calibration_batches(calib)
     model = model.eval()
     nodes, info = lower(model, batches[0])
     graph = ir.SpikingGraph(nodes)           # validates the lowering
-    _check_analog(model, graph, info)
+    try:
+        _check_analog(model, graph, info)
+    except EcmtError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a graph the executor cannot run is our bug, said as such
+        raise EcmtError(f"internal error: the lowered graph of {type(model).__name__} cannot run: "
+                        f"{type(err).__name__}: {err}", hint="please report this model") from err
     nodes = simplify(list(graph), graph.shapes)
     if not spiking:
         graph = ir.SpikingGraph(nodes, meta={"source": type(model).__name__, "spiking": False})
         return SpikingModel(graph)
-    graph = ir.SpikingGraph(place_neurons(nodes, levels=levels))
+    graph = ir.SpikingGraph(place_neurons(nodes, levels=levels, spikes_per_step=spikes_per_step))
     summary = calibrate(graph, batches, quantile=quantile, per_channel=per_channel,
                         fixed=fixed_thresholds, device=device, progress=progress)
     graph.meta.update({
         "source": type(model).__name__,
-        "calibration": {"method": "quantile", "levels": levels, **summary},
+        "calibration": {"method": "quantile", "levels": levels, "spikes_per_step": spikes_per_step, **summary},
     })
     if target_T is not None:
+        from .. import memory
         from .search import search
+        memory.check(memory.run_bytes(graph, min(256, sum(len(b) for b in batches)), target_T),
+                     f"the threshold search at target T = {target_T}", "--target-T (target_T)", device)
         graph.meta["calibration"].update(search(graph, batches, target_T, device=device, progress=progress))
     return SpikingModel(graph)
 

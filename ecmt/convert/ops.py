@@ -57,7 +57,7 @@ def emit_linear(low, x: Val, weight, bias, r1, r2, label=None):
 
 def emit_conv(low, x: Val, weight, bias, stride, padding, dilation, groups, r1, r2, label=None):
     _require_dynamic(x)
-    if x.bp != 0 or x.v1.dim() != 4:
+    if x.bp != 0 or x.fold != 1 or x.v1.dim() != 4:
         raise Unsupported("conv2d needs a [B, C, H, W] input")
     weight = const_tensor(weight)
     if isinstance(padding, str):
@@ -104,19 +104,39 @@ def conv_function(low, node, gm, args, kwargs, r1, r2):
                      a["dilation"], a["groups"], r1, r2)
 
 
+def emit_batchnorm(low, x: Val, mean, var, weight, bias, eps, r1, r2, label=None):
+    """Eval-mode batch norm as a per-channel scale and shift (simplify folds them
+    into the layer before)."""
+    _require_dynamic(x)
+    if x.bp != 0 or x.v1.dim() < 2:
+        raise Unsupported("batch norm needs a [B, C, ...] input")
+    scale = (1.0 if weight is None else const_tensor(weight)) / torch.sqrt(const_tensor(var) + eps)
+    shift = (0.0 if bias is None else const_tensor(bias)) - const_tensor(mean) * scale
+    # channels are full axis 1; with tokens folded into the batch (LeViT's [B * N, C]) the
+    # per-sample tensor keeps the folded axis in front of them
+    shape = (-1,) + (1,) * (len(x.shape) - x.axis(1) - 1)
+    base = label or low.source
+    s = low.emit(ir.Scale, [x.node], label=f"{base}.scale" if base else None, factor=scale.reshape(shape))
+    c = low.emit(ir.Constant, [], label=f"{base}.shift" if base else None, value=shift.reshape(shape))
+    return result(low, low.emit(ir.Add, [s, c], label=label), r1, r2)
+
+
 def batchnorm_module(low, node, gm, args, kwargs, r1, r2):
     m = gm.get_submodule(node.target)
-    x = args[0]
-    _require_dynamic(x)
-    if x.bp != 0 or not m.track_running_stats:
-        raise Unsupported("batch norm needs running statistics and a [B, C, ...] input")
-    scale = (m.weight if m.affine else 1.0) / torch.sqrt(m.running_var + m.eps)
-    shift = (m.bias if m.affine else 0.0) - m.running_mean * scale
-    shape = (-1,) + (1,) * (x.v1.dim() - 2)
-    s = low.emit(ir.Scale, [x.node], label=f"{node.target}.scale",
-                 factor=const_tensor(scale.reshape(shape)))
-    c = low.emit(ir.Constant, [], label=f"{node.target}.shift", value=const_tensor(shift.reshape(shape)))
-    return result(low, low.emit(ir.Add, [s, c], label=node.target), r1, r2)
+    if not m.track_running_stats:
+        raise Unsupported("batch norm needs running statistics")
+    return emit_batchnorm(low, args[0], m.running_mean, m.running_var, m.weight if m.affine else None,
+                          m.bias if m.affine else None, m.eps, r1, r2, label=node.target)
+
+
+def batchnorm_function(low, node, gm, args, kwargs, r1, r2):
+    """F.batch_norm, as timm's BatchNormAct2d calls it."""
+    a = _bind_names(["input", "running_mean", "running_var", "weight", "bias", "training", "momentum",
+                     "eps"], args, kwargs)
+    if _plain(a.get("training", False)) or a.get("running_mean") is None:
+        raise Unsupported("batch norm in training mode or without running statistics")
+    return emit_batchnorm(low, a["input"], a["running_mean"], a["running_var"], a.get("weight"),
+                          a.get("bias"), float(_plain(a.get("eps", 1e-5))), r1, r2)
 
 
 # -- nonlinearities (ECMs) ------------------------------------------------------
@@ -144,6 +164,33 @@ def layernorm_function(low, node, gm, args, kwargs, r1, r2):
                           a.get("bias"), _plain(a.get("eps", 1e-5)), r1, r2)
 
 
+def normalize(low, node, gm, args, kwargs, r1, r2):
+    """F.normalize (p=2; cosine attention, XCiT) as a layer norm ECM: the row
+    [x, -x] has mean 0 and variance |x|^2 / n, so its layer norm with weights
+    1 / sqrt(n) and eps = eps_F^2 / n starts with x / sqrt(|x|^2 + eps_F^2),
+    which is x / max(|x|, eps_F) to float precision."""
+    a = _bind_names(["input", "p", "dim", "eps"], args, kwargs)
+    x = a["input"]
+    _require_dynamic(x)
+    if float(_plain(a.get("p", 2.0))) != 2.0:
+        raise Unsupported("norms other than L2")
+    axis = x.axis(_plain(a.get("dim", 1)))
+    eps = float(_plain(a.get("eps", 1e-12)))
+    rank = len(x.shape)
+    name = x.node
+    if axis != rank - 1:                 # the layer norm works on the last axis
+        order = [i for i in range(rank) if i != axis] + [axis]
+        name = low.emit(ir.Permute, [name], dims=tuple(order))
+    n = low.shapes[name][-1]
+    both = low.emit(ir.Concat, [name, low.emit(ir.Scale, [name], factor=torch.tensor(-1.0))], axis=-1)
+    normed = low.emit(ir.LayerNormECM, [both], label=f"{low.source}.normalize" if low.source else "normalize",
+                      weight=torch.full((2 * n,), n ** -0.5), bias=None, eps=eps * eps / n, features=2 * n)
+    name = low.emit(ir.Slice, [normed], axis=rank - 1, start=0, stop=n)
+    if axis != rank - 1:
+        name = low.emit(ir.Permute, [name], dims=tuple(order.index(i) for i in range(rank)))
+    return result(low, name, r1, r2)
+
+
 def emit_unary(low, cls, x: Val, r1, r2, label=None, **fields):
     _require_dynamic(x)
     return result(low, low.emit(cls, [x.node], label=label, **fields), r1, r2)
@@ -155,6 +202,13 @@ def gelu(low, node, gm, args, kwargs, r1, r2):
     else:
         approx = _plain(kwargs.get("approximate", args[1] if len(args) > 1 else "none"))
     return emit_unary(low, ir.GELUECM, args[0], r1, r2, label=_label(node), approximate=approx)
+
+
+def elementwise(function: str):
+    """Handler for an elementwise nonlinearity without parameters (SiLU, sigmoid, hardswish)."""
+    def handler(low, node, gm, args, kwargs, r1, r2):
+        return emit_unary(low, ir.ElementwiseECM, args[0], r1, r2, label=_label(node), function=function)
+    return handler
 
 
 def relu(low, node, gm, args, kwargs, r1, r2):
@@ -177,17 +231,82 @@ def sdpa(low, node, gm, args, kwargs, r1, r2):
     a = _bind_names(["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"],
                     args, kwargs)
     q, k, v = a["query"], a["key"], a["value"]
-    _require_dynamic(q, k, v)
-    if _plain(a.get("attn_mask")) is not None or _plain(a.get("is_causal", False)) \
-            or _plain(a.get("dropout_p", 0.0)) or _plain(kwargs.get("enable_gqa", False)):
-        raise Unsupported("attention masks, causal attention, dropout and GQA")
+    _require_dynamic(k, v)
+    mask = a.get("attn_mask")
+    if _plain(a.get("is_causal", False)) or _plain(a.get("dropout_p", 0.0)) \
+            or _plain(kwargs.get("enable_gqa", False)):
+        raise Unsupported("causal attention, dropout and GQA")
+    if isinstance(mask, Val) and mask.v1 is not None and mask.v1.dtype == torch.bool:
+        raise Unsupported("boolean attention masks")
     scale = _plain(a.get("scale"))
     scale = 1.0 / math.sqrt(q.v1.shape[-1]) if scale is None else float(scale)
     path = low.source
-    scores = low.emit(ir.ProductECM, [q.node, k.node], label=f"{path}.qk", transpose_b=True, scale=scale)
+    if q.dynamic:
+        scores = low.emit(ir.ProductECM, [q.node, k.node], label=f"{path}.qk", transpose_b=True, scale=scale)
+    else:
+        scores = constant_query_scores(low, q, k, scale)
+    if mask is not None and not (isinstance(mask, Val) and mask.v1 is None):
+        # A bias or mask (relative position bias, shifted windows) is added before the softmax ECM.
+        s1, s2 = (a_ @ b_.transpose(-2, -1) * scale for a_, b_ in ((q.v1, k.v1), (q.v2, k.v2)))
+        like = result(low, scores, s1, s2)
+        scores = low.emit(ir.Add, [scores, low.operand(mask, like)], label=f"{path}.bias")
     attn = low.emit(ir.SoftmaxECM, [scores], label=f"{path}.softmax", axis=-1)
     out = low.emit(ir.ProductECM, [attn, v.node], label=f"{path}.av")
     return result(low, out, r1, r2)
+
+
+def constant_query_scores(low, q: Val, k: Val, scale: float) -> str:
+    """scale * Q @ K^T for a learned query Q (attention pooling): linear in K, so
+    one linear layer per head, with Q's rows as its weights."""
+    *lead, n, d = k.shape
+    heads = math.prod(lead)
+    query = low.per_sample_constant(q, k)
+    query = query.reshape((1,) * (len(k.shape) - query.dim()) + tuple(query.shape))
+    query = query.expand(*lead, -1, d).reshape(heads, -1, d) * scale
+    flat = low.emit(ir.Reshape, [k.node], shape=(heads, n, d))
+    per_head = []
+    for h in range(heads):
+        key = low.emit(ir.Select, [flat], axis=0, index=h)
+        lin = low.emit(ir.Linear, [key], label=f"{low.source}.query{h}", weight=query[h].contiguous())
+        per_head.append(low.emit(ir.Reshape, [lin], shape=(1, n, query.shape[1])))
+    scores = low.emit(ir.Concat, per_head, axis=0) if heads > 1 else per_head[0]
+    scores = low.emit(ir.Permute, [scores], dims=(0, 2, 1))
+    return low.emit(ir.Reshape, [scores], shape=(*lead, query.shape[1], n))
+
+
+def multihead_attention(low, node, gm, args, kwargs, r1, r2):
+    """nn.MultiheadAttention (torchvision's ViT): input projections, per-head
+    attention as in sdpa, output projection."""
+    m = gm.get_submodule(node.target)
+    a = _bind_names(["query", "key", "value", "key_padding_mask", "need_weights", "attn_mask"], args, kwargs)
+    q, k, v = a["query"], a["key"], a["value"]
+    _require_dynamic(q, k, v)
+    if any(_plain(a.get(f)) is not None for f in ("key_padding_mask", "attn_mask")) \
+            or _plain(a.get("is_causal", False)) or m.in_proj_weight is None or m.bias_k is not None:
+        raise Unsupported("masks, separate key/value sizes and bias_k/bias_v")
+    if _plain(a.get("need_weights", True)):
+        raise Unsupported("returning the attention weights (call with need_weights=False)")
+    if any(t.fold != 1 or len(t.shape) != 2 for t in (q, k, v)):
+        raise Unsupported("inputs other than [batch, tokens, features]")
+    e, h = m.embed_dim, m.num_heads
+    path = str(node.target)
+    bias = m.in_proj_bias if m.in_proj_bias is not None else torch.zeros(3 * e)
+    heads = []
+    for i, (t, tag) in enumerate(((q, "q"), (k, "k"), (v, "v"))):
+        rows = slice(i * e, (i + 1) * e)
+        lin = low.emit(ir.Linear, [t.node], label=f"{path}.{tag}", weight=const_tensor(m.in_proj_weight[rows]),
+                       bias=const_tensor(bias[rows]))
+        split = low.emit(ir.Reshape, [lin], shape=(t.shape[0], h, e // h))
+        heads.append(low.emit(ir.Permute, [split], dims=(1, 0, 2)))
+    scores = low.emit(ir.ProductECM, heads[:2], label=f"{path}.qk", transpose_b=True,
+                      scale=1.0 / math.sqrt(e // h))
+    attn = low.emit(ir.SoftmaxECM, [scores], label=f"{path}.softmax", axis=-1)
+    out = low.emit(ir.ProductECM, [attn, heads[2]], label=f"{path}.av")
+    out = low.emit(ir.Permute, [out], dims=(1, 0, 2))
+    out = low.emit(ir.Reshape, [out], shape=(q.shape[0], e))
+    out = low.emit(ir.Linear, [out], label=f"{path}.out_proj", weight=const_tensor(m.out_proj.weight),
+                   bias=None if m.out_proj.bias is None else const_tensor(m.out_proj.bias))
+    return result(low, out, r1[0], r2[0]), Val(None, None)
 
 
 def pool(low, node, gm, args, kwargs, r1, r2):
@@ -206,24 +325,28 @@ def pool(low, node, gm, args, kwargs, r1, r2):
         cfg = {k: _plain(v) for k, v in {**dict(zip(names, args)), **kwargs}.items() if k != "input"}
     x = args[0]
     _require_dynamic(x)
-    if x.bp != 0 or x.v1.dim() != 4:
+    if x.bp != 0 or x.fold != 1 or x.v1.dim() != 4:
         raise Unsupported("pooling needs a [B, C, H, W] input")
     if cfg.get("ceil_mode") or cfg.get("return_indices") or cfg.get("divisor_override") \
             or cfg.get("dilation", 1) not in (1, (1, 1)):
         raise Unsupported("ceil_mode, dilation, divisor_override and return_indices")
-    if not is_max and not cfg.get("count_include_pad", True) and cfg.get("padding", 0) not in (0, (0, 0)):
-        raise Unsupported("count_include_pad=False with padding")
     kernel = cfg["kernel_size"]
     stride = cfg.get("stride") or kernel
+    padding = cfg.get("padding", 0)
     cls = ir.MaxPool2d if is_max else ir.AvgPool2d
-    return result(low, low.emit(cls, [x.node], label=_label(node), kernel_size=kernel, stride=stride,
-                                padding=cfg.get("padding", 0)), r1, r2)
+    name = low.emit(cls, [x.node], label=_label(node), kernel_size=kernel, stride=stride, padding=padding)
+    if not is_max and not cfg.get("count_include_pad", True) and padding not in (0, (0, 0)):
+        # Excluding the padding from the average is a constant rescaling per output position.
+        counted = F.avg_pool2d(torch.ones(1, *x.v1.shape[2:]), kernel, stride, padding)
+        name = low.emit(ir.Scale, [name], label=f"{_label(node) or low.source}.uncount_pad",
+                        factor=(1.0 / counted).contiguous())
+    return result(low, name, r1, r2)
 
 
 def adaptive_avg_pool(low, node, gm, args, kwargs, r1, r2):
     x = args[0]
     _require_dynamic(x)
-    if x.bp != 0 or x.v1.dim() != 4:
+    if x.bp != 0 or x.fold != 1 or x.v1.dim() != 4:
         raise Unsupported("pooling needs a [B, C, H, W] input")
     (h, w), (oh, ow) = x.v1.shape[2:], r1.shape[2:]
     if h % oh or w % ow:
@@ -268,12 +391,30 @@ def mul(low, node, gm, args, kwargs, r1, r2, invert: bool = False):
         raise Unsupported("division by an input-dependent tensor")
     if isinstance(b, Val) and b.dynamic:
         if isinstance(a, Val) and a.dynamic:
-            raise Unsupported("elementwise product of two input-dependent tensors")
+            return elementwise_product(low, node, a, b, r1, r2)
         a, b = b, a
     factor = low.per_sample_constant(b, a)
     if invert:
         factor = 1.0 / factor
     return result(low, low.emit(ir.Scale, [a.node], label=_label(node), factor=factor), r1, r2)
+
+
+def elementwise_product(low, node, a: Val, b: Val, r1, r2) -> Val:
+    """a * b of two streams (a gated MLP's gate, a squeeze-excite gate): a product
+    ECM of [..., 1, 1] operands, one 1 x 1 @ 1 x 1 product per element.  An
+    operand that broadcasts is first repeated by concats (a layout op)."""
+    if a.bp != b.bp or a.v1.dim() != b.v1.dim():
+        raise Unsupported("elementwise product of two input-dependent tensors with different batch layouts")
+    out = Val(r1, r2, "", batch_axis(r1, r2)).shape
+    cols = []
+    for v in (a, b):
+        name = v.node
+        for axis, (have, want) in enumerate(zip(v.shape, out)):
+            if have != want:
+                name = low.emit(ir.Concat, [name] * want, axis=axis)
+        cols.append(low.emit(ir.Reshape, [name], shape=(*out, 1, 1)))
+    prod = low.emit(ir.ProductECM, cols, label=f"{low.source}.gate" if low.source else "gate")
+    return result(low, low.emit(ir.Reshape, [prod], shape=out), r1, r2)
 
 
 def div(low, node, gm, args, kwargs, r1, r2):
@@ -305,7 +446,7 @@ def reshape(low, node, gm, args, kwargs, r1, r2):
 
 def emit_permute(low, node, x: Val, perm, r1, r2) -> Val:
     perm = [p % x.v1.dim() for p in perm]
-    dims = [x.axis(p) for p in perm if p != x.bp]
+    dims = [x.axis(p) for p in perm if p != x.bp] if x.fold == 1 else perm
     if dims == sorted(dims):
         return Val(r1, r2, x.node, perm.index(x.bp))
     name = low.emit(ir.Permute, [x.node], label=_label(node), dims=tuple(dims))
@@ -380,15 +521,115 @@ def getitem(low, node, gm, args, kwargs, r1, r2):
             ops.append((ir.Select, dict(axis=axis, index=item % size)))
         elif isinstance(item, slice):
             start, stop, step = item.indices(size)
-            if step != 1:
-                raise Unsupported("strided slicing")
-            if (start, stop) != (0, size):
+            if step < 1:
+                raise Unsupported("negative-step slicing")
+            if step > 1:
+                ops.append(("strided", dict(axis=axis, start=start, count=len(range(start, stop, step)),
+                                            step=step, size=size)))
+            elif (start, stop) != (0, size):
                 ops.append((ir.Slice, dict(axis=axis, start=start, stop=stop)))
         else:
             raise Unsupported(f"index {item!r}")
+    shape = list(x.shape)
     for cls, fields in ops:
-        name = low.emit(cls, [name], label=_label(node), **fields)
+        if cls == "strided":
+            name = emit_strided(low, name, shape, **fields)
+        else:
+            name = low.emit(cls, [name], label=_label(node), **fields)
+        shape = list(low.shapes[name])
     return result(low, name, r1, r2) if ops else Val(r1, r2, x.node, x.bp)
+
+
+def emit_strided(low, name: str, shape: list[int], axis: int, start: int, count: int, step: int,
+                 size: int) -> str:
+    """x[start::step] along one axis (rotary embeddings' even/odd features, LeViT's
+    subsampling) with layout ops only: slice a whole number of steps (zero-padded at
+    the end if the axis is short), split the axis into (count, step), take index 0."""
+    span = count * step
+    stop = min(size, start + span)
+    if (start, stop) != (0, size):
+        name = low.emit(ir.Slice, [name], axis=axis, start=start, stop=stop)
+    if stop - start < span:
+        zeros = torch.zeros(*shape[:axis], span - (stop - start), *shape[axis + 1:])
+        name = low.emit(ir.Concat, [name, low.emit(ir.Constant, [], value=zeros)], axis=axis)
+    name = low.emit(ir.Reshape, [name], shape=(*shape[:axis], count, step, *shape[axis + 1:]))
+    return low.emit(ir.Select, [name], axis=axis + 1, index=0)
+
+
+def roll(low, node, gm, args, kwargs, r1, r2):
+    """torch.roll (Swin's cyclic shift): per axis, two slices swapped by a concat."""
+    x = args[0]
+    _require_dynamic(x)
+    a = _bind_names(["input", "shifts", "dims"], args, kwargs)
+    shifts, dims = _plain(a["shifts"]), _plain(a.get("dims"))
+    if dims is None:
+        raise Unsupported("roll of the flattened tensor")
+    shifts = (shifts,) if isinstance(shifts, int) else tuple(shifts)
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    name = x.node
+    for shift, dim in zip(shifts, dims):
+        axis, size = x.axis(dim), x.full_shape[dim]
+        cut = size - shift % size
+        if cut == size:
+            continue
+        tail = low.emit(ir.Slice, [name], axis=axis, start=cut, stop=size)
+        head = low.emit(ir.Slice, [name], axis=axis, start=0, stop=cut)
+        name = low.emit(ir.Concat, [tail, head], label=f"{low.source}.roll" if low.source else "roll",
+                        axis=axis)
+    return result(low, name, r1, r2) if name != x.node else same(x, r1, r2)
+
+
+def pad(low, node, gm, args, kwargs, r1, r2):
+    """F.pad with zeros: a concat with zero constants on each padded side."""
+    a = _bind_names(["input", "pad", "mode", "value"], args, kwargs)
+    x, widths = a["input"], _plain(a["pad"])
+    _require_dynamic(x)
+    if _plain(a.get("mode", "constant")) != "constant" or (_plain(a.get("value")) or 0.0) != 0.0:
+        raise Unsupported("padding other than with zeros")
+    if any(w < 0 for w in widths):
+        raise Unsupported("negative padding (cropping)")
+    name, shape = x.node, list(x.shape)
+    for i in range(len(widths) // 2):        # pairs start at the last axis
+        before, after = widths[2 * i], widths[2 * i + 1]
+        if not before and not after:
+            continue
+        axis = x.axis(x.v1.dim() - 1 - i)
+        parts = []
+        for width in (before, after):
+            if width:
+                zeros = torch.zeros(*shape[:axis], width, *shape[axis + 1:])
+                parts.append(low.emit(ir.Constant, [], label=f"{low.source}.pad" if low.source else "pad",
+                                      value=zeros))
+        parts.insert(1 if before else 0, name)
+        name = low.emit(ir.Concat, parts, axis=axis)
+        shape[axis] += before + after
+    return result(low, name, r1, r2) if name != x.node else same(x, r1, r2)
+
+
+def stack(low, node, gm, args, kwargs, r1, r2):
+    """torch.stack of input-dependent tensors: each gains the new axis, then one concat."""
+    tensors = args[0]
+    dim = _plain(kwargs.get("dim", args[1] if len(args) > 1 else 0))
+    _require_dynamic(*tensors)
+    out = Val(r1, r2, "", batch_axis(r1, r2))
+    axis = out.axis(dim % r1.dim())
+    piece = list(out.shape)
+    piece[axis] = 1
+    names = [low.emit(ir.Reshape, [t.node], shape=tuple(piece)) for t in tensors]
+    return result(low, low.emit(ir.Concat, names, label=_label(node), axis=axis), r1, r2)
+
+
+def sum_(low, node, gm, args, kwargs, r1, r2):
+    """A sum over axes: their mean times their size (both linear node kinds)."""
+    x = args[0]
+    _require_dynamic(x)
+    dims = _plain(kwargs.get("dim", args[1] if len(args) > 1 else None))
+    if dims is None:
+        raise Unsupported("sum over all axes, the batch axis included")
+    dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    count = math.prod(x.full_shape[d] for d in dims)
+    name = mean(low, node, gm, args, kwargs, r1 / count, r2 / count).node
+    return result(low, low.emit(ir.Scale, [name], factor=torch.tensor(float(count))), r1, r2)
 
 
 def cat(low, node, gm, args, kwargs, r1, r2):
@@ -413,8 +654,7 @@ def mean(low, node, gm, args, kwargs, r1, r2):
     for d in dims:
         name = low.emit(ir.Mean, [name], label=_label(node), axis=x.axis(d))
     if keepdim:
-        shape = [s for i, s in enumerate(r1.shape) if i != x.bp]
-        name = low.emit(ir.Reshape, [name], label=_label(node), shape=tuple(shape))
+        name = low.emit(ir.Reshape, [name], label=_label(node), shape=Val(r1, r2, name, x.bp).shape)
     return result(low, name, r1, r2)
 
 
@@ -451,6 +691,8 @@ def _plain(v):
         return v.v1
     if isinstance(v, (list, tuple)):
         return type(v)(_plain(i) for i in v)
+    if isinstance(v, slice):       # bounds read from .shape arrive wrapped
+        return slice(_plain(v.start), _plain(v.stop), _plain(v.step))
     return v
 
 
@@ -467,6 +709,8 @@ MODULES = {
     nn.LayerNorm: layernorm_module, nn.GELU: gelu, nn.ReLU: relu, nn.Softmax: softmax,
     nn.Dropout: passthrough, nn.Identity: passthrough, nn.Flatten: flatten_module,
     nn.BatchNorm1d: batchnorm_module, nn.BatchNorm2d: batchnorm_module,
+    nn.MultiheadAttention: multihead_attention,
+    nn.SiLU: elementwise("silu"), nn.Sigmoid: elementwise("sigmoid"), nn.Hardswish: elementwise("hardswish"),
     nn.AvgPool2d: pool, nn.MaxPool2d: pool, nn.AdaptiveAvgPool2d: adaptive_avg_pool,
 }
 FUNCTIONS = {
@@ -481,6 +725,9 @@ FUNCTIONS = {
     torch.flatten: reshape, torch.reshape: reshape, torch.squeeze: reshape, torch.unsqueeze: reshape,
     torch.transpose: transpose, torch.permute: permute, torch.mean: mean, torch.unbind: unbind,
     torch.chunk: split, torch.split: split, builtins.getattr: metadata,
+    F.batch_norm: batchnorm_function, F.normalize: normalize,
+    F.silu: elementwise("silu"), torch.sigmoid: elementwise("sigmoid"), F.sigmoid: elementwise("sigmoid"),
+    F.hardswish: elementwise("hardswish"), torch.roll: roll, F.pad: pad, torch.stack: stack, torch.sum: sum_,
 }
 METHODS = {
     "reshape": reshape, "view": reshape, "flatten": reshape, "unflatten": reshape,
@@ -489,7 +736,8 @@ METHODS = {
     "relu": relu, "add": add, "sub": sub, "mul": mul, "div": div, "matmul": matmul,
     "contiguous": passthrough, "clone": passthrough, "float": passthrough, "to": passthrough,
     "type_as": passthrough, "detach": passthrough, "size": metadata, "dim": metadata,
-    "expand": expand, "__getitem__": getitem,
+    "expand": expand, "__getitem__": getitem, "roll": roll, "sum": sum_, "reshape_as": reshape,
+    "view_as": reshape, "sigmoid": elementwise("sigmoid"),
 }
 
 

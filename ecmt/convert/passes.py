@@ -36,7 +36,8 @@ def _rewire(nodes: list[ir.Node], old: str, new: str, only: set[str] | None = No
             n.inputs = tuple(new if i == old else i for i in n.inputs)
 
 
-def _prune(nodes: list[ir.Node]) -> list[ir.Node]:
+def prune(nodes: list[ir.Node]) -> list[ir.Node]:
+    """The nodes the output depends on (a model may compute what it never uses)."""
     live = {n.name for n in nodes if isinstance(n, ir.Output)}
     for n in reversed(nodes):
         if n.name in live:
@@ -120,7 +121,7 @@ def simplify(nodes: list[ir.Node], shapes: dict[str, tuple[int, ...]]) -> list[i
                 (isinstance(n, ir.Permute) and list(n.dims) == sorted(n.dims)) or \
                 (isinstance(n, ir.Add) and len(n.inputs) == 1):
             _rewire(nodes, n.name, n.inputs[0])
-    return _prune(nodes)
+    return prune(nodes)
 
 
 def _analog_through_linear_only(nodes: list[ir.Node]) -> dict[str, bool]:
@@ -147,12 +148,14 @@ def _role(src: ir.Node, by_name: dict[str, ir.Node]) -> str:
     """What an MT neuron spikes: the producing operation, seen through shape ops."""
     while src.SHAPE_ONLY and src.inputs:
         src = by_name[src.inputs[0]]
+    if isinstance(src, ir.ElementwiseECM):
+        return src.function
     return {ir.LayerNormECM: "layernorm", ir.GELUECM: "gelu", ir.SoftmaxECM: "softmax",
             ir.ProductECM: "product", ir.Linear: "linear", ir.Conv2d: "conv",
             ir.ReLUECM: "relu"}.get(type(src), src.KIND)
 
 
-def place_neurons(nodes: list[ir.Node], levels: int = 8) -> list[ir.Node]:
+def place_neurons(nodes: list[ir.Node], levels: int = 8, spikes_per_step: int = 1) -> list[ir.Node]:
     """Insert MT neurons (thresholds 1.0 until calibration)."""
     one = torch.tensor(1.0)
     by_name = {n.name: n for n in nodes}
@@ -160,7 +163,7 @@ def place_neurons(nodes: list[ir.Node], levels: int = 8) -> list[ir.Node]:
     for n in nodes:
         if isinstance(n, ir.ReLUECM):
             mt = ir.MTNeuron(name=n.name, inputs=n.inputs, th_pos=one.clone(), th_neg=None,
-                             levels=levels, meta={**n.meta, "role": "relu"})
+                             levels=levels, spikes_per_step=spikes_per_step, meta={**n.meta, "role": "relu"})
             by_name[n.name] = mt
             out.append(mt)
         else:
@@ -183,7 +186,7 @@ def place_neurons(nodes: list[ir.Node], levels: int = 8) -> list[ir.Node]:
         result.append(n)
         if n.name in need:
             mt = ir.MTNeuron(name=f"{n.name}.mt", inputs=(n.name,), th_pos=one.clone(),
-                             th_neg=one.clone(), levels=levels,
+                             th_neg=one.clone(), levels=levels, spikes_per_step=spikes_per_step,
                              meta={"role": _role(n, by_name), "feeds": need[n.name]})
             _rewire(nodes, n.name, mt.name, only=set(need[n.name]))
             result.append(mt)

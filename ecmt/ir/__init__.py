@@ -1,6 +1,6 @@
 """The intermediate spiking graph (IR): node kinds, graph, validation, file format."""
 from .arith import Add, Scale
-from .ecm import GELUECM, LayerNormECM, NonlinearityECM, ProductECM, ReLUECM, SoftmaxECM
+from .ecm import GELUECM, ElementwiseECM, LayerNormECM, NonlinearityECM, ProductECM, ReLUECM, SoftmaxECM
 from .graph import NODE_KINDS, Edge, SpikingGraph
 from .io import Constant, Input, Output
 from .neuron import MTNeuron
@@ -11,7 +11,7 @@ from .shape import Concat, Mean, Permute, Reshape, Select, Slice
 from .synapse import Conv2d, Linear
 
 __all__ = [
-    "Add", "AvgPool2d", "Concat", "Constant", "Conv2d", "Edge", "GELUECM", "Input", "LayerNormECM",
+    "Add", "AvgPool2d", "Concat", "Constant", "Conv2d", "Edge", "ElementwiseECM", "GELUECM", "Input", "LayerNormECM",
     "Linear", "MTNeuron", "MTNeuronPPN", "MaxPool2d", "Mean", "NODE_KINDS", "Node", "NonlinearityECM", "Output",
     "Permute", "ProductECM", "ReLUECM", "Reshape", "Scale", "Select", "Shape", "Slice",
     "SoftmaxECM", "SpikingGraph", "expand_ppn",

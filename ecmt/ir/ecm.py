@@ -10,10 +10,11 @@ fp32 values.  A product ECM does the same for a product of two streams.
 from __future__ import annotations
 
 import dataclasses
+from typing import Annotated
 
 import torch
 
-from .node import Node, Shape, ShapeError, normalize_axis
+from .node import Count, Node, Range, Shape, ShapeError, normalize_axis
 
 
 @dataclasses.dataclass(eq=False)
@@ -44,6 +45,21 @@ class ReLUECM(NonlinearityECM):
 
 
 @dataclasses.dataclass(eq=False)
+class ElementwiseECM(NonlinearityECM):
+    """ECM with an elementwise f named by ``function``: "silu" (x sigmoid(x), the
+    SwiGLU gate's activation), "sigmoid" or "hardswish"."""
+    KIND = "elementwise_ecm"
+    FUNCTIONS = ("silu", "sigmoid", "hardswish")
+    function: str = "silu"
+
+    def infer_shape(self, shapes: list[Shape]) -> Shape:
+        if self.function not in self.FUNCTIONS:
+            raise ShapeError("function", f"function must be one of {', '.join(self.FUNCTIONS)}, "
+                                         f"got {self.function!r}")
+        return shapes[0]
+
+
+@dataclasses.dataclass(eq=False)
 class SoftmaxECM(NonlinearityECM):
     """ECM with f = softmax along ``axis`` (a per-sample axis)."""
     KIND = "softmax_ecm"
@@ -62,8 +78,8 @@ class LayerNormECM(NonlinearityECM):
     OPTIONAL_TENSORS = ("weight", "bias")
     weight: torch.Tensor | None = None
     bias: torch.Tensor | None = None
-    eps: float = 1e-5
-    features: int = 0
+    eps: Annotated[float, Range(gt=0)] = 1e-5
+    features: Count = 0
 
     def infer_shape(self, shapes: list[Shape]) -> Shape:
         (x,) = shapes

@@ -1,7 +1,6 @@
 """SpikingGraph: the typed DAG every exporter and the hardware simulator read."""
 from __future__ import annotations
 
-import collections
 import dataclasses
 from collections.abc import Iterable
 
@@ -9,7 +8,7 @@ import torch
 
 from ..errors import GraphError
 from .arith import Add, Scale
-from .ecm import GELUECM, LayerNormECM, ProductECM, ReLUECM, SoftmaxECM
+from .ecm import GELUECM, ElementwiseECM, LayerNormECM, ProductECM, ReLUECM, SoftmaxECM
 from .io import Constant, Input, Output
 from .neuron import MTNeuron
 from .node import Node, Shape, ShapeError
@@ -18,7 +17,7 @@ from .shape import Concat, Mean, Permute, Reshape, Select, Slice
 from .synapse import Conv2d, Linear
 
 NODE_KINDS: dict[str, type[Node]] = {cls.KIND: cls for cls in (
-    Input, Constant, Output, Linear, Conv2d, MTNeuron, GELUECM, ReLUECM, SoftmaxECM,
+    Input, Constant, Output, Linear, Conv2d, MTNeuron, GELUECM, ElementwiseECM, ReLUECM, SoftmaxECM,
     LayerNormECM, ProductECM, Add, Scale, Reshape, Permute, Slice, Select, Concat, Mean,
     AvgPool2d, MaxPool2d)}
 
@@ -174,6 +173,3 @@ class SpikingGraph:
     def summary(self) -> str:
         from .summary import summarize
         return summarize(self)
-
-    def counts_by_kind(self) -> dict[str, int]:
-        return dict(collections.Counter(n.KIND for n in self))

@@ -18,6 +18,7 @@ import dataclasses
 
 import torch
 
+from ..errors import GraphError
 from .graph import SpikingGraph, register
 from .neuron import MTNeuron
 from .node import Shape, normalize_axis
@@ -77,6 +78,11 @@ def expand_ppn(graph: SpikingGraph) -> SpikingGraph:
             shape = graph.shapes[node.name]
             axis = -1 if users and all(isinstance(u, Linear) for u in users) else \
                 0 if users and len(shape) == 3 and all(isinstance(u, Conv2d) for u in users) else None
+            if axis is not None and node.spikes_per_step > 1:
+                # A k-level spike is a k-hot vector; this form and its runtimes are one-hot.
+                raise GraphError(f"node {node.name!r} (mt_neuron): field spikes_per_step: the PPN (binary "
+                                 f"spike) form sends one level per step, this neuron sends up to "
+                                 f"{node.spikes_per_step}; export it without --ppn (graded spikes)")
             if axis is not None and _channel_thresholds_ok(node, shape, axis % len(shape)):
                 ppn = MTNeuronPPN(name=node.name, inputs=node.inputs, th_pos=node.th_pos, th_neg=node.th_neg,
                                   levels=node.levels, axis=axis, meta={**node.meta, "ppn": True})

@@ -17,7 +17,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from .. import ir
+from .. import ir, memory
+from ..errors import DataError
 from .ecm import NonlinearityECMState, ProductECMState
 from .neuron import MTState
 
@@ -32,6 +33,8 @@ def _ecm_state(node: ir.Node, dev) -> NonlinearityECMState:
         return NonlinearityECMState("gelu", node.approximate)
     if isinstance(node, ir.ReLUECM):
         return NonlinearityECMState("relu")
+    if isinstance(node, ir.ElementwiseECM):
+        return NonlinearityECMState("elementwise", node.function)
     if isinstance(node, ir.SoftmaxECM):
         return NonlinearityECMState("softmax", node.axis + 1)
     if isinstance(node, ir.LayerNormECM):
@@ -159,6 +162,17 @@ class GraphExecutor:
         """The run-time state of node `name` (MT membrane and codes, ECM sums), or None."""
         return self._states[name]
 
+    def _checked(self, x: torch.Tensor) -> torch.Tensor:
+        """x on the device; NaN or infinite inputs are refused: the spiking run would turn
+        them into confident finite outputs (a NaN membrane never crosses a threshold)."""
+        x = x.to(self.device, torch.float32)
+        bad = ~torch.isfinite(x)
+        if bool(bad.any()):
+            raise DataError(f"input: {int(bad.sum())} of {x.numel()} values are NaN or infinite "
+                            f"(the first at index {bad.nonzero()[0].tolist()} of the batch)",
+                            hint="clean the data; a spiking network cannot represent them")
+        return x
+
     @staticmethod
     def _inputs(step: _Step, values: list, x: torch.Tensor) -> list[torch.Tensor]:
         return [values[j] for j in step.srcs] if step.srcs else [x]
@@ -174,7 +188,9 @@ class GraphExecutor:
         """Feed x at every step for T steps; return running estimates [T, B, ...]."""
         if T < 1:
             raise ValueError(f"T must be >= 1, got {T}")
-        x = x.to(self.device, torch.float32)
+        memory.check(memory.run_bytes(self.graph, x.shape[0], T), f"a {T}-step run of a batch of {x.shape[0]}",
+                     "T or the batch size", self.device)
+        x = self._checked(x)
         self.reset()
         values: list[torch.Tensor | None] = [None] * len(self.steps)
         estimates = []
@@ -201,7 +217,9 @@ class GraphExecutor:
     def run_analog(self, x: torch.Tensor, observer: Observer | None = None) -> torch.Tensor:
         """The ANN the graph was converted from: one pass with every MT neuron
         replaced by the function it approximates (identity, or ReLU)."""
-        x = x.to(self.device, torch.float32)
+        memory.check(memory.run_bytes(self.graph, x.shape[0], 1), f"an analog run of a batch of {x.shape[0]}",
+                     "the batch size", self.device)
+        x = self._checked(x)
         self.reset()
         values: list[torch.Tensor | None] = [None] * len(self.steps)
         for i, step in enumerate(self.steps):

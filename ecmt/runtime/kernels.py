@@ -59,11 +59,35 @@ def mt_levels(v: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor | None
     return torch.where(pos, level, -level), torch.where(pos, number, -number)
 
 
+def mt_multi_levels(v: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor | None, levels: int, k: int):
+    """Up to k levels in one step (section 2): the spike is the sum s of the
+    levels fired.  One pass over the levels from the top, unrolled when
+    compiled: level j fires while fewer than k have fired and the remaining
+    membrane |v| - s has crossed th 2^j - th/2.  The remainder only shrinks as
+    s grows, so no level above j can qualify again, and this pass fires the
+    same levels as re-applying the rule k times.  The sign is v's: only that
+    sign's first level can qualify, and later ones keep it."""
+    pos = v >= 0
+    th = th_pos if th_neg is None else torch.where(pos, th_pos, th_neg)
+    mag = v.abs()
+    half = th * 0.5
+    s = torch.zeros_like(v)
+    fired = torch.zeros_like(v)
+    for j in range(levels - 1, -1, -1):       # unrolled when compiled
+        value = th * float(2 ** j)
+        crossed = (mag - s >= value - half) & (fired < k)
+        s = torch.where(crossed, s + value, s)
+        fired = fired + crossed.to(v.dtype)
+    if th_neg is None:
+        return torch.where(pos, s, 0.0)
+    return torch.where(pos, s, -s)
+
+
 @fused
-def mt_update(v, x, th_pos, th_neg, levels: int):
-    """Returns (spikes, new membrane)."""
+def mt_update(v, x, th_pos, th_neg, levels: int, k: int = 1):
+    """Returns (spikes, new membrane); k = spikes_per_step."""
     v = v + x
-    s, _ = mt_levels(v, th_pos, th_neg, levels)
+    s = mt_levels(v, th_pos, th_neg, levels)[0] if k == 1 else mt_multi_levels(v, th_pos, th_neg, levels, k)
     return s, v - s
 
 
@@ -86,6 +110,16 @@ def mt_update_coded(v, x, th_pos, th_neg, levels: int):
 def gelu_update(total, x, out_sum, t, approximate: str):
     total = total + x
     new = F.gelu(total / t, approximate=approximate) * t
+    return new - out_sum, total, new
+
+
+ELEMENTWISE = {"silu": F.silu, "sigmoid": torch.sigmoid, "hardswish": F.hardswish}
+
+
+@fused
+def elementwise_update(total, x, out_sum, t, function: str):
+    total = total + x
+    new = ELEMENTWISE[function](total / t) * t
     return new - out_sum, total, new
 
 
@@ -121,6 +155,7 @@ def max_pool_update(total, x, out_sum, t, kernel, stride, padding):
 ECM_KERNELS = {
     "gelu": (lambda x, approximate: F.gelu(x, approximate=approximate), gelu_update),
     "relu": (torch.relu, relu_update),
+    "elementwise": (lambda x, function: ELEMENTWISE[function](x), elementwise_update),
     "softmax": (lambda x, dim: torch.softmax(x, dim=dim), softmax_update),
     "layer_norm": (lambda x, w, b, eps: F.layer_norm(x, (x.shape[-1],), w, b, eps), layer_norm_update),
     "max_pool": (F.max_pool2d, max_pool_update),

@@ -16,11 +16,16 @@ and th / 2 are exact in floating point):
 
 Negative levels mirror the positive ones with th_neg (v <= -(th_neg 2^k -
 th_neg / 2) fires -th_neg 2^k).  th_neg None means positive levels only.
+
+Neurons with spikes_per_step k > 1 always take ``kernels.mt_multi_levels``
+(fused when compiled, op by op otherwise): the float remainders it compares
+move the boundaries of the later levels off any simple table.
 """
 from __future__ import annotations
 
 import torch
 
+from ..errors import GraphError
 from ..ir import MTNeuron
 from .kernels import compile_enabled, mt_update, mt_update_coded
 
@@ -58,6 +63,8 @@ class MTState:
                 (1,) * (len(shape) + 1 - th.dim()) + tuple(th.shape)).float().to(device)
 
         self.levels = int(node.levels)
+        self.k = int(node.spikes_per_step)
+        self._k = () if self.k == 1 else (self.k,)     # k = 1 calls the kernels exactly as before k existed
         self.th_pos, self.th_neg = batched(node.th_pos), batched(node.th_neg)
         self.signed = node.th_neg is not None
         self.th_neg_flat = None if self.th_neg is None else self.th_neg.reshape(-1)[:1]
@@ -66,11 +73,26 @@ class MTState:
         self.flat = scalar          # elementwise with scalar thresholds: one flat kernel serves every shape
         # Without the compiler, scalar thresholds use the table lookup; per-channel
         # ones the fused form, op by op.
-        self.tables = None if self.compiled or not scalar else tuple(
+        self.tables = None if self.compiled or not scalar or self.k > 1 else tuple(
             t.to(device) for t in level_tables(self.th_pos, self.th_neg, self.levels))
-        self.record = False
+        self.name = node.name
+        self._record = False
         self.v: torch.Tensor | None = None
         self.code: torch.Tensor | None = None
+
+    @property
+    def record(self) -> bool:
+        return self._record
+
+    @record.setter
+    def record(self, on: bool):
+        # A code names one level; a k-level spike has several (hw_sim counts from codes).
+        if on and self.k > 1:
+            raise GraphError(
+                f"node {self.name!r} (mt_neuron): field spikes_per_step: {self.k} levels per step cannot be "
+                "recorded as per-level event codes (record_levels: hw_sim's counting), which name one level "
+                "per step", hint="hw_sim cannot price k > 1 graphs yet")
+        self._record = bool(on)
 
     def reset(self):
         self.v = self.code = None
@@ -93,9 +115,10 @@ class MTState:
         update = mt_update_coded if self.record else mt_update
         update = update if self.compiled else update.eager
         if self.flat:
-            out = update(self.v.view(-1), x.view(-1), self.th_pos.view(1), self.th_neg_flat, self.levels)
+            out = update(self.v.view(-1), x.view(-1), self.th_pos.view(1), self.th_neg_flat, self.levels,
+                         *self._k)
         else:
-            out = update(self.v, x, self.th_pos, self.th_neg, self.levels)
+            out = update(self.v, x, self.th_pos, self.th_neg, self.levels, *self._k)
         s, self.v = out[0].view(x.shape), out[1].view(x.shape)
         if self.record:
             self.code = out[2]

@@ -15,7 +15,8 @@ conv, flatten, ...), ``shape`` (C, H, W order), ``weight``, ``bias`` and a
   ``ecmt.product_ecm``, ``ecmt.add``, ...); every layer has ``name``,
   ``inputs`` (its ordered producers: the edges netx lacks), ``attrs`` (JSON)
   and its tensors as datasets; an MT neuron's ``neuron`` group has type
-  ``ECMT_MT`` with ``thPos``, ``thNeg``, ``levels``.  netx cannot run it;
+  ``ECMT_MT`` with ``thPos``, ``thNeg``, ``levels``, ``spikesPerStep`` (k:
+  the graded payload is the sum of up to k levels).  netx cannot run it;
   ``exporters.lava.build`` does.
 
 Both forms carry ``/ecmt/description``: ecmt's own JSON graph description, so
@@ -98,6 +99,7 @@ def _write_extended(graph, layers):
         if isinstance(node, ir.MTNeuron):
             n = g.create_group("neuron")
             n["type"], n["levels"] = "ECMT_MT", node.levels
+            n["spikesPerStep"] = node.spikes_per_step       # the graded payload is the sum of up to this many levels
             n["thPos"] = node.th_pos.numpy()
             if node.th_neg is not None:
                 n["thNeg"] = node.th_neg.numpy()

@@ -91,7 +91,8 @@ class LavaNetwork:
             proc = self._keep(P.MTNeuron(shape=shape, th_pos=node.th_pos.numpy(),
                                          th_neg=None if node.th_neg is None else node.th_neg.numpy(),
                                          levels=node.levels, period=self.period, in_shape=tuple(src.shape),
-                                         record=self.steps if self.record_spikes else 0, name=node.name),
+                                         record=self.steps if self.record_spikes else 0, name=node.name,
+                                         spikes_per_step=node.spikes_per_step),
                               "mt_neuron")
             src.connect(proc.a_in)
             self.neurons[node.name] = proc

@@ -122,6 +122,10 @@ def stages(graph: ir.SpikingGraph) -> list[Stage]:
             raise _refuse(node, "an MT neuron with one-hot binary outputs (PPN): export the graph before "
                                 "expand_ppn")
         elif isinstance(node, ir.MTNeuron):
+            if node.spikes_per_step > 1:
+                raise _refuse(node, f"an MT neuron that sends up to {node.spikes_per_step} levels per step "
+                                    "(spikes_per_step): netx's neurons have no such rule; use the extended "
+                                    "layout (ecmt's own Lava processes)")
             if node.signed:
                 raise _refuse(node, "a signed MT neuron (th_neg): netx's sigma-delta neurons are ReLU "
                                     "and its Delta encoder has no power-of-two levels")

@@ -1,11 +1,12 @@
 """Lava processes and process models for ecmt graphs.
 
 * ``MTNeuron``: the multi-threshold neuron as a Lava process; graded spikes
-  carry the level value.  Two models: floating point (tag ``floating_pt``)
-  and fixed point (``fixed_pt``: integer membrane and thresholds in units of
-  2^-F of the smaller threshold, F = ``fraction_bits(levels)``: 12 for 8
-  levels, so that the top level, 2^(F + levels - 1) units, leaves the 24-bit
-  membrane 16x headroom).
+  carry the level value (with spikes_per_step k > 1, the sum of the step's
+  levels: one graded payload, not k events).  Two models: floating point
+  (tag ``floating_pt``) and fixed point (``fixed_pt``: integer membrane and
+  thresholds in units of 2^-F of the smaller threshold, F =
+  ``fraction_bits(levels)``: 12 for 8 levels, so that the top level,
+  2^(F + levels - 1) units, leaves the 24-bit membrane 16x headroom).
 * ``HostNode`` (with 0 to 3 inputs): any other ecmt node (ECMs, products,
   residual adds, shape operations, constants, biases) run on the host, by
   ecmt's own executor code for that node, so the host side computes exactly
@@ -43,14 +44,16 @@ F32 = np.float32
 class MTNeuron(AbstractProcess):
     """Multi-threshold neuron (docs/method.md §2) on a neuromorphic core.
     The membrane restarts at zero every `period` steps (one sample per period).
-    `record` > 0 keeps the spikes of the first `record` steps in Var `history`."""
+    `record` > 0 keeps the spikes of the first `record` steps in Var `history`.
+    `spikes_per_step` k: up to k levels per step, sent as their sum."""
 
     def __init__(self, *, shape, th_pos: np.ndarray, th_neg: np.ndarray | None, levels: int, period: int,
-                 record: int = 0, in_shape=None, name: str | None = None):
+                 record: int = 0, in_shape=None, name: str | None = None, spikes_per_step: int = 1):
         th_pos = np.broadcast_to(np.asarray(th_pos, F32), shape).copy()
         signed = th_neg is not None
         th_neg = np.broadcast_to(np.asarray(th_neg if signed else th_pos, F32), shape).copy()
-        super().__init__(shape=shape, levels=levels, signed=signed, period=period, record=record, name=name)
+        super().__init__(shape=shape, levels=levels, signed=signed, period=period, record=record, name=name,
+                         spikes_per_step=int(spikes_per_step))
         self.a_in = InPort(shape=tuple(in_shape or shape))     # any layout of the same size
         self.s_out = OutPort(shape=shape)
         self.v = Var(shape=shape, init=np.zeros(shape, F32))
@@ -59,16 +62,27 @@ class MTNeuron(AbstractProcess):
         self.history = Var(shape=(max(record, 1), *shape), init=np.zeros((max(record, 1), *shape), F32))
 
 
-def mt_spikes(v: np.ndarray, th_pos: np.ndarray, th_neg: np.ndarray, levels: int, signed: bool) -> np.ndarray:
-    """The largest crossed level, as the spec compares: |v| >= th 2^k - th / 2."""
+def mt_spikes(v: np.ndarray, th_pos: np.ndarray, th_neg: np.ndarray, levels: int, signed: bool,
+              spikes_per_step: int = 1) -> np.ndarray:
+    """The largest crossed level, as the spec compares: |v| >= th 2^k - th / 2;
+    with k > 1, up to k levels from the top while the remainder |v| - s crosses
+    (ecmt.runtime.kernels.mt_multi_levels, the same float32 operations)."""
     pos = v >= 0
     th = np.where(pos, th_pos, th_neg)
     mag = np.abs(v)
     half = th * F32(0.5)
     level = np.zeros_like(v)
-    for k in range(levels):
-        value = th * F32(2 ** k)
-        level = np.where(mag >= value - half, value, level)
+    if spikes_per_step == 1:
+        for k in range(levels):
+            value = th * F32(2 ** k)
+            level = np.where(mag >= value - half, value, level)
+    else:
+        fired = np.zeros(v.shape, np.int64)
+        for k in range(levels - 1, -1, -1):
+            value = th * F32(2 ** k)
+            crossed = (mag - level >= value - half) & (fired < spikes_per_step)
+            level = np.where(crossed, level + value, level)
+            fired += crossed
     if not signed:
         return np.where(pos, level, F32(0)).astype(F32)
     return np.where(pos, level, -level).astype(F32)
@@ -85,6 +99,7 @@ class _MTModelBase(PyLoihiProcessModel):
     def __init__(self, proc_params):
         super().__init__(proc_params)
         self.levels, self.signed = proc_params["levels"], proc_params["signed"]
+        self.k = proc_params["spikes_per_step"]
         self.record, self.period = proc_params["record"], proc_params["period"]
 
     def new_sample(self) -> bool:
@@ -103,7 +118,7 @@ class PyMTNeuronFloat(_MTModelBase):
         if self.new_sample():
             self.v = np.zeros_like(self.v)
         self.v = (self.v + self.a_in.recv().astype(F32).reshape(self.v.shape)).astype(F32)
-        s = mt_spikes(self.v, self.th_pos, self.th_neg, self.levels, self.signed)
+        s = mt_spikes(self.v, self.th_pos, self.th_neg, self.levels, self.signed, self.k)
         self.v = (self.v - s).astype(F32)
         self.keep(s)
         self.s_out.send(s)
@@ -143,9 +158,12 @@ class PyMTNeuronFixed(_MTModelBase):
         th = np.where(pos, self.th_p_int, self.th_n_int)
         mag = np.abs(self.v_int)
         level = np.zeros_like(self.v_int)
-        for k in range(self.levels):
+        fired = np.zeros_like(self.v_int)
+        for k in range(self.levels - 1, -1, -1):       # from the top: up to k levels (exact in integers)
             value = th << k
-            level = np.where(2 * mag >= 2 * value - th, value, level)    # |v| >= th 2^k - th / 2
+            crossed = (2 * (mag - level) >= 2 * value - th) & (fired < self.k)   # |v| - s >= th 2^k - th / 2
+            level = np.where(crossed, level + value, level)
+            fired += crossed
         s_int = np.where(pos, level, -level if self.signed else 0)
         self.v_int -= s_int
         self.v = (self.v_int * self.unit).astype(F32)

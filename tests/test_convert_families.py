@@ -1,0 +1,162 @@
+"""Transformer families beyond plain ViT: each converts exactly (analog graph =
+model) and its spiking estimate converges.  Tiny random-weight configs."""
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import BatchNormAct2d, GluMlp
+
+import ecmt
+from ecmt import ir
+from models import randomize
+
+
+@pytest.fixture(autouse=True)
+def _eager(monkeypatch):
+    monkeypatch.setenv("ECMT_COMPILE", "0")   # compiling kernels would dominate these small runs
+
+
+def timm_tiny(name, **kw):
+    return lambda: timm.create_model(name, pretrained=False, **kw)
+
+
+def torchvision_vit():
+    from torchvision.models.vision_transformer import VisionTransformer
+    return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64)
+
+
+def batchnorm_act_cnn():
+    # timm's BatchNormAct2d calls F.batch_norm as a function
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), BatchNormAct2d(8, act_layer=nn.ReLU),
+                         nn.Conv2d(8, 8, 3, stride=2, padding=1), BatchNormAct2d(8, act_layer=nn.ReLU),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
+VIT = dict(depth=2, embed_dim=32, num_heads=2, img_size=32, patch_size=8)
+# family: (builder, input size, evidence in a node's name, kind or function that the family's op was lowered)
+FAMILIES = {
+    # window partition / reverse fold windows into the batch; shifted windows roll and mask
+    "swin": (timm_tiny("swin_tiny_patch4_window7_224", img_size=32, window_size=4, depths=(2,),
+                       num_heads=(2,), embed_dim=16), 32, "roll"),
+    # rotary embedding (even/odd features by strided slicing, torch.stack, constant cos/sin)
+    # and SwiGLU (a SiLU ECM, the gate a product ECM of two spike streams)
+    "eva02": (timm_tiny("eva02_tiny_patch14_224", depth=2, embed_dim=32, num_heads=2, img_size=28), 28, "gate"),
+    "clip_quickgelu": (timm_tiny("vit_base_patch16_clip_quickgelu_224", **VIT), 32, "gate"),
+    # hardswish ECMs, batch norm over tokens folded into the batch, strided subsampling
+    "levit": (timm_tiny("levit_128s", depth=(1, 1), num_heads=(2, 2), embed_dim=(32, 48), key_dim=8,
+                        img_size=32), 32, "hardswish"),
+    # MBConv: F.batch_norm, SiLU, a squeeze-excite gate broadcast over the map
+    "coatnet": (timm_tiny("coatnet_0_rw_224", depths=(1, 1), embed_dim=(16, 32), img_size=32), 32, "gate"),
+    # cosine attention (F.normalize as a layer norm ECM), log-spaced continuous position bias
+    "swinv2_cosine_attention": (timm_tiny("swinv2_tiny_window8_256", img_size=32, window_size=4, depths=(2,),
+                                          num_heads=(2,), embed_dim=16), 32, "normalize"),
+    "xcit_cross_covariance": (timm_tiny("xcit_nano_12_p16_224", depth=2, img_size=32), 32, "normalize"),
+    # GEGLU: the gate is a product ECM of two spike streams
+    "gated_mlp": (timm_tiny("vit_tiny_patch16_224", **VIT, mlp_layer=GluMlp, act_layer=nn.GELU), 32, "gate"),
+    "beit_relpos_bias": (timm_tiny("beit_base_patch16_224", **VIT), 32, "bias"),
+    "parallel_blocks": (timm_tiny("vit_small_patch16_18x2_224", **VIT), 32, "concat"),
+    "siglip_attention_pool": (timm_tiny("vit_base_patch16_siglip_224", **VIT), 32, "query0"),
+    "pit_shape_slices": (timm_tiny("pit_ti_224", depth=(1, 1), heads=(2, 4), img_size=32, patch_size=8,
+                                   stride=4, base_dims=(16, 16)), 32, "slice"),
+    "torchvision_mha": (torchvision_vit, 32, "out_proj"),
+    "batch_norm_function": (batchnorm_act_cnn, 16, None),
+}
+
+
+def rel_err(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_converts_exactly_and_converges(family):
+    build, size, evidence = FAMILIES[family]
+    torch.manual_seed(0)
+    model = randomize(build())
+    gen = torch.Generator().manual_seed(1)
+    calib, x = torch.randn(8, 3, size, size, generator=gen), torch.randn(2, 3, size, size, generator=gen)
+    spiking = ecmt.convert(model, calib, progress=False)
+    if evidence:
+        assert any(evidence in f"{n.name} {n.KIND} {getattr(n, 'function', '')}" for n in spiking.graph), evidence
+    with torch.no_grad():
+        ann = model(x)
+        assert rel_err(spiking.analog(x), ann) <= 1e-5
+        est = spiking(x, 32)
+    errors = [rel_err(est[t - 1], ann) for t in (2, 8, 32)]
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 0.5 * errors[0], errors
+
+
+def test_batch_norm_function_folds_into_the_conv():
+    torch.manual_seed(0)
+    graph = ecmt.convert(randomize(batchnorm_act_cnn()), torch.randn(8, 3, 16, 16), spiking=False,
+                         progress=False).graph
+    assert not graph.of_kind(ir.Scale) and len(graph.of_kind(ir.Conv2d)) == 2
+
+
+def test_avg_pool_without_padding_counted():
+    # EfficientFormer's pooling token mixer: AvgPool2d(3, 1, 1, count_include_pad=False) - x
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                          nn.AvgPool2d(3, 1, 1, count_include_pad=False), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 5)).eval()
+    x = torch.randn(4, 3, 8, 8)
+    spiking = ecmt.convert(model, torch.randn(8, 3, 8, 8), progress=False)
+    with torch.no_grad():
+        assert rel_err(spiking.analog(x), model(x)) <= 1e-5
+
+
+def test_normalize_along_any_axis():
+    class Cosine(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+
+        def forward(self, x):                       # [B, 4, 6]: normalize each of the 6 columns
+            return self.fc(F.normalize(self.fc(x), dim=1))
+
+    torch.manual_seed(0)
+    model, x = Cosine().eval(), torch.randn(3, 4, 6)
+    spiking = ecmt.convert(model, torch.randn(8, 4, 6), progress=False)
+    with torch.no_grad():
+        assert rel_err(spiking.analog(x), model(x)) <= 1e-5
+
+
+def test_tracing_failure_names_module_and_line():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(4, 4)
+            self.outer = nn.Sequential(Gate())
+
+        def forward(self, x):
+            return self.outer(self.inner(x))
+
+    class Gate(nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:          # data-dependent control flow
+                return x
+            return -x
+
+    with pytest.raises(ecmt.errors.UnsupportedModelError, match=r"in outer\.0 \(.*test_convert_families\.py:\d+\)"):
+        ecmt.convert(Branchy(), torch.randn(2, 4), progress=False)
+
+
+@pytest.mark.parametrize("family", ["swin", "eva02", "coatnet"])
+def test_exports_of_new_families(family, tmp_path):
+    """Window folding, rolls, rotary slicing, gates and SiLU: ONNX runs in lockstep
+    with the executor, NIR round-trips."""
+    import exporters.nir as enir
+    from exporters.onnx import export, run
+    from exporters.verify import lockstep
+    build, size, _ = FAMILIES[family]
+    torch.manual_seed(0)
+    spiking = ecmt.convert(randomize(build()), torch.randn(8, 3, size, size), progress=False)
+    x, T = torch.randn(2, 3, size, size), 4
+    path = export(spiking.graph, tmp_path / "m.onnx", expose_spikes=True)
+    estimates, spikes = run(path, x.numpy(), T)
+    result = lockstep(spiking.graph, x, T, estimates, lambda node, t: spikes[(node, t)])
+    assert result.max_rel_diff <= 1e-5, result
+    enir.export(spiking.graph, tmp_path / "g.nir")
+    loaded = enir.load(tmp_path / "g.nir")
+    assert torch.equal(spiking(x, 3), ecmt.SpikingModel(loaded)(x, 3))

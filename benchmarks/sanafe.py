@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine_info, machine_markdown, write_result  # noqa: E402
 
 import ecmt  # noqa: E402

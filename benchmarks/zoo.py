@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -24,11 +23,11 @@ from timm.layers import GluMlp, SwiGLUPacked
 
 # eager kernels: compiling them for every one of many tiny models would dominate the run
 os.environ.setdefault("ECMT_COMPILE", "0")
-sys.path.insert(0, str(Path(__file__).parent))
 from machine import machine_info, machine_markdown, write_result  # noqa: E402
 
 import ecmt  # noqa: E402
 from ecmt.errors import EcmtError  # noqa: E402
+from ecmt.zoo import randomize  # noqa: E402
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 SMALL_VIT = dict(depth=2, embed_dim=64, num_heads=2, img_size=32, patch_size=8)
@@ -74,20 +73,6 @@ FAMILIES = {
 
 def rel_err(a, b) -> float:
     return ((a - b).norm() / b.norm()).item()
-
-
-def randomize(model: nn.Module) -> nn.Module:
-    """Weights that make every block matter: timm zero-initializes heads,
-    relative position tables and Swin-v2's post-norm weights and starts
-    LayerScale near 0, which would hide an error in them."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, p[0].numel() ** -0.5)
-            elif p.numel() and bool((p == p[0]).all()) and (
-                    0 < abs(p[0].item()) < 0.5 or (p[0].item() == 0 and name.endswith("weight"))):
-                p.fill_(1.0)
-    return model
 
 
 def build(name: str, kwargs: dict) -> nn.Module:

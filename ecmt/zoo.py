@@ -101,6 +101,21 @@ def load_state_dict(path) -> dict[str, torch.Tensor]:
     return state
 
 
+def randomize(model: nn.Module) -> nn.Module:
+    """Random weights that make every block of a shrunk timm model matter, for checks on
+    models nobody trained (tests, benchmarks/zoo.py): timm zero-initializes heads,
+    relative position tables and Swin-v2's post-norm weights and starts LayerScale near
+    0, which would hide an error in them.  In place; returns the model in eval mode."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, p[0].numel() ** -0.5)
+            elif p.numel() and bool((p == p[0]).all()) and (
+                    0 < abs(p[0].item()) < 0.5 or (p[0].item() == 0 and name.endswith("weight"))):
+                p.fill_(1.0)
+    return model.eval()
+
+
 def load_model(spec: str, checkpoint: str | None = None, **kwargs) -> torch.nn.Module:
     """'demo' (the committed demo ViT), 'demo-cnn' / 'demo-mlp' (the committed demo
     CNN / MLP), or 'timm:<name>' with an optional checkpoint; kwargs go to timm.create_model."""

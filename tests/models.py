@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 
 from ecmt import SpikingGraph, ir
+from ecmt.zoo import randomize  # noqa: F401 - shared with the tests through this module
 
 # `ecmt convert` arguments for a one-block timm ViT on 8x8 grey images (the CLI tests).
 TINY_VIT = ["--model", "timm:vit_tiny_patch16_224", "--model-arg", "img_size=8", "--model-arg",
@@ -14,20 +15,6 @@ def relu_mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(),
                          nn.Linear(16, 10)).eval()
-
-
-def randomize(model):
-    """Random weights that make every block matter: timm zero-initializes heads,
-    relative position tables and Swin-v2's post-norm weights and starts LayerScale
-    near 0, which would hide an error in them (benchmarks/zoo.py does the same)."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, p[0].numel() ** -0.5)
-            elif p.numel() and bool((p == p[0]).all()) and (
-                    0 < abs(p[0].item()) < 0.5 or (p[0].item() == 0 and name.endswith("weight"))):
-                p.fill_(1.0)
-    return model.eval()
 
 
 def cnn_strided_depthwise():

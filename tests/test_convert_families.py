@@ -11,6 +11,8 @@ import ecmt
 from ecmt import ir
 from models import randomize
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(autouse=True)
 def _eager(monkeypatch):

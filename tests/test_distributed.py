@@ -12,6 +12,8 @@ from ecmt import SpikingGraph, ir
 
 from models import TINY_VIT
 
+pytestmark = pytest.mark.slow
+
 TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "ecmt"]
 SINGLE = [sys.executable, "-m", "ecmt"]
 

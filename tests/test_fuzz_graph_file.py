@@ -24,6 +24,8 @@ from ecmt.errors import EcmtError, GraphFileError
 from ecmt.ir.serialize import CHECKSUM_KEY, META_KEY, tensor_checksum
 from models import ecm_graph, every_kind_graph, small_graph
 
+pytestmark = pytest.mark.slow
+
 CASE_SECONDS = 5            # a case slower than this is a hang
 MEMORY_GROWTH_MB = 512      # peak resident memory may grow by at most this over all cases
 PER_SEED = 800              # mutated files per seed graph

@@ -13,6 +13,8 @@ import ecmt
 from ecmt import SpikingGraph, SpikingModel, ir
 from exporters import nir as enir
 
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -287,6 +287,7 @@ def compare(hw: dict, sf: dict) -> dict:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["channels", "element"])
 def test_mlp_against_sanafe(tmp_path, form):
     sanafe_or_skip()

@@ -984,6 +984,7 @@ class Accounting:
         self.schedule = StepSchedule(onchip, placement, profile, self.tables)
         self.samples = 0
         self.schedule_samples, self.scheduled = schedule_samples, 0
+        self.sample_j: list[torch.Tensor] = []      # per batch, each sample's on-chip energy over T [B]
         self.step = {f: [0.0] * T for f in STEP_FIELDS}
         self.group = {name: {f: 0.0 for f in GROUP_FIELDS} for name in onchip.groups}
 
@@ -994,6 +995,7 @@ class Accounting:
         scheduled = max(0, min(B, self.schedule_samples - self.scheduled))
         self.scheduled += scheduled
         recv = {name: torch.zeros(B, g.elements, dtype=torch.bool) for name, g in self.onchip.groups.items()}
+        sample_j = torch.zeros(B, dtype=torch.float64)
         for t in range(T):
             gen = self.neurons_per_core.unsqueeze(0).expand(B, C) * k["t_neuron_access"]
             gen = gen.clone()
@@ -1015,6 +1017,8 @@ class Accounting:
                                + upd.double() * k["t_neuron_update"])
                 e_neuron = nu * k["e_neuron_update"] + nf * k["e_spike_out"] \
                     + B * g.neurons * k["e_neuron_access"]
+                sample_j += ((S.sum(1) + upd.sum(1)) * k["e_neuron_update"] + S.sum(1) * k["e_spike_out"]
+                             + g.neurons * k["e_neuron_access"])
                 st["neurons_fired"] += nf
                 st["neurons_updated"] += nu
                 st["neuron_j"] += e_neuron
@@ -1022,10 +1026,13 @@ class Accounting:
                 gs["fired"] += nf
                 gs["updated"] += nu
                 gs["neuron_j"] += e_neuron
+                transfers = torch.zeros(B, dtype=torch.float64)
                 if g.fed_by_host:
-                    st["host_transfers"] += float(extra.sum())
+                    transfers += extra.sum(1)
                 if g.to_host:
-                    st["host_transfers"] += nf if g.kind == "mt" else float(extra.sum())
+                    transfers += S.sum(1) if g.kind == "mt" else extra.sum(1)
+                st["host_transfers"] += float(transfers.sum())
+                sample_j += transfers * k["e_host_transfer"]
                 tab = self.tables.get(name)
                 if tab is None:
                     continue
@@ -1036,6 +1043,9 @@ class Accounting:
                 hx, hy = float((S @ tab["hx"]).sum()), float((S @ tab["hy"]).sum())
                 e_syn = ev * k["e_synaptic_event"]
                 e_net = msgs * (k["e_message_out"] + k["e_message_in"]) + hx * k["e_hop_x"] + hy * k["e_hop_y"]
+                sample_j += S @ (tab["fanout"] * k["e_synaptic_event"]
+                                 + tab["msgs"] * (k["e_message_out"] + k["e_message_in"])
+                                 + tab["hx"] * k["e_hop_x"] + tab["hy"] * k["e_hop_y"])
                 for f, v in (("synaptic_events", ev), ("messages", msgs), ("hops", hx + hy), ("hops_x", hx),
                              ("hops_y", hy), ("synapse_j", e_syn), ("network_j", e_net)):
                     st[f] += v
@@ -1077,6 +1087,12 @@ class Accounting:
             st["host_transfer_s"] = st["host_transfers"] * k["t_host_transfer"]
             for f in STEP_FIELDS:
                 self.step[f][t] += st[f]
+        self.sample_j.append(sample_j)
+
+    def sample_energy(self) -> torch.Tensor:
+        """Each sample's on-chip energy (synapse, neuron, network, chip-host transfers)
+        over the T steps, in the order the samples ran [samples]."""
+        return torch.cat(self.sample_j) if self.sample_j else torch.zeros(0, dtype=torch.float64)
 
     def result(self) -> dict:
         """Per-inference figures (sums divided by samples)."""

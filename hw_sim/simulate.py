@@ -100,7 +100,8 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
     if distributed.world() > 1 and meshes:
         raise EcmtError(f"hw_sim: profile(s) {', '.join(meshes)} (mesh model) cannot run under torchrun yet",
                         hint="run `ecmt energy` with these profiles in one process")
-    mesh_results = {name: (onchip, placement, acc.result()) for name, (onchip, placement, acc) in meshes.items()}
+    mesh_results = {name: (onchip, placement, {**acc.result(), "sample_j": acc.sample_energy()})
+                    for name, (onchip, placement, acc) in meshes.items()}
     return report_mod.Report(build(graph, counts, pairs, None,
                                    (correct.double() / n).tolist() if labels is not None else None,
                                    mesh_results, ann_accuracy=ann_correct.item() / n if labels is not None else None))
@@ -190,7 +191,7 @@ def _price(graph, counts: EventCounts, profile: HardwareProfile, mode: str, mesh
                     "limiting_resource": l.limiting_resource, "per_core_max": l.per_core_max,
                     "synapses": l.synapses, "phase": onchip.groups[l.name].phase} for l in placement.layers]
         extra = {"mapping_derivation": placement.derivation,
-                 "mesh": {**{k: v for k, v in res.items() if k != "per_step"}, "per_step": ps,
+                 "mesh": {**{k: v for k, v in res.items() if k not in ("per_step", "sample_j")}, "per_step": ps,
                           "mt_form": profile.mt_form, "weight_sharing": profile.weight_sharing}}
     else:
         key = ("steps", _values(profile, "timing", "architecture"))
@@ -354,23 +355,29 @@ def _entry(graph, counts: EventCounts, profile: HardwareProfile, mode: str, mesh
                       "latency_s": [corner(1, True), nominal[1], corner(1, False)]}
     entry["sensitivity"] = sensitivity
     entry["sensitivity_not_covered"] = not_covered
-    entry["interval95"] = _interval(graph, counts, profile, mode, entry["total_j"]) if mesh_used is None else None
+    entry["interval95"] = _interval(graph, counts, profile, mode, entry["total_j"],
+                                    mesh_used[2]["sample_j"] if mesh_used is not None else None)
     return entry
 
 
-def _interval(graph, counts: EventCounts, profile, mode, total_j: float) -> dict | None:
+def _interval(graph, counts: EventCounts, profile, mode, total_j: float,
+              mesh_sample_j: torch.Tensor | None = None) -> dict | None:
     """95% intervals of the mean over samples (normal approximation, 1.96 standard errors) of the
     energy and the spikes per inference.  Only the data-dependent counts vary per sample, and the
-    energy is linear in them: per sample, their totals times the profile's rates."""
+    energy is linear in them: per sample, their totals times the profile's rates.  With the mesh
+    model, each sample's on-chip energy comes from its accounting, and the rates give the host's."""
     per_sample, samples = counts.per_sample, counts.samples
     if not per_sample or samples < 2:
         return None
     energy = torch.zeros(samples, dtype=torch.float64)
+    if mesh_sample_j is not None:
+        energy += mesh_sample_j
     spikes = torch.zeros(samples, dtype=torch.float64)
     table = rates(graph, profile, mode)
     for name, fields in per_sample.items():
         for field, values in fields.items():
-            joules = sum(table[name].get(field, {}).values())
+            by_category = table[name].get(field, {})
+            joules = sum(j for c, j in by_category.items() if mesh_sample_j is None or c == "host")
             if joules:
                 energy += values.double() * joules
             if field == "spikes":

@@ -374,3 +374,23 @@ def test_demo_vit_maps_to_the_core_count_derived_by_hand():
     got = {l.name: (l.cores, l.limiting_resource) for l in placement.layers}
     assert got == {f"blocks.{b}.{k}": v for b in range(4) for k, v in expected.items()}
     assert (placement.cores, placement.chips) == (3140, 25)
+
+
+def test_mesh_profiles_get_an_interval_from_each_samples_energy(tmp_path):
+    """The per-sample on-chip energies sum to the accounting's total, and simulate()
+    turns them into a 95% interval around the entry's energy."""
+    profile = variant(tmp_path, {"neurons_per_core": 2, "cores_per_tile": 1}, mt_form='"element"')
+    graph = mlp(sizes=(5, 4, 3, 2), levels=3)
+    onchip = mesh.extract(graph, profile)
+    placement = mesh.place(onchip, profile)
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(4)) * 2
+    acc = mesh.Accounting(onchip, placement, profile, 4)
+    acc.add(mesh.record(graph, x, 4, onchip))
+    per = acc.result()["per_step"]
+    onchip_j = sum(sum(per[f]) for f in ("synapse_j", "neuron_j", "network_j", "host_transfer_j"))
+    energies = acc.sample_energy()
+    assert len(energies) == 6 and energies.std() > 0
+    assert float(energies.mean()) == pytest.approx(onchip_j, rel=1e-12)
+    entry = hw_sim.simulate(graph, x, 4, str(profile.path), progress=False).result(profile.name)
+    lo, hi = entry["interval95"]["energy_j"]
+    assert lo < entry["total_j"] < hi

@@ -87,3 +87,10 @@ def test_hw_sim_counts_and_prices_every_node(graph, x, profile):
                           ir.AvgPool2d, ir.Mean)):
             assert layers[n.name]["energy_j"] > 0, (profile, n.name, n.KIND)
     assert r["energy_j"] > 0 and all(math.isfinite(v) for v in r["latency_per_step_s"])
+
+
+def test_analog_pass_of_the_ppn_form_is_the_graded_graphs(x):
+    graded = every_kind_graph()
+    ppn = ir.expand_ppn(graded)
+    assert [n.name for n in ppn.of_kind(ir.MTNeuronPPN)] == ["mt2"]    # signed, per-channel thresholds
+    torch.testing.assert_close(SpikingModel(ppn).analog(x), SpikingModel(graded).analog(x), rtol=1e-5, atol=1e-6)

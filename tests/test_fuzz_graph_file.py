@@ -71,8 +71,7 @@ def load_and_use(path) -> str:
         x = torch.randn(2, *graph.shapes[graph.input.name])
         model = SpikingModel(graph)
         model(x, 2)
-        if not graph.of_kind(ir.MTNeuronPPN):        # (the analog mode has no PPN form)
-            model.analog(x)
+        model.analog(x)
         graph.save(path.with_name("resaved.ecmt"))
     except EcmtError:
         return "refused"

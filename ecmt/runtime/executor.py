@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .. import ir, memory
 from ..errors import DataError
 from .ecm import NonlinearityECMState, ProductECMState
-from .neuron import MTState
+from .neuron import MTState, PPNState
 
 # observer(node, inputs, output, t): sees every node's input and output increments.
 Observer = Callable[[ir.Node, list[torch.Tensor], torch.Tensor, int], None]
@@ -72,18 +72,8 @@ def compile_node(node: ir.Node, shape: tuple[int, ...], device, product_form: st
         st, pd, dl, g = node.stride, node.padding, node.dilation, node.groups
         return (lambda xs, t: F.conv2d(xs[0], w, b, st, pd, dl, g)), None
     if isinstance(node, ir.MTNeuronPPN):
-        state = MTState(node, shape, device)
-        lam = ir.ppn.level_values(node, shape[node.axis] // node.channels_per_value).to(device)  # [C, L]
-        axis = node.axis + 1
-        view = [1] * (len(shape) + 1)
-        view[axis] = lam.shape[0]
-
-        def one_hot(xs, t):
-            s = state.step(xs[0])
-            bits = [(s == lam[:, j].view(view)).to(s.dtype) for j in range(lam.shape[1])]
-            stacked = torch.stack(bits, dim=axis + 1)                       # [..., C, L, ...]
-            return stacked.flatten(axis, axis + 1)
-        return one_hot, state
+        state = PPNState(node, shape, device)
+        return (lambda xs, t: state.step(xs[0])), state
     if isinstance(node, ir.MTNeuron):
         state = MTState(node, shape, device)
         return (lambda xs, t: state.step(xs[0])), state

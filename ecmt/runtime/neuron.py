@@ -127,3 +127,34 @@ class MTState:
     def analog(self, x: torch.Tensor) -> torch.Tensor:
         """The ANN function this neuron approximates: identity, or ReLU if positive-only."""
         return x if self.signed else torch.relu(x)
+
+
+class PPNState(MTState):
+    """An MT neuron in PPN form (ir.MTNeuronPPN): each step's graded spike leaves as
+    one-hot level channels along the node's axis (channel-major, c * L + j), for a
+    next layer whose weights are expanded to lambda_j W (ecmt/ir/ppn.py)."""
+
+    def __init__(self, node, shape: tuple[int, ...], device=None, compiled: bool | None = None):
+        super().__init__(node, shape, device, compiled)
+        from ..ir.ppn import level_values
+        self.lam = level_values(node, shape[node.axis] // node.channels_per_value).to(device)  # [C, L]
+        self.axis = node.axis + 1                                       # batched
+        self.view = [1] * (len(shape) + 1)
+        self.view[self.axis] = self.lam.shape[0]
+        self.lowest = [0] + ([node.levels] if self.signed else [])    # the +th and -th level channels
+
+    def _channels(self, per_level) -> torch.Tensor:
+        stacked = torch.stack([per_level(j, self.lam[:, j].view(self.view)) for j in range(self.lam.shape[1])],
+                              dim=self.axis + 1)                        # [..., C, L, ...]
+        return stacked.flatten(self.axis, self.axis + 1)
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        s = super().step(x)
+        return self._channels(lambda j, lam: (s == lam).to(s.dtype))
+
+    def analog(self, x: torch.Tensor) -> torch.Tensor:
+        """The ANN's value a carried as a / lambda on the lowest level channel of its sign,
+        so that the expanded next layer computes sum_j lambda_j W c_j = W a exactly."""
+        a = super().analog(x)
+        return self._channels(lambda j, lam: torch.where(a * lam > 0, a / lam, 0.0) if j in self.lowest
+                              else torch.zeros_like(a))

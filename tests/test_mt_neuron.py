@@ -232,3 +232,11 @@ def test_convert_checks_spikes_per_step_against_levels():
     graph = ecmt.convert(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)),
                          torch.randn(16, 3), levels=4, spikes_per_step=4, progress=False).graph
     assert [n.spikes_per_step for n in graph.of_kind(MTNeuron)] == [4]
+
+
+def test_inspect_shows_each_neurons_k():
+    import ecmt
+    from models import relu_mlp
+    graph = ecmt.convert(relu_mlp(), torch.randn(32, 1, 8, 8), spikes_per_step=3, progress=False).graph
+    rows = graph.summary().split("MT neurons")[1].splitlines()[2:]
+    assert len(rows) == 2 and all(row.split()[2:4] == ["8", "3"] for row in rows), rows

@@ -42,9 +42,10 @@ def summarize(graph: SpikingGraph) -> str:
     if neurons:
         lines.append("")
         lines.append(f"MT neurons ({len(neurons)}):")
-        lines.append(f"  {'name':<34}{'shape':<16}{'levels':>6}  {'th_pos':<22}{'th_neg':<22}{'role':<11}search")
+        # k: the levels a neuron may send in one step (spikes_per_step, docs/method.md §2)
+        lines.append(f"  {'name':<34}{'shape':<16}{'levels':>6}{'k':>3}  {'th_pos':<22}{'th_neg':<22}{'role':<11}search")
         for n in neurons:
-            lines.append(f"  {n.name:<34}{str(list(graph.shapes[n.name])):<16}{n.levels:>6}  "
+            lines.append(f"  {n.name:<34}{str(list(graph.shapes[n.name])):<16}{n.levels:>6}{n.spikes_per_step:>3}  "
                          f"{_fmt_th(n.th_pos):<22}{_fmt_th(n.th_neg):<22}{n.meta.get('role', ''):<11}"
                          + (f"x{n.meta['search']['multiplier']:g}, T={n.meta['search']['target_T']}"
                             if "search" in n.meta else "-"))

@@ -133,6 +133,9 @@ def cmd_convert(args):
     from .ir import MTNeuron
     from .zoo import load_model
     check_writable(args.output)             # before the work, not after it
+    if args.spikes_per_step > args.levels:
+        raise EcmtError(f"--spikes-per-step {args.spikes_per_step} exceeds --levels {args.levels}",
+                        hint="a neuron can send at most all of its levels in one step")
     model = load_model(args.model, args.checkpoint, **_model_kwargs(args.model_arg))
     spiking = _convert(args, model)
     if distributed.is_main():

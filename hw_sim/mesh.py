@@ -967,6 +967,8 @@ class Accounting:
 
     def __init__(self, onchip: OnChip, placement: Placement, profile, T: int,
                  schedule_samples: int = SCHEDULE_SAMPLES):
+        if schedule_samples < 1:
+            raise ValueError(f"schedule_samples must be >= 1, got {schedule_samples}")
         self.onchip, self.placement, self.profile, self.T = onchip, placement, profile, T
         m = lambda k: profile[f"mesh.{k}"]
         self.k = {k: m(k) for k in MESH_REQUIRED if k.startswith(("e_", "t_"))}

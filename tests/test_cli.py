@@ -57,6 +57,8 @@ def test_demo_runs_end_to_end(tmp_path):
     (["inspect", "/nonexistent.ecmt"], None, "no such graph file"),
     (["eval", "/nonexistent.ecmt"], None, "no such graph file"),
     (["convert", "--model", "timm:not_a_model", "-o", "x.ecmt"], None, "cannot build timm model"),
+    (["convert", "--model", "timm:not_a_model", "--levels", "2", "--spikes-per-step", "3", "-o", "x.ecmt"], None,
+     "--spikes-per-step 3 exceeds --levels 2"),
     (["convert", "--model", "demo", "--data", "fashion-mnist", "-o", "x.ecmt"],
      {"ECMT_FASHION_MNIST": "/nonexistent"}, "Fashion-MNIST not found"),
     (["export", "/nonexistent.ecmt", "--to", "nir", "-o", "x.onnx"], None,

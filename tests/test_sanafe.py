@@ -334,6 +334,8 @@ def test_detailed_schedule_runs_on_the_first_samples_only(tmp_path):
     every.add(rasters)
     got, two, full = capped.result(), first_two.result(), every.result()
     assert (got["samples"], got["scheduled_samples"], full["scheduled_samples"]) == (3, 2, 3)
+    with pytest.raises(ValueError, match="schedule_samples must be >= 1, got 0"):
+        mesh.Accounting(onchip, placement, profile, T, schedule_samples=0)
     for key in ("onchip_latency_s", "chip_latency_s"):
         assert got["per_step"][key] == pytest.approx(two["per_step"][key], rel=1e-12)
     for key in ("synapse_j", "neuron_j", "network_j", "messages", "onchip_latency_simple_s"):

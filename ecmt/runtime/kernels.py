@@ -39,14 +39,18 @@ def fused(fn):
     return run
 
 
+def _sign_and_scale(v: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor | None):
+    """v's sign, the threshold of that sign, |v| and half the threshold."""
+    pos = v >= 0
+    th = th_pos if th_neg is None else torch.where(pos, th_pos, th_neg)
+    return pos, th, v.abs(), th * 0.5
+
+
 def mt_levels(v: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor | None, levels: int):
     """The largest crossed level: |v| >= th * 2^k - th / 2, sign by v (section 2).
     Returns (spikes, level number): the number is k + 1 for th_pos 2^k, -(k + 1)
     for -th_neg 2^k and 0 for no spike, as a float."""
-    pos = v >= 0
-    th = th_pos if th_neg is None else torch.where(pos, th_pos, th_neg)
-    mag = v.abs()
-    half = th * 0.5
+    pos, th, mag, half = _sign_and_scale(v, th_pos, th_neg)
     level = torch.zeros_like(v)
     number = torch.zeros_like(v)
     for k in range(levels):                   # unrolled when compiled
@@ -67,10 +71,7 @@ def mt_multi_levels(v: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor 
     s grows, so no level above j can qualify again, and this pass fires the
     same levels as re-applying the rule k times.  The sign is v's: only that
     sign's first level can qualify, and later ones keep it."""
-    pos = v >= 0
-    th = th_pos if th_neg is None else torch.where(pos, th_pos, th_neg)
-    mag = v.abs()
-    half = th * 0.5
+    pos, th, mag, half = _sign_and_scale(v, th_pos, th_neg)
     s = torch.zeros_like(v)
     fired = torch.zeros_like(v)
     for j in range(levels - 1, -1, -1):       # unrolled when compiled

@@ -244,6 +244,22 @@ def test_failed_save_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("where, meta, field", [
+    ("node", {"search": {"target_T": 2}}, "meta.search.multiplier"),       # an incomplete record
+    ("node", {"role": 3}, "meta.role"),
+    ("graph", {"calibration": [1, 2]}, "meta.calibration"),
+    ("graph", {"source": float("nan")}, "meta.source"),
+])
+def test_save_refuses_what_load_would_refuse(tmp_path, where, meta, field):
+    """Metadata is checked on save as on load: no file that ecmt cannot read back."""
+    graph = small_graph()
+    target = graph.nodes["fc1"].meta if where == "node" else graph.meta
+    target.update(meta)
+    with pytest.raises(GraphError, match=re.escape(field)):
+        graph.save(tmp_path / "out.ecmt")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("build, message", [
     (lambda: [ir.Input("input", (), shape=(3,)), ir.Output("output", ("missing",))], "dangling"),
     (lambda: [ir.Input("input", (), shape=(3,)), ir.Output("output", ("later",)),

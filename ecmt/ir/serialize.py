@@ -44,12 +44,19 @@ def graph_to_json(graph: SpikingGraph) -> dict:
 
 
 def save_graph(graph: SpikingGraph, path) -> None:
-    """Validate, then write atomically (a temporary file renamed into place)."""
+    """Validate (the graph, and its description as load checks it), then write
+    atomically (a temporary file renamed into place)."""
     graph.validate()
     path = Path(path)
     tensors = {f"{node.name}.{f}": t.detach().contiguous().clone()
                for node in graph for f, t in node.tensors().items()}
-    header = json.dumps(graph_to_json(graph), separators=(",", ":"), allow_nan=False)
+    desc = graph_to_json(graph)
+    # The checks load applies, so that nothing is saved that would be refused on load
+    # (e.g. node metadata with a malformed record).
+    check_description(desc, str(path), SpikingGraph.FORMAT, SpikingGraph.VERSION)
+    for i, nd in enumerate(desc["nodes"]):
+        check_node(nd, tensors, NODE_KINDS, i, str(path))
+    header = json.dumps(desc, separators=(",", ":"), allow_nan=False)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={META_KEY: header, CHECKSUM_KEY: tensor_checksum(tensors)})
 

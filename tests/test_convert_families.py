@@ -62,6 +62,19 @@ FAMILIES = {
     "pit_shape_slices": (timm_tiny("pit_ti_224", depth=(1, 1), heads=(2, 4), img_size=32, patch_size=8,
                                    stride=4, base_dims=(16, 16)), 32, "slice"),
     "torchvision_mha": (torchvision_vit, 32, "out_proj"),
+    # ResNet stem: SAME padding computed from shapes (traced with concrete shapes), group norm,
+    # -inf padding before max pooling (edge padding)
+    "vit_hybrid_resnet_stem": (timm_tiny("vit_tiny_r_s16_p8_224", depth=1, embed_dim=32, num_heads=2, img_size=32),
+                               32, "edge_pad"),
+    # branches on a cached buffer's shape; attention renormalized by its row sum (a constant)
+    "convit_gpsa": (timm_tiny("convit_tiny", depth=2, img_size=32, patch_size=8, embed_dim=32, num_heads=2,
+                              local_up_to_layer=1), 32, None),
+    # pads each window grid only if the size does not divide (a branch on shapes)
+    "twins_windows": (timm_tiny("twins_svt_small", depths=(1, 1), embed_dims=(16, 32), num_heads=(1, 2),
+                                mlp_ratios=(2, 2), sr_ratios=(2, 1), wss=(3, 3), img_size=32), 32, None),
+    # nn.Unfold as layout ops, then a conv over the patches folded into the batch
+    "tnt_unfold": (timm_tiny("tnt_s_patch16_224", depth=1, img_size=32, embed_dim=32, inner_dim=8,
+                             num_heads_inner=2, num_heads_outer=2), 32, "unfold"),
     "batch_norm_function": (batchnorm_act_cnn, 16, None),
 }
 
@@ -162,3 +175,79 @@ def test_exports_of_new_families(family, tmp_path):
     enir.export(spiking.graph, tmp_path / "g.nir")
     loaded = enir.load(tmp_path / "g.nir")
     assert torch.equal(spiking(x, 3), ecmt.SpikingModel(loaded)(x, 3))
+
+
+class ShapeBranches(nn.Module):
+    """Python control flow on shapes: pad to a multiple of 3 only when needed."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 9 * 9, 5)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        if h % 3 or w % 3:
+            x = F.pad(x, (0, (3 - w % 3) % 3, 0, (3 - h % 3) % 3))
+        x = F.relu(self.conv(x))
+        return self.fc(x.reshape(x.shape[0], -1))
+
+
+def test_shape_branches_are_decided_for_the_calibration_shape():
+    torch.manual_seed(0)
+    model, x = ShapeBranches().eval(), torch.randn(3, 3, 8, 8)
+    spiking = ecmt.convert(model, torch.randn(8, 3, 8, 8), progress=False)
+    assert tuple(spiking.graph.of_kind(ir.Input)[0].shape) == (3, 8, 8)   # 9 x 9 after the pad
+    with torch.no_grad():
+        assert rel_err(spiking.analog(x), model(x)) <= 1e-5
+    assert not any(k.startswith("_tensor_constant") for k in dict(model.named_buffers())), \
+        "tracing must not leave attributes on the caller's model"
+
+
+def test_branch_on_the_batch_size_is_refused():
+    class ByBatch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            if x.shape[0] > 2:               # differs between the converter's two traces
+                return self.fc(x)
+            return -self.fc(x)
+
+    with pytest.raises(ecmt.errors.UnsupportedModelError, match=r"different path for a batch of 2 than for 3"):
+        ecmt.convert(ByBatch(), torch.randn(4, 4), progress=False)
+
+
+def test_division_by_an_input_dependent_tensor_is_refused():
+    class RowNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.fc(x)
+            return y / y.sum(-1, keepdim=True)     # not a constant: no ECM computes it
+
+    with pytest.raises(ecmt.errors.UnsupportedModelError, match=r"division by an input-dependent tensor"):
+        ecmt.convert(RowNorm(), torch.randn(4, 4), progress=False)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(4, 4, 0), (3, 2, 1), (4, 4, 1)])
+def test_unfold_exact(kernel, stride, padding):
+    """Non-overlapping patches (layout ops) and overlapping ones (one-hot grouped conv)."""
+    class Patches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.unfold = nn.Unfold(kernel, padding=padding, stride=stride)
+            self.fc = nn.Linear(3 * kernel * kernel, 6)
+
+        def forward(self, x):
+            return self.fc(self.unfold(self.conv(x)).transpose(1, 2)).mean(1)
+
+    torch.manual_seed(0)
+    model, x = Patches().eval(), torch.randn(3, 3, 10, 10)
+    spiking = ecmt.convert(model, torch.randn(8, 3, 10, 10), progress=False)
+    with torch.no_grad():
+        assert rel_err(spiking.analog(x), model(x)) <= 1e-5

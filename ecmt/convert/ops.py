@@ -57,9 +57,19 @@ def emit_linear(low, x: Val, weight, bias, r1, r2, label=None):
 
 def emit_conv(low, x: Val, weight, bias, stride, padding, dilation, groups, r1, r2, label=None):
     _require_dynamic(x)
-    if x.bp != 0 or x.fold != 1 or x.v1.dim() != 4:
+    if x.bp != 0 or x.v1.dim() != 4:
         raise Unsupported("conv2d needs a [B, C, H, W] input")
     weight = const_tensor(weight)
+    if x.fold != 1:
+        # k maps per sample folded into the batch (TNT's patches): one conv over the k
+        # maps stacked as channel groups, the weight repeated per map
+        k, c, h, w = x.shape
+        stacked = low.emit(ir.Reshape, [x.node], shape=(k * c, h, w))
+        rb1, rb2 = (r.reshape(r.shape[0] // k, k * r.shape[1], *r.shape[2:]) for r in (r1, r2))
+        out = emit_conv(low, Val(x.v1.reshape(-1, k * c, h, w), x.v2.reshape(-1, k * c, h, w), stacked, 0),
+                        weight.repeat(k, 1, 1, 1), None if bias is None else const_tensor(bias).repeat(k),
+                        stride, padding, dilation, groups * k, rb1, rb2, label=label)
+        return result(low, low.emit(ir.Reshape, [out.node], shape=(k, *r1.shape[1:])), r1, r2)
     if isinstance(padding, str):
         if padding == "valid":
             padding = 0
@@ -72,6 +82,41 @@ def emit_conv(low, x: Val, weight, bias, stride, padding, dilation, groups, r1, 
                     bias=None if bias is None else const_tensor(bias), stride=stride,
                     padding=padding, dilation=dilation, groups=groups)
     return result(low, name, r1, r2)
+
+
+def unfold(low, node, gm, args, kwargs, r1, r2):
+    """nn.Unfold / F.unfold (TNT's patches): for non-overlapping patches a pure
+    layout change (reshape, permute, reshape); otherwise a grouped conv with
+    one-hot weights, one output channel per (channel, kernel position)."""
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        cfg = dict(kernel_size=m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    else:
+        a = _bind_names(["input", "kernel_size", "dilation", "padding", "stride"], args, kwargs)
+        cfg = {k: _plain(a.get(k, d)) for k, d in (("kernel_size", None), ("dilation", 1), ("padding", 0),
+                                                  ("stride", 1))}
+    x = args[0]
+    _require_dynamic(x)
+    if x.bp != 0 or x.fold != 1 or x.v1.dim() != 4:
+        raise Unsupported("unfold needs a [B, C, H, W] input")
+    pair = lambda v: (int(v), int(v)) if isinstance(v, int) else tuple(int(i) for i in v)  # noqa: E731
+    (kh, kw), dil, pad, stride = (pair(cfg[k]) for k in ("kernel_size", "dilation", "padding", "stride"))
+    c, h, w = x.shape
+    if stride == (kh, kw) and dil == (1, 1) and pad == (0, 0):
+        oh, ow = h // kh, w // kw
+        name = x.node
+        if (oh * kh, ow * kw) != (h, w):
+            name = low.emit(ir.Slice, [name], axis=1, start=0, stop=oh * kh)
+            name = low.emit(ir.Slice, [name], axis=2, start=0, stop=ow * kw)
+        name = low.emit(ir.Reshape, [name], shape=(c, oh, kh, ow, kw))
+        name = low.emit(ir.Permute, [name], dims=(0, 2, 4, 1, 3))
+        return result(low, low.emit(ir.Reshape, [name], label=_label(node), shape=(c * kh * kw, oh * ow)),
+                      r1, r2)
+    eye = torch.eye(kh * kw).reshape(kh * kw, 1, kh, kw)
+    conv = emit_conv(low, x, eye.repeat(c, 1, 1, 1), None, stride, pad, dil, c,
+                     *(F.conv2d(v, eye.repeat(c, 1, 1, 1), None, stride, pad, dil, c) for v in (x.v1, x.v2)),
+                     label=_label(node))
+    return result(low, low.emit(ir.Reshape, [conv.node], shape=tuple(r1.shape[1:])), r1, r2)
 
 
 def linear_module(low, node, gm, args, kwargs, r1, r2):
@@ -390,6 +435,8 @@ def mul(low, node, gm, args, kwargs, r1, r2, invert: bool = False):
     if invert and not (isinstance(a, Val) and a.dynamic):
         raise Unsupported("division by an input-dependent tensor")
     if isinstance(b, Val) and b.dynamic:
+        if invert:
+            raise Unsupported("division by an input-dependent tensor")
         if isinstance(a, Val) and a.dynamic:
             return elementwise_product(low, node, a, b, r1, r2)
         a, b = b, a
@@ -584,10 +631,13 @@ def pad(low, node, gm, args, kwargs, r1, r2):
     a = _bind_names(["input", "pad", "mode", "value"], args, kwargs)
     x, widths = a["input"], _plain(a["pad"])
     _require_dynamic(x)
-    if _plain(a.get("mode", "constant")) != "constant" or (_plain(a.get("value")) or 0.0) != 0.0:
-        raise Unsupported("padding other than with zeros")
+    value = float(_plain(a.get("value")) or 0.0)
+    if _plain(a.get("mode", "constant")) != "constant" or value not in (0.0, -math.inf):
+        raise Unsupported("padding other than with zeros (or with -inf before max pooling)")
     if any(w < 0 for w in widths):
         raise Unsupported("negative padding (cropping)")
+    if value == -math.inf:
+        return pad_for_max_pool(low, node, gm, x, widths, r1, r2)
     name, shape = x.node, list(x.shape)
     for i in range(len(widths) // 2):        # pairs start at the last axis
         before, after = widths[2 * i], widths[2 * i + 1]
@@ -604,6 +654,65 @@ def pad(low, node, gm, args, kwargs, r1, r2):
         name = low.emit(ir.Concat, parts, axis=axis)
         shape[axis] += before + after
     return result(low, name, r1, r2) if name != x.node else same(x, r1, r2)
+
+
+def pad_for_max_pool(low, node, gm, x: Val, widths, r1, r2) -> Val:
+    """-inf padding read only by max pooling (timm's SAME max pool): repeating the
+    edge row / column instead changes no maximum when every pooling window that
+    covers padding also covers the edge, i.e. when each width is below the kernel."""
+    for user in node.users:
+        if user.op == "call_module" and isinstance(gm.get_submodule(user.target), nn.MaxPool2d):
+            m = gm.get_submodule(user.target)
+            kernel, padding = m.kernel_size, m.padding
+        elif user.op == "call_function" and user.target is F.max_pool2d:
+            k = _bind_names(["input", "kernel_size", "stride", "padding"], user.args, user.kwargs)
+            kernel, padding = k["kernel_size"], k.get("padding", 0)
+        else:
+            raise Unsupported("padding with -inf that is not read by max pooling only")
+        kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+        if padding not in (0, (0, 0)) or max(widths) >= min(kernel):
+            raise Unsupported("padding with -inf as wide as the pooling kernel")
+    name, shape = x.node, list(x.shape)
+    for i in range(len(widths) // 2):        # pairs start at the last axis
+        before, after = widths[2 * i], widths[2 * i + 1]
+        if not before and not after:
+            continue
+        axis = x.axis(x.v1.dim() - 1 - i)
+        first = low.emit(ir.Slice, [name], axis=axis, start=0, stop=1)
+        last = low.emit(ir.Slice, [name], axis=axis, start=shape[axis] - 1, stop=shape[axis])
+        name = low.emit(ir.Concat, [first] * before + [name] + [last] * after,
+                        label=f"{low.source}.edge_pad" if low.source else "edge_pad", axis=axis)
+        shape[axis] += before + after
+    # the padded tensor differs from torch's (edges, not -inf) but every max over it agrees
+    return Val(r1, r2, name, batch_axis(r1, r2))
+
+
+def group_norm(low, node, gm, args, kwargs, r1, r2):
+    """Group norm as a layer norm ECM over each group's [C / G, H, W] values (flattened),
+    then the per-channel scale and shift."""
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        x, groups, weight, bias, eps = args[0], m.num_groups, m.weight, m.bias, m.eps
+    else:
+        a = _bind_names(["input", "num_groups", "weight", "bias", "eps"], args, kwargs)
+        x, groups, weight, bias = a["input"], int(_plain(a["num_groups"])), a.get("weight"), a.get("bias")
+        eps = float(_plain(a.get("eps", 1e-5)))
+    _require_dynamic(x)
+    if x.bp != 0 or x.fold != 1 or x.v1.dim() < 3:
+        raise Unsupported("group norm needs a [B, C, ...] input")
+    c, *rest = x.shape
+    per_group = c // groups * math.prod(rest)
+    name = low.emit(ir.Reshape, [x.node], shape=(groups, per_group))
+    name = low.emit(ir.LayerNormECM, [name], label=f"{_label(node) or low.source}.norm",
+                    weight=None, bias=None, eps=eps, features=per_group)
+    name = low.emit(ir.Reshape, [name], shape=tuple(x.shape))
+    channel = (-1,) + (1,) * len(rest)
+    if weight is not None:
+        name = low.emit(ir.Scale, [name], factor=const_tensor(weight).reshape(channel))
+    if bias is not None:
+        shift = low.emit(ir.Constant, [], value=const_tensor(bias).reshape(channel))
+        name = low.emit(ir.Add, [name, shift], label=_label(node))
+    return result(low, name, r1, r2)
 
 
 def stack(low, node, gm, args, kwargs, r1, r2):
@@ -627,9 +736,62 @@ def sum_(low, node, gm, args, kwargs, r1, r2):
     if dims is None:
         raise Unsupported("sum over all axes, the batch axis included")
     dims = (dims,) if isinstance(dims, int) else tuple(dims)
+    if len(dims) == 1:
+        rows = row_sum(low, x.node, x.axis(dims[0]))
+        if rows is not None:
+            # rows that sum to a constant whatever the input (a mix of softmaxes, ConViT's
+            # gated attention renormalized by its row sum): the sum is that constant
+            got = r1 if keepdim_of(args, kwargs) else r1.unsqueeze(dims[0])
+            want = rows.reshape((1,) * (got.dim() - rows.dim()) + tuple(rows.shape))
+            if not torch.allclose(got, want.expand_as(got), rtol=1e-4, atol=1e-6):
+                raise AssertionError("lowering bug: the row sum is not the constant the graph implies")
+            return Val(r1, r2)
     count = math.prod(x.full_shape[d] for d in dims)
     name = mean(low, node, gm, args, kwargs, r1 / count, r2 / count).node
     return result(low, low.emit(ir.Scale, [name], factor=torch.tensor(float(count))), r1, r2)
+
+
+def keepdim_of(args, kwargs) -> bool:
+    return bool(_plain(kwargs.get("keepdim", args[2] if len(args) > 2 else False)))
+
+
+def row_sum(low, name: str, axis: int) -> torch.Tensor | None:
+    """The sum along per-sample `axis` of IR node `name` if the graph fixes it
+    regardless of the input (softmax rows, scaled per row and mixed with
+    constants), as a per-sample tensor with that axis of size 1; else None."""
+    node = next((n for n in reversed(low.nodes) if n.name == name), None)
+    shape = low.shapes.get(name)
+    if node is None or shape is None:
+        return None
+    rank = len(shape)
+    axis %= rank
+
+    def aligned(t):
+        t = torch.as_tensor(t, dtype=torch.float32)
+        return t.reshape((1,) * (rank - t.dim()) + tuple(t.shape)) if t.dim() <= rank else None
+    if isinstance(node, ir.SoftmaxECM):
+        return torch.ones((1,) * rank) if node.axis % rank == axis else None
+    if isinstance(node, ir.Constant):
+        v = aligned(node.value)
+        if v is None:
+            return None
+        return v * shape[axis] if v.shape[axis] == 1 else v.sum(axis, keepdim=True)
+    if isinstance(node, ir.Scale):
+        f, inner = aligned(node.factor), row_sum(low, node.inputs[0], axis)
+        if f is None or inner is None or f.shape[axis] != 1:
+            return None
+        return f * inner
+    if isinstance(node, ir.Add):
+        total = torch.zeros((1,) * rank)
+        for i in node.inputs:
+            if len(low.shapes[i]) != rank:
+                return None
+            part = row_sum(low, i, axis)
+            if part is None:
+                return None
+            total = total + part
+        return total
+    return None
 
 
 def cat(low, node, gm, args, kwargs, r1, r2):
@@ -712,6 +874,7 @@ MODULES = {
     nn.MultiheadAttention: multihead_attention,
     nn.SiLU: elementwise("silu"), nn.Sigmoid: elementwise("sigmoid"), nn.Hardswish: elementwise("hardswish"),
     nn.AvgPool2d: pool, nn.MaxPool2d: pool, nn.AdaptiveAvgPool2d: adaptive_avg_pool,
+    nn.Unfold: unfold, nn.GroupNorm: group_norm,
 }
 FUNCTIONS = {
     F.linear: linear_function, F.conv2d: conv_function, F.layer_norm: layernorm_function,
@@ -727,7 +890,7 @@ FUNCTIONS = {
     torch.chunk: split, torch.split: split, builtins.getattr: metadata,
     F.batch_norm: batchnorm_function, F.normalize: normalize,
     F.silu: elementwise("silu"), torch.sigmoid: elementwise("sigmoid"), F.sigmoid: elementwise("sigmoid"),
-    F.hardswish: elementwise("hardswish"), torch.roll: roll, F.pad: pad, torch.stack: stack, torch.sum: sum_,
+    F.hardswish: elementwise("hardswish"), F.unfold: unfold, F.group_norm: group_norm, torch.roll: roll, F.pad: pad, torch.stack: stack, torch.sum: sum_,
 }
 METHODS = {
     "reshape": reshape, "view": reshape, "flatten": reshape, "unflatten": reshape,

@@ -106,6 +106,10 @@ def render(r: dict, T: int) -> str:
         kind = "fused (torch.compile)" if row["fused_kernels"] else "eager"
         lines.append(f"| {row['batch']} | {kind} | {row['ann_ms']:.1f} | {row['snn_step_ms']:.1f} | "
                      f"{row['ratio']:.2f} |")
+    lines += ["", "This table runs the executor node by node (the default).  The whole step captured as one "
+              "compiled function (`SpikingModel(graph, capture=True)`) against the ANN and SpikingJelly's STA, "
+              "timed in one process: [step_cost.md](step_cost.md); where a step's time goes, per node kind: "
+              "[step_profile.md](step_profile.md)."]
     return "\n".join(lines) + "\n"
 
 

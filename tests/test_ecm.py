@@ -65,3 +65,46 @@ def test_nonlinearity_first_step_is_f():
     x = torch.randn(3, 16)
     make, f = FUNCTIONS["gelu"]
     assert torch.equal(make().step(x, 1), f(x))
+
+
+# The captured step (GraphExecutor(capture=True)) calls pure_step with t as a float64
+# 0-d tensor; with eager kernels on both sides it must give the very same numbers.
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_nonlinearity_pure_step_is_step(name, monkeypatch):
+    monkeypatch.setenv("ECMT_COMPILE", "0")
+    stepped, pure = FUNCTIONS[name][0](), FUNCTIONS[name][0]()
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 8, 16, generator=gen)
+    stepped.step(x, 1)
+    pure.step(x, 1)
+    state = pure.state_tensors()
+    for t in range(2, 12):
+        x = torch.randn(4, 8, 16, generator=gen) * 2
+        y, state = pure.pure_step(state, x, torch.tensor(float(t), dtype=torch.float64))
+        assert torch.equal(y, stepped.step(x, t)), f"t={t}"
+        assert all(torch.equal(a, b) for a, b in zip(state, stepped.state_tensors()))
+    pure.set_state(state)
+    assert torch.equal(pure.sum, stepped.sum) and torch.equal(pure.out_sum, stepped.out_sum)
+
+
+@pytest.mark.parametrize("form", ["direct", "incremental"])
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False)])
+def test_product_pure_step_is_step(form, ta, tb, monkeypatch):
+    monkeypatch.setenv("ECMT_COMPILE", "0")
+    # 0.3 / t rounds differently in float32 and float64 for some t: pure_step must round as step does
+    stepped, pure = ProductECMState(ta, tb, 0.3, form), ProductECMState(ta, tb, 0.3, form)
+    gen = torch.Generator().manual_seed(7)
+    def operands():
+        x, y = torch.randn(2, 3, 6, 5, generator=gen), torch.randn(2, 3, 5, 7, generator=gen)
+        return x.transpose(-1, -2) if ta else x, y.transpose(-1, -2) if tb else y
+    x, y = operands()
+    stepped.step(x, y, 1)
+    pure.step(x, y, 1)
+    state = pure.state_tensors()
+    for t in range(2, 40):
+        x, y = operands()
+        z, state = pure.pure_step(state, x, y, torch.tensor(float(t), dtype=torch.float64))
+        assert torch.equal(z, stepped.step(x, y, t)), f"t={t}"
+        assert all(torch.equal(a, b) for a, b in zip(state, stepped.state_tensors()))
+    pure.set_state(state)
+    assert pure.x is None and torch.equal(pure.out_sum, stepped.out_sum)

@@ -14,13 +14,17 @@ class SpikingModel(torch.nn.Module):
     The executor is compiled for the device of the input on first use.
     ``product_form`` picks how product ECMs compute ("direct": one product of
     the running sums per step; "incremental": the spiking form of the spec).
+    ``capture=True`` runs each step as one compiled function of the whole
+    graph (GraphExecutor.capturable says when it applies): a faster step, after
+    a compile of a minute or more per batch size on first use.
     """
 
-    def __init__(self, graph: SpikingGraph, product_form: str = "direct"):
+    def __init__(self, graph: SpikingGraph, product_form: str = "direct", capture: bool = False):
         super().__init__()
         graph.validate()
         self.graph = graph
         self.product_form = product_form
+        self.capture = capture
         self._executors: dict[torch.device, GraphExecutor] = {}
 
     @classmethod
@@ -37,7 +41,7 @@ class SpikingModel(torch.nn.Module):
     def executor(self, device=None) -> GraphExecutor:
         device = torch.device(device or "cpu")
         if device not in self._executors:
-            self._executors[device] = GraphExecutor(self.graph, device, self.product_form)
+            self._executors[device] = GraphExecutor(self.graph, device, self.product_form, capture=self.capture)
         return self._executors[device]
 
     def forward(self, x: torch.Tensor, T: int, observer: Observer | None = None) -> torch.Tensor:

@@ -1,0 +1,137 @@
+"""Cost of one simulation step against one ANN forward and against one step of
+SpikingJelly's STA conversion of the same model, timed interleaved in one
+process (the demo ViT, Fashion-MNIST test images).
+
+    OMP_NUM_THREADS=2 python benchmarks/step_cost.py   # writes docs/benchmarks/step_cost.{md,json}
+
+Needs SpikingJelly 2.0.0 (the `peers` extra, see benchmarks/peers.py).
+Per step: the wall time of one T-step pass divided by T (the first step of an
+ECMT pass also computes the static nodes once; STA gets the image at step 1 and
+zeros after, SpikingJelly's protocol), the ANN: one forward of the same batch.
+Every repeat times each contender once, in turn, so that the load of a shared
+machine falls on all of them alike; the table gives medians and every ratio is
+of medians from this one run.  ECMT runs with its fused kernels (torch.compile),
+node by node (the default) and with the whole step captured (`capture=True`);
+their compile time is outside the timing (warm-up).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from machine import machine_info, machine_markdown, write_result
+
+import ecmt
+from ecmt import data, ir
+from ecmt.convert import calibration_batches
+from ecmt.zoo import load_model
+
+OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
+
+
+def sta_model(model, calib: torch.Tensor, T: int):
+    """The demo ViT through SpikingJelly's STATransformerRecipe ('spiking_encoder', as peers.py)."""
+    from peers import quiet, timm_to_torchvision
+    from spikingjelly.activation_based import ann2snn, functional
+    recipe = ann2snn.STATransformerRecipe(dataloader=[calib], time_steps=T, mode="spiking_encoder",
+                                          threshold_mode="mse")
+    snn = quiet(ann2snn.Converter(recipe=recipe).convert, copy.deepcopy(timm_to_torchvision(model)))
+    functional.set_step_mode(snn, "s")
+    return snn.eval()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-T", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batches", default="32,256")
+    parser.add_argument("--graph", type=Path, help="a saved converted graph of the demo ViT (default: convert now)")
+    parser.add_argument("--no-sta", action="store_true", help="leave SpikingJelly out")
+    parser.add_argument("--note", help="a line for the report, e.g. on the machine's load")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    os.environ["ECMT_COMPILE"] = "1"
+    started = time.time()
+    torch.manual_seed(0)
+    T = args.T
+    model = load_model("demo").eval()
+    train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
+    calib = train.sample(512)
+    graph = (ir.SpikingGraph.load(args.graph) if args.graph
+             else ecmt.convert(model, calibration_batches(calib), progress=False).graph)
+    contenders = {"ECMT, node by node": ecmt.SpikingModel(graph),
+                  "ECMT, captured step": ecmt.SpikingModel(graph, capture=True)}
+    if not args.no_sta:
+        from peers import run_sj
+        sta = sta_model(model, calib, T)
+        contenders["SpikingJelly STA"] = lambda x, n: run_sj(sta, x, n, "first")
+
+    result = {"machine": machine_info(), "T": T, "repeats": args.repeats, "rows": [], "compile_seconds": {},
+              "note": args.note}
+    for batch in (int(b) for b in args.batches.split(",")):
+        x = test.images[:batch]
+        fns = {"ANN forward": lambda: torch.no_grad()(model)(x)}
+        for name, run in contenders.items():
+            fns[name] = (lambda run: lambda: run(x, T))(run)
+        for name, fn in fns.items():          # warm-up: compiles ECMT's kernels / captured step
+            t0 = time.time()
+            fn()
+            result["compile_seconds"][f"{name}, batch {batch}"] = time.time() - t0
+        times = {name: [] for name in fns}
+        for _ in range(args.repeats):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        med = {name: statistics.median(ts) for name, ts in times.items()}
+        ann = med["ANN forward"]
+        row = {"batch": batch, "ann_forward_ms": 1e3 * ann, "step_ms": {}, "x_ann": {}, "x_sta": {},
+               "all_ms": {name: [1e3 * t for t in ts] for name, ts in times.items()}}
+        for name in contenders:
+            step = med[name] / T
+            row["step_ms"][name] = 1e3 * step
+            row["x_ann"][name] = step / ann
+            if "SpikingJelly STA" in med:
+                row["x_sta"][name] = step / (med["SpikingJelly STA"] / T)
+        result["rows"].append(row)
+        print(f"batch {batch}: ANN {1e3 * ann:.2f} ms; " + "; ".join(
+            f"{n} {row['step_ms'][n]:.2f} ms/step = {row['x_ann'][n]:.2f}x ANN" for n in contenders), flush=True)
+    result["wall_seconds"] = time.time() - started
+    write_result(args.out, "step_cost", result, render(result))
+
+
+def render(r: dict) -> str:
+    names = list(r["rows"][0]["step_ms"])
+    lines = ["# Cost of one simulation step: ECMT against the ANN and SpikingJelly's STA (demo ViT)", "",
+             "Produced by `OMP_NUM_THREADS=2 python benchmarks/step_cost.py`.  " + machine_markdown(r["machine"]),
+             "", f"One process, one run: each repeat times the ANN forward and a T = {r['T']} pass of every "
+             f"spiking contender in turn ({r['repeats']} repeats after a warm-up that compiles); the step is the "
+             f"pass divided by T; medians.  ECMT uses its fused kernels (torch.compile): node by node (the "
+             "default) and with each step captured as one compiled function (`SpikingModel(graph, "
+             "capture=True)`).  SpikingJelly STA: `STATransformerRecipe`, mode 'spiking_encoder', "
+             f"time_steps = {r['T']}, image at step 1 then zeros (as in benchmarks/peers.py).", "",
+             "| batch | ANN forward (ms) | " + " | ".join(f"{n} (ms / step)" for n in names) + " | "
+             + " | ".join(f"{n} / ANN" for n in names) + " | "
+             + " | ".join(f"{n} / STA" for n in names if n != "SpikingJelly STA") + " |",
+             "|---|---|" + "---|" * (2 * len(names) + len([n for n in names if n != "SpikingJelly STA"]))]
+    for row in r["rows"]:
+        lines.append(f"| {row['batch']} | {row['ann_forward_ms']:.2f} | "
+                     + " | ".join(f"{row['step_ms'][n]:.2f}" for n in names) + " | "
+                     + " | ".join(f"{row['x_ann'][n]:.2f}" for n in names) + " | "
+                     + " | ".join(f"{row['x_sta'][n]:.2f}" if n in row["x_sta"] else "-"
+                                  for n in names if n != "SpikingJelly STA") + " |")
+    lines += ["", "Warm-up (first call, including compilation), seconds: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in r["compile_seconds"].items()) + "."]
+    if r.get("note"):
+        lines += ["", f"Note: {r['note']}"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -31,6 +31,8 @@ from hw_sim.histogram import histogram
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 PROFILES = ["cmos45-fp32", "loihi"]
+# The committed report adds loihi2, deployed in Lava's fixed point: its accuracy in that format.
+REPORT_PROFILES = PROFILES + ["loihi2"]
 
 
 
@@ -60,13 +62,18 @@ def main():
     print(histograms, flush=True)
 
     split = test.take(args.samples)
-    report = hw_sim.simulate(graph, split.images, args.T, PROFILES, mode=None, labels=split.labels,
+    report = hw_sim.simulate(graph, split.images, args.T, REPORT_PROFILES, mode=None, labels=split.labels,
                              progress=False)
     report.write(OUT / "energy_report")
     screenshot(OUT / "energy_report" / "report.html", OUT.parent / "energy_report.png")
     result = {"machine": machine_info(), "overhead": overhead, "histograms": histograms,
               "samples": len(split), "T": args.T,
               "accuracy": report.data["accuracy"],
+              "deployed": {f: {"format": d["format"], "accuracy": d["accuracy"]}
+                           for f, d in report.data["deployed"].items()},
+              "interval95_uj": {f"{r['profile']['name']} ({r['mode']})": [[1e6 * v for v in iv]
+                                                                          for iv in r["interval95"]["energy_per_t_j"]]
+                                for r in report.hardware if r["interval95"]},
               "ratios": {f"{r['profile']['name']} ({r['mode']})": r["energy_ratio_per_t"] for r in report.hardware},
               "energy_uj": {f"{r['profile']['name']} ({r['mode']})": [1e6 * e for e in _cumulative(r)]
                             for r in report.hardware},
@@ -121,12 +128,17 @@ def render(r):
              "step t and the accuracy after step t).  Ratio = SNN energy over t steps / one ANN forward on "
              "the profile's ANN baseline (cmos45-fp32 for Loihi).  Counting modes are explained in "
              "[../energy.md](../energy.md).", "",
-             "| t | SNN accuracy | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+             "| t | SNN accuracy | " + "".join(f"accuracy, {d['format']} | " for d in r["deployed"].values())
+             + " | ".join(keys) + " |", "|---|---|" + "---|" * (len(keys) + len(r["deployed"]))]
     for t in range(r["T"]):
         lines.append(f"| {t + 1} | {100 * r['accuracy'][t]:.2f}% | "
+                     + "".join(f"{100 * d['accuracy'][t]:.2f}% | " for d in r["deployed"].values())
                      + " | ".join(f"{r['ratios'][k][t]:.3f}" for k in keys) + " |")
     lines += ["", "ANN energy per inference (uJ): " + ", ".join(f"{k}: {v:.3g}" for k, v in r["ann_uj"].items()),
               "", f"Paper-mode firing rate over T = {r['T']}: {r['firing_rate']:.3f}.", "",
+              "Accuracy in a deployed format: loihi2's profile is deployed in Lava's fixed point (int8 "
+              "weights, integer MT membranes; hw_sim/deployed.py), run in the executor on the same images.  "
+              "95% intervals over the images of the energy at every t: report.json, `interval95`.", "",
               "The full report (JSON, Markdown, HTML with plots) is in [energy_report/](energy_report/).", "",
               "## Cost of counting", "",
               f"One `hw_sim.simulate` run (counting every event, pricing it on two profiles in two modes) "

@@ -32,6 +32,13 @@ ECM_BOOKKEEPING = (2, 2)          # (adds, mults)
 PRODUCT_BOOKKEEPING = (1, 1)
 
 
+def mt_update_ops(node) -> int:
+    """Adds (and compares) of one MT neuron update on a CMOS datapath: add the input, compare
+    against each level, subtract the spike.  With spikes_per_step k > 1 each level's compare
+    is against the remainder |v| - s (a subtract, a compare) and a fired level adds into s."""
+    return node.levels + 2 if node.spikes_per_step == 1 else 2 * node.levels + 2
+
+
 def forward_work(graph, node) -> dict[str, int]:
     """The ANN's own work at `node` in one forward of one sample: macs (a convolution
     counted over its zero-padded window, as an accelerator runs it), adds, mults and

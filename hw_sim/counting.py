@@ -3,7 +3,10 @@ per step, from the actual tensors.
 
 Counted (summed over the batch; report.py divides by the number of samples):
 
-* ``spikes``: non-zero MT outputs; ``levels``: the same by level (-n..-1, 1..n).
+* ``spikes``: non-zero MT outputs (graded events); ``levels``: the levels
+  fired, by level (-n..-1, 1..n); ``level_spikes``: their sum, the binary
+  events.  A neuron with spikes_per_step k > 1 fires up to k levels in one
+  spike (their sum); with k = 1 a spike is one level and the two coincide.
 * ``sops``: synaptic operations, one per (non-zero spike input, weight) pair:
   every non-zero input times its real fan-out (exact at conv borders, with
   stride, padding and groups); for a product ECM fed by spikes, the non-zero
@@ -19,12 +22,15 @@ Counted (summed over the batch; report.py divides by the number of samples):
 * ``paper_sops`` / ``paper_dense``: the ECMT reference's counting, which
   covers every Linear layer (whatever feeds it) and every product ECM, the
   latter with the updated sums A_t, B_t.
+* ``level_sops``: ``sops`` with each spike input counted once per level it
+  carries (a binary-spike chip's synaptic events; a CMOS adder's shifted adds):
+  equal to ``sops`` where every feeding neuron has k = 1.
 
 How, cheaply: work that depends only on shapes (dense work, neuron updates,
 analog ops, state traffic) is computed once per node from the graph and
 multiplied by the number of samples.  What depends on the data is counted
 from the run: each MT neuron's kernel writes a one-byte event code per element
-(MTState.record), and one histogram of it gives the spikes by level and the
+(MTState.record; two bytes for k > 1), and one histogram of it gives the spikes by level and the
 active updates; a linear layer fed by an MT neuron (through reshapes) gets its
 synaptic operations from that neuron's spike count; products and convolutions
 count non-zero pairs in fused kernels.
@@ -43,16 +49,20 @@ import torch
 import torch.nn.functional as F
 
 from ecmt import ir
+from ecmt.errors import GraphError
 from ecmt.runtime import GraphExecutor
 from ecmt.runtime.kernels import fused
 
 from .costs import ECM_BOOKKEEPING, PRODUCT_BOOKKEEPING, forward_work
-from .histogram import histogram
+from .histogram import histogram, mt_counts
 
 # The counts that depend on the data, kept per sample.
-SAMPLE_FIELDS = ("spikes", "active_updates", "sops", "paper_sops")
+SAMPLE_FIELDS = ("spikes", "active_updates", "sops", "paper_sops", "level_spikes", "level_sops")
 FIELDS = ("spikes", "sops", "macs", "dense", "neuron_updates", "active_updates", "adds", "mults",
-          "specials", "state_rw", "paper_sops", "paper_dense")
+          "specials", "state_rw", "paper_sops", "paper_dense", "level_spikes", "level_sops")
+# The per-sample totals kept per node: MT neurons, and nodes whose SOPs are measured.
+MT_SAMPLE = ("spikes", "active_updates", "level_spikes")
+SOP_SAMPLE = ("sops", "paper_sops", "level_sops")
 
 
 @fused
@@ -84,6 +94,55 @@ def product_pairs(x, y, a_now, b_now, ca_prev, cb_prev):
     full = xy + per_sample(cx * cb_prev) + per_sample(ca_prev * cy)
     paper = xy + per_sample(cx * cb) + per_sample(ca * cy)
     return torch.stack([full, paper], dim=1).to(torch.int64), ca, cb
+
+
+@fused
+def fired_levels(x: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor | None, levels: int) -> torch.Tensor:
+    """Per element of a spike tensor x of an MT neuron (thresholds broadcast against x),
+    how many levels its spike carries: the binary digits of m = |x| / th (x = sign th m;
+    rounding makes m exact, x being a sum of th 2^j)."""
+    th = th_pos if th_neg is None else torch.where(x >= 0, th_pos, th_neg)
+    m = torch.round(x.abs() / th)
+    count = torch.zeros_like(x)
+    for j in range(levels):                   # unrolled when compiled
+        count = count + torch.remainder(torch.floor(m / float(2 ** j)), 2.0)
+    return count
+
+
+@fused
+def weighted_sum(w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per sample, the sum of w * weight (weight broadcast over the batch), as int64."""
+    return (w.to(torch.int64) * weight).flatten(1).sum(1)
+
+
+@fused
+def product_level_pairs(px, py, ca_prev, cb_prev):
+    """product_pairs' spiking count with each spike input weighted by its levels:
+    px, py are the levels per element of x, y (1 per non-zero element for an operand
+    of k = 1 spikes), as multiplied; a pair of two spikes counts their product."""
+    wx = px.sum(dim=-2).to(torch.float64)
+    wy = py.sum(dim=-1).to(torch.float64)
+    per_sample = lambda z: z.flatten(1).sum(1)
+    return (per_sample(wx * wy) + per_sample(wx * cb_prev) + per_sample(ca_prev * wy)).to(torch.int64)
+
+
+def level_tables(levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For a k > 1 neuron's signed m = -(2^n - 1)..2^n - 1 (its event code without the active
+    flag): the levels fired as [2^(n+1) - 1, 2n] (columns -n..-1, 1..n, as ``levels``) and their count."""
+    span = 2 ** levels - 1
+    m = torch.arange(-span, span + 1)
+    bits = (m.abs().unsqueeze(1) >> torch.arange(levels)) & 1                 # [M, n]: level j + 1 fired
+    neg, pos = bits * (m < 0).unsqueeze(1), bits * (m > 0).unsqueeze(1)
+    table = torch.cat([neg.flip(1), pos], dim=1).to(torch.int64)
+    return table, table.sum(1)
+
+
+def spike_origin(graph: ir.SpikingGraph, name: str) -> ir.MTNeuron | None:
+    """The MT neuron whose spikes reach `name` unchanged in value (through shape-only nodes)."""
+    node = graph[name]
+    while not isinstance(node, ir.MTNeuron) and node.SHAPE_ONLY and node.inputs:
+        node = graph[node.inputs[0]]
+    return node if isinstance(node, ir.MTNeuron) else None
 
 
 def conv_fanout(node: ir.Conv2d, in_shape: tuple[int, ...]) -> torch.Tensor:
@@ -153,10 +212,14 @@ class Counter:
         self.static = {step.node.name for step in executor.steps if step.static}
         self.fixed = {n.name: shape_work(graph, n) for n in graph}
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.int64, device=self.device)
-        # Per MT neuron and step, the histogram of event codes: [input zero / non-zero, level -n..n].
-        self.histograms = {n.name: zeros(T, 2, 2 * n.levels + 1) for n in graph.of_kind(ir.MTNeuron)}
+        # Per MT neuron and step, the histogram of event codes: [input zero / non-zero, level -n..n]
+        # (k = 1), or [input zero / non-zero, signed m = -(2^n - 1)..2^n - 1] (k > 1: the levels fired
+        # are m's binary digits).
+        self.multi = {n.name for n in graph.of_kind(ir.MTNeuron) if n.spikes_per_step > 1}
+        self.histograms = {n.name: zeros(T, 2, 2 ** (n.levels + 1) - 1 if n.name in self.multi else 2 * n.levels + 1)
+                           for n in graph.of_kind(ir.MTNeuron)}
         # Per node and step, counts that need the data and no histogram: [sops, paper_sops].
-        self.measured: dict[str, torch.Tensor] = {}
+        self.measured: dict[str, torch.Tensor] = {}       # [T, 3]: sops, paper_sops, level_sops
         self.sources: dict[str, str] = {}       # linear layer -> the MT neuron its spike count comes from
         self.fanout: dict[str, torch.Tensor] = {}
         self.previous: dict[str, tuple] = {}    # product ECM -> last step's (ca, cb)
@@ -168,17 +231,37 @@ class Counter:
                 data.add(n.name)
         self.constant = {n.name for n in graph if n.name not in data}
         self.per_sample: dict[str, torch.Tensor] = {}
-        # Per node computed from the data, per batch: [batch, 2] totals over the steps of
-        # (spikes, active updates) for MT neurons, (sops, paper_sops) for measured nodes.
+        # Per node computed from the data, per batch: [batch, 3] totals over the steps of
+        # MT_SAMPLE for MT neurons, SOP_SAMPLE for measured nodes.
         self.batches: list[dict[str, torch.Tensor]] = []
         for n in graph:
             if isinstance(n, ir.Linear) and (src := spike_source(graph, n)) is not None:
                 self.sources[n.name] = src
             elif isinstance(n, (ir.Linear, ir.ProductECM)) or (
                     isinstance(n, ir.Conv2d) and graph.spiking[n.inputs[0]]):
-                self.measured[n.name] = zeros(T, 2)
+                self.measured[n.name] = zeros(T, 3)
             if isinstance(n, ir.Conv2d) and graph.spiking[n.inputs[0]]:
                 self.fanout[n.name] = conv_fanout(n, graph.shapes[n.inputs[0]]).to(self.device)
+        # Convolutions and products fed by k > 1 spikes weigh each input by its levels (level_sops),
+        # read from the spike values: input i of node -> the MT neuron whose spikes they are.
+        self.leveled: dict[str, dict[int, ir.MTNeuron]] = {}
+        for name in self.measured:
+            n = graph[name]
+            if isinstance(n, ir.Linear):
+                continue
+            for i, s in enumerate(n.inputs):
+                mt = spike_origin(graph, s) if graph.spiking[s] else None
+                if mt is None or mt.name not in self.multi or isinstance(mt, ir.MTNeuronPPN):
+                    continue
+                scalar = mt.th_pos.numel() == 1 and (mt.th_neg is None or mt.th_neg.numel() == 1)
+                if not scalar and (s != mt.name or isinstance(n, ir.ProductECM)):
+                    # per-channel thresholds align with the neuron's own layout only
+                    raise GraphError(
+                        f"node {name!r} ({n.KIND}): input {s!r} carries spikes of {mt.name!r} (spikes_per_step "
+                        f"{mt.spikes_per_step}) with per-channel thresholds: hw_sim reads a spike's levels "
+                        "against thresholds in the neuron's own layout, i.e. only in a convolution fed by it "
+                        "directly", hint="convert with per-tensor thresholds to price this graph")
+                self.leveled.setdefault(name, {})[i] = mt
 
     def __call__(self, node: ir.Node, inputs: list[torch.Tensor], out: torch.Tensor, t: int) -> None:
         if t > 1 and node.name in self.static:
@@ -191,6 +274,15 @@ class Counter:
         if isinstance(node, ir.MTNeuron):
             hist = self.histograms[node.name][i]
             code, bins = self.executor.state(node.name).code, 2 * (2 * node.levels + 1)
+            if node.name in self.multi:
+                # int16 codes over (sign, m): one pass gives the histogram and, per sample,
+                # (spikes, active updates, levels fired)
+                if node.name in self.constant:
+                    hist.zero_()
+                    mt_counts(code, node.levels, hist)
+                    return
+                self._add_sample(node.name, mt_counts(code, node.levels, hist, rows=out.shape[0]), i)
+                return
             if node.name in self.constant:
                 hist.zero_()                    # the same every run: kept per sample
                 histogram(code, bins, out=hist)
@@ -199,7 +291,8 @@ class Counter:
             per = histogram(code, bins, rows=out.shape[0]).view(out.shape[0], 2, -1)
             hist.add_(per.sum(0))
             levels = per.sum(1)
-            self._add_sample(node.name, torch.stack([levels.sum(1) - levels[:, node.levels], per[:, 1].sum(1)], 1))
+            spikes = levels.sum(1) - levels[:, node.levels]
+            self._add_sample(node.name, torch.stack([spikes, per[:, 1].sum(1), spikes], 1), i)
             return
         if node.name not in self.measured:
             return
@@ -207,34 +300,52 @@ class Counter:
             pairs = self._count_product(node)
         elif isinstance(node, ir.Conv2d):
             sops = weighted_nonzero(inputs[0], self.fanout[node.name])
-            pairs = torch.stack([sops, torch.zeros_like(sops)], dim=1)       # the paper counts Linear only
+            mt = self.leveled.get(node.name, {}).get(0)
+            level_sops = sops if mt is None else weighted_sum(self._fired(inputs[0], mt), self.fanout[node.name])
+            pairs = torch.stack([sops, torch.zeros_like(sops), level_sops], dim=1)  # the paper counts Linear only
         else:
             nnz = count_nonzero(inputs[0]) * node.weight.shape[0]
-            pairs = torch.stack([nnz if self.graph.spiking[node.inputs[0]] else torch.zeros_like(nnz), nnz], dim=1)
+            sops = nnz if self.graph.spiking[node.inputs[0]] else torch.zeros_like(nnz)
+            pairs = torch.stack([sops, nnz, sops], dim=1)
         row = pairs.sum(0)
         if node.name in self.constant:
             self.per_sample[node.name] = row
         else:
             self.measured[node.name][i].add_(row)
-            self._add_sample(node.name, pairs)
+            self._add_sample(node.name, pairs, i)
 
-    def _add_sample(self, name: str, pairs: torch.Tensor) -> None:
+    def _add_sample(self, name: str, pairs: torch.Tensor, i: int) -> None:
         batch = self.batches[-1]
-        if name in batch:
-            batch[name].add_(pairs)
-        else:
-            batch[name] = pairs.clone()
+        if name not in batch:         # per sample and step: the reports' intervals at every t
+            batch[name] = torch.zeros(*pairs.shape[:1], self.T, pairs.shape[1], dtype=torch.int64,
+                                      device=pairs.device)
+        batch[name][:, i].add_(pairs)
 
     def _count_product(self, node: ir.ProductECM) -> torch.Tensor:
         state = self.executor.state(node.name)      # this step's x, y and A_t, B_t, transposed as multiplied
         if node.name not in self.previous:
             self.previous[node.name] = (torch.zeros_like(state.a[..., 0, :], dtype=torch.float64),
                                         torch.zeros_like(state.b[..., :, 0], dtype=torch.float64))
-        pairs, ca, cb = product_pairs(state.x, state.y, state.a, state.b, *self.previous[node.name])
+        previous = self.previous[node.name]
+        pairs, ca, cb = product_pairs(state.x, state.y, state.a, state.b, *previous)
         self.previous[node.name] = (ca, cb)
+        leveled = self.leveled.get(node.name)
+        if leveled:
+            px, py = (self._fired(z, leveled[j]) if j in leveled else (z != 0).to(z.dtype)
+                      for j, z in enumerate((state.x, state.y)))
+            level = product_level_pairs(px, py, *previous)
+        else:
+            level = pairs[:, 0]
+        pairs = torch.cat([pairs, level.unsqueeze(1)], dim=1)
         if not all(self.graph.spiking[s] for s in node.inputs):
-            pairs[:, 0] = 0              # analog operands: MACs, counted from shapes
+            pairs[:, 0] = pairs[:, 2] = 0        # analog operands: MACs, counted from shapes
         return pairs
+
+    def _fired(self, x: torch.Tensor, mt: ir.MTNeuron) -> torch.Tensor:
+        """The levels each element of x (spikes of the k > 1 neuron `mt`) carries."""
+        st = self.executor.state(mt.name)
+        flat = lambda th: None if th is None else (th.reshape(1) if th.numel() == 1 else th)
+        return fired_levels(x, flat(st.th_pos), flat(st.th_neg), mt.levels)
 
     # -- results -----------------------------------------------------------------------
     def result(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -253,34 +364,45 @@ class Counter:
                 hist = self.histograms[n.name]
                 if n.name in self.constant:
                     hist = hist * self.samples
-                per_level = hist.sum(dim=1)
-                c["levels"] = torch.cat([per_level[:, :n.levels], per_level[:, n.levels + 1:]], dim=1)
-                c["spikes"] = c["levels"].sum(dim=1)
+                per_value = hist.sum(dim=1)
+                if n.name in self.multi:
+                    table, _ = level_tables(n.levels)
+                    c["levels"] = per_value @ table.to(per_value.device)
+                    c["spikes"] = per_value.sum(dim=1) - per_value[:, 2 ** n.levels - 1]
+                else:
+                    c["levels"] = torch.cat([per_value[:, :n.levels], per_value[:, n.levels + 1:]], dim=1)
+                    c["spikes"] = c["levels"].sum(dim=1)
+                c["level_spikes"] = c["levels"].sum(dim=1)
                 c["active_updates"] = hist[:, 1].sum(dim=1)
             if n.name in self.measured:
                 measured = self.measured[n.name]
                 if n.name in self.per_sample:
                     measured = first.unsqueeze(1) * (self.per_sample[n.name] * self.samples)
-                c["sops"], c["paper_sops"] = (v.contiguous() for v in measured.unbind(dim=1))
+                c["sops"], c["paper_sops"], c["level_sops"] = (v.contiguous() for v in measured.unbind(dim=1))
             out[n.name] = c
         for name, src in self.sources.items():      # linear layers fed by an MT neuron's spikes
-            sops = out[src]["spikes"] * self.graph[name].weight.shape[0]
+            width = self.graph[name].weight.shape[0]
+            sops = out[src]["spikes"] * width
             out[name]["sops"], out[name]["paper_sops"] = sops, sops.clone()
+            out[name]["level_sops"] = out[src]["level_spikes"] * width
         return out
 
 
-    def per_sample_totals(self) -> dict[str, dict[str, torch.Tensor]]:
+    def per_sample_totals(self, steps: bool = False) -> dict[str, dict[str, torch.Tensor]]:
         """Per node computed from the data, per field of SAMPLE_FIELDS it has: an int64
-        tensor [samples] of per-sample totals over the T steps, in the order the samples ran."""
+        tensor [samples] of per-sample totals over the T steps (with `steps`, [samples, T]:
+        per step), in the order the samples ran."""
         out: dict[str, dict[str, torch.Tensor]] = {}
         for name in self.batches[0] if self.batches else ():
             both = torch.cat([b[name] for b in self.batches]).cpu()
-            pair = ("spikes", "active_updates") if name in self.histograms else ("sops", "paper_sops")
-            out[name] = dict(zip(pair, both.unbind(1)))
+            both = both if steps else both.sum(1)
+            fields = MT_SAMPLE if name in self.histograms else SOP_SAMPLE
+            out[name] = dict(zip(fields, both.unbind(-1)))
         for name, src in self.sources.items():
             if src in out:
                 width = self.graph[name].weight.shape[0]
-                out[name] = {"sops": out[src]["spikes"] * width, "paper_sops": out[src]["spikes"] * width}
+                out[name] = {"sops": out[src]["spikes"] * width, "paper_sops": out[src]["spikes"] * width,
+                             "level_sops": out[src]["level_spikes"] * width}
         return out
 
 
@@ -296,10 +418,12 @@ class EventCounts:
     ``nodes``: per node and field (FIELDS; MT neurons also ``levels``, [T][2n]) the
     events of each step summed over ``samples`` samples.  ``per_sample``: per node
     computed from the data, the SAMPLE_FIELDS totals over T of each sample (for
-    intervals; None where not kept, e.g. under torchrun)."""
+    intervals; None where not kept, e.g. under torchrun); ``per_sample_steps``: the
+    same per step, [samples, T] (for intervals at every t)."""
     nodes: dict[str, dict[str, list]]
     samples: int
     per_sample: dict[str, dict[str, torch.Tensor]] | None = None
+    per_sample_steps: dict[str, dict[str, torch.Tensor]] | None = None
 
     @property
     def T(self) -> int:
@@ -320,4 +444,5 @@ class EventCounts:
 
 def event_counts(counter: Counter) -> EventCounts:
     """A single process's counts (simulate() sums ranks' counts itself)."""
-    return EventCounts(to_lists(counter.result()), counter.samples, counter.per_sample_totals())
+    return EventCounts(to_lists(counter.result()), counter.samples, counter.per_sample_totals(),
+                       counter.per_sample_totals(steps=True))

@@ -14,6 +14,14 @@ Two counting modes:
   profile everything runs on the accelerator, with a memory access per
   weight used and per state element read or written.
 
+Spike formats (the profile's ``spikes``), for neurons that send up to k
+levels per step (spikes_per_step; a spike fires j <= k levels, ``level_spikes``
+and ``level_sops`` count them, counting.py): a ``graded`` chip sends one event
+carrying the sum and does one synaptic op per (event, weight); a ``binary``
+chip sends each fired level as its own event on its level channel, j synaptic
+ops per weight; a CMOS datapath (``values``) reads the weight once and does
+j shifted adds (docs/energy.md).  With k = 1 all three count the same.
+
 Pricing is linear in the counts: `rates` gives, per node and count field, the
 joules one event costs by category, and `snn_energy` multiplies them by the
 counts.  Re-pricing with one constant changed (hw_sim/simulate.py's range
@@ -27,7 +35,7 @@ import math
 
 from ecmt import ir
 
-from .costs import SPECIAL_MACS, forward_work
+from .costs import SPECIAL_MACS, forward_work, mt_update_ops
 from .counting import EventCounts
 from .profile import HardwareProfile
 
@@ -80,19 +88,47 @@ def rates(graph: ir.SpikingGraph, profile: HardwareProfile, mode: str) -> Rates:
     return {n.name: price(n, profile) for n in graph}
 
 
+def spike_fields(profile: HardwareProfile) -> tuple[str, str]:
+    """The count fields of a spike and of a synaptic op on the profile's cores: one graded
+    event per spike, or one binary event per fired level (k > 1 spikes carry several)."""
+    return ("level_spikes", "level_sops") if profile.spikes == "binary" else ("spikes", "sops")
+
+
+def spike_format(graph: ir.SpikingGraph, profile: HardwareProfile) -> dict:
+    """How the profile carries the graph's spikes, for the report: the kind, the most levels one
+    spike carries (the graph's largest spikes_per_step k), the most events or adds it costs, and on
+    graded chips the payload: the fired levels as an integer m < 2^levels (k > 1) or the level's
+    number (k = 1), plus a sign bit for signed neurons."""
+    mts = graph.of_kind(ir.MTNeuron)
+    k = max((n.spikes_per_step for n in mts), default=1)
+    if profile.spikes == "graded":
+        bits = max((n.levels if n.spikes_per_step > 1 else math.ceil(math.log2(n.levels + 1))) + int(n.signed)
+                   for n in mts) if mts else 0
+        return {"kind": "graded", "spikes_per_step": k, "events_per_spike": 1, "payload_bits": bits,
+                "rule": "one graded event per spike, its levels' sum as payload; one synaptic op per weight"}
+    if profile.spikes == "binary":
+        return {"kind": "binary", "spikes_per_step": k, "events_per_spike": k,
+                "rule": f"one binary event per fired level (up to {k} per spike), on its level channel; "
+                        "one synaptic op per event and weight"}
+    return {"kind": "values", "spikes_per_step": k, "events_per_spike": 1, "adds_per_synapse": k,
+            "rule": f"the spike as a value: one weight read and one shifted add per fired level (up to {k})"}
+
+
 def _neuromorphic(node, p: HardwareProfile) -> dict[str, dict[str, float]]:
     r: dict[str, dict[str, float]] = {
         "macs": {"host": p["energy.host_mac"]}, "adds": {"host": p["energy.host_add"]},
         "mults": {"host": p["energy.host_mult"]}, "specials": {"host": SPECIAL_MACS * p["energy.host_mac"]}}
+    spike, sop = spike_fields(p)
     if isinstance(node, ir.ProductECM):
-        r["sops"] = {"host": p["energy.host_add"]}          # dynamic weights: the host accumulates
+        # dynamic weights: the host accumulates, a shifted add per level a spike carries
+        r["level_sops"] = {"host": p["energy.host_add"]}
     else:
-        r["sops"] = {"synapse": p["energy.sop"]}
+        r[sop] = {"synapse": p["energy.sop"]}
     if isinstance(node, ir.MTNeuron):
         inactive = p["energy.neuron_update_inactive"]
         r["neuron_updates"] = {"neuron": inactive}
         r["active_updates"] = {"neuron": p["energy.neuron_update_active"] - inactive}
-        r["spikes"] = {"network": p["energy.spike_route"]}
+        r[spike] = {"network": p["energy.spike_route"]}
     else:
         r["state_rw"] = {"host": 4 / 8 * p["energy.host_sram_read_64b"]}     # fp32 state on the host
     return r
@@ -101,12 +137,12 @@ def _neuromorphic(node, p: HardwareProfile) -> dict[str, dict[str, float]]:
 def _cmos(node, p: HardwareProfile) -> dict[str, dict[str, float]]:
     e = lambda k: p[f"energy.{k}"]
     word = p.value_bits / 8 / 8 * e("sram_read_64b")             # one value: a fraction of a 64-bit access
-    r = {"sops": {"synapse": e("add"), "memory": word}, "macs": {"analog": e("mac"), "memory": word},
+    # a spike of j levels into a weight: the weight read once, j shifted adds (docs/energy.md)
+    r = {"level_sops": {"synapse": e("add")}, "sops": {"memory": word}, "macs": {"analog": e("mac"), "memory": word},
          "adds": {"analog": e("add")}, "mults": {"analog": e("mult")},
          "specials": {"analog": SPECIAL_MACS * e("mac")}, "state_rw": {"memory": word}}
     if isinstance(node, ir.MTNeuron):
-        # add the input, compare against each level, subtract the spike
-        r["neuron_updates"] = {"neuron": (node.levels + 2) * e("add")}
+        r["neuron_updates"] = {"neuron": mt_update_ops(node) * e("add")}
     return r
 
 

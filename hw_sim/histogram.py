@@ -61,6 +61,9 @@ def _library() -> ctypes.CDLL | None:
     lib.histogram_rows_u8.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
                                       ctypes.c_int64, ctypes.c_int]
     lib.histogram_rows_u8.restype = None
+    lib.mt_counts_i16.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.mt_counts_i16.restype = None
     return lib
 
 
@@ -95,3 +98,32 @@ def histogram(codes: torch.Tensor, bins: int, out: torch.Tensor | None = None, r
         lib.histogram_rows_u8(codes.data_ptr(), rows, codes.numel() // rows, out.data_ptr(), bins,
                               torch.get_num_threads())
     return out
+
+
+def mt_counts(codes: torch.Tensor, levels: int, out: torch.Tensor, rows: int = 1) -> torch.Tensor:
+    """The counts of an MT neuron with spikes_per_step k > 1 from its 1-D int16 event codes
+    (kernels.mt_multi_update_coded), `rows` equal parts (samples), in one pass: the histogram
+    of the codes is added to `out` (contiguous int64, 2 (2^(levels+1) - 1) elements), and per
+    row (spikes, active updates, levels fired) is returned as int64 [rows, 3]."""
+    span = 2 ** levels - 1
+    bins = 2 * (2 * span + 1)
+    if codes.dtype != torch.int16 or codes.dim() != 1:
+        raise ValueError(f"mt_counts needs a 1-D int16 tensor, got {codes.dtype} of shape {tuple(codes.shape)}")
+    if rows < 1 or codes.numel() % rows:
+        raise ValueError(f"{codes.numel()} codes do not split into {rows} equal rows")
+    if out.dtype != torch.int64 or out.numel() != bins or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous int64 tensor of {bins} elements")
+    per_row = torch.zeros(rows, 3, dtype=torch.int64, device=codes.device)
+    lib = _library() if codes.device.type == "cpu" and out.device.type == "cpu" else None
+    if lib is not None:
+        codes = codes.contiguous()
+        lib.mt_counts_i16(codes.data_ptr(), rows, codes.numel() // rows, span, out.data_ptr(),
+                          per_row.data_ptr(), torch.get_num_threads())
+        return per_row
+    c = codes.long()
+    out.view(-1).add_(torch.bincount(c, minlength=bins)[:bins])
+    c = c.view(rows, -1)
+    active = c >= 2 * span + 1
+    m = (c - active * (2 * span + 1) - span).abs()
+    fired = sum((m >> j) & 1 for j in range(levels))
+    return torch.stack([(m != 0).sum(1), active.sum(1), fired.sum(1)], dim=1)

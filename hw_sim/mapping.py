@@ -23,7 +23,7 @@ import math
 
 from ecmt import ir
 
-from .costs import SPECIAL_MACS
+from .costs import SPECIAL_MACS, mt_update_ops
 from .counting import EventCounts
 from .profile import HardwareProfile
 
@@ -74,9 +74,10 @@ def step_latency(graph: ir.SpikingGraph, counts: EventCounts, profile: HardwareP
     rows = []
     for t in range(counts.T):
         if profile.kind == "cmos":
-            ops = sum(per(n, f, t) for n in counts.nodes for f in ("sops", "macs", "adds", "mults"))
+            # a spike of j levels into a weight is j shifted adds (energy.py)
+            ops = sum(per(n, f, t) for n in counts.nodes for f in ("level_sops", "macs", "adds", "mults"))
             ops += sum(per(n, "specials", t) for n in counts.nodes) * SPECIAL_MACS
-            ops += sum(per(n.name, "neuron_updates", t) * (n.levels + 2) for n in graph.of_kind(ir.MTNeuron))
+            ops += sum(per(n.name, "neuron_updates", t) * mt_update_ops(n) for n in graph.of_kind(ir.MTNeuron))
             seconds = ops / (profile["timing.ops_per_cycle"] * profile["timing.clock_hz"])
             rows.append({"core_s": seconds, "host_s": 0.0, "step_s": seconds})
             continue
@@ -86,8 +87,8 @@ def step_latency(graph: ir.SpikingGraph, counts: EventCounts, profile: HardwareP
                 active = per(u.name, "active_updates", t)
                 work = (active * profile["timing.neuron_update_active"]
                         + (per(u.name, "neuron_updates", t) - active) * profile["timing.neuron_update_inactive"])
-            else:
-                work = per(u.name, "sops", t) * profile["timing.sop"]
+            else:       # a binary chip takes each fired level as its own synaptic event
+                work = per(u.name, "level_sops" if profile.spikes == "binary" else "sops", t) * profile["timing.sop"]
             slowest = max(slowest, work / u.cores)
         on_core = {u.name for u in units}
         host_ops = 0.0
@@ -95,7 +96,7 @@ def step_latency(graph: ir.SpikingGraph, counts: EventCounts, profile: HardwareP
             host_ops += sum(per(n.name, f, t) for f in ("macs", "adds", "mults"))
             host_ops += per(n.name, "specials", t) * SPECIAL_MACS
             if n.name not in on_core:
-                host_ops += per(n.name, "sops", t)          # products of spike streams
+                host_ops += per(n.name, "level_sops", t)    # products of spike streams: a shifted add per level
         host = host_ops / profile["timing.host_ops_per_second"]
         rows.append({"core_s": slowest, "host_s": host, "step_s": slowest + host + profile["timing.barrier"]})
     return rows

@@ -255,6 +255,14 @@ def extract(graph: ir.SpikingGraph, profile) -> OnChip:
     binary = profile.spikes == "binary" and profile.mt_form == "channels"
     groups: dict[str, Group] = {}
     for n in mts:
+        if binary and n.spikes_per_step > 1:
+            # a raster holds one channel per element and step; k levels would need up to k
+            raise MappingError(
+                f"profile {profile.name}: layer {n.name!r}: spikes_per_step {n.spikes_per_step} sends up to "
+                f"{n.spikes_per_step} binary events per element and step on its level channels, which the mesh "
+                "model's rasters (one channel per element and step) cannot hold yet",
+                hint="price it on a profile without [mesh] (loihi: the same binary rule, flat model), or on a "
+                     "graded or mt_form = \"element\" mesh profile")
         L = (2 * n.levels if n.signed else n.levels) if binary else 1
         groups[n.name] = Group(n.name, "mt", tuple(graph.shapes[n.name]), L, int(n.levels), n.signed)
     conns: list[Connection] = []
@@ -725,8 +733,15 @@ class Recorder:
             state = self.executor.state(node.name)
             n = g.levels
             code = state.code.reshape(B, -1).long().cpu()
-            active = code >= 2 * n + 1
-            number = torch.where(active, code - (2 * n + 1), code) - n
+            if state.k > 1:
+                # int16 (sign, m) codes: a spike of any levels is one event on the element's one
+                # channel (extract refuses k > 1 on binary level channels)
+                values = 2 ** (n + 1) - 1
+                active = code >= values
+                number = (torch.where(active, code - values, code) - (2 ** n - 1)).sign()
+            else:
+                active = code >= 2 * n + 1
+                number = torch.where(active, code - (2 * n + 1), code) - n
             if g.channels > 1:
                 chan = torch.where(number > 0, number - 1, torch.where(number < 0, n - number - 1, -1))
             else:
@@ -987,6 +1002,10 @@ class Accounting:
         self.samples = 0
         self.schedule_samples, self.scheduled = schedule_samples, 0
         self.sample_j: list[torch.Tensor] = []      # per batch, each sample's on-chip energy over T [B]
+        self.sample_t_j: list[torch.Tensor] = []    # per batch, the same up to each step t [B, T]
+        self.kept: list[tuple] = []     # per batch and step: (first sample, t, chans, updated) of the scheduled samples
+        self.sample_chip_s: list[tuple] = []        # the same: (first sample, t, each one's chip latency)
+        self._spans: dict = {}                      # retime's schedules, by timing constants
         self.step = {f: [0.0] * T for f in STEP_FIELDS}
         self.group = {name: {f: 0.0 for f in GROUP_FIELDS} for name in onchip.groups}
 
@@ -998,6 +1017,7 @@ class Accounting:
         self.scheduled += scheduled
         recv = {name: torch.zeros(B, g.elements, dtype=torch.bool) for name, g in self.onchip.groups.items()}
         sample_j = torch.zeros(B, dtype=torch.float64)
+        up_to_t = []
         for t in range(T):
             gen = self.neurons_per_core.unsqueeze(0).expand(B, C) * k["t_neuron_access"]
             gen = gen.clone()
@@ -1061,6 +1081,10 @@ class Accounting:
                     valid = c.dst_index >= 0
                     nxt[c.dst][:, c.dst_index[valid]] |= y[:, valid]
             recv = nxt
+            up_to_t.append(sample_j.clone())
+            if scheduled:        # kept for re-timing (retime): the schedule's input, per sample
+                self.kept.append((self.scheduled - scheduled, t, {n: c[:scheduled].clone() for n, c in chans.items()},
+                                  {n: u[:scheduled].clone() for n, u in updated.items()}))
             # Latency per sample, over all cores (one step, one barrier: SANA-FE's view) and
             # per phase (each chip segment of the step with its own barrier): the detailed
             # schedule, and SANA-FE's "simple" model (max over cores of neuron-side and
@@ -1074,7 +1098,9 @@ class Accounting:
             st["onchip_latency_simple_s"] = float(onchip.sum())
             st["chip_latency_simple_s"] = float(chip.sum())
             phase_of = self.phase_of_core.tolist()
+            chip_s = torch.zeros(scheduled, dtype=torch.float64)
             for b in range(scheduled):
+                before = st["chip_latency_s"]
                 queues = self.schedule.queues({n: c[b].tolist() for n, c in chans.items()},
                                               {n: u[b].tolist() for n, u in updated.items()})
                 whole = self.schedule.run(queues)
@@ -1085,16 +1111,61 @@ class Accounting:
                         # a phase's messages are processed in that phase, wherever they go
                         span = whole if len(part) == len(queues) else self.schedule.run(part)
                         st["chip_latency_s"] += span + self.barrier
+                chip_s[b] = st["chip_latency_s"] - before
+            if scheduled:
+                self.sample_chip_s.append((self.scheduled - scheduled, t, chip_s))
             st["host_transfer_j"] = st["host_transfers"] * k["e_host_transfer"]
             st["host_transfer_s"] = st["host_transfers"] * k["t_host_transfer"]
             for f in STEP_FIELDS:
                 self.step[f][t] += st[f]
         self.sample_j.append(sample_j)
+        self.sample_t_j.append(torch.stack(up_to_t, 1))
 
     def sample_energy(self) -> torch.Tensor:
         """Each sample's on-chip energy (synapse, neuron, network, chip-host transfers)
         over the T steps, in the order the samples ran [samples]."""
         return torch.cat(self.sample_j) if self.sample_j else torch.zeros(0, dtype=torch.float64)
+
+    def sample_energy_per_t(self) -> torch.Tensor:
+        """sample_energy up to each step t [samples, T]."""
+        return torch.cat(self.sample_t_j) if self.sample_t_j else torch.zeros(0, self.T, dtype=torch.float64)
+
+    def sample_chip_latency(self) -> torch.Tensor:
+        """The detailed chip latency (per_step's chip_latency_s) of each scheduled sample and
+        step [scheduled, T]."""
+        out = torch.zeros(self.scheduled, self.T, dtype=torch.float64)
+        for first, t, chip_s in self.sample_chip_s:
+            out[first:first + len(chip_s), t] = chip_s
+        return out
+
+    def retime(self, profile, samples: int | None = None) -> torch.Tensor:
+        """sample_chip_latency of the first `samples` scheduled samples (None: all), re-timed
+        with `profile`'s timing constants (t_*, barrier_*, link_buffer) on the same mapping
+        and spikes: the re-pricing path for those constants (hw_sim/simulate.py)."""
+        n = self.scheduled if samples is None else min(samples, self.scheduled)
+        bar = barrier(profile, self.placement.tiles_in_use, self.placement.chips)
+        # the spans do not depend on the barrier: scheduled once per set of the other constants
+        key = (n, tuple(profile.get(f"mesh.{k}") for k in MESH_REQUIRED if k.startswith("t_")),
+               profile.get("mesh.link_buffer"))
+        cache = self._spans
+        if key not in cache:
+            schedule = StepSchedule(self.onchip, self.placement, profile, self.tables)
+            phase_of = self.phase_of_core.tolist()
+            spans = torch.zeros(n, self.T, dtype=torch.float64)
+            parts = torch.zeros(n, self.T, dtype=torch.float64)
+            for first, t, chans, updated in self.kept:
+                for b in range(min(next(iter(chans.values())).shape[0], n - first)):
+                    queues = schedule.queues({k: c[b].tolist() for k, c in chans.items()},
+                                             {k: u[b].tolist() for k, u in updated.items()})
+                    whole = schedule.run(queues)
+                    for p in range(1, self.onchip.phases + 1):
+                        part = {c: q for c, q in queues.items() if phase_of[c] == p}
+                        if part:
+                            spans[first + b, t] += whole if len(part) == len(queues) else schedule.run(part)
+                            parts[first + b, t] += 1
+            cache[key] = spans, parts
+        spans, parts = cache[key]
+        return spans + parts * bar
 
     def result(self) -> dict:
         """Per-inference figures (sums divided by samples)."""

@@ -70,6 +70,7 @@ class HardwareProfile:
     constants: dict[str, dict[str, Constant]]
     mt_form: str = "channels"    # binary spikes: "channels" (2n level channels) or "element"
     weight_sharing: bool = False
+    deployment: str = "float"    # the number format deployed on it (hw_sim/deployed.py's FORMATS)
 
     @property
     def has_mesh(self) -> bool:
@@ -204,10 +205,14 @@ def load_profile(name_or_path: str | Path) -> HardwareProfile:
     if baseline == "self" and kind != "cmos":
         raise ProfileError(f"{path}: key profile.ann_baseline: a {kind} profile needs a CMOS profile as its "
                            "ANN baseline")
+    deployment = head.get("deployment", "float")
+    from .deployed import FORMATS
+    if deployment not in FORMATS:
+        raise ProfileError(f"{path}: key profile.deployment: {deployment!r} is not one of {', '.join(FORMATS)}")
     return HardwareProfile(name=head["name"], description=str(head.get("description", "")), kind=kind,
                            path=str(path), spikes=spikes, ann_baseline=baseline,
                            host=str(head.get("host", "")), value_bits=bits,
-                           constants=constants, mt_form=mt_form, weight_sharing=sharing)
+                           constants=constants, mt_form=mt_form, weight_sharing=sharing, deployment=deployment)
 
 
 def available_profiles() -> list[str]:

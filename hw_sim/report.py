@@ -42,8 +42,14 @@ HOW_TO_READ = [
     "at once, with the counts of this run.  Sensitivity: one constant at a time at each end of its range, the "
     "others nominal.  Ranges come from the sources' own spread or are marked as assumptions in each "
     "profile's constants table.",
-    "95% interval: of the mean over samples (1.96 standard errors); it covers the sampling of inputs, not "
-    "the constants.",
+    "95% interval: of the mean over samples (1.96 standard errors), for the energy up to every t and for the "
+    "latency; it covers the sampling of inputs, not the constants.  Latency: per sample on CMOS (operations "
+    "over throughput); on neuromorphic profiles the delta method (each step's slowest core held fixed); on "
+    "mesh profiles the detailed schedule of the scheduled samples; 'fixed' where the latency does not depend "
+    "on the data.",
+    "Deployed accuracy: on a profile deployed in a fixed-point format (its `deployment`), the graph run in "
+    "the executor in that format (int8 weights as the Lava exporter rounds them; on Lava fixed point also "
+    "integer MT membranes, as Lava's fixed-point model), next to the float accuracy.",
     "Throughput = 1 / latency (one inference at a time, no pipelining); power = energy / latency.",
     "Operating point: the first t whose accuracy is within 1 point of the ANN's on the same samples.",
 ]
@@ -75,25 +81,40 @@ class Report:
         acc = self.data.get("accuracy")
         return f"{100 * acc[t - 1]:.2f}%" if acc and t else "-"
 
+    def _deployed(self, r: dict, t: int) -> str:
+        """The accuracy at step t of the entry's deployed number format, with the format."""
+        fmt = r.get("deployment")
+        dep = self.data.get("deployed", {}).get(fmt) if fmt else None
+        if dep is None:
+            return "-" if not fmt else f"({fmt}: no labels)"
+        return f"{100 * dep['accuracy'][t - 1]:.2f}% ({dep['format']})"
+
     def _headline(self):
         d = self.data
         T = d["T"]
-        headers = ["profile", "mode", f"accuracy (t={T})", "energy (uJ)", "range (uJ)", "95% interval (uJ)",
-                   "ratio to ANN", "ANN baseline (uJ)", "latency (ms)", "throughput (inf/s)", "power (mW)",
-                   "cores / chips"]
+        headers = ["profile", "mode", f"accuracy (float, t={T})", f"accuracy (deployed, t={T})", "energy (uJ)",
+                   "range (uJ)", "95% interval (uJ)", "ratio to ANN", "ANN baseline (uJ)", "latency (ms)",
+                   "latency 95% interval (ms)", "throughput (inf/s)", "power (mW)", "cores / chips"]
         rows = []
         for r in self.hardware:
             lo, _, hi = r["range"]["energy_j"]
             iv = r["interval95"]["energy_j"] if r["interval95"] else None
             cores = "-" if r["cores_used"] is None else f"{r['cores_used']} / {r['chips']}"
-            rows.append([r["profile"]["name"], r["mode"], self._accuracy(T), _g(1e6 * r["total_j"]),
+            lat = (r["interval95"] or {}).get("latency_s")
+            lat = f"{_g(1e3 * lat[0])} - {_g(1e3 * lat[1])}" if lat else "fixed" if r["interval95"] else "-"
+            rows.append([r["profile"]["name"], r["mode"], self._accuracy(T), self._deployed(r, T),
+                         _g(1e6 * r["total_j"]),
                          f"{_g(1e6 * lo)} - {_g(1e6 * hi)}", f"{_g(1e6 * iv[0])} - {_g(1e6 * iv[1])}" if iv else "-",
                          f"{r['energy_ratio']:.3f}", f"{_g(1e6 * r['ann']['energy_j'])} ({r['ann']['profile']})",
-                         _g(1e3 * r["latency_s"]), _g(1 / r["latency_s"]) if r["latency_s"] else "-",
+                         _g(1e3 * r["latency_s"]), lat, _g(1 / r["latency_s"]) if r["latency_s"] else "-",
                          _g(1e3 * r["total_j"] / r["latency_s"]) if r["latency_s"] else "-", cores])
         ann = d.get("ann_accuracy")
         intro = (f"At T = {T} steps, {d['samples']} samples; ANN accuracy on the same samples "
                  f"{100 * ann:.2f}%." if ann is not None else f"At T = {T} steps, {d['samples']} samples.")
+        formats = {r["profile"]["name"]: r["spike_format"] for r in self.hardware if "spike_format" in r}
+        if formats:      # how each profile prices a spike of several levels (hw_sim/energy.py)
+            intro += "  Spikes: " + "; ".join(f"{name}: {f['rule']}" + (
+                f" ({f['payload_bits']}-bit payload)" if "payload_bits" in f else "") for name, f in formats.items()) + "."
         return "Headline", intro, headers, rows
 
     def _operating_point(self):
@@ -142,7 +163,7 @@ class Report:
                              c["range_source"] or c["source"]])
             if r["sensitivity_not_covered"]:
                 rows.append([self._label(r), "not re-priced", ", ".join(r["sensitivity_not_covered"]), "", "",
-                             "mesh timing and mapping: a step's latency is a maximum over the mapped cores"])
+                             "mesh mapping constants: they change the placement on the cores, which is not redone"])
         return ("Which constants decide the result", f"The {TOP_CONSTANTS} constants per entry whose range moves "
                 "the energy most, one at a time (the others nominal): energy with the constant at the low / "
                 "high end of its range.", ["entry", "constant", "value [low, high]", "status",
@@ -150,11 +171,20 @@ class Report:
 
     def _against_t(self):
         d = self.data
-        headers = ["t", "accuracy"] + [f"{self._label(r)} uJ (ratio)" for r in self.hardware]
-        rows = [[str(t + 1), self._accuracy(t + 1)] + [
-            f"{_g(1e6 * r['energy_per_t_j'][t])} ({r['energy_ratio_per_t'][t]:.3f})" for r in self.hardware]
-            for t in range(d["T"])]
-        return "Against t (one run: energy up to step t)", "", headers, rows
+        formats = list(d.get("deployed", {}))
+        headers = (["t", "accuracy"] + [f"accuracy ({f})" for f in formats]
+                   + [f"{self._label(r)} uJ ± 95% (ratio)" for r in self.hardware])
+
+        def cell(r, t):
+            iv = (r["interval95"] or {}).get("energy_per_t_j")
+            pm = f" ± {_g(1e6 * (iv[t][1] - iv[t][0]) / 2)}" if iv else ""
+            return f"{_g(1e6 * r['energy_per_t_j'][t])}{pm} ({r['energy_ratio_per_t'][t]:.3f})"
+        rows = [[str(t + 1), self._accuracy(t + 1)]
+                + [f"{100 * d['deployed'][f]['accuracy'][t]:.2f}%" for f in formats]
+                + [cell(r, t) for r in self.hardware] for t in range(d["T"])]
+        return ("Against t (one run: energy up to step t)", "Energy ± the half-width of its 95% interval over "
+                "samples; accuracy in float and, where a profile is deployed in a fixed-point format, in that "
+                "format.", headers, rows)
 
     def _events(self):
         c = self.data["counts"]["per_step"]
@@ -280,7 +310,11 @@ class Report:
         out.append(("categories", _png(fig, plt)))
         fig, ax = plt.subplots(figsize=(10, 5.2))
         for r in entries:
-            ax.plot(steps, [1e6 * e for e in r["energy_per_t_j"]], marker="o", label=self._label(r))
+            line, = ax.plot(steps, [1e6 * e for e in r["energy_per_t_j"]], marker="o", label=self._label(r))
+            iv = (r["interval95"] or {}).get("energy_per_t_j")
+            if iv:            # the 95% interval over samples at every t
+                ax.fill_between(steps, [1e6 * a for a, _ in iv], [1e6 * b for _, b in iv], color=line.get_color(),
+                                alpha=0.25, linewidth=0)
         ax.set_yscale("log")
         ax.set_xlabel("t (steps run)")
         ax.set_ylabel("energy up to step t (uJ per inference)")
@@ -291,11 +325,14 @@ class Report:
         if d.get("accuracy"):
             ax2 = ax.twinx()
             ax2.plot(steps, [100 * a for a in d["accuracy"]], "k--", label="SNN accuracy")
+            for (f, dep), style in zip(d.get("deployed", {}).items(), ("-.", ":", (0, (5, 1)))):
+                ax2.plot(steps, [100 * a for a in dep["accuracy"]], color="#7f7f7f", linestyle=style,
+                         label=f"SNN accuracy, {f}")
             if d.get("ann_accuracy") is not None:
                 ax2.axhline(100 * d["ann_accuracy"], color="k", linewidth=0.8, label="ANN accuracy")
             ax2.set_ylabel("accuracy (%)")
             ax2.legend(fontsize=9, loc="lower right")
-        ax.set_title("Energy and accuracy against t")
+        ax.set_title("Energy (band: its 95% interval over samples) and accuracy against t")
         out.append(("against_t", _png(fig, plt)))
         for r in entries:
             title = self._layers(r)[0]
@@ -353,12 +390,13 @@ def _e(text: str) -> str:
 # Columns of prose: left-aligned and wrapped; of pairs: wrapped where the page is narrow
 # (every other cell stays on one line).
 TEXT_COLUMNS = {"source", "range from"}
-WRAP_COLUMNS = {"range (uJ)", "95% interval (uJ)", "ANN baseline (uJ)"}
+WRAP_COLUMNS = {"range (uJ)", "95% interval (uJ)", "ANN baseline (uJ)", "latency 95% interval (ms)"}
 
 
 def _html_table(headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    cls = [" class='text'" if h in TEXT_COLUMNS else " class='wrap'" if h in WRAP_COLUMNS else "" for h in headers]
+    cls = [" class='text'" if h in TEXT_COLUMNS else " class='wrap'" if h in WRAP_COLUMNS
+           or h.startswith("accuracy (deployed") else "" for h in headers]
     body = "".join("<tr>" + "".join(f"<td{k}>{_e(c)}</td>" for k, c in zip(cls, row)) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 

@@ -1,8 +1,10 @@
 """hw_sim.simulate: replay a graph on real inputs, count events, price them."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -11,13 +13,14 @@ from ecmt import distributed, ir
 from ecmt.errors import EcmtError
 from ecmt.runtime import GraphExecutor
 
+from . import deployed as deployed_mod
 from . import mesh as mesh_mod
 from . import report as report_mod
 from .counting import FIELDS, Counter, EventCounts, to_lists
 from .costs import SPECIAL_MACS
-from .energy import ann_energy, rates, snn_energy
+from .energy import ann_energy, rates, snn_energy, spike_format
 from .mapping import map_units, step_latency
-from .profile import HardwareProfile, ProfileError, load_profile
+from .profile import PROFILE_DIR, HardwareProfile, ProfileError, load_profile
 
 MODES = ("paper", "full")
 # The operating point: the first t whose accuracy is within this of the ANN's.
@@ -53,7 +56,9 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
     price the counts on each hardware profile (a name in hw_sim/profiles or a
     path to a .toml file) in each counting mode ("full"; "paper" on CMOS
     profiles only; None: full everywhere and paper on CMOS).  With `labels`,
-    the accuracy at every t and the ANN's accuracy are reported too."""
+    the accuracy at every t and the ANN's accuracy are reported too, and for
+    profiles deployed in a fixed-point format (profile.deployment), the
+    accuracy of the graph run in that format (hw_sim/deployed.py)."""
     names = [hardware] if isinstance(hardware, str) else list(hardware)
     profiles = [load_profile(h) for h in names]
     pairs = plan(profiles, mode)
@@ -79,6 +84,10 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
             r(node, inputs, out, t)
     correct = torch.zeros(T, dtype=torch.long)
     ann_correct = torch.zeros((), dtype=torch.long)
+    # Each deployed number format: its own executor run of every batch (labels needed).
+    formats = [] if labels is None else [f for f in dict.fromkeys(p.deployment for p in profiles) if f != "float"]
+    deployed_runs = {f: deployed_mod.executor(graph, f, device) for f in formats}
+    deployed_correct = {f: torch.zeros(T, dtype=torch.long) for f in formats}
     n = len(inputs)
     # Under torchrun each rank replays its share of the batches; counts are summed across ranks.
     starts = distributed.shard(range(0, n, batch_size))
@@ -92,19 +101,29 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
             y = labels[start:start + batch_size].to(est.device)
             correct += (est.argmax(-1) == y.unsqueeze(0)).sum(dim=1).cpu()
             ann_correct += (executor.run_analog(x.to(executor.device)).argmax(-1) == y).sum().cpu()
+            for f, ex in deployed_runs.items():
+                deployed_correct[f] += (ex.run(x.to(ex.device), T).argmax(-1) == y.unsqueeze(0)).sum(dim=1).cpu()
     # Per-sample totals stay on each rank: intervals are given for one process only.
+    one = distributed.world() == 1
     counts = EventCounts(to_lists(distributed.all_reduce_tree(counter.result())), n,
-                         counter.per_sample_totals() if distributed.world() == 1 else None)
+                         counter.per_sample_totals() if one else None,
+                         counter.per_sample_totals(steps=True) if one else None)
     correct = distributed.all_reduce_sum(correct)
+    deployed = {f: {"format": deployed_mod.FORMATS[f], "modelled": deployed_mod.MODELLED[f][0],
+                    "not_modelled": deployed_mod.MODELLED[f][1],
+                    "accuracy": (distributed.all_reduce_sum(c).double() / n).tolist()}
+                for f, c in deployed_correct.items()}
     ann_correct = distributed.all_reduce_sum(ann_correct)
     if distributed.world() > 1 and meshes:
         raise EcmtError(f"hw_sim: profile(s) {', '.join(meshes)} (mesh model) cannot run under torchrun yet",
                         hint="run `ecmt energy` with these profiles in one process")
-    mesh_results = {name: (onchip, placement, {**acc.result(), "sample_j": acc.sample_energy()})
+    mesh_results = {name: (onchip, placement, {**acc.result(), "sample_j": acc.sample_energy(),
+                                               "sample_t_j": acc.sample_energy_per_t(), "accounting": acc})
                     for name, (onchip, placement, acc) in meshes.items()}
     return report_mod.Report(build(graph, counts, pairs, None,
                                    (correct.double() / n).tolist() if labels is not None else None,
-                                   mesh_results, ann_accuracy=ann_correct.item() / n if labels is not None else None))
+                                   mesh_results, ann_accuracy=ann_correct.item() / n if labels is not None else None,
+                                   deployed=deployed))
 
 
 def _baseline(profile: HardwareProfile) -> HardwareProfile:
@@ -117,10 +136,11 @@ def _baseline(profile: HardwareProfile) -> HardwareProfile:
 
 
 def build(graph, counts: EventCounts, profiles: list, modes: list[str] | None, accuracy,
-          meshes: dict | None = None, ann_accuracy: float | None = None) -> dict:
+          meshes: dict | None = None, ann_accuracy: float | None = None, deployed: dict | None = None) -> dict:
     """The report's data: `counts` priced (and, for mesh profiles, `meshes`' mapped and
     timed results).  `profiles` is a list of (profile, mode) pairs with `modes` None, or
-    of profiles priced in every mode of `modes`."""
+    of profiles priced in every mode of `modes`.  `deployed`: per deployed number format,
+    its description and accuracy at every t (simulate())."""
     pairs = list(profiles) if modes is None else plan(list(profiles), modes)
     T, samples = counts.T, counts.samples
     per_step = {f: counts.total_per_step(f) for f in FIELDS}
@@ -135,6 +155,7 @@ def build(graph, counts: EventCounts, profiles: list, modes: list[str] | None, a
                   "mt_neurons": len(graph.of_kind(ir.MTNeuron)), "calibration": meta.get("calibration", {})},
         "accuracy": accuracy,
         "ann_accuracy": ann_accuracy,
+        "deployed": deployed or {},
         "operating_point": {"within": WITHIN, "t": _operating_t(accuracy, ann_accuracy)},
         "counts": {"per_step": per_step, "layers": layers, "levels": levels},
         "paper": _paper_figures(counts),
@@ -191,7 +212,7 @@ def _price(graph, counts: EventCounts, profile: HardwareProfile, mode: str, mesh
                     "limiting_resource": l.limiting_resource, "per_core_max": l.per_core_max,
                     "synapses": l.synapses, "phase": onchip.groups[l.name].phase} for l in placement.layers]
         extra = {"mapping_derivation": placement.derivation,
-                 "mesh": {**{k: v for k, v in res.items() if k not in ("per_step", "sample_j")}, "per_step": ps,
+                 "mesh": {**{k: v for k, v in res.items() if k not in MESH_PRIVATE}, "per_step": ps,
                           "mt_form": profile.mt_form, "weight_sharing": profile.weight_sharing}}
     else:
         key = ("steps", _values(profile, "timing", "architecture"))
@@ -229,12 +250,13 @@ def _price(graph, counts: EventCounts, profile: HardwareProfile, mode: str, mesh
     return {
         "mode": mode,
         "profile": {"name": profile.name, "description": profile.description, "kind": profile.kind,
-                    "spikes": profile.spikes, "host": profile.host, "path": profile.path,
+                    "spikes": profile.spikes, "host": profile.host, "path": profile_path(profile),
                     "statuses": profile.statuses(),
                     "constants": {f"{s}.{k}": {"value": c.value, "unit": c.unit, "source": c.source,
                                                 "status": c.status, "range": [c.low, c.high],
                                                 "range_source": c.range_source}
                                   for s, table in profile.constants.items() for k, c in table.items()}},
+        "spike_format": spike_format(graph, profile),
         "energy_per_step_j": step_energy,
         "energy_j": sum(step_energy),
         "energy_by_category_j": by_category,
@@ -257,6 +279,17 @@ def _price(graph, counts: EventCounts, profile: HardwareProfile, mode: str, mesh
     }
 
 
+def profile_path(profile: HardwareProfile) -> str:
+    """The profile's file as the report names it: relative to the package for the built-in
+    profiles (the same in every checkout), as the user gave it otherwise."""
+    path = Path(profile.path)
+    try:
+        inside = path.resolve().relative_to(PROFILE_DIR.resolve())
+    except ValueError:
+        return profile.path
+    return (PROFILE_DIR.relative_to(PROFILE_DIR.parent.parent) / inside).as_posix()
+
+
 def _values(profile: HardwareProfile, *sections: str) -> tuple:
     return tuple((s, k, c.value) for s in sections for k, c in profile.constants.get(s, {}).items())
 
@@ -271,12 +304,17 @@ def _host_seconds(graph, counts: EventCounts, profile, on_chip: set[str]) -> lis
             ops += sum(c[f][t] for f in ("macs", "adds", "mults")) / counts.samples
             ops += c["specials"][t] * SPECIAL_MACS / counts.samples
             if n.name not in on_chip and isinstance(n, ir.ProductECM):
-                ops += c["sops"][t] / counts.samples
+                ops += c["level_sops"][t] / counts.samples      # a shifted add per level (energy.py)
         out.append(ops / profile["timing.host_ops_per_second"])
     return out
 
 
 # -- uncertainty: ranges of the constants, sensitivity, intervals over samples ---------------------
+# Mesh results kept for re-pricing and intervals, not written to the report.
+MESH_PRIVATE = ("per_step", "sample_j", "sample_t_j", "accounting")
+# Re-timing a mesh profile at a timing constant's range end re-runs the detailed schedule on
+# this many of the scheduled samples; the nominal chip latency is scaled by their ratio.
+RETIME_SAMPLES = 4
 # Mesh constants that price linearly: the per-step field they price and the per-step count they
 # multiply (None: every mapped neuron, every step), as hw_sim/mesh.py's Accounting prices them.
 MESH_LINEAR = {
@@ -293,8 +331,16 @@ MESH_LINEAR = {
 }
 
 
+def _mesh_timing(key: str) -> bool:
+    """A mesh constant that the detailed schedule reads (re-timed by Accounting.retime)."""
+    return key not in MESH_LINEAR and (key.startswith(("mesh.t_", "mesh.barrier_")) or key == "mesh.link_buffer")
+
+
 def _mesh_repriced(mesh, nominal: HardwareProfile, variant: HardwareProfile):
-    """The mesh results with MESH_LINEAR's constants re-priced at `variant`'s values."""
+    """The mesh results with MESH_LINEAR's constants re-priced at `variant`'s values, and the
+    chip latency re-timed where a timing constant differs: the detailed schedule re-run on the
+    first RETIME_SAMPLES scheduled samples (same mapping, same spikes), the nominal per-step
+    chip latency scaled by their ratio (exact when no more samples were scheduled)."""
     if mesh is None:
         return None
     onchip, placement, res = mesh
@@ -304,13 +350,18 @@ def _mesh_repriced(mesh, nominal: HardwareProfile, variant: HardwareProfile):
         if delta:
             per = ps[count] if count else [res["mapped_neurons"]] * len(ps[field])
             ps[field] = [v + delta * c for v, c in zip(ps[field], per)]
+    if any(_mesh_timing(k) and variant[k] != nominal[k] for k in nominal.keys()):
+        acc = res["accounting"]
+        new = acc.retime(variant, RETIME_SAMPLES).mean(0).tolist()
+        old = acc.retime(nominal, RETIME_SAMPLES).mean(0).tolist()
+        ps["chip_latency_s"] = [v * a / b if b else a for v, a, b in zip(ps["chip_latency_s"], new, old)]
     return onchip, placement, {**res, "per_step": ps}
 
 
 def _covered(profile: HardwareProfile, key: str, mesh) -> bool:
-    """Whether re-pricing reflects a change of `key`: not so for the mesh model's timing and
-    mapping constants (a step's latency is a maximum over cores of the mapped network)."""
-    return not (mesh is not None and key.startswith("mesh.") and key not in MESH_LINEAR)
+    """Whether re-pricing reflects a change of `key`: not so for the mesh model's mapping
+    constants (the network's placement on the cores would change: it is not re-mapped)."""
+    return not (mesh is not None and key.startswith("mesh.") and key not in MESH_LINEAR and not _mesh_timing(key))
 
 
 def _entry(graph, counts: EventCounts, profile: HardwareProfile, mode: str, mesh) -> dict:
@@ -355,37 +406,107 @@ def _entry(graph, counts: EventCounts, profile: HardwareProfile, mode: str, mesh
                       "latency_s": [corner(1, True), nominal[1], corner(1, False)]}
     entry["sensitivity"] = sensitivity
     entry["sensitivity_not_covered"] = not_covered
-    entry["interval95"] = _interval(graph, counts, profile, mode, entry["total_j"],
-                                    mesh_used[2]["sample_j"] if mesh_used is not None else None)
+    entry["interval95"] = _interval(graph, counts, profile, mode, entry, mesh_used, cache)
+    entry["deployment"] = None if profile.deployment == "float" else profile.deployment
     return entry
 
 
-def _interval(graph, counts: EventCounts, profile, mode, total_j: float,
-              mesh_sample_j: torch.Tensor | None = None) -> dict | None:
+def _interval(graph, counts: EventCounts, profile, mode, entry: dict, mesh=None,
+              cache: dict | None = None) -> dict | None:
     """95% intervals of the mean over samples (normal approximation, 1.96 standard errors) of the
-    energy and the spikes per inference.  Only the data-dependent counts vary per sample, and the
-    energy is linear in them: per sample, their totals times the profile's rates.  With the mesh
-    model, each sample's on-chip energy comes from its accounting, and the rates give the host's."""
-    per_sample, samples = counts.per_sample, counts.samples
+    energy up to every step t, the spikes and the latency per inference.  Only the data-dependent
+    counts vary per sample, and the energy is linear in them: per sample and step, their counts
+    times the profile's rates.  With the mesh model, each sample's on-chip energy comes from its
+    accounting, and the rates give the host's.  The latency, as the report computes it from the
+    mean counts, is linearized (_latency_gradient): exact for CMOS (linear in the counts); for the
+    flat model each step's slowest core unit is held fixed (the delta method).  The mesh model's
+    chip latency is the detailed schedule's per sample, on the scheduled samples."""
+    per_sample, samples, T = counts.per_sample_steps, counts.samples, counts.T
     if not per_sample or samples < 2:
         return None
-    energy = torch.zeros(samples, dtype=torch.float64)
-    if mesh_sample_j is not None:
-        energy += mesh_sample_j
+    energy = torch.zeros(samples, T, dtype=torch.float64)
     spikes = torch.zeros(samples, dtype=torch.float64)
     table = rates(graph, profile, mode)
     for name, fields in per_sample.items():
         for field, values in fields.items():
             by_category = table[name].get(field, {})
-            joules = sum(j for c, j in by_category.items() if mesh_sample_j is None or c == "host")
+            joules = sum(j for c, j in by_category.items() if mesh is None or c == "host")
             if joules:
                 energy += values.double() * joules
             if field == "spikes":
-                spikes += values.double()
+                spikes += values.double().sum(1)
+    energy = energy.cumsum(1)
+    # per sample and step, the latency's deviation from the mean counts' (linearized)
+    if mesh is not None:
+        onchip, _, res = mesh
+        on_chip = set(onchip.groups) | {c.node for c in onchip.connections}
+        steps = lambda c: _host_seconds(graph, c, profile, on_chip)
+        energy += res["sample_t_j"]
+    else:
+        units = map_units(graph, profile) if profile.kind == "neuromorphic" else []
+        steps = lambda c: [s["step_s"] for s in step_latency(graph, c, profile, units)]
+    cache = {} if cache is None else cache
+    key = ("gradient", mesh is not None, profile.spikes, _values(profile, "timing", "architecture", "mesh"))
+    if key not in cache:
+        cache[key] = _latency_gradient(steps, counts)
+    dlat = torch.zeros(samples, T, dtype=torch.float64)
+    for (name, field), g in cache[key].items():
+        values = per_sample[name][field].double()
+        dlat += (values - values.mean(0)) * torch.tensor(g, dtype=torch.float64)
+    power = profile["energy.static_power"] if mode == "full" else 0.0
+    if mesh is None and power:
+        energy += power * dlat.cumsum(1)        # static energy follows each sample's latency
 
     def half(x: torch.Tensor) -> float:
-        return 1.96 * float(x.std(unbiased=True)) / math.sqrt(samples)
-    e, s = half(energy), half(spikes)
+        return 1.96 * float(x.std(unbiased=True)) / math.sqrt(len(x))
+    per_t = [[c - half(energy[:, t]), c + half(energy[:, t])] for t, c in enumerate(entry["energy_per_t_j"])]
+    s = half(spikes)
     total_spikes = sum(counts.total(n.name, "spikes") for n in graph.of_kind(ir.MTNeuron))
-    return {"energy_j": [total_j - e, total_j + e],
-            "spikes": [total_spikes - s, total_spikes + s]}
+    latency, basis = None, "fixed: on this profile the latency does not depend on the data"
+    L = entry["latency_s"]
+    if mesh is not None:
+        chip = mesh[2]["accounting"].sample_chip_latency()
+        m = len(chip)
+        if m >= 2:
+            h = half(chip.sum(1) + dlat[:m].sum(1))
+            latency = [L - h, L + h]
+            basis = (f"the detailed schedule's chip latency of each of the {m} scheduled samples plus the host's "
+                     "time for its counts; chip-host transfer times at their mean")
+        else:
+            basis = "fewer than 2 samples scheduled: no interval"
+    elif bool(dlat.any()):
+        h = half(dlat.sum(1))
+        latency = [L - h, L + h]
+        basis = ("per sample, the operations over the throughput" if profile.kind == "cmos" else
+                 "delta method: per sample, each step's slowest core unit (at the mean counts) and the host's work")
+    return {"energy_j": per_t[-1], "energy_per_t_j": per_t,
+            "spikes": [total_spikes - s, total_spikes + s],
+            "latency_s": latency, "latency_basis": basis}
+
+
+def _latency_gradient(steps, counts: EventCounts) -> dict[tuple[str, str], list[float]]:
+    """d(step latency at t) / d(count of (node, field) at t, per inference), for the counts kept
+    per sample, by adding one event per inference at every step (a step's latency reads that
+    step's counts only).  Exact where the latency is linear in the counts; at the mean counts'
+    slowest unit where it is a maximum."""
+    base = steps(counts)
+
+    def bumped(pairs) -> list[float]:
+        nodes = dict(counts.nodes)
+        for name, field in pairs:
+            nodes[name] = {**nodes[name], field: [v + counts.samples for v in nodes[name][field]]}
+        return [b - a for a, b in zip(base, steps(dataclasses.replace(counts, nodes=nodes)))]
+    by_field: dict[str, list[tuple[str, str]]] = {}
+    for name, fields in (counts.per_sample_steps or {}).items():
+        for field in fields:
+            if field in counts.nodes[name]:
+                by_field.setdefault(field, []).append((name, field))
+    out = {}
+    for field, pairs in by_field.items():
+        if not any(bumped(pairs)):          # the latency reads no count of this field: skip its nodes
+            continue
+        for pair in pairs:
+            g = bumped([pair])
+            if any(g):
+                out[pair] = g
+    return out

@@ -35,7 +35,8 @@ def brute_linear(x, out_features):
     return sum(out_features for v in x.flatten().tolist() if v != 0)
 
 
-def brute_conv(x, weight_shape, stride, padding, groups):
+def brute_conv(x, weight_shape, stride, padding, groups, weight=None):
+    """(output, weight) pairs fed by a non-zero input; with `weight`, each counted weight[input] times."""
     b, c_in, h, w = x.shape
     c_out, c_in_g, kh, kw = weight_shape
     oh = (h + 2 * padding - kh) // stride + 1
@@ -51,7 +52,7 @@ def brute_conv(x, weight_shape, stride, padding, groups):
                             for dj in range(kw):
                                 r, s = i * stride - padding + di, j * stride - padding + dj
                                 if 0 <= r < h and 0 <= s < w and x[n, ci, r, s] != 0:
-                                    count += 1
+                                    count += 1 if weight is None else int(weight[n, ci, r, s])
     return count
 
 
@@ -372,3 +373,230 @@ def test_nodes_computed_from_constants_count_for_every_sample():
     (spk,), _ = seen[("embed", 1)]
     assert single["embed"]["sops"][0] == brute_linear(spk, 3)
     assert single["proj"]["paper_sops"] == [brute_linear(const, 3), 0, 0]      # static: step 1 only
+
+
+# -- spikes of several levels (spikes_per_step k > 1) ------------------------------------------
+def decompose(s, th_pos, th_neg, levels):
+    """Per element of a spike tensor, the levels it carries, greedily from the top in Python:
+    [..., 2n] counts, columns -n..-1, 1..n (as the counter's ``levels``).  th_* broadcast against s."""
+    th_p = torch.broadcast_to(torch.as_tensor(th_pos, dtype=torch.float64), s.shape).reshape(-1).tolist()
+    th_n = th_p if th_neg is None else \
+        torch.broadcast_to(torch.as_tensor(th_neg, dtype=torch.float64), s.shape).reshape(-1).tolist()
+    out = torch.zeros(s.numel(), 2 * levels, dtype=torch.long)
+    for i, v in enumerate(s.double().reshape(-1).tolist()):
+        th, rest = (th_p[i], v) if v > 0 else (th_n[i], -v)
+        for j in range(levels - 1, -1, -1):
+            if v != 0 and rest >= th * 2 ** j * (1 - 1e-5):
+                rest -= th * 2 ** j
+                out[i, levels + j if v > 0 else levels - 1 - j] += 1
+        assert abs(rest) <= 1e-5 * abs(v), (v, rest)       # the spike is a sum of distinct levels
+    return out.view(*s.shape, 2 * levels)
+
+
+def brute_weighted_pairs(a, b, wa, wb):
+    """Sum of wa[i, k] * wb[k, j] over the pairs of non-zero a[i, k], b[k, j]."""
+    a2, b2 = a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:])
+    wa2, wb2 = wa.reshape(a2.shape), wb.reshape(b2.shape)
+    return sum(int(wa2[m, i, k]) * int(wb2[m, k, j]) for m in range(a2.shape[0]) for i in range(a2.shape[1])
+               for k in range(a2.shape[2]) for j in range(b2.shape[2]) if a2[m, i, k] != 0 and b2[m, k, j] != 0)
+
+
+def k_level_graph(k: int):
+    """Two signed MT neurons sending up to k levels: one feeds a linear layer and, with the
+    other through a permute, a product."""
+    g = torch.Generator().manual_seed(11)
+    return SpikingGraph([
+        ir.Input("input", (), shape=(2, 4, 6)),
+        ir.MTNeuron("mt", ("input",), th_pos=torch.tensor(0.3), th_neg=torch.tensor(0.2), levels=4,
+                    spikes_per_step=min(k, 4)),
+        ir.Linear("fc", ("mt",), weight=torch.randn(5, 6, generator=g)),
+        ir.MTNeuron("mb", ("input",), th_pos=torch.tensor(0.7), th_neg=torch.tensor(0.45), levels=3,
+                    spikes_per_step=min(k, 3)),
+        ir.Permute("pm", ("mb",), dims=(0, 2, 1)),
+        ir.ProductECM("prod", ("mt", "pm"), scale=0.5),
+        ir.Linear("fc2", ("prod",), weight=torch.randn(5, 4, generator=g)),
+        ir.Add("sum", ("fc", "fc2")),
+        ir.Output("output", ("sum",)),
+    ])
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_k_level_counts_equal_brute_force(k):
+    """Graded events (non-zero outputs), per-level events (s / th decomposed), active updates and
+    SOPs one per graded input or one per level it carries, from the executor's own spike tensors."""
+    graph = k_level_graph(k)
+    g = torch.Generator().manual_seed(12)
+    x = 2 * torch.randn(3, 2, 4, 6, generator=g)
+    T = 4
+    counts, seen = run_counts(graph, x, T)
+    a_sum = b_sum = wa_sum = wb_sum = None
+    multi = 0
+    for t in range(1, T + 1):
+        i = t - 1
+        for name, th_pos, th_neg, n in (("mt", 0.3, 0.2, 4), ("mb", 0.7, 0.45, 3)):
+            (inp,), s = seen[(name, t)]
+            lv = decompose(s, th_pos, th_neg, n)
+            assert counts[name]["spikes"][i] == int((s != 0).sum())
+            assert counts[name]["levels"][i] == lv.reshape(-1, 2 * n).sum(0).tolist()
+            assert counts[name]["level_spikes"][i] == int(lv.sum())
+            assert counts[name]["active_updates"][i] == int((inp != 0).sum())
+            assert int(lv.sum(-1).max()) <= k
+            multi += int((lv.sum(-1) > 1).sum())
+        (spk,), _ = seen[("fc", t)]
+        per = decompose(spk, 0.3, 0.2, 4).sum(-1)
+        assert counts["fc"]["sops"][i] == brute_linear(spk, 5)
+        assert counts["fc"]["level_sops"][i] == 5 * int(per.sum())
+        (xa, xb), _ = seen[("prod", t)]
+        pa, pb = decompose(xa, 0.3, 0.2, 4).sum(-1), decompose(xb, 0.7, 0.45, 3).sum(-1)
+        ones = lambda z: (z != 0).long()
+        sops, level = brute_pairs(xa, xb), brute_weighted_pairs(xa, xb, pa, pb)
+        if a_sum is not None:
+            sops += brute_pairs(xa, b_sum) + brute_pairs(a_sum, xb)
+            level += brute_weighted_pairs(xa, b_sum, pa, ones(b_sum)) + brute_weighted_pairs(a_sum, xb, ones(a_sum), pb)
+        a_sum = xa.clone() if a_sum is None else a_sum + xa
+        b_sum = xb.clone() if b_sum is None else b_sum + xb
+        assert counts["prod"]["sops"][i] == sops
+        assert counts["prod"]["level_sops"][i] == level
+    if k == 1:          # one level per spike: the level counts are the graded ones
+        assert multi == 0
+        for name, field in (("mt", "spikes"), ("mb", "spikes"), ("fc", "sops"), ("prod", "sops")):
+            assert counts[name]["level_" + field] == counts[name][field]
+    else:
+        assert multi > 0                              # the test exercises spikes of several levels
+
+
+@pytest.mark.parametrize("levels, k", [(2, 2), (3, 3)])
+def test_k_level_conv_counts_with_per_channel_thresholds(levels, k):
+    g = torch.Generator().manual_seed(13)
+    th_pos, th_neg = torch.rand(4, 1, 1, generator=g) + 0.2, torch.rand(4, 1, 1, generator=g) + 0.2
+    graph = graph_of((4, 7, 6),
+                     ir.MTNeuron("mt", ("input",), th_pos=th_pos, th_neg=th_neg, levels=levels, spikes_per_step=k),
+                     ir.Conv2d("conv", ("mt",), weight=torch.randn(6, 2, 3, 3, generator=g), stride=2, padding=1,
+                               groups=2),
+                     ir.Output("output", ("conv",)))
+    x = 3 * torch.randn(2, 4, 7, 6, generator=g)
+    counts, seen = run_counts(graph, x, 3)
+    for t in range(1, 4):
+        (spk,), _ = seen[("conv", t)]
+        per = decompose(spk, th_pos, th_neg, levels).sum(-1)
+        assert counts["conv"]["sops"][t - 1] == brute_conv(spk, (6, 2, 3, 3), 2, 1, 2)
+        assert counts["conv"]["level_sops"][t - 1] == brute_conv(spk, (6, 2, 3, 3), 2, 1, 2, weight=per)
+    assert sum(counts["conv"]["level_sops"]) > sum(counts["conv"]["sops"])
+
+
+def test_k_level_spikes_rearranged_with_per_channel_thresholds_are_refused():
+    graph = graph_of((2, 3),
+                     ir.MTNeuron("mt", ("input",), th_pos=torch.tensor([[0.5], [0.7]]), th_neg=None, levels=3,
+                                 spikes_per_step=2),
+                     ir.Permute("pm", ("mt",), dims=(1, 0)),
+                     ir.ProductECM("prod", ("mt", "pm")),
+                     ir.Output("output", ("prod",)))
+    with pytest.raises(EcmtError, match="node 'prod' \\(product_ecm\\): input 'mt' carries spikes of 'mt' \\(spikes_per_step 2\\) "
+                                         "with per-channel thresholds"):
+        Counter(GraphExecutor(graph, record_levels=True), 2)
+
+
+def test_mt_counts_equal_brute_force_native_and_fallback(monkeypatch):
+    from hw_sim import histogram as hist_mod
+    levels = 5
+    span = 2 ** levels - 1
+    g = torch.Generator().manual_seed(14)
+    codes = torch.randint(0, 2 * (2 * span + 1), (4 * 3001,), generator=g, dtype=torch.int16)
+    codes[:2000] = span                                       # a long run of silence
+    c = codes.long().view(4, -1)
+    active = c >= 2 * span + 1
+    m = c - active * (2 * span + 1) - span
+    expected = torch.stack([(m != 0).sum(1), active.sum(1),
+                            torch.tensor([sum(bin(abs(v)).count("1") for v in row.tolist()) for row in m])], 1)
+    for native in ("1", "0"):
+        monkeypatch.setenv("ECMT_NATIVE", native)
+        hist_mod._library.cache_clear()
+        try:
+            out = torch.ones(2 * (2 * span + 1), dtype=torch.int64)
+            assert torch.equal(hist_mod.mt_counts(codes, levels, out, rows=4), expected)
+            assert torch.equal(out, torch.bincount(codes.long(), minlength=out.numel()) + 1)
+        finally:
+            hist_mod._library.cache_clear()
+
+
+def _price_both(graph, x, T, profile):
+    """Full-mode energy of the same counts on `profile` as it is and with the other spike format."""
+    import dataclasses
+    from hw_sim.counting import event_counts
+    from hw_sim.energy import snn_energy
+    executor = GraphExecutor(graph, record_levels=True)
+    counter = Counter(executor, T)
+    executor.run(x, T, observer=counter)
+    counts = event_counts(counter)
+    other = dataclasses.replace(profile, spikes="binary" if profile.spikes == "graded" else "graded")
+    total = lambda p: sum(sum(sum(v) for v in per.values()) for per in snn_energy(graph, counts, p, "full").values())
+    return counts, total(profile), total(other)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_binary_profiles_pay_each_fired_level_graded_ones_one_event(k):
+    """On the same counts and constants, a binary chip pays E_sop per extra level event per weight
+    and E_route per extra level event, and nothing more; with k = 1 the two formats cost the same."""
+    graph = k_level_graph(k)
+    x = 2 * torch.randn(3, 2, 4, 6, generator=torch.Generator().manual_seed(15))
+    graded = load_profile("loihi2")
+    counts, e_graded, e_binary = _price_both(graph, x, 4, graded)
+    core = ("fc",)                                     # the product runs on the host: the same in both
+    extra = (graded["energy.sop"] * sum(counts.total(n, "level_sops") - counts.total(n, "sops") for n in core)
+             + graded["energy.spike_route"] * sum(counts.total(n, "level_spikes") - counts.total(n, "spikes")
+                                                  for n in ("mt", "mb")))
+    assert e_binary - e_graded == pytest.approx(extra, rel=1e-9, abs=1e-24)
+    assert (extra > 0) == (k > 1)
+
+
+def test_cmos_prices_a_k_level_spike_as_one_weight_read_and_an_add_per_level():
+    from hw_sim.energy import snn_energy
+    from hw_sim.counting import event_counts
+    graph = k_level_graph(3)
+    x = 2 * torch.randn(3, 2, 4, 6, generator=torch.Generator().manual_seed(16))
+    executor = GraphExecutor(graph, record_levels=True)
+    counter = Counter(executor, 4)
+    executor.run(x, 4, observer=counter)
+    counts = event_counts(counter)
+    p = load_profile("cmos45-fp32")
+    energy = snn_energy(graph, counts, p, "full")
+    word = p.value_bits / 8 / 8 * p["energy.sram_read_64b"]
+    for name in ("fc", "prod"):
+        assert sum(energy[name]["synapse"]) == pytest.approx(p["energy.add"] * counts.total(name, "level_sops"))
+    assert sum(energy["fc"]["memory"]) == pytest.approx(word * counts.total("fc", "sops"))
+    # the k > 1 neuron update: the input, a subtract and a compare per level, the spike
+    assert sum(energy["mt"]["neuron"]) == pytest.approx((2 * 4 + 2) * p["energy.add"]
+                                                        * counts.total("mt", "neuron_updates"))
+
+
+def test_report_states_the_spike_format_of_each_profile():
+    graph = k_level_graph(3)
+    x = 2 * torch.randn(4, 2, 4, 6, generator=torch.Generator().manual_seed(17))
+    report = hw_sim.simulate(graph, x, 3, ["cmos45-fp32", "loihi", "loihi2"], progress=False)
+    formats = {e["profile"]["name"]: e["spike_format"] for e in report.data["hardware"]}
+    assert formats["loihi"]["kind"] == "binary" and formats["loihi"]["events_per_spike"] == 3
+    # graded payload: m < 2^4 of the 4-level neuron plus its sign
+    assert formats["loihi2"] == {**formats["loihi2"], "kind": "graded", "events_per_spike": 1, "payload_bits": 5}
+    assert formats["cmos45-fp32"]["kind"] == "values" and formats["cmos45-fp32"]["adds_per_synapse"] == 3
+    assert "5-bit payload" in report.to_markdown()
+
+
+def test_mesh_model_refuses_k_levels_on_binary_channels_and_rasters_graded_ones():
+    import dataclasses
+    from hw_sim import mesh
+    graph = k_level_graph(3)
+    sanafe = load_profile("loihi-sanafe")
+    with pytest.raises(mesh.MappingError, match="profile loihi-sanafe: layer 'mt': spikes_per_step 3"):
+        mesh.extract(graph, sanafe)
+    graded = dataclasses.replace(sanafe, spikes="graded")
+    onchip = mesh.extract(graph, graded)
+    x = 2 * torch.randn(2, 2, 4, 6, generator=torch.Generator().manual_seed(18))
+    executor = GraphExecutor(graph, record_levels=True)
+    recorder = mesh.Recorder(executor, onchip, 3)
+    spikes = {}
+    executor.run(x, 3, observer=lambda node, inputs, out, t: (recorder(node, inputs, out, t),
+                                                              spikes.__setitem__((node.name, t), out.clone())))
+    rasters = recorder.take()
+    for t in range(1, 4):
+        s = spikes[("mt", t)].reshape(2, -1)
+        assert torch.equal(rasters["mt"].chan[t - 1].long(), torch.where(s != 0, 0, -1))

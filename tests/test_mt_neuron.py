@@ -202,26 +202,71 @@ def test_spikes_per_step_above_levels_is_a_graph_error():
         SpikingGraph([Input(name="x", inputs=(), shape=(4,)), node, Output(name="out", inputs=("mt",))])
 
 
-def test_k_level_neurons_refuse_event_codes():
-    node = MTNeuron(name="mt", inputs=("x",), th_pos=torch.tensor(1.0), th_neg=None, levels=3, spikes_per_step=2)
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("th_pos, th_neg", [(0.37, 0.61), (0.37, None),
+                                            (torch.tensor([[0.2, 0.5, 1.0]]), torch.tensor([[0.3, 0.9, 0.4]]))])
+@pytest.mark.parametrize("levels, k", [(4, 2), (6, 6), (13, 3)])
+def test_k_level_event_codes_are_signed_fired_levels_plus_active(th_pos, th_neg, levels, k, compiled):
+    """A k > 1 neuron records int16 codes sign * m + 2^levels - 1 (m's binary digits: the levels
+    fired, read here from the spike by a greedy decomposition), + 2^(levels+1) - 1 where the
+    input was non-zero; recording leaves the spikes alone."""
+    gen = torch.Generator().manual_seed(levels + k)
+    xs = torch.randn(6, 2, 5, 3, generator=gen) * 3
+    xs[:, :, 0] = 0.0
+    node = MTNeuron(name="n", inputs=("x",), th_pos=torch.as_tensor(th_pos, dtype=torch.float32),
+                    th_neg=None if th_neg is None else torch.as_tensor(th_neg, dtype=torch.float32),
+                    levels=levels, spikes_per_step=k)
+    state = MTState(node, (5, 3), compiled=compiled)
+    state.record = True
+    spikes, codes = [], []
+    for x in xs:
+        spikes.append(state.step(x))
+        codes.append(state.code.clone())
+    assert codes[0].dtype == torch.int16
+    assert torch.equal(torch.stack(spikes), run_multi(xs, th_pos, th_neg, levels, k, compiled))
+    th_p = torch.as_tensor(th_pos, dtype=torch.float32).expand(5, 3)
+    th_n = torch.as_tensor(th_neg if th_neg is not None else th_pos, dtype=torch.float32).expand(5, 3)
+    span = 2 ** levels - 1
+    for t in range(6):
+        for index in np.ndindex(2, 5, 3):
+            s = spikes[t][index].item()
+            th = th_p[index[1:]].item() if s >= 0 else th_n[index[1:]].item()
+            rest, m = abs(s), 0
+            for j in range(levels - 1, -1, -1):
+                if rest >= th * 2 ** j * (1 - 1e-5):
+                    rest, m = rest - th * 2 ** j, m + 2 ** j
+            assert rest <= 1e-5 * abs(s) and bin(m).count("1") <= k
+            active = xs[t][index].item() != 0
+            flat = np.ravel_multi_index(index, (2, 5, 3))
+            assert codes[t][flat].item() == (m if s >= 0 else -m) + span + (2 * span + 1) * active
+
+
+def test_k_level_event_codes_need_at_most_13_levels():
+    from ecmt.errors import GraphError
+    node = MTNeuron(name="mt", inputs=("x",), th_pos=torch.tensor(1.0), th_neg=None, levels=14, spikes_per_step=2)
     state = MTState(node, (4,))
-    from ecmt.errors import GraphError
-    with pytest.raises(GraphError, match="node 'mt' \\(mt_neuron\\): field spikes_per_step: 2 levels"):
+    with pytest.raises(GraphError, match="node 'mt' \\(mt_neuron\\): field levels: 14 levels with spikes_per_step 2"):
         state.record = True
+    MTState(MTNeuron(name="mt", inputs=("x",), th_pos=torch.tensor(1.0), th_neg=None, levels=14), (4,)).record = True
 
 
-def test_executor_recording_event_codes_refuses_k_level_graphs():
-    """hw_sim counts from record_levels codes; a k > 1 graph is refused there, not miscounted."""
-    from ecmt.errors import GraphError
+def test_executor_records_event_codes_of_k_level_graphs():
+    """hw_sim counts from record_levels codes: a k > 1 graph records them, with the same output."""
     from ecmt.ir import Input, Output, SpikingGraph
     from ecmt.runtime.executor import GraphExecutor
     graph = SpikingGraph([Input(name="x", inputs=(), shape=(4,)),
-                          MTNeuron(name="mt", inputs=("x",), th_pos=torch.tensor(1.0), th_neg=None, levels=3,
+                          MTNeuron(name="mt", inputs=("x",), th_pos=torch.tensor(0.3), th_neg=None, levels=3,
                                    spikes_per_step=2),
                           Output(name="out", inputs=("mt",))])
-    GraphExecutor(graph)                                   # plain runs are fine
-    with pytest.raises(GraphError, match="node 'mt'"):
-        GraphExecutor(graph, record_levels=True)
+    x = torch.tensor([[0.3, 0.9, 1.5, 2.1]])
+    recording = GraphExecutor(graph, record_levels=True)
+    codes = []
+    out = recording.run(x, 3, observer=lambda node, inputs, y, t: node.name == "mt" and codes.append(
+        recording.state("mt").code.clone()))
+    assert torch.equal(out, GraphExecutor(graph).run(x, 3))
+    # step 1: 0.3 -> 1 (m = 1), 0.9 -> 3 (2 + 1), 1.5 -> 5 (4 + 1), 2.1 -> 6 (4 + 2: k = 2 of 4 + 2 + 1);
+    # every input non-zero: + 2 (2^3 - 1) + 1 = 15, and the code's offset 2^3 - 1 = 7
+    assert codes[0].tolist() == [m + 7 + 15 for m in (1, 3, 5, 6)]
 
 
 def test_convert_checks_spikes_per_step_against_levels():

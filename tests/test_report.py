@@ -161,15 +161,91 @@ def test_interval95_is_the_mean_over_samples(small):
     graph, x, y = small
     report = run(small, hw=("cmos45-fp32",), mode="full")
     r = report.result("cmos45-fp32")
-    # the same energy, one sample at a time: the per-sample energies' mean and spread
-    each = [hw_sim.simulate(graph, x[i:i + 1], 3, "cmos45-fp32", progress=False).result("cmos45-fp32")["total_j"]
+    # the same run, one sample at a time: the per-sample energies at every t and latencies,
+    # their mean and spread (CMOS: energy and latency are linear in the counts)
+    each = [hw_sim.simulate(graph, x[i:i + 1], 3, "cmos45-fp32", progress=False).result("cmos45-fp32")
             for i in range(len(x))]
-    e = torch.tensor(each, dtype=torch.float64)
-    half = 1.96 * float(e.std()) / len(each) ** 0.5
-    assert float(e.mean()) == pytest.approx(r["total_j"], rel=1e-9)
-    assert r["interval95"]["energy_j"] == pytest.approx([r["total_j"] - half, r["total_j"] + half], rel=1e-9)
+
+    def normal(values):
+        v = torch.tensor(values, dtype=torch.float64)
+        half = 1.96 * float(v.std()) / len(values) ** 0.5
+        return float(v.mean()), [float(v.mean()) - half, float(v.mean()) + half]
+    for t in range(3):
+        mean, interval = normal([e["energy_per_t_j"][t] for e in each])
+        assert mean == pytest.approx(r["energy_per_t_j"][t], rel=1e-9)
+        assert r["interval95"]["energy_per_t_j"][t] == pytest.approx(interval, rel=1e-9)
+        assert interval[0] < interval[1]
+    assert r["interval95"]["energy_j"] == r["interval95"]["energy_per_t_j"][-1]
+    mean, interval = normal([e["latency_s"] for e in each])
+    assert mean == pytest.approx(r["latency_s"], rel=1e-9)
+    # (the latency's derivative is taken by adding one event: float rounding at 1e-8 of it)
+    assert r["interval95"]["latency_s"] == pytest.approx(interval, rel=1e-7)
+    assert interval[0] < r["latency_s"] < interval[1]
     lo, hi = r["interval95"]["spikes"]
     assert lo <= sum(report.data["counts"]["per_step"]["spikes"]) <= hi
+
+
+def test_intervals_shrink_as_the_same_samples_repeat(small):
+    """The same 24 samples twice (each batch the same 24, so every count repeats exactly):
+    the mean is unchanged and each half-width shrinks by sqrt((n - 1) / (2n - 1)), the
+    standard error's factor, on every profile kind and at every t."""
+    graph, x, y = small
+    hw = ["cmos45-fp32", "loihi", "loihi-sanafe"]
+    once = hw_sim.simulate(graph, x, 3, hw, mode="full", batch_size=24, progress=False)
+    twice = hw_sim.simulate(graph, torch.cat([x, x]), 3, hw, mode="full", batch_size=24, progress=False)
+    n = len(x)
+    factor = ((n - 1) / (2 * n - 1)) ** 0.5
+    for a, b in zip(once.hardware, twice.hardware):
+        ia, ib = a["interval95"], b["interval95"]
+        for t in range(3):
+            (lo, hi), (lo2, hi2) = ia["energy_per_t_j"][t], ib["energy_per_t_j"][t]
+            assert lo < a["energy_per_t_j"][t] < hi
+            assert (lo2 + hi2) / 2 == pytest.approx((lo + hi) / 2, rel=1e-9)
+            assert (hi2 - lo2) == pytest.approx(factor * (hi - lo), rel=1e-6), (a["profile"]["name"], t)
+        if a["profile"]["name"] == "loihi-sanafe":
+            continue        # its latency interval comes from the scheduled samples (the first 32)
+        (lo, hi), (lo2, hi2) = ia["latency_s"], ib["latency_s"]
+        assert lo < a["latency_s"] < hi
+        assert (hi2 - lo2) == pytest.approx(factor * (hi - lo), rel=1e-6), a["profile"]["name"]
+
+
+def test_latency_interval_says_fixed_where_the_latency_does_not_depend_on_the_data(small):
+    """TrueNorth's flat model: events take no time within its fixed tick, and this graph's
+    host work does not depend on the data, so there is no latency interval, and the report
+    says why; the energy still has one."""
+    report = run(small, hw=("truenorth",), mode="full")
+    r = report.hardware[0]
+    assert r["interval95"]["latency_s"] is None and r["interval95"]["latency_basis"].startswith("fixed")
+    lo, hi = r["interval95"]["energy_j"]
+    assert lo < r["total_j"] < hi
+    row = next(line for line in report.to_markdown().splitlines() if line.startswith("| truenorth | full"))
+    assert "| fixed |" in row
+
+
+def test_profile_paths_are_relative_to_the_package_or_as_given(small, report, tmp_path, monkeypatch):
+    """report.json names a built-in profile by its path inside the package (the same in every
+    checkout) and a user's profile as the user gave it: two copies of a profile in different
+    folders give byte-identical JSON when given by the same relative path."""
+    import pathlib
+    root = str(pathlib.Path(hw_sim.__file__).resolve().parent.parent)
+    assert root not in report.to_json()
+    assert {r["profile"]["path"] for r in report.hardware} == {"hw_sim/profiles/cmos45-fp32.toml",
+                                                               "hw_sim/profiles/loihi.toml"}
+    source = pathlib.Path(load_profile("loihi").path).read_text()
+    texts = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "mine.toml").write_text(source)
+        monkeypatch.chdir(tmp_path / folder)
+        texts.append(run(small, hw=("mine.toml",), mode="full", T=2).to_json())
+    assert texts[0] == texts[1] and '"path": "mine.toml"' in texts[0]
+    absolute = [json.loads(run(small, hw=(str(tmp_path / f / "mine.toml"),), mode="full", T=2).to_json())
+                for f in ("a", "b")]
+    assert [d["hardware"][0]["profile"]["path"] for d in absolute] == [str(tmp_path / f / "mine.toml")
+                                                                       for f in ("a", "b")]
+    for d in absolute:
+        d["hardware"][0]["profile"]["path"] = "mine.toml"
+    assert absolute[0] == absolute[1] == json.loads(texts[0])
 
 
 def test_operating_point_is_the_first_t_within_one_point_of_the_ann(report):
@@ -198,6 +274,129 @@ def test_mesh_energy_constants_reprice_as_the_mesh_model_prices_them(small):
     events = sum(ps["synaptic_events"])
     assert s["energy_j"] == pytest.approx([r["total_j"] + events * (c.low - c.value),
                                            r["total_j"] + events * (c.high - c.value)], rel=1e-9)
-    assert "mesh.t_synaptic_event" in r["sensitivity_not_covered"]
     lo, hi = r["interval95"]["energy_j"]
     assert lo < r["total_j"] < hi
+    lo, hi = r["interval95"]["latency_s"]
+    assert lo < r["latency_s"] < hi
+
+
+def test_mesh_timing_constants_reprice_as_a_run_with_the_changed_profile(small, monkeypatch, tmp_path):
+    """The mesh model's timing constants enter the sensitivity and the latency range: re-timed
+    on the recorded spikes (every scheduled sample here), the latency at a constant's range end
+    is what a fresh run with that value in the profile gives."""
+    import re
+    import sys
+
+    monkeypatch.setattr(sys.modules["hw_sim.simulate"], "RETIME_SAMPLES", 1000)
+    report = run(small, hw=("loihi-sanafe",), mode="full")
+    r = report.result("loihi-sanafe")
+    p = load_profile("loihi-sanafe")
+    timing = [k for k in p.keys() if k.startswith(("mesh.t_", "mesh.barrier_"))
+              and p.constants["mesh"][k[5:]].low < p.constants["mesh"][k[5:]].high]
+    assert timing and not set(timing) & set(r["sensitivity_not_covered"])
+    assert set(r["sensitivity_not_covered"]) <= {"mesh.synapse_bits"}     # the mapping is not redone
+    by_key = {s["constant"]: s for s in r["sensitivity"]}
+    moved = [k for k in timing if by_key[k]["latency_s"][0] != by_key[k]["latency_s"][1]]
+    assert {"mesh.t_synaptic_event", "mesh.t_spike_out", "mesh.t_message_in", "mesh.barrier_1"} <= set(moved)
+    lo, nominal, hi = r["range"]["latency_s"]
+    for k in timing:
+        assert lo * (1 - 1e-12) <= min(by_key[k]["latency_s"]) and max(by_key[k]["latency_s"]) <= hi * (1 + 1e-12)
+    text = open(p.path).read()
+    for key, end in (("t_synaptic_event", "high"), ("t_spike_out", "low")):
+        c = p.constants["mesh"][key]
+        value = c.high if end == "high" else c.low
+        changed = re.sub(rf"^{key} = {{ value = [^,]+,", f"{key} = {{ value = {value!r},", text, flags=re.M)
+        assert changed != text
+        (tmp_path / f"{key}.toml").write_text(changed)
+        fresh = run(small, hw=(str(tmp_path / f"{key}.toml"),), mode="full").hardware[0]
+        at = by_key[f"mesh.{key}"]["latency_s"][0 if end == "low" else 1]
+        assert at == pytest.approx(fresh["latency_s"], rel=1e-9), key
+        assert at != pytest.approx(r["latency_s"], rel=1e-6)
+
+
+def test_mesh_retime_at_the_nominal_profile_is_the_run_chip_latency(small):
+    from hw_sim import mesh
+    graph, x, _ = small
+    p = load_profile("loihi-sanafe")
+    onchip = mesh.extract(graph, p)
+    placement = mesh.place(onchip, p)
+    acc = mesh.Accounting(onchip, placement, p, 3, schedule_samples=6)
+    for start in (0, 4):                     # two batches: 4 + 2 scheduled samples
+        acc.add(mesh.record(graph, x[start:start + 4], 3, onchip))
+    chip = acc.result()["per_step"]["chip_latency_s"]
+    assert acc.sample_chip_latency().shape == (6, 3)
+    assert acc.sample_chip_latency().mean(0).tolist() == pytest.approx(chip, rel=1e-12)
+    assert acc.retime(p).mean(0).tolist() == pytest.approx(chip, rel=1e-12)
+    assert torch.allclose(acc.retime(p, 2), acc.sample_chip_latency()[:2], rtol=1e-12, atol=0)
+    assert acc.sample_energy_per_t()[:, -1].tolist() == pytest.approx(acc.sample_energy().tolist(), rel=1e-12)
+
+
+# -- deployed accuracy ---------------------------------------------------------------------------
+def _brute_int8(w: torch.Tensor) -> torch.Tensor:
+    """8 bits, round half to even, one scale per output channel (max |w| / 127), by hand."""
+    flat = w.double().reshape(len(w), -1)
+    scale = flat.abs().max(1).values / 127
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.clamp(torch.round(flat / scale[:, None]), -127, 127)
+    return (q * scale[:, None]).float().reshape(w.shape)
+
+
+def test_int8_weights_format_runs_the_brute_force_quantized_graph(small):
+    import copy
+
+    from ecmt.runtime import GraphExecutor
+    from hw_sim import deployed
+    graph, x, _ = small
+    nodes = []
+    for node in graph:
+        if isinstance(node, (ir.Linear, ir.Conv2d)):
+            node = copy.copy(node)
+            node.weight = _brute_int8(node.weight)
+        nodes.append(node)
+    brute = GraphExecutor(ir.SpikingGraph(nodes, meta=graph.meta)).run(x, 3)
+    ours = deployed.executor(graph, "int8-weights").run(x, 3)
+    assert torch.equal(ours, brute)
+    assert not torch.equal(ours, GraphExecutor(graph).run(x, 3))      # the rounding shows
+
+
+def test_lava_fixed_point_format_is_lavas_fixed_point_run(small):
+    """The executor in the lava-fixed-point format against Lava's own fixed-point models
+    (exporters.lava.build(..., fixed_point=True), Loihi2SimCfg): equal to float32 summation
+    order, where the float graph is visibly off."""
+    pytest.importorskip("lava")
+    from exporters import lava as elava
+    from hw_sim import deployed
+    graph, x, _ = small
+    x = x[:4]
+    lava_out = torch.from_numpy(elava.build(graph, fixed_point=True).run(x.numpy(), 3))
+    ours = deployed.executor(graph, "lava-fixed-point").run(x, 3)
+    scale = float(lava_out.abs().max())
+    assert float((ours - lava_out).abs().max()) <= 1e-5 * scale
+    assert float((deployed.executor(graph, "float").run(x, 3) - lava_out).abs().max()) > 1e-3 * scale
+
+
+def test_report_gives_float_and_deployed_accuracy_side_by_side(small):
+    from hw_sim import deployed
+    graph, x, y = small
+    report = run(small, hw=("cmos45-fp32", "cmos45-int8", "loihi2"), mode="full")
+    d = report.data
+    assert set(d["deployed"]) == {"int8-weights", "lava-fixed-point"}
+    for fmt, dep in d["deployed"].items():
+        out = torch.cat([deployed.executor(graph, fmt).run(x[i:i + 10], 3) for i in range(0, len(x), 10)], 1)
+        assert dep["accuracy"] == pytest.approx((out.argmax(-1) == y).double().mean(1).tolist(), abs=1e-12)
+    assert [r["deployment"] for r in report.hardware] == [None, "int8-weights", "lava-fixed-point"]
+    md = report.to_markdown()
+    assert "accuracy (float, t=3)" in md and "accuracy (deployed, t=3)" in md
+    row = next(line for line in md.splitlines() if line.startswith("| cmos45-int8 | full"))
+    assert f"{100 * d['deployed']['int8-weights']['accuracy'][-1]:.2f}% (int8 weights" in row
+    schema = json.loads(SCHEMA_FILE.read_text())
+    jsonschema.validate(json.loads(report.to_json()), schema)
+
+
+def test_unknown_deployment_in_a_profile_is_refused(tmp_path):
+    from hw_sim.profile import ProfileError
+    text = open(load_profile("cmos45-int8").path).read().replace('deployment = "int8-weights"',
+                                                                  'deployment = "int4"')
+    (tmp_path / "p.toml").write_text(text)
+    with pytest.raises(ProfileError, match="profile.deployment: 'int4'"):
+        load_profile(tmp_path / "p.toml")

@@ -104,6 +104,24 @@ def mt_update_coded(v, x, th_pos, th_neg, levels: int):
     return s, v - s, code.to(torch.uint8).reshape(-1)
 
 
+@fused
+def mt_multi_update_coded(v, x, th_pos, th_neg, levels: int, k: int):
+    """mt_update for k > 1 that also returns each element's event code (int16, flat):
+    sign * m + 2^levels - 1, where m = |s| / th is the integer whose binary digits
+    are the levels fired, plus 2^(levels + 1) - 1 when the input x was non-zero.
+    A k-level spike names a set of levels, which a byte cannot hold for levels > 6;
+    coding (sign, m, active) keeps hw_sim's counting to one histogram pass (spikes,
+    spikes per level and active updates all follow from it), in 2^(levels + 2) - 2
+    bins: int16 holds them for levels <= 13.  s is mt_update's, computed by the
+    same function; m is exact after rounding (s is a sum of th 2^j)."""
+    v = v + x
+    s = mt_multi_levels(v, th_pos, th_neg, levels, k)
+    th = th_pos if th_neg is None else torch.where(v >= 0, th_pos, th_neg)
+    span = float(2 ** levels - 1)
+    code = torch.round(s / th) + span + torch.where(x != 0, 2.0 * span + 1.0, 0.0)
+    return s, v - s, code.to(torch.int16).reshape(-1)
+
+
 # Nonlinearity ECMs: S += x; y = t f(S / t) - previous running output.
 # Each returns (y, S, running output).  One function per f, so that each has
 # its own compiled-kernel cache.

@@ -27,7 +27,10 @@ import torch
 
 from ..errors import GraphError
 from ..ir import MTNeuron
-from .kernels import compile_enabled, mt_update, mt_update_coded
+from .kernels import compile_enabled, mt_multi_update_coded, mt_update, mt_update_coded
+
+# Levels a k > 1 neuron's int16 event code can hold (kernels.mt_multi_update_coded).
+MAX_CODED_LEVELS = 13
 
 
 def level_tables(th_pos: torch.Tensor, th_neg: torch.Tensor | None, levels: int):
@@ -55,7 +58,10 @@ class MTState:
     element, flat, as kernels.mt_update_coded defines it (the spike's level
     number + levels, plus 2 levels + 1 where the input was non-zero), so that
     hw_sim counts events by level from one histogram instead of passes over
-    the spikes."""
+    the spikes.  With spikes_per_step k > 1 the code is int16, as
+    kernels.mt_multi_update_coded defines it (sign * m + 2^levels - 1, m the
+    fired levels as binary digits, plus 2^(levels + 1) - 1 where the input
+    was non-zero)."""
 
     def __init__(self, node: MTNeuron, shape: tuple[int, ...], device=None, compiled: bool | None = None):
         def batched(th):   # [1, *aligned] so it broadcasts against [B, *shape]
@@ -86,12 +92,13 @@ class MTState:
 
     @record.setter
     def record(self, on: bool):
-        # A code names one level; a k-level spike has several (hw_sim counts from codes).
-        if on and self.k > 1:
+        # A k-level spike's code holds the set of levels fired: 2^(levels + 2) - 2 int16 values.
+        if on and self.k > 1 and self.levels > MAX_CODED_LEVELS:
             raise GraphError(
-                f"node {self.name!r} (mt_neuron): field spikes_per_step: {self.k} levels per step cannot be "
-                "recorded as per-level event codes (record_levels: hw_sim's counting), which name one level "
-                "per step", hint="hw_sim cannot price k > 1 graphs yet")
+                f"node {self.name!r} (mt_neuron): field levels: {self.levels} levels with spikes_per_step "
+                f"{self.k} cannot be recorded as event codes (record_levels: hw_sim's counting), which hold "
+                f"the set of fired levels in int16 for at most {MAX_CODED_LEVELS} levels",
+                hint=f"convert with levels <= {MAX_CODED_LEVELS} to price the graph in hw_sim")
         self._record = bool(on)
 
     def reset(self):
@@ -112,7 +119,7 @@ class MTState:
                 # the table's index is the code (signed), or the level number (positive only)
                 self.code = (index + (0 if self.signed else self.levels) + active).to(torch.uint8)
             return s
-        update = mt_update_coded if self.record else mt_update
+        update = (mt_update_coded if self.k == 1 else mt_multi_update_coded) if self.record else mt_update
         update = update if self.compiled else update.eager
         if self.flat:
             out = update(self.v.view(-1), x.view(-1), self.th_pos.view(1), self.th_neg_flat, self.levels,

@@ -37,6 +37,9 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.conv import utils as conv_utils
 
+# The number format, in a module without Lava (hw_sim's deployed accuracy uses it too).
+from .fixed_point import HEADROOM_BITS, MEMBRANE_BITS, fraction_bits, quantize_int8  # noqa: F401
+
 F32 = np.float32
 
 
@@ -122,19 +125,6 @@ class PyMTNeuronFloat(_MTModelBase):
         self.v = (self.v - s).astype(F32)
         self.keep(s)
         self.s_out.send(s)
-
-
-MEMBRANE_BITS = 24       # Loihi 2's neuron state width
-HEADROOM_BITS = 4        # the membrane may reach 16x the top level
-
-
-def fraction_bits(levels: int) -> int:
-    """Fraction bits of the fixed-point membrane (its unit is 2^-F of the
-    smaller threshold): as many as leave the top level, 2^(F + levels - 1)
-    units, 2^HEADROOM_BITS of headroom in a signed 24-bit membrane; at most
-    16.  (2^-8, the first choice, was the largest error of the fixed-point
-    model: docs/lava.md.)"""
-    return max(8, min(16, MEMBRANE_BITS - 1 - HEADROOM_BITS - (int(levels) - 1)))
 
 
 @implements(proc=MTNeuron, protocol=LoihiProtocol)
@@ -257,16 +247,6 @@ def host_model(proc_cls, tag_name: str):
 
 
 # -- synapses without delay ------------------------------------------------------------------
-def quantize_int8(w: np.ndarray, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """8-bit weights, round to nearest, with one scale per output channel (the
-    first axis: Dense [out, in], Conv [out, x, y, in]), or one per layer."""
-    w = np.asarray(w, np.float64)
-    axes = tuple(range(1, w.ndim)) if per_channel else None
-    scale = np.abs(w).max(axis=axes, keepdims=per_channel) / 127.0
-    scale = np.where(scale > 0, scale, 1.0)
-    return np.clip(np.round(w / scale), -127, 127), scale
-
-
 class _ZeroDelayDenseBase(PyLoihiProcessModel):
     s_in: PyInPort = LavaPyType(PyInPort.VEC_DENSE, F32)
     a_out: PyOutPort = LavaPyType(PyOutPort.VEC_DENSE, F32)

@@ -47,6 +47,16 @@ def quantile(value: str) -> float:
     return q
 
 
+def budget(value: str) -> float:
+    try:
+        b = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 < b < float("inf"):       # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be > 0 (SNN energy over one ANN forward), got {value}")
+    return b
+
+
 def device(value: str) -> str:
     import torch
     try:
@@ -104,6 +114,12 @@ def _add_convert_args(p: argparse.ArgumentParser):
     p.add_argument("--target-T", type=count, dest="target_T",
                    help="search each neuron's threshold and levels for the best estimate at this T "
                         "(calibration data only; docs/conversion.md)")
+    p.add_argument("--energy-budget", type=budget, dest="energy_budget", metavar="X",
+                   help="with --target-T: keep the full-mode energy up to step T within X times the ANN's "
+                        "(hw_sim on calibration images); the search also picks levels and k")
+    p.add_argument("--energy-profile", default="cmos45-fp32", dest="energy_profile", metavar="NAME",
+                   help="hardware profile of --energy-budget: a name in hw_sim/profiles or a .toml path "
+                        "(default cmos45-fp32)")
 
 
 def _calibration(args):
@@ -125,7 +141,7 @@ def _convert(args, model):
     check_input(model, batches[0], f"--calib-data {args.calib_data}" if args.calib_data else f"--data {args.data}")
     return convert(model.to(device), [b.to(device) for b in batches], levels=args.levels,
                    spikes_per_step=args.spikes_per_step, quantile=args.quantile, per_channel=args.per_channel,
-                   target_T=args.target_T,
+                   target_T=args.target_T, energy_budget=args.energy_budget, energy_profile=args.energy_profile,
                    progress=not args.quiet, device=device)
 
 
@@ -136,6 +152,9 @@ def cmd_convert(args):
     if args.spikes_per_step > args.levels:
         raise EcmtError(f"--spikes-per-step {args.spikes_per_step} exceeds --levels {args.levels}",
                         hint="a neuron can send at most all of its levels in one step")
+    if args.energy_budget is not None:        # --energy-budget without --target-T, unknown profile: before the work
+        from .convert.search import check_budget
+        check_budget(args.target_T, args.energy_budget, args.energy_profile)
     model = load_model(args.model, args.checkpoint, **_model_kwargs(args.model_arg))
     spiking = _convert(args, model)
     if distributed.is_main():
@@ -202,6 +221,10 @@ def _energy_summary(report) -> str:
         lo, _, hi = r["range"]["energy_j"]
         rows.append(f"{r['profile']['name']:<14}{r['mode']:<7}{op}{1e6 * r['total_j']:>11.4g}"
                     f"{r['energy_ratio']:>8.3f}{1e3 * r['latency_s']:>12.4g}{f'{1e6 * lo:.3g}-{1e6 * hi:.3g}':>22}")
+    for fmt, dep in d.get("deployed", {}).items():          # profiles deployed in a fixed-point format
+        users = sorted({r["profile"]["name"] for r in report.hardware if r.get("deployment") == fmt})
+        rows.append(f"accuracy at T={T} ({', '.join(users)}): float {100 * d['accuracy'][T - 1]:.2f}%, "
+                    f"deployed ({dep['format']}) {100 * dep['accuracy'][T - 1]:.2f}%")
     return "\n".join(rows)
 
 
@@ -287,9 +310,6 @@ def cmd_train_demo(args):
 def cmd_demo(args):
     from . import data
     from .zoo import DEMO_CHECKPOINT, load_model, train_demo
-    if args.spikes_per_step > 1:      # refused before the work: the demo ends in hw_sim, which cannot count k > 1
-        raise EcmtError("ecmt demo ends with an energy report, and hw_sim cannot count spikes of several "
-                        "levels (--spikes-per-step > 1) yet", hint="use ecmt convert, eval and export")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if not DEMO_CHECKPOINT.exists():

@@ -38,6 +38,22 @@ def test_convert_inspect_eval_round_trip(tmp_path):
     assert len(result["snn_accuracy"]) == 4 and result["samples"] == 64
 
 
+def test_energy_reports_float_and_deployed_accuracy(tmp_path):
+    graph = tmp_path / "g.ecmt"
+    r = ecmt_cli("convert", *TINY_VIT, "--data", "digits", "--calib-samples", "64", "-o", str(graph))
+    assert r.returncode == 0, r.stderr
+    r = ecmt_cli("energy", str(graph), "--data", "digits", "-T", "2", "--limit", "16",
+                 "--hw", "cmos45-fp32,cmos45-int8,loihi2", "--report", str(tmp_path / "r"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert set(report["deployed"]) == {"int8-weights", "lava-fixed-point"}
+    for fmt, users in (("int8-weights", "cmos45-int8"), ("lava-fixed-point", "loihi2")):
+        dep = report["deployed"][fmt]
+        assert (f"accuracy at T=2 ({users}): float {100 * report['accuracy'][-1]:.2f}%, deployed "
+                f"({dep['format']}) {100 * dep['accuracy'][-1]:.2f}%") in r.stdout
+    assert "accuracy (deployed, t=2)" in (tmp_path / "r" / "report.md").read_text()
+
+
 def test_demo_runs_end_to_end(tmp_path):
     try:
         data.fashion_mnist("test")

@@ -125,7 +125,8 @@ def check_json(value, field: str, depth: int = 0) -> None:
 # key is free-form JSON.
 GRAPH_META = {"source": str, "calibration": dict, "ppn": bool, "spiking": bool, "unit_thresholds": int}
 NODE_META = {"source": str, "role": str, "ppn": bool, "unit_threshold": float,
-             "search": {"target_T": int, "multiplier": float, "levels": int}}
+             # "?": optional (graphs searched before k was a choice have no spikes_per_step)
+             "search": {"target_T": int, "multiplier": float, "levels": int, "spikes_per_step?": int}}
 
 
 def _check_meta(meta, spec: dict, field: str, required: bool = False) -> dict:
@@ -134,9 +135,10 @@ def _check_meta(meta, spec: dict, field: str, required: bool = False) -> dict:
         raise _Bad(field, f"expected an object, got {_show(meta)}")
     check_json(meta, field)
     for key, want in spec.items():
+        optional, key = key.endswith("?"), key.rstrip("?")
         where = f"{field}.{key}"
         if key not in meta:
-            if required:
+            if required and not optional:
                 raise _Bad(where, "missing")
             continue
         if isinstance(want, dict):

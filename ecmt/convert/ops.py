@@ -639,11 +639,7 @@ def pad(low, node, gm, args, kwargs, r1, r2):
     if value == -math.inf:
         return pad_for_max_pool(low, node, gm, x, widths, r1, r2)
     name, shape = x.node, list(x.shape)
-    for i in range(len(widths) // 2):        # pairs start at the last axis
-        before, after = widths[2 * i], widths[2 * i + 1]
-        if not before and not after:
-            continue
-        axis = x.axis(x.v1.dim() - 1 - i)
+    for axis, before, after in _padded_axes(x, widths):
         parts = []
         for width in (before, after):
             if width:
@@ -654,6 +650,14 @@ def pad(low, node, gm, args, kwargs, r1, r2):
         name = low.emit(ir.Concat, parts, axis=axis)
         shape[axis] += before + after
     return result(low, name, r1, r2) if name != x.node else same(x, r1, r2)
+
+
+def _padded_axes(x: Val, widths):
+    """(axis, before, after) of each padded axis of x, from F.pad's widths (pairs start at the last axis)."""
+    for i in range(len(widths) // 2):
+        before, after = widths[2 * i], widths[2 * i + 1]
+        if before or after:
+            yield x.axis(x.v1.dim() - 1 - i), before, after
 
 
 def pad_for_max_pool(low, node, gm, x: Val, widths, r1, r2) -> Val:
@@ -673,11 +677,7 @@ def pad_for_max_pool(low, node, gm, x: Val, widths, r1, r2) -> Val:
         if padding not in (0, (0, 0)) or max(widths) >= min(kernel):
             raise Unsupported("padding with -inf as wide as the pooling kernel")
     name, shape = x.node, list(x.shape)
-    for i in range(len(widths) // 2):        # pairs start at the last axis
-        before, after = widths[2 * i], widths[2 * i + 1]
-        if not before and not after:
-            continue
-        axis = x.axis(x.v1.dim() - 1 - i)
+    for axis, before, after in _padded_axes(x, widths):
         first = low.emit(ir.Slice, [name], axis=axis, start=0, stop=1)
         last = low.emit(ir.Slice, [name], axis=axis, start=shape[axis] - 1, stop=shape[axis])
         name = low.emit(ir.Concat, [first] * before + [name] + [last] * after,

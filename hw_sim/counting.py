@@ -367,7 +367,8 @@ class Counter:
                 per_value = hist.sum(dim=1)
                 if n.name in self.multi:
                     table, _ = level_tables(n.levels)
-                    c["levels"] = per_value @ table.to(per_value.device)
+                    # on the CPU: CUDA has no int64 matrix product
+                    c["levels"] = (per_value.cpu() @ table.cpu()).to(per_value.device)
                     c["spikes"] = per_value.sum(dim=1) - per_value[:, 2 ** n.levels - 1]
                 else:
                     c["levels"] = torch.cat([per_value[:, :n.levels], per_value[:, n.levels + 1:]], dim=1)

@@ -80,7 +80,8 @@ class MTState:
         # Without the compiler, scalar thresholds use the table lookup; per-channel
         # ones the fused form, op by op.
         self.tables = None if self.compiled or not scalar or self.k > 1 else tuple(
-            t.to(device) for t in level_tables(self.th_pos, self.th_neg, self.levels))
+            t.to(device) for t in level_tables(self.th_pos.cpu(), None if self.th_neg is None else self.th_neg.cpu(),
+                                               self.levels))          # built on the CPU, then moved
         self.name = node.name
         self._record = False
         self.v: torch.Tensor | None = None

@@ -251,3 +251,54 @@ def test_unfold_exact(kernel, stride, padding):
     spiking = ecmt.convert(model, torch.randn(8, 3, 10, 10), progress=False)
     with torch.no_grad():
         assert rel_err(spiking.analog(x), model(x)) <= 1e-5
+
+
+def _pairs(a, b):
+    """(row of a, column of b) products with both operands non-zero, counted by a matmul of
+    indicators: an oracle independent of hw_sim's fan-out bookkeeping."""
+    return int(((a != 0).double() @ (b != 0).double()).sum())
+
+
+@pytest.mark.parametrize("family", ["swin", "eva02"])
+def test_hw_sim_counts_of_new_families_equal_brute_force(family):
+    """Every synaptic node fed only by spikes (windowed / rotary / gated graphs): hw_sim's
+    synaptic-op count at each step equals a brute-force count from the recorded inputs."""
+    from ecmt.runtime import GraphExecutor
+    from hw_sim.counting import Counter, to_lists
+    build, size, _ = FAMILIES[family]
+    torch.manual_seed(0)
+    graph = ecmt.convert(randomize(build()), torch.randn(8, 3, size, size), progress=False).graph
+    spiking = {n.name for n in graph.of_kind(ir.MTNeuron)}
+    fed_by_spikes = [n for n in graph if isinstance(n, (ir.Linear, ir.Conv2d, ir.ProductECM))
+                     and all(i in spiking for i in n.inputs)]
+    assert {type(n) for n in fed_by_spikes} >= {ir.Linear, ir.ProductECM}, "no spiking synapses to check"
+    executor = GraphExecutor(graph, record_levels=True)
+    T = 3
+    counter = Counter(executor, T)
+    inputs = {}
+
+    def observe(node, ins, out, t):
+        counter(node, ins, out, t)
+        if node in fed_by_spikes:
+            inputs[(node.name, t)] = [i.clone() for i in ins]
+
+    executor.run(torch.randn(2, 3, size, size), T, observer=observe)
+    counts = to_lists(counter.result())
+    for node in fed_by_spikes:
+        sums = None
+        for t in range(1, T + 1):
+            ins = inputs[(node.name, t)]
+            if isinstance(node, ir.Linear):
+                expected = int((ins[0] != 0).sum()) * node.weight.shape[0]
+            elif isinstance(node, ir.Conv2d):
+                w = node.weight
+                ones = torch.ones(w.shape[0], w.shape[1], *w.shape[2:], dtype=torch.float64)
+                expected = int(F.conv2d((ins[0] != 0).double(), ones, stride=node.stride,
+                                        padding=node.padding, groups=node.groups).sum())
+            else:        # the incremental product: new x new + new x old + old x new
+                a, b = ins[0], (ins[1].transpose(-1, -2) if node.transpose_b else ins[1])
+                expected = _pairs(a, b)
+                if sums is not None:
+                    expected += _pairs(a, sums[1]) + _pairs(sums[0], b)
+                sums = (a.clone(), b.clone()) if sums is None else (sums[0] + a, sums[1] + b)
+            assert counts[node.name]["sops"][t - 1] == expected, (node.name, t)

@@ -63,7 +63,7 @@ def main():
     model = load_model("demo").eval()
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
     calib = train.sample(512)
-    graph = (ir.SpikingGraph.load(args.graph) if args.graph
+    graph = (ir.load_graph(args.graph) if args.graph
              else ecmt.convert(model, calibration_batches(calib), progress=False).graph)
     contenders = {"ECMT, node by node": ecmt.SpikingModel(graph),
                   "ECMT, captured step": ecmt.SpikingModel(graph, capture=True)}

@@ -106,7 +106,7 @@ def main():
     torch.manual_seed(0)
     model = load_model("demo").eval()
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test")
-    graph = (ir.SpikingGraph.load(args.graph) if args.graph
+    graph = (ir.load_graph(args.graph) if args.graph
              else ecmt.convert(model, calibration_batches(train.sample(512)), progress=False).graph)
     result = {"machine": machine_info(), "T": T, "repeats": args.repeats, "runs": []}
     for batch in (int(b) for b in args.batches.split(",")):

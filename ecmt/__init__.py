@@ -3,12 +3,15 @@ deploy them to neuromorphic toolchains.
 
     spiking = ecmt.convert(model, calib_batches)    # -> SpikingModel
     estimates = spiking(x, T=8)                      # [T, B, classes]
-    spiking.graph.save("model.ecmt")                 # the intermediate spiking graph
+    ecmt.save_graph(spiking.graph, "model.ecmt")     # the intermediate spiking graph, one file
+    graph = ecmt.load_graph("model.ecmt")
+    print(ecmt.summarize(graph))                     # what `ecmt inspect` prints
 """
 from .convert import convert
 from .errors import EcmtError
-from .ir import SpikingGraph
+from .ir import SpikingGraph, load_graph, save_graph, summarize
 from .runtime import SpikingModel
 
 __version__ = "0.1.0"
-__all__ = ["EcmtError", "SpikingGraph", "SpikingModel", "convert", "__version__"]
+__all__ = ["EcmtError", "SpikingGraph", "SpikingModel", "convert", "load_graph", "save_graph", "summarize",
+           "__version__"]

@@ -146,7 +146,7 @@ def _convert(args, model):
 
 
 def cmd_convert(args):
-    from .ir import MTNeuron
+    from .ir import MTNeuron, save_graph
     from .zoo import load_model
     check_writable(args.output)             # before the work, not after it
     if args.spikes_per_step > args.levels:
@@ -158,7 +158,7 @@ def cmd_convert(args):
     model = load_model(args.model, args.checkpoint, **_model_kwargs(args.model_arg))
     spiking = _convert(args, model)
     if distributed.is_main():
-        spiking.graph.save(args.output)
+        save_graph(spiking.graph, args.output)
     say(f"wrote {args.output}: {len(spiking.graph)} nodes, {len(spiking.graph.of_kind(MTNeuron))} MT neurons")
 
 
@@ -230,9 +230,10 @@ def _energy_summary(report) -> str:
 
 def cmd_energy(args):
     import hw_sim
+    from hw_sim.counting import energy_bytes
 
     from . import data
-    from .ir import SpikingGraph
+    from .ir import load_graph
     unknown = [m for m in args.mode or () if m not in hw_sim.MODES]
     if unknown:
         raise EcmtError(f"--mode {','.join(args.mode)}: unknown mode {unknown[0]!r} "
@@ -240,10 +241,10 @@ def cmd_energy(args):
     # every profile (and the pairing of profiles and modes) is read and checked before any work
     hw_sim.plan([hw_sim.load_profile(name) for name in args.hw], args.mode)
     from . import memory
-    graph = SpikingGraph.load(args.graph)
+    graph = load_graph(args.graph)
     split = data.load(args.data, "test", args.data_root).take(args.limit)
     data.check_shape(split, graph.shapes[graph.input.name], f"--data {args.data}")
-    memory.check(memory.energy_bytes(graph, min(256, len(split)), args.T), f"ecmt energy -T {args.T}", "-T",
+    memory.check(energy_bytes(graph, min(256, len(split)), args.T), f"ecmt energy -T {args.T}", "-T",
                  distributed.device_for(args.device))
     report = hw_sim.simulate(graph, split.images, args.T, args.hw, mode=args.mode, labels=split.labels,
                              progress=not args.quiet, device=distributed.device_for(args.device))
@@ -272,7 +273,7 @@ EXPORT_SUFFIXES = {"onnx": (".onnx",), "nir": (".nir",), "lava": (".h5", ".hdf5"
 
 
 def cmd_export(args):
-    from .ir import SpikingGraph
+    from .ir import load_graph
     suffix = Path(args.output).suffix.lower()
     if suffix not in EXPORT_SUFFIXES[args.to]:
         raise EcmtError(f"-o {args.output}: a {args.to} export is written to a "
@@ -289,14 +290,14 @@ def cmd_export(args):
     if Path(args.output).resolve() == Path(args.graph).resolve():
         raise EcmtError(f"-o {args.output}: is the input graph; an export would overwrite it")
     check_writable(args.output)
-    graph = SpikingGraph.load(args.graph)
+    graph = load_graph(args.graph)
     print(_export(graph, args.to, args.output, args.unroll, args.ppn, args.nir_neuron, args.unit_thresholds,
                   args.lava_layout))
 
 
 def cmd_inspect(args):
-    from .ir import SpikingGraph
-    print(SpikingGraph.load(args.graph).summary())
+    from .ir import load_graph, summarize
+    print(summarize(load_graph(args.graph)))
 
 
 def cmd_train_demo(args):
@@ -309,6 +310,7 @@ def cmd_train_demo(args):
 
 def cmd_demo(args):
     from . import data
+    from .ir import save_graph
     from .zoo import DEMO_CHECKPOINT, load_model, train_demo
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -323,7 +325,7 @@ def cmd_demo(args):
     spiking = _convert(args, model)
     graph_path = out / "demo_vit.ecmt"
     if distributed.is_main():
-        spiking.graph.save(graph_path)
+        save_graph(spiking.graph, graph_path)
     say(f"demo: converted the demo ViT in {time.time() - t0:.1f} s -> {graph_path}")
     split = data.fashion_mnist("test", args.data_root).take(args.limit)
     result = evaluate(spiking, split, args.T, 256, args.quiet, args.device)

@@ -63,10 +63,5 @@ def check(need: int, what: str, change: str, device=None) -> None:
                         hint=f"lower {change}")
 
 
-def energy_bytes(graph: ir.SpikingGraph, batch: int, T: int) -> int:
-    """Bytes of hw_sim.simulate: the run, plus the per-step counts it keeps for every
-    node and counted quantity (MT level histograms as int64 tensors, then Python
-    lists for the report at about 32 bytes an entry)."""
-    from hw_sim.counting import FIELDS
-    histograms = sum(2 * (2 * n.levels + 1) for n in graph.of_kind(ir.MTNeuron))
-    return run_bytes(graph, batch, T) + T * (8 * histograms + 32 * len(FIELDS) * len(graph))
+# The estimate for hw_sim.simulate is hw_sim.counting.energy_bytes: it reads hw_sim's
+# counted fields, and hw_sim imports this module (one direction only, no cycle).

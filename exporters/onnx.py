@@ -11,8 +11,9 @@ Unrolled form (``unroll=T``).  Input ``x`` once; output ``estimates``
 [T, batch, ...], the running estimate after every step, like SpikingModel.
 
 Standard operators only (default domain, opset 17), dynamic batch axis.
-Every node kind of the IR has an emitter below; a kind without one fails with
-an error naming the node, and no file is written.
+Every node kind of the IR has an emitter below, declared in the table `KINDS`
+(the PPN neuron is declared as refused); a kind without one fails with an
+error naming the node, and no file is written.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ecmt import ir
 from ecmt.atomic import atomic_path
 from ecmt.errors import EcmtError
+from ecmt.ir.dispatch import KindTable, Refused
 
 OPSET = 17
 BATCH = "batch"
@@ -113,11 +115,7 @@ class _Emitter:
         self.state_out[f"state.{node.name}.{field}"] = value
 
     def emit(self, node: ir.Node, inputs: list[str], x: str) -> str:
-        fn = getattr(self, f"_{node.KIND}", None)
-        if fn is None:
-            raise OnnxExportError(f"node {node.name!r} ({node.KIND}): no ONNX form for this kind",
-                                  hint="see docs/onnx.md for the supported node kinds")
-        return fn(node, inputs, x)
+        return KINDS(node)(self, node, inputs, x)
 
     # -- leaves ------------------------------------------------------------------------
     def _input(self, node, inputs, x):
@@ -300,6 +298,35 @@ class _Emitter:
         return self.b.op("AveragePool", [inputs[0]], node.name, kernel_shape=list(node.kernel_size),
                          strides=list(node.stride), pads=[ph, pw, ph, pw], count_include_pad=1)
 
+
+# The ONNX form of each node kind: an _Emitter method (self, node, inputs, x) -> value name.
+KINDS = KindTable("ONNX", {
+    ir.Input: _Emitter._input,
+    ir.Constant: _Emitter._constant,
+    ir.Output: _Emitter._output,
+    ir.Linear: _Emitter._linear,
+    ir.Conv2d: _Emitter._conv2d,
+    ir.MTNeuron: _Emitter._mt_neuron,
+    ir.MTNeuronPPN: Refused("no ONNX form for this kind: PPN is the binary-spike form (NIR --ppn); ONNX "
+                            "takes the graded graph", hint="export the graph before expand_ppn"),
+    ir.GELUECM: _Emitter._gelu_ecm,
+    ir.ElementwiseECM: _Emitter._elementwise_ecm,
+    ir.ReLUECM: _Emitter._relu_ecm,
+    ir.SoftmaxECM: _Emitter._softmax_ecm,
+    ir.LayerNormECM: _Emitter._layernorm_ecm,
+    ir.MaxPool2d: _Emitter._maxpool2d_ecm,
+    ir.ProductECM: _Emitter._product_ecm,
+    ir.Add: _Emitter._add,
+    ir.Scale: _Emitter._scale,
+    ir.Reshape: _Emitter._reshape,
+    ir.Permute: _Emitter._permute,
+    ir.Slice: _Emitter._slice,
+    ir.Select: _Emitter._select,
+    ir.Concat: _Emitter._concat,
+    ir.Mean: _Emitter._mean,
+    ir.AvgPool2d: _Emitter._avgpool2d,
+}, error=lambda node, message, hint: OnnxExportError(
+    f"node {node.name!r} ({node.KIND}): {message}", hint=hint or "see docs/onnx.md for the supported node kinds"))
 
 def _expose(b: _Builder, spikes: dict[str, str], graph, outputs: list, suffix: str) -> None:
     for node, value in spikes.items():

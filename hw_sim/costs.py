@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import math
 
+from ecmt import ir
+from ecmt.ir.dispatch import KindTable
+
 SPECIAL_MACS = 8
 
 # f itself, per input element: (adds, mults, specials).  Row-wise functions
@@ -43,33 +46,61 @@ def forward_work(graph, node) -> dict[str, int]:
     """The ANN's own work at `node` in one forward of one sample: macs (a convolution
     counted over its zero-padded window, as an accelerator runs it), adds, mults and
     specials.  counting.shape_work (the spiking run) and energy.ann_work (the baseline)
-    both start from this one table.  MT neurons are the ANN's identity (or ReLU: one
-    compare per element)."""
-    from ecmt import ir
+    both start from this one table (`KINDS`).  MT neurons are the ANN's identity (or
+    ReLU: one compare per element)."""
     size = lambda name: math.prod(graph.shapes[name])
-    out = size(node.name)
     w = {"macs": 0, "adds": 0, "mults": 0, "specials": 0}
-    if isinstance(node, ir.Linear):
-        w.update(macs=size(node.inputs[0]) * node.weight.shape[0], adds=out if node.bias is not None else 0)
-    elif isinstance(node, ir.Conv2d):
-        _, c_in_g, kh, kw = node.weight.shape
-        w.update(macs=out * c_in_g * kh * kw, adds=out if node.bias is not None else 0)
-    elif isinstance(node, ir.ProductECM):
-        a = graph.shapes[node.inputs[0]]
-        w["macs"] = out * (a[-2] if node.transpose_a else a[-1])
-    elif isinstance(node, ir.MTNeuron):
-        w["adds"] = 0 if node.signed else out
-    elif node.KIND in FUNCTION_OPS:
-        adds, mults, specials = FUNCTION_OPS[node.KIND]
-        if isinstance(node, ir.MaxPool2d):
-            adds = node.kernel_size[0] * node.kernel_size[1]     # compares per output
-        w.update(adds=adds * out, mults=mults * out, specials=specials * out)
-    elif isinstance(node, ir.Add):
-        w["adds"] = (len(node.inputs) - 1) * out
-    elif isinstance(node, ir.Scale):
-        w["mults"] = out
-    elif isinstance(node, ir.Mean):
-        w.update(adds=size(node.inputs[0]), mults=out)
-    elif isinstance(node, ir.AvgPool2d):
-        w.update(adds=node.kernel_size[0] * node.kernel_size[1] * out, mults=out)
+    w.update(KINDS(node)(graph, node, size, size(node.name)))
     return w
+
+
+# -- the work of one node kind: (graph, node, size of a node's output, own output size) -> counts
+def _linear(graph, node, size, out):
+    return dict(macs=size(node.inputs[0]) * node.weight.shape[0], adds=out if node.bias is not None else 0)
+
+
+def _conv2d(graph, node, size, out):
+    _, c_in_g, kh, kw = node.weight.shape
+    return dict(macs=out * c_in_g * kh * kw, adds=out if node.bias is not None else 0)
+
+
+def _product(graph, node, size, out):
+    a = graph.shapes[node.inputs[0]]
+    return dict(macs=out * (a[-2] if node.transpose_a else a[-1]))
+
+
+def _mt_neuron(graph, node, size, out):
+    return dict(adds=0 if node.signed else out)
+
+
+def _function(graph, node, size, out):
+    adds, mults, specials = FUNCTION_OPS[node.KIND]
+    return dict(adds=adds * out, mults=mults * out, specials=specials * out)
+
+
+def _maxpool2d(graph, node, size, out):
+    _, mults, specials = FUNCTION_OPS[node.KIND]
+    adds = node.kernel_size[0] * node.kernel_size[1]     # compares per output
+    return dict(adds=adds * out, mults=mults * out, specials=specials * out)
+
+
+def _no_work(graph, node, size, out):
+    return {}
+
+
+KINDS = KindTable("hw_sim pricing", {
+    ir.Linear: _linear,
+    ir.Conv2d: _conv2d,
+    ir.ProductECM: _product,
+    ir.MTNeuron: _mt_neuron,
+    ir.MTNeuronPPN: _mt_neuron,
+    **{ecm: _function for ecm in (ir.SoftmaxECM, ir.LayerNormECM, ir.GELUECM, ir.ReLUECM, ir.ElementwiseECM)},
+    ir.MaxPool2d: _maxpool2d,
+    ir.Add: lambda graph, node, size, out: dict(adds=(len(node.inputs) - 1) * out),
+    ir.Scale: lambda graph, node, size, out: dict(mults=out),
+    ir.Mean: lambda graph, node, size, out: dict(adds=size(node.inputs[0]), mults=out),
+    ir.AvgPool2d: lambda graph, node, size, out: dict(adds=node.kernel_size[0] * node.kernel_size[1] * out,
+                                                      mults=out),
+    **{kind: _no_work for kind in (ir.Input, ir.Constant, ir.Output, ir.Reshape, ir.Permute, ir.Slice,
+                                   ir.Select, ir.Concat)},
+})

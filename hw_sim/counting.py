@@ -50,6 +50,8 @@ import torch.nn.functional as F
 
 from ecmt import ir
 from ecmt.errors import GraphError
+from ecmt.ir.dispatch import KindTable
+from ecmt.memory import run_bytes
 from ecmt.runtime import GraphExecutor
 from ecmt.runtime.kernels import fused
 
@@ -63,6 +65,14 @@ FIELDS = ("spikes", "sops", "macs", "dense", "neuron_updates", "active_updates",
 # The per-sample totals kept per node: MT neurons, and nodes whose SOPs are measured.
 MT_SAMPLE = ("spikes", "active_updates", "level_spikes")
 SOP_SAMPLE = ("sops", "paper_sops", "level_sops")
+
+
+def energy_bytes(graph: ir.SpikingGraph, batch: int, T: int) -> int:
+    """Bytes of hw_sim.simulate, for ecmt.memory.check: the run, plus the per-step
+    counts it keeps for every node and counted quantity (MT level histograms as
+    int64 tensors, then Python lists for the report at about 32 bytes an entry)."""
+    histograms = sum(2 * (2 * n.levels + 1) for n in graph.of_kind(ir.MTNeuron))
+    return run_bytes(graph, batch, T) + T * (8 * histograms + 32 * len(FIELDS) * len(graph))
 
 
 @fused
@@ -170,31 +180,51 @@ def shape_work(graph: ir.SpikingGraph, node: ir.Node) -> dict[str, int]:
     alone (whatever the data): the ANN's work at the node (costs.forward_work), split
     into dense work fed by spikes and analog MACs, plus what the spiking run adds:
     ECM bookkeeping, neuron updates, state traffic, the output's running sum."""
+    work = KINDS(node).work
     out = math.prod(graph.shapes[node.name])
     f = forward_work(graph, node)
     spiking_in = bool(node.inputs) and all(graph.spiking[s] for s in node.inputs)
-    w: dict[str, int] = {}
-    if isinstance(node, (ir.Linear, ir.Conv2d, ir.ProductECM)):
-        # a convolution fed by spikes reaches only real inputs: exact at the borders
-        dense = int(conv_fanout(node, graph.shapes[node.inputs[0]]).sum()) if isinstance(node, ir.Conv2d) \
-            else f["macs"]
-        w.update(dense=dense, macs=0 if spiking_in else dense, adds=f["adds"])
-        if not isinstance(node, ir.Conv2d):
-            w["paper_dense"] = dense
-        if isinstance(node, ir.ProductECM):
-            ba, bm = PRODUCT_BOOKKEEPING
-            w.update(adds=ba * out, mults=bm * out, state_rw=2 * sum(
-                math.prod(graph.shapes[i]) for i in node.inputs) + 2 * out)
-    elif isinstance(node, ir.MTNeuron):
-        w.update(neuron_updates=out, state_rw=2 * out)
-    elif isinstance(node, (ir.NonlinearityECM, ir.MaxPool2d)):
-        ba, bm = ECM_BOOKKEEPING
-        w.update(adds=f["adds"] + ba * out, mults=f["mults"] + bm * out, specials=f["specials"], state_rw=4 * out)
-    elif isinstance(node, ir.Output):
-        w.update(adds=out)
-    else:
-        w.update(f)
+    w = work(graph, node, f, out, spiking_in)
     return {k: v for k, v in w.items() if v}
+
+
+# -- the shape-determined counts of one node kind: (graph, node, forward work, output size,
+# fed by spikes only) -> counts
+def _dense(dense: int, f: dict, spiking_in: bool) -> dict[str, int]:
+    return dict(dense=dense, macs=0 if spiking_in else dense, adds=f["adds"])
+
+
+def _linear_work(graph, node, f, out, spiking_in):
+    return {**_dense(f["macs"], f, spiking_in), "paper_dense": f["macs"]}
+
+
+def _conv2d_work(graph, node, f, out, spiking_in):
+    # a convolution fed by spikes reaches only real inputs: exact at the borders (and the
+    # paper counts no convolution: no paper_dense)
+    return _dense(int(conv_fanout(node, graph.shapes[node.inputs[0]]).sum()), f, spiking_in)
+
+
+def _product_work(graph, node, f, out, spiking_in):
+    ba, bm = PRODUCT_BOOKKEEPING
+    return {**_linear_work(graph, node, f, out, spiking_in), "adds": ba * out, "mults": bm * out,
+            "state_rw": 2 * sum(math.prod(graph.shapes[i]) for i in node.inputs) + 2 * out}
+
+
+def _neuron_work(graph, node, f, out, spiking_in):
+    return dict(neuron_updates=out, state_rw=2 * out)
+
+
+def _ecm_work(graph, node, f, out, spiking_in):
+    ba, bm = ECM_BOOKKEEPING
+    return dict(adds=f["adds"] + ba * out, mults=f["mults"] + bm * out, specials=f["specials"], state_rw=4 * out)
+
+
+def _output_work(graph, node, f, out, spiking_in):
+    return dict(adds=out)                   # the running sum
+
+
+def _forward_work(graph, node, f, out, spiking_in):
+    return dict(f)                          # the ANN's own work, once per step
 
 
 class Counter:
@@ -266,47 +296,62 @@ class Counter:
     def __call__(self, node: ir.Node, inputs: list[torch.Tensor], out: torch.Tensor, t: int) -> None:
         if t > 1 and node.name in self.static:
             return
-        if isinstance(node, ir.Input) and t == 1:
+        measure = KINDS(node).measure
+        if measure is not None:
+            measure(self, node, inputs, out, t - 1)
+
+    # -- what each kind measures from the data at step i + 1 (KINDS) ------------------------
+    def _new_run(self, node: ir.Input, inputs, out: torch.Tensor, i: int) -> None:
+        if i == 0:
             self.samples += out.shape[0]
             self.previous.clear()               # a new run: the products' sums start at zero
             self.batches.append({})
-        i = t - 1
-        if isinstance(node, ir.MTNeuron):
-            hist = self.histograms[node.name][i]
-            code, bins = self.executor.state(node.name).code, 2 * (2 * node.levels + 1)
-            if node.name in self.multi:
-                # int16 codes over (sign, m): one pass gives the histogram and, per sample,
-                # (spikes, active updates, levels fired)
-                if node.name in self.constant:
-                    hist.zero_()
-                    mt_counts(code, node.levels, hist)
-                    return
-                self._add_sample(node.name, mt_counts(code, node.levels, hist, rows=out.shape[0]), i)
-                return
+
+    def _measure_neuron(self, node: ir.MTNeuron, inputs, out: torch.Tensor, i: int) -> None:
+        hist = self.histograms[node.name][i]
+        code, bins = self.executor.state(node.name).code, 2 * (2 * node.levels + 1)
+        if node.name in self.multi:
+            # int16 codes over (sign, m): one pass gives the histogram and, per sample,
+            # (spikes, active updates, levels fired)
             if node.name in self.constant:
-                hist.zero_()                    # the same every run: kept per sample
-                histogram(code, bins, out=hist)
+                hist.zero_()
+                mt_counts(code, node.levels, hist)
                 return
-            # one histogram per sample: [batch, input zero / non-zero, level -n..n]
-            per = histogram(code, bins, rows=out.shape[0]).view(out.shape[0], 2, -1)
-            hist.add_(per.sum(0))
-            levels = per.sum(1)
-            spikes = levels.sum(1) - levels[:, node.levels]
-            self._add_sample(node.name, torch.stack([spikes, per[:, 1].sum(1), spikes], 1), i)
+            self._add_sample(node.name, mt_counts(code, node.levels, hist, rows=out.shape[0]), i)
             return
-        if node.name not in self.measured:
+        if node.name in self.constant:
+            hist.zero_()                    # the same every run: kept per sample
+            histogram(code, bins, out=hist)
             return
-        if isinstance(node, ir.ProductECM):
-            pairs = self._count_product(node)
-        elif isinstance(node, ir.Conv2d):
-            sops = weighted_nonzero(inputs[0], self.fanout[node.name])
-            mt = self.leveled.get(node.name, {}).get(0)
-            level_sops = sops if mt is None else weighted_sum(self._fired(inputs[0], mt), self.fanout[node.name])
-            pairs = torch.stack([sops, torch.zeros_like(sops), level_sops], dim=1)  # the paper counts Linear only
-        else:
-            nnz = count_nonzero(inputs[0]) * node.weight.shape[0]
-            sops = nnz if self.graph.spiking[node.inputs[0]] else torch.zeros_like(nnz)
-            pairs = torch.stack([sops, nnz, sops], dim=1)
+        # one histogram per sample: [batch, input zero / non-zero, level -n..n]
+        per = histogram(code, bins, rows=out.shape[0]).view(out.shape[0], 2, -1)
+        hist.add_(per.sum(0))
+        levels = per.sum(1)
+        spikes = levels.sum(1) - levels[:, node.levels]
+        self._add_sample(node.name, torch.stack([spikes, per[:, 1].sum(1), spikes], 1), i)
+
+    def _measure_product(self, node: ir.ProductECM, inputs, out, i: int) -> None:
+        if node.name in self.measured:
+            self._add_pairs(node, self._count_product(node), i)
+
+    def _measure_conv(self, node: ir.Conv2d, inputs, out, i: int) -> None:
+        if node.name not in self.measured:              # fed by analog values: MACs, from shapes
+            return
+        sops = weighted_nonzero(inputs[0], self.fanout[node.name])
+        mt = self.leveled.get(node.name, {}).get(0)
+        level_sops = sops if mt is None else weighted_sum(self._fired(inputs[0], mt), self.fanout[node.name])
+        # (no paper_sops: the paper counts Linear only)
+        self._add_pairs(node, torch.stack([sops, torch.zeros_like(sops), level_sops], dim=1), i)
+
+    def _measure_linear(self, node: ir.Linear, inputs, out, i: int) -> None:
+        if node.name not in self.measured:              # fed by an MT neuron: from its spike counts
+            return
+        nnz = count_nonzero(inputs[0]) * node.weight.shape[0]
+        sops = nnz if self.graph.spiking[node.inputs[0]] else torch.zeros_like(nnz)
+        self._add_pairs(node, torch.stack([sops, nnz, sops], dim=1), i)
+
+    def _add_pairs(self, node: ir.Node, pairs: torch.Tensor, i: int) -> None:
+        """A measured node's [batch, (sops, paper_sops, level_sops)] of step i + 1."""
         row = pairs.sum(0)
         if node.name in self.constant:
             self.per_sample[node.name] = row
@@ -406,6 +451,30 @@ class Counter:
                              "level_sops": out[src]["level_spikes"] * width}
         return out
 
+
+@dataclasses.dataclass(frozen=True)
+class Counting:
+    """How hw_sim counts one node kind: `work`, its counts that follow from shapes
+    (shape_work), and `measure`, the Counter method that counts its data-dependent
+    events at each step (None: shapes say everything)."""
+    work: object
+    measure: object = None
+
+
+KINDS = KindTable("hw_sim counting", {
+    ir.Input: Counting(_forward_work, Counter._new_run),
+    ir.Linear: Counting(_linear_work, Counter._measure_linear),
+    ir.Conv2d: Counting(_conv2d_work, Counter._measure_conv),
+    ir.ProductECM: Counting(_product_work, Counter._measure_product),
+    ir.MTNeuron: Counting(_neuron_work, Counter._measure_neuron),
+    ir.MTNeuronPPN: Counting(_neuron_work, Counter._measure_neuron),
+    **{ecm: Counting(_ecm_work) for ecm in (
+        ir.GELUECM, ir.ReLUECM, ir.ElementwiseECM, ir.SoftmaxECM, ir.LayerNormECM, ir.MaxPool2d)},
+    ir.Output: Counting(_output_work),
+    **{kind: Counting(_forward_work) for kind in (
+        ir.Constant, ir.Add, ir.Scale, ir.Reshape, ir.Permute, ir.Slice, ir.Select, ir.Concat, ir.Mean,
+        ir.AvgPool2d)},
+})
 
 def to_lists(counts: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, list]]:
     """Counter.result() as Python ints, for reports."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 
 from ecmt import ir
+from ecmt.ir.dispatch import KindTable
 
 from .costs import SPECIAL_MACS, forward_work, mt_update_ops
 from .counting import EventCounts
@@ -119,12 +120,13 @@ def _neuromorphic(node, p: HardwareProfile) -> dict[str, dict[str, float]]:
         "macs": {"host": p["energy.host_mac"]}, "adds": {"host": p["energy.host_add"]},
         "mults": {"host": p["energy.host_mult"]}, "specials": {"host": SPECIAL_MACS * p["energy.host_mac"]}}
     spike, sop = spike_fields(p)
-    if isinstance(node, ir.ProductECM):
+    role = KINDS(node)
+    if role == "product":
         # dynamic weights: the host accumulates, a shifted add per level a spike carries
         r["level_sops"] = {"host": p["energy.host_add"]}
     else:
         r[sop] = {"synapse": p["energy.sop"]}
-    if isinstance(node, ir.MTNeuron):
+    if role == "neuron":
         inactive = p["energy.neuron_update_inactive"]
         r["neuron_updates"] = {"neuron": inactive}
         r["active_updates"] = {"neuron": p["energy.neuron_update_active"] - inactive}
@@ -141,9 +143,24 @@ def _cmos(node, p: HardwareProfile) -> dict[str, dict[str, float]]:
     r = {"level_sops": {"synapse": e("add")}, "sops": {"memory": word}, "macs": {"analog": e("mac"), "memory": word},
          "adds": {"analog": e("add")}, "mults": {"analog": e("mult")},
          "specials": {"analog": SPECIAL_MACS * e("mac")}, "state_rw": {"memory": word}}
-    if isinstance(node, ir.MTNeuron):
+    if KINDS(node) == "neuron":
         r["neuron_updates"] = {"neuron": mt_update_ops(node) * e("add")}
     return r
+
+
+# How each node kind's counted events are priced (_neuromorphic, _cmos): "neuron" (an MT
+# neuron: updates and spikes on the cores), "product" (a product ECM: its weights change at
+# run time, so the host accumulates its synaptic ops) or "layer" (synaptic ops on the cores,
+# state and functions on the host or the analog datapath).
+KINDS = KindTable("hw_sim energy", {
+    ir.MTNeuron: "neuron",
+    ir.MTNeuronPPN: "neuron",
+    ir.ProductECM: "product",
+    **{kind: "layer" for kind in (
+        ir.Input, ir.Constant, ir.Output, ir.Linear, ir.Conv2d, ir.GELUECM, ir.ReLUECM, ir.ElementwiseECM,
+        ir.SoftmaxECM, ir.LayerNormECM, ir.MaxPool2d, ir.Add, ir.Scale, ir.Reshape, ir.Permute, ir.Slice,
+        ir.Select, ir.Concat, ir.Mean, ir.AvgPool2d)},
+})
 
 
 def snn_energy(graph: ir.SpikingGraph, counts: EventCounts, profile: HardwareProfile,

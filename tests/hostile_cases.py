@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ecmt import SpikingGraph, SpikingModel, ir
+from ecmt import SpikingGraph, SpikingModel, ir, load_graph, save_graph
 from ecmt.atomic import host_tag
 from ecmt.errors import EcmtError
 from ecmt.ir.serialize import CHECKSUM_KEY, META_KEY, tensor_checksum
@@ -100,7 +100,7 @@ def image_graph() -> SpikingGraph:
 
 
 def graph_file(tmp: Path) -> str:
-    image_graph().save(tmp / "g.ecmt")
+    save_graph(image_graph(), tmp / "g.ecmt")
     return str(tmp / "g.ecmt")
 
 
@@ -118,7 +118,7 @@ def with_nan(images: torch.Tensor) -> torch.Tensor:
 def edited_graph(tmp: Path, edit: Callable[[dict, dict], object], text: str | None = None,
                  graph: Callable[[], SpikingGraph] = image_graph) -> str:
     """A graph file with its description edited (checksum recomputed, so the edit is what is met)."""
-    graph().save(tmp / "g.ecmt")
+    save_graph(graph(), tmp / "g.ecmt")
     with safe_open(str(tmp / "g.ecmt"), "pt") as f:
         header, tensors = json.loads(f.metadata()[META_KEY]), {k: f.get_tensor(k) for k in f.keys()}
     header = edit(header, tensors) or header
@@ -142,7 +142,7 @@ def header_0x80(tmp: Path) -> str:
     graph = image_graph()
     for pad in range(300):
         graph.meta["pad"] = "x" * pad
-        graph.save(tmp / "g.ecmt")
+        save_graph(graph, tmp / "g.ecmt")
         if (tmp / "g.ecmt").read_bytes()[0] == 0x80:
             return str(tmp / "g.ecmt")
     raise AssertionError("no padding gives a header length with low byte 0x80")
@@ -190,7 +190,7 @@ def stale_part(tmp: Path) -> Outcome:
     dead.wait()
     part = tmp / f".g.ecmt.{host_tag()}-{dead.pid}.abcdefgh.part"
     part.write_bytes(b"x" * 1000)
-    image_graph().save(tmp / "g.ecmt")
+    save_graph(image_graph(), tmp / "g.ecmt")
     return Outcome("ok" if not part.exists() else "crash",
                    f"the leftover .g.ecmt.HOST-PID.abcdefgh.part of a killed writer is removed "
                    "by the next write of g.ecmt")
@@ -218,7 +218,7 @@ CASES = [
          lambda t: convert_demo(t, "demo-mlp", data_file(t, with_nan(torch.randn(8, 1, 28, 28)))),
          "1 of 6272 image values are NaN or infinite (the first in image 0)"),
     Case("graph-nan-weights", "silent wrong results", "a graph file with a NaN weight",
-         lambda t: api(lambda: SpikingGraph.load(edited_graph(t, lambda h, ts: ts["fc1.weight"].view(-1)
+         lambda t: api(lambda: load_graph(edited_graph(t, lambda h, ts: ts["fc1.weight"].view(-1)
                                                                 .__setitem__(3, float("nan"))))),
          "node 'fc1' (linear): field weight: 1 of 128 values are NaN or infinite"),
     Case("input-nan", "silent wrong results", "a NaN input to a spiking run (API)",
@@ -232,44 +232,44 @@ CASES = [
     Case("limit-negative", "silent wrong results", "`eval --limit -1`",
          lambda t: cli("eval", "g.ecmt", "--limit", "-1"), "argument --limit: must be >= 1, got -1"),
     Case("byte-flip", "silent wrong results", "one flipped bit in a graph file's tensor data",
-         lambda t: api(lambda: SpikingGraph.load(flipped_byte(t))), "do not match the file's checksum"),
+         lambda t: api(lambda: load_graph(flipped_byte(t))), "do not match the file's checksum"),
     Case("profile-negative-bits", "silent wrong results", "a profile with `value_bits = -32`",
          lambda t: energy(t, profile(t, "cmos45-fp32", r"^value_bits = 32", "value_bits = -32")), "value_bits"),
     # -- the graph loader --------------------------------------------------------------
     Case("description-list", "graph loader", "a graph description that is a list",
-         lambda t: api(lambda: SpikingGraph.load(edited_graph(t, lambda h, ts: None, text="[1, 2]"))),
+         lambda t: api(lambda: load_graph(edited_graph(t, lambda h, ts: None, text="[1, 2]"))),
          "not an ecmt graph (the description is a list, not an object)"),
     Case("deep-json", "graph loader", "a description nested 100,000 levels deep",
-         lambda t: api(lambda: SpikingGraph.load(edited_graph(t, lambda h, ts: None, text="[" * 100_000))),
+         lambda t: api(lambda: load_graph(edited_graph(t, lambda h, ts: None, text="[" * 100_000))),
          "graph description is not valid JSON (RecursionError"),
     Case("deep-meta", "graph loader", "metadata nested 40 levels deep",
-         lambda t: api(lambda: SpikingGraph.load(edited_graph(
+         lambda t: api(lambda: load_graph(edited_graph(
              t, lambda h, ts: h["meta"].update(x=json.loads("[" * 40 + "]" * 40))))),
          "graph: field meta.x"),
     Case("eps-string", "graph loader", 'a layer norm with `"eps": "1e-5"`',
-         lambda t: api(lambda: SpikingGraph.load(edited_graph(
+         lambda t: api(lambda: load_graph(edited_graph(
              t, lambda h, ts: node(h, "ln")["attrs"].update(eps="1e-5"), graph=ecm_graph))),
          "node 'ln' (layernorm_ecm): field eps: expected a number, got '1e-5'"),
     Case("scale-string", "graph loader", 'a product ECM with `"scale": "0.5"`',
-         lambda t: api(lambda: SpikingGraph.load(edited_graph(
+         lambda t: api(lambda: load_graph(edited_graph(
              t, lambda h, ts: node(h, "qk")["attrs"].update(scale="0.5"), graph=ecm_graph))),
          "node 'qk' (product_ecm): field scale: expected a number, got '0.5'"),
     Case("levels-1e30", "graph loader", "an MT neuron with `levels = 1e30`",
-         lambda t: api(lambda: SpikingGraph.load(edited_graph(t, lambda h, ts: node(h, "mt1")["attrs"]
+         lambda t: api(lambda: load_graph(edited_graph(t, lambda h, ts: node(h, "mt1")["attrs"]
                                                                 .update(levels=1e30)))),
          "node 'mt1' (mt_neuron): field levels: expected a whole number, got 1e+30"),
     Case("levels-huge", "graph loader", "an MT neuron with `levels = 1000`",
-         lambda t: api(lambda: SpikingGraph.load(edited_graph(t, lambda h, ts: node(h, "mt1")["attrs"]
+         lambda t: api(lambda: load_graph(edited_graph(t, lambda h, ts: node(h, "mt1")["attrs"]
                                                                 .update(levels=1000)))),
          "node 'mt1' (mt_neuron): field levels: must be <= 32, got 1000"),
     Case("version-float", "graph loader", "`version: 1.0`",
-         lambda t: api(lambda: SpikingGraph.load(edited_graph(t, lambda h, ts: h.update(version=1.0)))),
+         lambda t: api(lambda: load_graph(edited_graph(t, lambda h, ts: h.update(version=1.0)))),
          "unsupported graph version 1.0"),
     Case("version-true", "graph loader", "`version: true`",
-         lambda t: api(lambda: SpikingGraph.load(edited_graph(t, lambda h, ts: h.update(version=True)))),
+         lambda t: api(lambda: load_graph(edited_graph(t, lambda h, ts: h.update(version=True)))),
          "unsupported graph version True"),
     Case("header-0x80", "graph loader", "a valid graph whose header length's low byte is 0x80 (not a pickle)",
-         lambda t: api(lambda: SpikingGraph.load(header_0x80(t)), ok="loads"), "loads", status="ok"),
+         lambda t: api(lambda: load_graph(header_0x80(t)), ok="loads"), "loads", status="ok"),
     # -- tracebacks that became messages -----------------------------------------------
     Case("limit-zero", "options", "`eval --limit 0`",
          lambda t: cli("eval", "g.ecmt", "--limit", "0"), "argument --limit: must be >= 1, got 0"),

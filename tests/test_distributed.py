@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecmt import SpikingGraph, ir
+from ecmt import ir, load_graph
 
 from models import TINY_VIT
 
@@ -37,7 +37,7 @@ def graphs(tmp_path_factory):
 
 
 def test_thresholds_equal_one_process(graphs):
-    single, dist = SpikingGraph.load(graphs / "single.ecmt"), SpikingGraph.load(graphs / "dist.ecmt")
+    single, dist = load_graph(graphs / "single.ecmt"), load_graph(graphs / "dist.ecmt")
     assert single.meta["calibration"]["batches"] == dist.meta["calibration"]["batches"] == 3
     for a, b in zip(single.of_kind(ir.MTNeuron), dist.of_kind(ir.MTNeuron)):
         torch.testing.assert_close(a.th_pos, b.th_pos, rtol=1e-6, atol=0)

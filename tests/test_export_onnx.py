@@ -10,7 +10,7 @@ import torch
 
 import ecmt
 from ecmt import ir
-from ecmt import SpikingModel
+from ecmt import SpikingModel, save_graph
 from exporters.onnx import OnnxExportError, build_model, export, run
 from exporters.verify import lockstep
 
@@ -93,7 +93,7 @@ def test_inexpressible_node_is_named_and_leaves_no_file(tmp_path, monkeypatch):
 
 def test_cli_export(demo_spiking, tmp_path):
     from test_cli import ecmt_cli
-    demo_spiking.graph.save(tmp_path / "g.ecmt")
+    save_graph(demo_spiking.graph, tmp_path / "g.ecmt")
     r = ecmt_cli("export", str(tmp_path / "g.ecmt"), "--to", "onnx", "-o", str(tmp_path / "g.onnx"), "--unroll", "3")
     assert r.returncode == 0, r.stderr
     model = onnx.load(str(tmp_path / "g.onnx"))

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ecmt import SpikingGraph, SpikingModel, ir
+from ecmt import SpikingGraph, SpikingModel, ir, load_graph, save_graph, summarize
 from ecmt.errors import EcmtError, GraphFileError
 from ecmt.ir.serialize import CHECKSUM_KEY, META_KEY, tensor_checksum
 from models import ecm_graph, every_kind_graph, small_graph
@@ -66,13 +66,13 @@ def time_limit(seconds: int):
 def load_and_use(path) -> str:
     """'refused' or 'ran'; any other exception escapes (a bug)."""
     try:
-        graph = SpikingGraph.load(path)
-        graph.summary()
+        graph = load_graph(path)
+        summarize(graph)
         x = torch.randn(2, *graph.shapes[graph.input.name])
         model = SpikingModel(graph)
         model(x, 2)
         model.analog(x)
-        graph.save(path.with_name("resaved.ecmt"))
+        save_graph(graph, path.with_name("resaved.ecmt"))
     except EcmtError:
         return "refused"
     return "ran"
@@ -198,7 +198,7 @@ def test_mutated_graph_files_give_the_projects_error_or_run(tmp_path, monkeypatc
     monkeypatch.setenv("ECMT_COMPILE", "0")           # eager kernels: thousands of graphs, no compile per graph
     seeds = {}
     for name, build in SEEDS.items():
-        build().save(tmp_path / f"{name}.ecmt")
+        save_graph(build(), tmp_path / f"{name}.ecmt")
         assert load_and_use(tmp_path / f"{name}.ecmt") == "ran"
         seeds[name] = Seed(tmp_path / f"{name}.ecmt")
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -233,7 +233,7 @@ PROPERTY = settings(max_examples=150, deadline=None, derandomize=True, database=
 @pytest.fixture(scope="module")
 def seed_parts(tmp_path_factory):
     path = tmp_path_factory.mktemp("seed") / "g.ecmt"
-    every_kind_graph().save(path)
+    save_graph(every_kind_graph(), path)
     return _parts(path)
 
 
@@ -258,7 +258,7 @@ def test_only_the_whole_number_1_is_version_1(tmp_path, seed_parts, version):
     header = {**seed_parts[0], "version": version}
     _write(tmp_path / "v.ecmt", json.dumps(header, allow_nan=True), seed_parts[1])
     with pytest.raises(GraphFileError, match="not an ecmt graph|unsupported graph version"):
-        SpikingGraph.load(tmp_path / "v.ecmt")
+        load_graph(tmp_path / "v.ecmt")
 
 
 @PROPERTY
@@ -266,7 +266,7 @@ def test_only_the_whole_number_1_is_version_1(tmp_path, seed_parts, version):
 def test_arbitrary_bytes_are_refused_as_graph_files(tmp_path, data):
     (tmp_path / "b.ecmt").write_bytes(data)
     with pytest.raises(GraphFileError):
-        SpikingGraph.load(tmp_path / "b.ecmt")
+        load_graph(tmp_path / "b.ecmt")
 
 
 @PROPERTY
@@ -282,8 +282,8 @@ def test_any_valid_mlp_round_trips_bit_identically(tmp_path, monkeypatch, widths
                               th_neg=torch.tensor(th / 2) if signed else None, levels=levels)]
         prev = f"mt{i}"
     graph = SpikingGraph([*nodes, ir.Output("output", (prev,))])
-    graph.save(tmp_path / "m.ecmt")
-    loaded = SpikingGraph.load(tmp_path / "m.ecmt")
+    save_graph(graph, tmp_path / "m.ecmt")
+    loaded = load_graph(tmp_path / "m.ecmt")
     x = torch.randn(3, widths[0], generator=g)
     assert torch.equal(SpikingModel(graph)(x, 3), SpikingModel(loaded)(x, 3))
     assert [n.levels for n in loaded.of_kind(ir.MTNeuron)] == [levels] * (len(widths) - 1)

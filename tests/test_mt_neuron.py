@@ -283,5 +283,5 @@ def test_inspect_shows_each_neurons_k():
     import ecmt
     from models import relu_mlp
     graph = ecmt.convert(relu_mlp(), torch.randn(32, 1, 8, 8), spikes_per_step=3, progress=False).graph
-    rows = graph.summary().split("MT neurons")[1].splitlines()[2:]
+    rows = ecmt.summarize(graph).split("MT neurons")[1].splitlines()[2:]
     assert len(rows) == 2 and all(row.split()[2:4] == ["8", "3"] for row in rows), rows

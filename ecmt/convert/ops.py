@@ -1,7 +1,8 @@
-"""The conversion table: one handler per torch operation that can take an
-input-dependent tensor.  A handler emits IR nodes for per-sample tensors and
-returns the lowered value (see lower.py); it raises Unsupported for a use it
-cannot express.  Constant-only computations never reach this table.
+"""The conversion rules: one handler per torch operation that can take an
+input-dependent tensor, registered beside its definition with ``@rule(...)``.
+A handler emits IR nodes for per-sample tensors and returns the lowered value
+(the Lowering and Val of lowering.py); it raises Unsupported for a use it
+cannot express.  Constant-only computations never reach a rule.
 """
 from __future__ import annotations
 
@@ -15,7 +16,43 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import ir
-from .lower import Lowering, Unsupported, Val, batch_axis
+from .lowering import Lowering, Unsupported, Val, batch_axis
+
+# The rules, by the FX node's op: nn.Module classes (call_module), functions
+# (call_function: torch, F, operator, builtins) and Tensor method names (call_method).
+RULES: dict[str, dict] = {"call_module": {}, "call_function": {}, "call_method": {}}
+
+
+def rule(*targets):
+    """Register the decorated handler for each target: an nn.Module subclass, a
+    Tensor method name (str) or a function.  A target has one rule."""
+    def register(handler):
+        for target in targets:
+            if isinstance(target, str):
+                op = "call_method"
+            elif isinstance(target, type):
+                if not issubclass(target, nn.Module):
+                    raise TypeError(f"conversion rule {handler.__name__}: target {target.__name__} is a class "
+                                    "but not an nn.Module")
+                op = "call_module"
+            elif callable(target):
+                op = "call_function"
+            else:
+                raise TypeError(f"conversion rule {handler.__name__}: target {target!r} is not a module class, "
+                                "method name or function")
+            if RULES[op].get(target, handler) is not handler:
+                raise ValueError(f"conversion rule {handler.__name__}: {target!r} already converts with "
+                                 f"{RULES[op][target].__name__}")
+            RULES[op][target] = handler
+        return handler
+    return register
+
+
+def handler_for(node: fx.Node, gm: fx.GraphModule):
+    """The rule for a traced call, or None."""
+    if node.op == "call_module":
+        return RULES["call_module"].get(type(gm.get_submodule(node.target)))
+    return RULES.get(node.op, {}).get(node.target)
 
 
 def result(low: Lowering, name: str, r1, r2) -> Val:
@@ -84,6 +121,7 @@ def emit_conv(low, x: Val, weight, bias, stride, padding, dilation, groups, r1, 
     return result(low, name, r1, r2)
 
 
+@rule(nn.Unfold, F.unfold)
 def unfold(low, node, gm, args, kwargs, r1, r2):
     """nn.Unfold / F.unfold (TNT's patches): for non-overlapping patches a pure
     layout change (reshape, permute, reshape); otherwise a grouped conv with
@@ -119,11 +157,13 @@ def unfold(low, node, gm, args, kwargs, r1, r2):
     return result(low, low.emit(ir.Reshape, [conv.node], shape=tuple(r1.shape[1:])), r1, r2)
 
 
+@rule(nn.Linear)
 def linear_module(low, node, gm, args, kwargs, r1, r2):
     m = gm.get_submodule(node.target)
     return emit_linear(low, args[0], m.weight, m.bias, r1, r2, label=node.target)
 
 
+@rule(nn.Conv2d)
 def conv_module(low, node, gm, args, kwargs, r1, r2):
     m = gm.get_submodule(node.target)
     if m.padding_mode != "zeros":
@@ -132,6 +172,7 @@ def conv_module(low, node, gm, args, kwargs, r1, r2):
                      r1, r2, label=node.target)
 
 
+@rule(F.linear)
 def linear_function(low, node, gm, args, kwargs, r1, r2):
     a = _bind_names(["input", "weight", "bias"], args, kwargs)
     if isinstance(a["weight"], Val) and a["weight"].dynamic:
@@ -139,6 +180,7 @@ def linear_function(low, node, gm, args, kwargs, r1, r2):
     return emit_linear(low, a["input"], a["weight"], a.get("bias"), r1, r2)
 
 
+@rule(F.conv2d)
 def conv_function(low, node, gm, args, kwargs, r1, r2):
     names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
     defaults = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1}
@@ -166,6 +208,7 @@ def emit_batchnorm(low, x: Val, mean, var, weight, bias, eps, r1, r2, label=None
     return result(low, low.emit(ir.Add, [s, c], label=label), r1, r2)
 
 
+@rule(nn.BatchNorm1d, nn.BatchNorm2d)
 def batchnorm_module(low, node, gm, args, kwargs, r1, r2):
     m = gm.get_submodule(node.target)
     if not m.track_running_stats:
@@ -174,6 +217,7 @@ def batchnorm_module(low, node, gm, args, kwargs, r1, r2):
                           m.bias if m.affine else None, m.eps, r1, r2, label=node.target)
 
 
+@rule(F.batch_norm)
 def batchnorm_function(low, node, gm, args, kwargs, r1, r2):
     """F.batch_norm, as timm's BatchNormAct2d calls it."""
     a = _bind_names(["input", "running_mean", "running_var", "weight", "bias", "training", "momentum",
@@ -197,18 +241,21 @@ def emit_layernorm(low, x: Val, normalized_shape, weight, bias, eps, r1, r2, lab
     return result(low, name, r1, r2)
 
 
+@rule(nn.LayerNorm)
 def layernorm_module(low, node, gm, args, kwargs, r1, r2):
     m = gm.get_submodule(node.target)
     return emit_layernorm(low, args[0], m.normalized_shape, m.weight, m.bias, m.eps, r1, r2,
                           label=node.target)
 
 
+@rule(F.layer_norm)
 def layernorm_function(low, node, gm, args, kwargs, r1, r2):
     a = _bind_names(["input", "normalized_shape", "weight", "bias", "eps"], args, kwargs)
     return emit_layernorm(low, a["input"], _plain(a["normalized_shape"]), a.get("weight"),
                           a.get("bias"), _plain(a.get("eps", 1e-5)), r1, r2)
 
 
+@rule(F.normalize)
 def normalize(low, node, gm, args, kwargs, r1, r2):
     """F.normalize (p=2; cosine attention, XCiT) as a layer norm ECM: the row
     [x, -x] has mean 0 and variance |x|^2 / n, so its layer norm with weights
@@ -241,6 +288,7 @@ def emit_unary(low, cls, x: Val, r1, r2, label=None, **fields):
     return result(low, low.emit(cls, [x.node], label=label, **fields), r1, r2)
 
 
+@rule(nn.GELU, F.gelu)
 def gelu(low, node, gm, args, kwargs, r1, r2):
     if node.op == "call_module":
         approx = gm.get_submodule(node.target).approximate
@@ -249,17 +297,26 @@ def gelu(low, node, gm, args, kwargs, r1, r2):
     return emit_unary(low, ir.GELUECM, args[0], r1, r2, label=_label(node), approximate=approx)
 
 
-def elementwise(function: str):
-    """Handler for an elementwise nonlinearity without parameters (SiLU, sigmoid, hardswish)."""
+def elementwise(function: str, *targets):
+    """The handler of an elementwise nonlinearity without parameters (SiLU, sigmoid,
+    hardswish), registered for `targets`."""
+    @rule(*targets)
     def handler(low, node, gm, args, kwargs, r1, r2):
         return emit_unary(low, ir.ElementwiseECM, args[0], r1, r2, label=_label(node), function=function)
     return handler
 
 
+silu = elementwise("silu", nn.SiLU, F.silu)
+sigmoid = elementwise("sigmoid", nn.Sigmoid, torch.sigmoid, F.sigmoid, "sigmoid")
+hardswish = elementwise("hardswish", nn.Hardswish, F.hardswish)
+
+
+@rule(nn.ReLU, F.relu, torch.relu, "relu")
 def relu(low, node, gm, args, kwargs, r1, r2):
     return emit_unary(low, ir.ReLUECM, args[0], r1, r2, label=_label(node))
 
 
+@rule(nn.Softmax, F.softmax, torch.softmax, "softmax")
 def softmax(low, node, gm, args, kwargs, r1, r2):
     if node.op == "call_module":
         dim = gm.get_submodule(node.target).dim
@@ -272,6 +329,7 @@ def softmax(low, node, gm, args, kwargs, r1, r2):
     return emit_unary(low, ir.SoftmaxECM, x, r1, r2, label=_label(node), axis=x.axis(dim))
 
 
+@rule(F.scaled_dot_product_attention)
 def sdpa(low, node, gm, args, kwargs, r1, r2):
     a = _bind_names(["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale"],
                     args, kwargs)
@@ -319,6 +377,7 @@ def constant_query_scores(low, q: Val, k: Val, scale: float) -> str:
     return low.emit(ir.Reshape, [scores], shape=(*lead, query.shape[1], n))
 
 
+@rule(nn.MultiheadAttention)
 def multihead_attention(low, node, gm, args, kwargs, r1, r2):
     """nn.MultiheadAttention (torchvision's ViT): input projections, per-head
     attention as in sdpa, output projection."""
@@ -354,6 +413,7 @@ def multihead_attention(low, node, gm, args, kwargs, r1, r2):
     return result(low, out, r1[0], r2[0]), Val(None, None)
 
 
+@rule(nn.AvgPool2d, nn.MaxPool2d, F.avg_pool2d, F.max_pool2d)
 def pool(low, node, gm, args, kwargs, r1, r2):
     if node.op == "call_module":
         m = gm.get_submodule(node.target)
@@ -388,6 +448,7 @@ def pool(low, node, gm, args, kwargs, r1, r2):
     return result(low, name, r1, r2)
 
 
+@rule(nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d)
 def adaptive_avg_pool(low, node, gm, args, kwargs, r1, r2):
     x = args[0]
     _require_dynamic(x)
@@ -402,6 +463,7 @@ def adaptive_avg_pool(low, node, gm, args, kwargs, r1, r2):
 
 
 # -- products and arithmetic -------------------------------------------------------
+@rule(operator.matmul, torch.matmul, torch.bmm, "matmul")
 def matmul(low, node, gm, args, kwargs, r1, r2):
     a, b = args[0], args[1]
     if isinstance(a, Val) and a.dynamic and isinstance(b, Val) and b.dynamic:
@@ -411,6 +473,7 @@ def matmul(low, node, gm, args, kwargs, r1, r2):
     raise Unsupported("a matrix product with a constant on the left")
 
 
+@rule(operator.add, operator.iadd, torch.add, "add")
 def add(low, node, gm, args, kwargs, r1, r2, sign: float = 1.0):
     a, b = args[0], args[1]
     like = a if isinstance(a, Val) and a.dynamic else b
@@ -426,10 +489,12 @@ def add(low, node, gm, args, kwargs, r1, r2, sign: float = 1.0):
     return result(low, low.emit(ir.Add, terms, label=_label(node)), r1, r2)
 
 
+@rule(operator.sub, torch.sub, "sub")
 def sub(low, node, gm, args, kwargs, r1, r2):
     return add(low, node, gm, args, kwargs, r1, r2, sign=-1.0)
 
 
+@rule(operator.mul, torch.mul, "mul")
 def mul(low, node, gm, args, kwargs, r1, r2, invert: bool = False):
     a, b = args[0], args[1]
     if invert and not (isinstance(a, Val) and a.dynamic):
@@ -464,12 +529,14 @@ def elementwise_product(low, node, a: Val, b: Val, r1, r2) -> Val:
     return result(low, low.emit(ir.Reshape, [prod], shape=out), r1, r2)
 
 
+@rule(operator.truediv, torch.div, "div")
 def div(low, node, gm, args, kwargs, r1, r2):
     if _plain(kwargs.get("rounding_mode")) is not None:
         raise Unsupported("rounding division")
     return mul(low, node, gm, args, kwargs, r1, r2, invert=True)
 
 
+@rule(operator.neg)
 def neg(low, node, gm, args, kwargs, r1, r2):
     x = args[0]
     _require_dynamic(x)
@@ -477,6 +544,8 @@ def neg(low, node, gm, args, kwargs, r1, r2):
 
 
 # -- shape operations ----------------------------------------------------------------
+@rule(torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, "reshape", "view", "flatten", "unflatten",
+      "squeeze", "unsqueeze", "reshape_as", "view_as")
 def reshape(low, node, gm, args, kwargs, r1, r2):
     """Every reshape-like op (view, flatten, squeeze, ...): read the result shape."""
     x = args[0]
@@ -500,6 +569,7 @@ def emit_permute(low, node, x: Val, perm, r1, r2) -> Val:
     return result(low, name, r1, r2)
 
 
+@rule(torch.permute, "permute")
 def permute(low, node, gm, args, kwargs, r1, r2):
     x = args[0]
     _require_dynamic(x)
@@ -508,6 +578,7 @@ def permute(low, node, gm, args, kwargs, r1, r2):
     return emit_permute(low, node, x, [_plain(p) for p in _plain(perm)], r1, r2)
 
 
+@rule(torch.transpose, "transpose")
 def transpose(low, node, gm, args, kwargs, r1, r2):
     x = args[0]
     _require_dynamic(x)
@@ -517,6 +588,7 @@ def transpose(low, node, gm, args, kwargs, r1, r2):
     return emit_permute(low, node, x, perm, r1, r2)
 
 
+@rule(torch.unbind, "unbind")
 def unbind(low, node, gm, args, kwargs, r1, r2):
     x = args[0]
     _require_dynamic(x)
@@ -527,6 +599,7 @@ def unbind(low, node, gm, args, kwargs, r1, r2):
                  for i, (a, b) in enumerate(zip(r1, r2)))
 
 
+@rule(torch.chunk, torch.split, "chunk", "split")
 def split(low, node, gm, args, kwargs, r1, r2):
     """chunk / split / tensor_split: consecutive slices along one axis."""
     x = args[0]
@@ -542,6 +615,7 @@ def split(low, node, gm, args, kwargs, r1, r2):
     return tuple(pieces)
 
 
+@rule(operator.getitem, "__getitem__")
 def getitem(low, node, gm, args, kwargs, r1, r2):
     x, index = args[0], _plain(args[1])
     _require_dynamic(x)
@@ -603,6 +677,7 @@ def emit_strided(low, name: str, shape: list[int], axis: int, start: int, count:
     return low.emit(ir.Select, [name], axis=axis + 1, index=0)
 
 
+@rule(torch.roll, "roll")
 def roll(low, node, gm, args, kwargs, r1, r2):
     """torch.roll (Swin's cyclic shift): per axis, two slices swapped by a concat."""
     x = args[0]
@@ -626,6 +701,7 @@ def roll(low, node, gm, args, kwargs, r1, r2):
     return result(low, name, r1, r2) if name != x.node else same(x, r1, r2)
 
 
+@rule(F.pad)
 def pad(low, node, gm, args, kwargs, r1, r2):
     """F.pad with zeros: a concat with zero constants on each padded side."""
     a = _bind_names(["input", "pad", "mode", "value"], args, kwargs)
@@ -687,6 +763,7 @@ def pad_for_max_pool(low, node, gm, x: Val, widths, r1, r2) -> Val:
     return Val(r1, r2, name, batch_axis(r1, r2))
 
 
+@rule(nn.GroupNorm, F.group_norm)
 def group_norm(low, node, gm, args, kwargs, r1, r2):
     """Group norm as a layer norm ECM over each group's [C / G, H, W] values (flattened),
     then the per-channel scale and shift."""
@@ -715,6 +792,7 @@ def group_norm(low, node, gm, args, kwargs, r1, r2):
     return result(low, name, r1, r2)
 
 
+@rule(torch.stack)
 def stack(low, node, gm, args, kwargs, r1, r2):
     """torch.stack of input-dependent tensors: each gains the new axis, then one concat."""
     tensors = args[0]
@@ -728,6 +806,7 @@ def stack(low, node, gm, args, kwargs, r1, r2):
     return result(low, low.emit(ir.Concat, names, label=_label(node), axis=axis), r1, r2)
 
 
+@rule(torch.sum, "sum")
 def sum_(low, node, gm, args, kwargs, r1, r2):
     """A sum over axes: their mean times their size (both linear node kinds)."""
     x = args[0]
@@ -794,6 +873,7 @@ def row_sum(low, name: str, axis: int) -> torch.Tensor | None:
     return None
 
 
+@rule(torch.cat, torch.concat)
 def cat(low, node, gm, args, kwargs, r1, r2):
     tensors = args[0]
     dim = _plain(kwargs.get("dim", args[1] if len(args) > 1 else 0))
@@ -804,6 +884,7 @@ def cat(low, node, gm, args, kwargs, r1, r2):
     return result(low, low.emit(ir.Concat, names, label=_label(node), axis=like.axis(dim)), r1, r2)
 
 
+@rule(torch.mean, "mean")
 def mean(low, node, gm, args, kwargs, r1, r2):
     x = args[0]
     _require_dynamic(x)
@@ -820,10 +901,12 @@ def mean(low, node, gm, args, kwargs, r1, r2):
     return result(low, name, r1, r2)
 
 
+@rule(nn.Flatten)
 def flatten_module(low, node, gm, args, kwargs, r1, r2):
     return reshape(low, node, gm, args, kwargs, r1, r2)
 
 
+@rule(nn.Dropout, nn.Identity, F.dropout, "contiguous", "clone", "float", "to", "type_as", "detach")
 def passthrough(low, node, gm, args, kwargs, r1, r2):
     x = args[0]
     _require_dynamic(x)
@@ -832,11 +915,13 @@ def passthrough(low, node, gm, args, kwargs, r1, r2):
     return same(x, r1, r2)
 
 
+@rule(builtins.getattr, "size", "dim")
 def metadata(low, node, gm, args, kwargs, r1, r2):
     """x.shape, x.size(), x.dim(), ...: plain values, no IR."""
     return Val(r1, r2)
 
 
+@rule("expand")
 def expand(low, node, gm, args, kwargs, r1, r2):
     x = args[0]
     if tuple(r1.shape) != x.full_shape:
@@ -864,49 +949,3 @@ def _bind_names(names, args, kwargs):
 
 def _label(node: fx.Node) -> str | None:
     return str(node.target) if node.op == "call_module" else None
-
-
-MODULES = {
-    nn.Linear: linear_module, nn.Conv2d: conv_module,
-    nn.LayerNorm: layernorm_module, nn.GELU: gelu, nn.ReLU: relu, nn.Softmax: softmax,
-    nn.Dropout: passthrough, nn.Identity: passthrough, nn.Flatten: flatten_module,
-    nn.BatchNorm1d: batchnorm_module, nn.BatchNorm2d: batchnorm_module,
-    nn.MultiheadAttention: multihead_attention,
-    nn.SiLU: elementwise("silu"), nn.Sigmoid: elementwise("sigmoid"), nn.Hardswish: elementwise("hardswish"),
-    nn.AvgPool2d: pool, nn.MaxPool2d: pool, nn.AdaptiveAvgPool2d: adaptive_avg_pool,
-    nn.Unfold: unfold, nn.GroupNorm: group_norm,
-}
-FUNCTIONS = {
-    F.linear: linear_function, F.conv2d: conv_function, F.layer_norm: layernorm_function,
-    F.gelu: gelu, F.relu: relu, torch.relu: relu, F.softmax: softmax, torch.softmax: softmax,
-    F.scaled_dot_product_attention: sdpa, F.dropout: passthrough,
-    F.avg_pool2d: pool, F.max_pool2d: pool, F.adaptive_avg_pool2d: adaptive_avg_pool,
-    operator.add: add, operator.iadd: add, torch.add: add, operator.sub: sub, torch.sub: sub,
-    operator.mul: mul, torch.mul: mul, operator.truediv: div, torch.div: div, operator.neg: neg,
-    operator.matmul: matmul, torch.matmul: matmul, torch.bmm: matmul,
-    operator.getitem: getitem, torch.cat: cat, torch.concat: cat,
-    torch.flatten: reshape, torch.reshape: reshape, torch.squeeze: reshape, torch.unsqueeze: reshape,
-    torch.transpose: transpose, torch.permute: permute, torch.mean: mean, torch.unbind: unbind,
-    torch.chunk: split, torch.split: split, builtins.getattr: metadata,
-    F.batch_norm: batchnorm_function, F.normalize: normalize,
-    F.silu: elementwise("silu"), torch.sigmoid: elementwise("sigmoid"), F.sigmoid: elementwise("sigmoid"),
-    F.hardswish: elementwise("hardswish"), F.unfold: unfold, F.group_norm: group_norm, torch.roll: roll, F.pad: pad, torch.stack: stack, torch.sum: sum_,
-}
-METHODS = {
-    "reshape": reshape, "view": reshape, "flatten": reshape, "unflatten": reshape,
-    "squeeze": reshape, "unsqueeze": reshape, "permute": permute, "transpose": transpose,
-    "unbind": unbind, "chunk": split, "split": split, "mean": mean, "softmax": softmax,
-    "relu": relu, "add": add, "sub": sub, "mul": mul, "div": div, "matmul": matmul,
-    "contiguous": passthrough, "clone": passthrough, "float": passthrough, "to": passthrough,
-    "type_as": passthrough, "detach": passthrough, "size": metadata, "dim": metadata,
-    "expand": expand, "__getitem__": getitem, "roll": roll, "sum": sum_, "reshape_as": reshape,
-    "view_as": reshape, "sigmoid": elementwise("sigmoid"),
-}
-
-
-def handler_for(node: fx.Node, gm: fx.GraphModule):
-    if node.op == "call_module":
-        return MODULES.get(type(gm.get_submodule(node.target)))
-    if node.op == "call_method":
-        return METHODS.get(node.target)
-    return FUNCTIONS.get(node.target)

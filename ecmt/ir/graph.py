@@ -41,7 +41,9 @@ class SpikingGraph:
 
     ``shapes[name]`` and ``spiking[name]`` describe each node's output (and so
     every edge leaving it); both are derived by ``validate``.  ``meta`` is
-    free-form JSON (conversion settings, source model).
+    free-form JSON (conversion settings, source model).  The file format and the
+    summary are plain functions beside the node kinds (``ecmt.ir.save_graph``,
+    ``load_graph``, ``summarize``), so this module imports neither.
     """
 
     FORMAT = "ecmt.spiking_graph"
@@ -159,17 +161,3 @@ class SpikingGraph:
         if dead:
             raise GraphError(f"node {dead[0]!r}: field inputs: does not reach the output "
                              f"({len(dead)} dead node(s): {dead[:5]})")
-
-    # -- persistence ---------------------------------------------------------
-    def save(self, path) -> None:
-        from .serialize import save_graph
-        save_graph(self, path)
-
-    @classmethod
-    def load(cls, path) -> "SpikingGraph":
-        from .serialize import load_graph
-        return load_graph(path)
-
-    def summary(self) -> str:
-        from .summary import summarize
-        return summarize(self)

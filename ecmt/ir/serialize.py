@@ -72,7 +72,7 @@ def tensor_checksum(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-_HINT = "graphs are written by `ecmt convert` or SpikingGraph.save"
+_HINT = "graphs are written by `ecmt convert` or ecmt.save_graph"
 
 
 def _looks_like(head: bytes) -> str | None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .. import ir, memory
 from ..errors import DataError
+from ..ir.dispatch import KindTable
 from .ecm import NonlinearityECMState, ProductECMState
 from .kernels import compile_enabled, mt_update
 from .neuron import MTState, PPNState
@@ -29,22 +30,6 @@ Observer = Callable[[ir.Node, list[torch.Tensor], torch.Tensor, int], None]
 Intervene = Callable[[ir.Node, torch.Tensor, int], torch.Tensor]
 
 
-def _ecm_state(node: ir.Node, dev) -> NonlinearityECMState:
-    if isinstance(node, ir.GELUECM):
-        return NonlinearityECMState("gelu", node.approximate)
-    if isinstance(node, ir.ReLUECM):
-        return NonlinearityECMState("relu")
-    if isinstance(node, ir.ElementwiseECM):
-        return NonlinearityECMState("elementwise", node.function)
-    if isinstance(node, ir.SoftmaxECM):
-        return NonlinearityECMState("softmax", node.axis + 1)
-    if isinstance(node, ir.LayerNormECM):
-        return NonlinearityECMState("layer_norm", dev(node.weight), dev(node.bias), float(node.eps))
-    if isinstance(node, ir.MaxPool2d):
-        return NonlinearityECMState("max_pool", node.kernel_size, node.stride, node.padding)
-    raise TypeError(f"no ECM for {node.KIND}")
-
-
 class _Step:
     """A compiled node: `fn(inputs, t)` plus optional state to reset."""
     __slots__ = ("node", "srcs", "fn", "state", "static")
@@ -53,72 +38,139 @@ class _Step:
         self.node, self.srcs, self.fn, self.state, self.static = node, srcs, fn, state, static
 
 
+# -- one builder per node kind: (node, shape, device, product_form) -> (fn(inputs, t), state or None)
+def _on(t, device):
+    return None if t is None else t.to(device)
+
+
+def _first(node, shape, device, form):
+    return (lambda xs, t: xs[0]), None
+
+
+def _constant(node, shape, device, form):
+    value = _on(node.value, device).unsqueeze(0)
+    return (lambda xs, t: value), None
+
+
+def _linear(node, shape, device, form):
+    w, b = _on(node.weight, device), _on(node.bias, device)
+    return (lambda xs, t: F.linear(xs[0], w, b)), None
+
+
+def _conv2d(node, shape, device, form):
+    w, b = _on(node.weight, device), _on(node.bias, device)
+    st, pd, dl, g = node.stride, node.padding, node.dilation, node.groups
+    return (lambda xs, t: F.conv2d(xs[0], w, b, st, pd, dl, g)), None
+
+
+def _neuron(state_cls):
+    def build(node, shape, device, form):
+        state = state_cls(node, shape, device)
+        return (lambda xs, t: state.step(xs[0])), state
+    return build
+
+
+def _ecm(make_state):
+    """An ECM of one input: `make_state(node, device)` gives its NonlinearityECMState."""
+    def build(node, shape, device, form):
+        state = make_state(node, device)
+        return (lambda xs, t: state.step(xs[0], t)), state
+    return build
+
+
+def _product(node, shape, device, form):
+    state = ProductECMState(node.transpose_a, node.transpose_b, node.scale, form)
+    return (lambda xs, t: state.step(xs[0], xs[1], t)), state
+
+
+def _add(node, shape, device, form):
+    def add(xs, t):
+        out = xs[0] + xs[1]
+        for x in xs[2:]:
+            out = out + x
+        return out
+    return (add if len(node.inputs) > 1 else (lambda xs, t: xs[0])), None
+
+
+def _scale(node, shape, device, form):
+    factor = _on(node.factor, device)
+    return (lambda xs, t: xs[0] * factor), None
+
+
+def _reshape(node, shape, device, form):
+    target = node.shape
+    return (lambda xs, t: xs[0].reshape(xs[0].shape[0], *target)), None
+
+
+def _permute(node, shape, device, form):
+    dims = (0, *(d + 1 for d in node.dims))
+    return (lambda xs, t: xs[0].permute(dims)), None
+
+
+def _slice(node, shape, device, form):
+    axis, start, length = node.axis + 1, node.start, node.stop - node.start
+    return (lambda xs, t: xs[0].narrow(axis, start, length)), None
+
+
+def _select(node, shape, device, form):
+    axis, index = node.axis + 1, node.index
+    return (lambda xs, t: xs[0].select(axis, index)), None
+
+
+def _concat(node, shape, device, form):
+    axis = node.axis + 1
+
+    def concat(xs, t):
+        batch = max(x.shape[0] for x in xs)
+        return torch.cat([x.expand(batch, *x.shape[1:]) for x in xs], dim=axis)
+    return concat, None
+
+
+def _mean(node, shape, device, form):
+    axis = node.axis + 1
+    return (lambda xs, t: xs[0].mean(dim=axis)), None
+
+
+def _avgpool2d(node, shape, device, form):
+    k, s, p = node.kernel_size, node.stride, node.padding
+    return (lambda xs, t: F.avg_pool2d(xs[0], k, s, p, count_include_pad=True)), None
+
+
+# What the executor runs for each node kind (and what Lava's host processes and the NIR
+# node map run for single nodes, through compile_node).
+KINDS = KindTable("executor", {
+    ir.Input: _first,
+    ir.Constant: _constant,
+    ir.Output: _first,
+    ir.Linear: _linear,
+    ir.Conv2d: _conv2d,
+    ir.MTNeuron: _neuron(MTState),
+    ir.MTNeuronPPN: _neuron(PPNState),
+    ir.GELUECM: _ecm(lambda n, device: NonlinearityECMState("gelu", n.approximate)),
+    ir.ReLUECM: _ecm(lambda n, device: NonlinearityECMState("relu")),
+    ir.ElementwiseECM: _ecm(lambda n, device: NonlinearityECMState("elementwise", n.function)),
+    ir.SoftmaxECM: _ecm(lambda n, device: NonlinearityECMState("softmax", n.axis + 1)),
+    ir.LayerNormECM: _ecm(lambda n, device: NonlinearityECMState(
+        "layer_norm", _on(n.weight, device), _on(n.bias, device), float(n.eps))),
+    ir.MaxPool2d: _ecm(lambda n, device: NonlinearityECMState("max_pool", n.kernel_size, n.stride, n.padding)),
+    ir.ProductECM: _product,
+    ir.Add: _add,
+    ir.Scale: _scale,
+    ir.Reshape: _reshape,
+    ir.Permute: _permute,
+    ir.Slice: _slice,
+    ir.Select: _select,
+    ir.Concat: _concat,
+    ir.Mean: _mean,
+    ir.AvgPool2d: _avgpool2d,
+})
+
+
 def compile_node(node: ir.Node, shape: tuple[int, ...], device, product_form: str = "direct"):
     """Return (fn(inputs, t) -> tensor, state or None) for one node on `device`:
     one node's step, for the executor and for runtimes that host single nodes
     (Lava's host processes, the NIR node map)."""
-    dev = lambda t: None if t is None else t.to(device)
-    if isinstance(node, ir.Input):
-        return (lambda xs, t: xs[0]), None
-    if isinstance(node, ir.Constant):
-        value = dev(node.value).unsqueeze(0)
-        return (lambda xs, t: value), None
-    if isinstance(node, ir.Output):
-        return (lambda xs, t: xs[0]), None
-    if isinstance(node, ir.Linear):
-        w, b = dev(node.weight), dev(node.bias)
-        return (lambda xs, t: F.linear(xs[0], w, b)), None
-    if isinstance(node, ir.Conv2d):
-        w, b = dev(node.weight), dev(node.bias)
-        st, pd, dl, g = node.stride, node.padding, node.dilation, node.groups
-        return (lambda xs, t: F.conv2d(xs[0], w, b, st, pd, dl, g)), None
-    if isinstance(node, ir.MTNeuronPPN):
-        state = PPNState(node, shape, device)
-        return (lambda xs, t: state.step(xs[0])), state
-    if isinstance(node, ir.MTNeuron):
-        state = MTState(node, shape, device)
-        return (lambda xs, t: state.step(xs[0])), state
-    if isinstance(node, (ir.NonlinearityECM, ir.MaxPool2d)):
-        state = _ecm_state(node, dev)
-        return (lambda xs, t: state.step(xs[0], t)), state
-    if isinstance(node, ir.ProductECM):
-        state = ProductECMState(node.transpose_a, node.transpose_b, node.scale, product_form)
-        return (lambda xs, t: state.step(xs[0], xs[1], t)), state
-    if isinstance(node, ir.Add):
-        def add(xs, t):
-            out = xs[0] + xs[1]
-            for x in xs[2:]:
-                out = out + x
-            return out
-        return (add if len(node.inputs) > 1 else (lambda xs, t: xs[0])), None
-    if isinstance(node, ir.Scale):
-        factor = dev(node.factor)
-        return (lambda xs, t: xs[0] * factor), None
-    if isinstance(node, ir.Reshape):
-        target = node.shape
-        return (lambda xs, t: xs[0].reshape(xs[0].shape[0], *target)), None
-    if isinstance(node, ir.Permute):
-        dims = (0, *(d + 1 for d in node.dims))
-        return (lambda xs, t: xs[0].permute(dims)), None
-    if isinstance(node, ir.Slice):
-        axis, start, length = node.axis + 1, node.start, node.stop - node.start
-        return (lambda xs, t: xs[0].narrow(axis, start, length)), None
-    if isinstance(node, ir.Select):
-        axis, index = node.axis + 1, node.index
-        return (lambda xs, t: xs[0].select(axis, index)), None
-    if isinstance(node, ir.Concat):
-        axis = node.axis + 1
-        def concat(xs, t):
-            batch = max(x.shape[0] for x in xs)
-            return torch.cat([x.expand(batch, *x.shape[1:]) for x in xs], dim=axis)
-        return concat, None
-    if isinstance(node, ir.Mean):
-        axis = node.axis + 1
-        return (lambda xs, t: xs[0].mean(dim=axis)), None
-    if isinstance(node, ir.AvgPool2d):
-        k, s, p = node.kernel_size, node.stride, node.padding
-        return (lambda xs, t: F.avg_pool2d(xs[0], k, s, p, count_include_pad=True)), None
-    raise TypeError(f"executor has no implementation for node kind {node.KIND!r}")
+    return KINDS(node)(node, shape, device, product_form)
 
 
 class GraphExecutor:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ir import SpikingGraph
+from ..ir import SpikingGraph, load_graph, save_graph
 from .executor import GraphExecutor, Observer
 
 
@@ -33,10 +33,10 @@ class SpikingModel(torch.nn.Module):
 
     @classmethod
     def load(cls, path, **kwargs) -> "SpikingModel":
-        return cls(SpikingGraph.load(path), **kwargs)
+        return cls(load_graph(path), **kwargs)
 
     def save(self, path) -> None:
-        self.graph.save(path)
+        save_graph(self.graph, path)
 
     def executor(self, device=None) -> GraphExecutor:
         device = torch.device(device or "cpu")

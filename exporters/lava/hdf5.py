@@ -33,16 +33,13 @@ import torch
 
 from ecmt import ir
 from ecmt.atomic import atomic_path
-from ecmt.errors import EcmtError
 from ecmt.ir.serialize import graph_from_json, graph_to_json
+
+from .errors import LavaExportError
 
 FORMAT, VERSION = "ecmt.lava_hdf5", 1
 NETX_TYPES = {"input": "input", "linear": "dense", "conv2d": "conv", "reshape": "flatten"}
 LAYOUTS = ("auto", "netx", "extended")
-
-
-class LavaExportError(EcmtError):
-    pass
 
 
 def export(graph: ir.SpikingGraph, path, layout: str = "auto", *, delta: float | None = None,

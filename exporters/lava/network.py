@@ -12,8 +12,10 @@ from lava.proc.io.sink import PyReceiveModelFloat, RingBuffer as Sink
 from lava.proc.io.source import PySendModelFloat, RingBuffer as Source
 
 from ecmt import ir
+from ecmt.ir.dispatch import KindTable
 
 from . import processes as P
+from .errors import LavaExportError
 
 F32 = np.float32
 
@@ -77,27 +79,30 @@ class LavaNetwork:
         return proc.out
 
     def _process(self, node: ir.Node):
-        g, shape = self.graph, self.graph.shapes[node.name]
-        if isinstance(node, ir.Input):
-            return self.source.s_out
-        if isinstance(node, ir.Output):
-            return self._feed(node.inputs[0], shape)
-        if isinstance(node, ir.Linear):
-            return self._linear(node)
-        if isinstance(node, ir.Conv2d):
-            return self._conv(node)
-        if isinstance(node, ir.MTNeuron) and not isinstance(node, ir.MTNeuronPPN):
-            src = self.ports[node.inputs[0]]
-            proc = self._keep(P.MTNeuron(shape=shape, th_pos=node.th_pos.numpy(),
-                                         th_neg=None if node.th_neg is None else node.th_neg.numpy(),
-                                         levels=node.levels, period=self.period, in_shape=tuple(src.shape),
-                                         record=self.steps if self.record_spikes else 0, name=node.name,
-                                         spikes_per_step=node.spikes_per_step),
-                              "mt_neuron")
-            src.connect(proc.a_in)
-            self.neurons[node.name] = proc
-            return proc.s_out
-        return self._host(node, list(node.inputs), [g.shapes[s] for s in node.inputs])
+        """The OutPort carrying `node`'s output, from the process its kind maps to (KINDS)."""
+        return KINDS(node)(self, node)
+
+    def _input(self, node: ir.Input):
+        return self.source.s_out
+
+    def _output(self, node: ir.Output):
+        return self._feed(node.inputs[0], self.graph.shapes[node.name])
+
+    def _mt_neuron(self, node: ir.MTNeuron):
+        src = self.ports[node.inputs[0]]
+        proc = self._keep(P.MTNeuron(shape=self.graph.shapes[node.name], th_pos=node.th_pos.numpy(),
+                                     th_neg=None if node.th_neg is None else node.th_neg.numpy(),
+                                     levels=node.levels, period=self.period, in_shape=tuple(src.shape),
+                                     record=self.steps if self.record_spikes else 0, name=node.name,
+                                     spikes_per_step=node.spikes_per_step),
+                          "mt_neuron")
+        src.connect(proc.a_in)
+        self.neurons[node.name] = proc
+        return proc.s_out
+
+    def _host_node(self, node: ir.Node):
+        """A host process stepping the node with ecmt's runtime (executor.compile_node)."""
+        return self._host(node, list(node.inputs), [self.graph.shapes[s] for s in node.inputs])
 
     def _bias(self, node, port, shape):
         """Lava's Dense and Conv have no bias: the host adds it at every step."""
@@ -170,3 +175,19 @@ class LavaNetwork:
     def spike(self, node: str, t: int, sample: int = 0) -> np.ndarray:
         """Recorded spikes of an MT neuron at step t (1-based) of a sample."""
         return self.spikes[node][sample * self.period + t - 1]
+
+
+# The Lava process each node kind becomes: Lava's own Dense / Conv for synapses, ecmt's MT
+# neuron process, and a host process (the executor's step) for everything else, PPN neurons
+# included (their one-hot channels have no Lava neuron).
+KINDS = KindTable("Lava", {
+    ir.Input: LavaNetwork._input,
+    ir.Output: LavaNetwork._output,
+    ir.Linear: LavaNetwork._linear,
+    ir.Conv2d: LavaNetwork._conv,
+    ir.MTNeuron: LavaNetwork._mt_neuron,
+    **{kind: LavaNetwork._host_node for kind in (
+        ir.MTNeuronPPN, ir.Constant, ir.GELUECM, ir.ReLUECM, ir.ElementwiseECM, ir.SoftmaxECM, ir.LayerNormECM,
+        ir.MaxPool2d, ir.ProductECM, ir.Add, ir.Scale, ir.Reshape, ir.Permute, ir.Slice, ir.Select, ir.Concat,
+        ir.Mean, ir.AvgPool2d)},
+}, error=lambda node, message, hint: LavaExportError(f"node {node.name!r} ({node.KIND}): {message}", hint=hint))

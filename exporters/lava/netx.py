@@ -64,8 +64,9 @@ import numpy as np
 import torch
 
 from ecmt import ir
+from ecmt.ir.dispatch import KindTable, Refused
 
-from .hdf5 import LavaExportError
+from .errors import LavaExportError
 
 SPIKE_EXP = STATE_EXP = 6               # netx.hdf5.Network's defaults for SDNN neurons
 STATE_LIMIT = 2 ** 23                   # signed 24-bit state and synaptic input (Loihi 2)
@@ -93,57 +94,90 @@ class Stage:
     neuron: ir.Node | None = None        # positive-only MTNeuron or ReLUECM; None on the last layer
 
 
+class _Chain:
+    """The walk of `stages`: the blocks so far, a flatten not yet used, the previous node."""
+
+    def __init__(self, prev: str):
+        self.out: list[Stage] = []
+        self.flatten = False
+        self.prev = prev
+
+
+# -- what each node kind adds to the chain: (chain, node, its input's shape) -> None ----------
+def _start(c: _Chain, node, in_shape) -> None:
+    pass            # the input starts the chain (stages walks the nodes after it)
+
+
+def _flatten(c: _Chain, node: ir.Reshape, in_shape) -> None:
+    if len(node.shape) != 1 or c.flatten or (c.out and c.out[-1].neuron is None):
+        raise _refuse(node, "the only shape operation netx has is a flatten before a dense layer")
+    c.flatten = True
+
+
+def _synapse(c: _Chain, node, in_shape) -> None:
+    if c.out and c.out[-1].neuron is None:
+        raise _refuse(node, "two synaptic layers without a ReLU between them")
+    if isinstance(node, ir.Linear) and len(in_shape) != 1:
+        raise _refuse(node, f"a linear layer over a {list(in_shape)} input (netx's dense takes a vector)")
+    if isinstance(node, ir.Conv2d) and c.flatten:
+        raise _refuse(node, "a convolution after a flatten")
+    c.out.append(Stage(node, flatten=c.flatten))
+    c.flatten = False
+
+
+def _mt_neuron(c: _Chain, node: ir.MTNeuron, in_shape) -> None:
+    if node.spikes_per_step > 1:
+        raise _refuse(node, f"an MT neuron that sends up to {node.spikes_per_step} levels per step "
+                            "(spikes_per_step): netx's neurons have no such rule; use the extended "
+                            "layout (ecmt's own Lava processes)")
+    if node.signed:
+        raise _refuse(node, "a signed MT neuron (th_neg): netx's sigma-delta neurons are ReLU "
+                            "and its Delta encoder has no power-of-two levels")
+    if not c.out or c.out[-1].neuron is not None or c.out[-1].synapse.name != c.prev:
+        raise _refuse(node, "an MT neuron that does not follow a linear or conv layer")
+    c.out[-1].neuron = node
+
+
+def _relu(c: _Chain, node: ir.ReLUECM, in_shape) -> None:
+    if not c.out or c.out[-1].neuron is not None or c.out[-1].synapse.name != c.prev:
+        raise _refuse(node, "a ReLU that does not follow a linear or conv layer")
+    c.out[-1].neuron = node
+
+
+def _output(c: _Chain, node: ir.Output, in_shape) -> None:
+    if c.flatten:
+        raise _refuse(node, "a flatten at the output")
+
+
+# What the netx layout expresses of each node kind, and what it refuses (with why).
+KINDS = KindTable("netx", {
+    ir.Input: _start,
+    ir.Reshape: _flatten,
+    ir.Linear: _synapse,
+    ir.Conv2d: _synapse,
+    ir.MTNeuron: _mt_neuron,
+    ir.ReLUECM: _relu,
+    ir.Output: _output,
+    ir.MTNeuronPPN: Refused("an MT neuron with one-hot binary outputs (PPN): export the graph before expand_ppn"),
+    **{kind: Refused("an expectation compensation module") for kind in (
+        ir.GELUECM, ir.ElementwiseECM, ir.SoftmaxECM, ir.LayerNormECM, ir.ProductECM, ir.MaxPool2d)},
+    **{kind: Refused(f"netx has no {kind.KIND} block") for kind in (
+        ir.Constant, ir.Add, ir.Scale, ir.Permute, ir.Slice, ir.Select, ir.Concat, ir.Mean, ir.AvgPool2d)},
+}, error=lambda node, message, hint: _refuse(node, message))
+
+
 def stages(graph: ir.SpikingGraph) -> list[Stage]:
     """The graph as a chain of netx blocks, or NetxLayoutError naming the first
     node that does not fit."""
     nodes = list(graph)
     consumers = graph.consumers()
-    out: list[Stage] = []
-    flatten = False
-    prev = graph.input.name
+    chain = _Chain(graph.input.name)
     for node in nodes[1:]:
-        if node.inputs != (prev,) or (not isinstance(node, ir.Output) and len(consumers[node.name]) != 1):
+        if node.inputs != (chain.prev,) or (not isinstance(node, ir.Output) and len(consumers[node.name]) != 1):
             raise _refuse(node, "netx networks are a single chain of layers (no branches or residual adds)")
-        in_shape = graph.shapes[prev]
-        if isinstance(node, ir.Reshape):
-            if len(node.shape) != 1 or flatten or (out and out[-1].neuron is None):
-                raise _refuse(node, "the only shape operation netx has is a flatten before a dense layer")
-            flatten = True
-        elif isinstance(node, (ir.Linear, ir.Conv2d)):
-            if out and out[-1].neuron is None:
-                raise _refuse(node, "two synaptic layers without a ReLU between them")
-            if isinstance(node, ir.Linear) and len(in_shape) != 1:
-                raise _refuse(node, f"a linear layer over a {list(in_shape)} input (netx's dense takes a vector)")
-            if isinstance(node, ir.Conv2d) and flatten:
-                raise _refuse(node, "a convolution after a flatten")
-            out.append(Stage(node, flatten=flatten))
-            flatten = False
-        elif isinstance(node, ir.MTNeuronPPN):
-            raise _refuse(node, "an MT neuron with one-hot binary outputs (PPN): export the graph before "
-                                "expand_ppn")
-        elif isinstance(node, ir.MTNeuron):
-            if node.spikes_per_step > 1:
-                raise _refuse(node, f"an MT neuron that sends up to {node.spikes_per_step} levels per step "
-                                    "(spikes_per_step): netx's neurons have no such rule; use the extended "
-                                    "layout (ecmt's own Lava processes)")
-            if node.signed:
-                raise _refuse(node, "a signed MT neuron (th_neg): netx's sigma-delta neurons are ReLU "
-                                    "and its Delta encoder has no power-of-two levels")
-            if not out or out[-1].neuron is not None or out[-1].synapse.name != prev:
-                raise _refuse(node, "an MT neuron that does not follow a linear or conv layer")
-            out[-1].neuron = node
-        elif isinstance(node, ir.ReLUECM):
-            if not out or out[-1].neuron is not None or out[-1].synapse.name != prev:
-                raise _refuse(node, "a ReLU that does not follow a linear or conv layer")
-            out[-1].neuron = node
-        elif isinstance(node, ir.Output):
-            if flatten:
-                raise _refuse(node, "a flatten at the output")
-        else:
-            what = ("an expectation compensation module" if node.KIND.endswith("_ecm")
-                    else f"netx has no {node.KIND} block")
-            raise _refuse(node, what)
-        prev = node.name
+        KINDS(node)(chain, node, graph.shapes[chain.prev])
+        chain.prev = node.name
+    out = chain.out
     if not out:
         raise NetxLayoutError("netx layout: the graph has no linear or conv layer",
                               hint="export with layout='extended'")

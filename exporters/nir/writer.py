@@ -27,6 +27,7 @@ import numpy as np
 
 from ecmt import ir
 from ecmt.errors import EcmtError
+from ecmt.ir.dispatch import KindTable
 from ecmt.ir.serialize import graph_to_json
 
 from .layout import Layout, can_adapt, carrier_layout, channels_first, flatten_dims, identity
@@ -197,118 +198,138 @@ class _Writer:
 
     # -- per node ----------------------------------------------------------------------
     def emit(self, node: ir.Node) -> None:
+        """Write `node` in the first of its kind's forms (KINDS) that fits: a standard
+        NIR node (the form returns True), a convention node (False); None: next form."""
         self.consumer = node.name
-        nir, shape = self.nir, self.g.shapes[node.name]
+        shape = self.g.shapes[node.name]
         in_shapes = [self.g.shapes[s] for s in node.inputs]
-        standard = self.standard(node, shape, in_shapes, nir)
-        if standard is None:
-            standard = self.convention(node, shape, in_shapes, nir)
-        if standard is None:
-            self.generic(node, shape)
-            standard = False
+        for form in KINDS(node):
+            standard = form(self, node, shape, in_shapes)
+            if standard is not None:
+                break
         (self.summary.standard if standard else self.summary.convention).update([node.KIND])
 
-    def standard(self, node, shape, in_shapes, nir):
-        """Write `node` as the NIR node that computes it; True, or None if NIR cannot."""
-        add = lambda nn, layout, inputs: self.add(node.name, nn, layout, inputs, ir_node=node.name)
-        x = node.inputs[0] if node.inputs else None
-        if isinstance(node, ir.Input):
-            add(nir.Input(input_type={"input": np.array(shape)}), identity(shape), [])
-        elif isinstance(node, ir.Output):
-            want = identity(shape)
-            sources = self.feed(x, want)
-            if len(sources) > 1:     # a sum of edges: consumers do not sum into an Output, so a node does
-                n = math.prod(shape)
-                total = (nir.Affine(weight=np.eye(n, dtype=np.float32), bias=np.zeros(n, np.float32))
-                         if len(shape) == 1 else nir.Scale(scale=np.ones(shape, np.float32)))
-                sources = [self.add(self.unique(f"{x}.sum"), total, want, sources, role="sum")]
-            add(nir.Output(output_type={"output": np.array(shape)}), want, sources)
-        elif isinstance(node, ir.Add) and len(set(node.inputs)) == len(node.inputs) \
-                and all(s == shape for s in in_shapes):
-            # NIR sums the edges into a node: the add is the consumers' converging edges.
-            self.value_of[node.name] = [s for i in node.inputs for s in self.value_of[i]]
-            return True
-        elif isinstance(node, ir.Linear) and len(in_shapes[0]) in (1, 2):
-            w, bias = _np(node.weight), node.bias is not None
-            b = _np(node.bias) if bias else np.zeros(w.shape[0], np.float32)
-            if len(in_shapes[0]) == 1:      # Affine even without a bias: sinabs maps no Linear
-                want, out = identity(in_shapes[0]), identity(shape)
-                nn = nir.Affine(weight=w, bias=b)
-            else:   # [tokens, features]: Conv1d with kernel 1, channels-first
-                want, out = channels_first(in_shapes[0]), channels_first(shape)
-                nn = nir.Conv1d(input_shape=in_shapes[0][0], weight=w[:, :, None], stride=1, padding=0,
-                                dilation=1, groups=1, bias=b)
-            if not self.fits(x, want):
-                return None
-            add(nn, out, self.feed(x, want))
-        elif isinstance(node, ir.Conv2d) and node.groups == 1 and self.fits(x, identity(in_shapes[0])):
-            # (NIR 1.0.8 types a grouped Conv2d's input as C / groups channels, which no
-            # producer can match; grouped convolutions use the convention.)
-            bias = _np(node.bias) if node.bias is not None else np.zeros(node.weight.shape[0], np.float32)
-            nn = nir.Conv2d(input_shape=tuple(in_shapes[0][1:]), weight=_np(node.weight), stride=node.stride,
-                            padding=node.padding, dilation=node.dilation, groups=node.groups, bias=bias)
-            add(nn, identity(shape), self.feed(x, identity(in_shapes[0])))
-        elif isinstance(node, ir.AvgPool2d) and any(node.padding) and self.fits(x, identity(in_shapes[0])):
-            # (Without padding it is a SumPool2d, below: Norse and sinabs map no AvgPool2d.)
-            nn = nir.AvgPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
-                               padding=np.array(node.padding))
-            add(nn, identity(shape), self.feed(x, identity(in_shapes[0])))
-        elif isinstance(node, ir.Reshape) and flatten_dims(in_shapes[0], shape) is not None \
-                and self.fits(x, identity(in_shapes[0])):
-            start, end = flatten_dims(in_shapes[0], shape)
-            nn = nir.Flatten(input_type={"input": np.array(in_shapes[0])}, start_dim=start, end_dim=end)
-            add(nn, identity(shape), self.feed(x, identity(in_shapes[0])))
-        elif isinstance(node, ir.Scale):
-            # The factor, laid out like the value it scales.
-            lay = self.first_layout(x)
-            factor = np.broadcast_to(_np(node.factor), shape)
-            if lay.perm is not None:
-                factor = factor.transpose(lay.perm)
-            nn = nir.Scale(scale=np.ascontiguousarray(factor).reshape(lay.shape))
-            add(nn, lay, self.feed(x, lay))
-        else:
-            return None
+    # -- standard forms: the NIR node that computes it; True, or None if NIR cannot --------
+    def _standard(self, node, nn, layout: Layout, inputs: list[str]) -> bool:
+        self.add(node.name, nn, layout, inputs, ir_node=node.name)
         self.value_of.setdefault(node.name, [node.name])
         return True
 
-    def convention(self, node, shape, in_shapes, nir):
-        """Single-input nodes written as a NIR node of the same types; False, or None."""
-        x = node.inputs[0] if len(node.inputs) == 1 else None
-        if x is None:
+    def input(self, node, shape, in_shapes):
+        return self._standard(node, self.nir.Input(input_type={"input": np.array(shape)}), identity(shape), [])
+
+    def output(self, node, shape, in_shapes):
+        nir, x = self.nir, node.inputs[0]
+        want = identity(shape)
+        sources = self.feed(x, want)
+        if len(sources) > 1:     # a sum of edges: consumers do not sum into an Output, so a node does
+            n = math.prod(shape)
+            total = (nir.Affine(weight=np.eye(n, dtype=np.float32), bias=np.zeros(n, np.float32))
+                     if len(shape) == 1 else nir.Scale(scale=np.ones(shape, np.float32)))
+            sources = [self.add(self.unique(f"{x}.sum"), total, want, sources, role="sum")]
+        return self._standard(node, nir.Output(output_type={"output": np.array(shape)}), want, sources)
+
+    def converging_edges(self, node, shape, in_shapes):
+        if len(set(node.inputs)) != len(node.inputs) or any(s != shape for s in in_shapes):
             return None
-        if isinstance(node, ir.MTNeuronPPN):
-            return self.ppn_neuron(node, shape, in_shapes[0], nir)
-        if isinstance(node, (ir.MTNeuron, ir.NonlinearityECM)):
-            lay = self.first_layout(x)
-            meta = self.op_meta(node, lay, lay)
-            if isinstance(node, ir.MTNeuron):
-                # For consumers that ignore the metadata: one threshold at the first positive
-                # level (times the gain of a pool written as a sum).
-                gain = self.gain.get(self.value_of[x][0], 1.0)
-                th = np.broadcast_to(_np(node.th_pos), shape) * gain
-                nn = self.neuron_node(lay, th, meta)
-            else:
-                nn = nir.Scale(scale=np.ones(lay.shape, np.float32), metadata=meta)
-            self.add(node.name, nn, lay, self.feed(x, lay), role="convention", ir_node=node.name)
-        elif isinstance(node, (ir.MaxPool2d, ir.AvgPool2d)) and self.fits(x, identity(in_shapes[0])):
-            # Max pooling (an ECM) and average pooling without padding, as a SumPool2d: the
-            # pooling node every consumer maps.  A consumer that ignores the metadata sums.
-            nn = nir.SumPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
-                               padding=np.array(node.padding),
-                               metadata=self.op_meta(node, identity(shape), identity(in_shapes[0])))
-            self.add(node.name, nn, identity(shape), self.feed(x, identity(in_shapes[0])), role="convention",
-                     ir_node=node.name)
-            if isinstance(node, ir.AvgPool2d):
-                self.gain[node.name] = float(math.prod(node.kernel_size))
+        # NIR sums the edges into a node: the add is the consumers' converging edges.
+        self.value_of[node.name] = [s for i in node.inputs for s in self.value_of[i]]
+        return True
+
+    def linear(self, node, shape, in_shapes):
+        nir, x = self.nir, node.inputs[0]
+        if len(in_shapes[0]) not in (1, 2):
+            return None
+        w, bias = _np(node.weight), node.bias is not None
+        b = _np(node.bias) if bias else np.zeros(w.shape[0], np.float32)
+        if len(in_shapes[0]) == 1:      # Affine even without a bias: sinabs maps no Linear
+            want, out = identity(in_shapes[0]), identity(shape)
+            nn = nir.Affine(weight=w, bias=b)
+        else:   # [tokens, features]: Conv1d with kernel 1, channels-first
+            want, out = channels_first(in_shapes[0]), channels_first(shape)
+            nn = nir.Conv1d(input_shape=in_shapes[0][0], weight=w[:, :, None], stride=1, padding=0,
+                            dilation=1, groups=1, bias=b)
+        if not self.fits(x, want):
+            return None
+        return self._standard(node, nn, out, self.feed(x, want))
+
+    def conv2d(self, node, shape, in_shapes):
+        x = node.inputs[0]
+        # (NIR 1.0.8 types a grouped Conv2d's input as C / groups channels, which no
+        # producer can match; grouped convolutions use the convention.)
+        if node.groups != 1 or not self.fits(x, identity(in_shapes[0])):
+            return None
+        bias = _np(node.bias) if node.bias is not None else np.zeros(node.weight.shape[0], np.float32)
+        nn = self.nir.Conv2d(input_shape=tuple(in_shapes[0][1:]), weight=_np(node.weight), stride=node.stride,
+                             padding=node.padding, dilation=node.dilation, groups=node.groups, bias=bias)
+        return self._standard(node, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
+
+    def avgpool2d(self, node, shape, in_shapes):
+        x = node.inputs[0]
+        # (Without padding it is a SumPool2d, below: Norse and sinabs map no AvgPool2d.)
+        if not any(node.padding) or not self.fits(x, identity(in_shapes[0])):
+            return None
+        nn = self.nir.AvgPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
+                                padding=np.array(node.padding))
+        return self._standard(node, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
+
+    def flatten(self, node, shape, in_shapes):
+        x = node.inputs[0]
+        if flatten_dims(in_shapes[0], shape) is None or not self.fits(x, identity(in_shapes[0])):
+            return None
+        start, end = flatten_dims(in_shapes[0], shape)
+        nn = self.nir.Flatten(input_type={"input": np.array(in_shapes[0])}, start_dim=start, end_dim=end)
+        return self._standard(node, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
+
+    def scale(self, node, shape, in_shapes):
+        x = node.inputs[0]
+        # The factor, laid out like the value it scales.
+        lay = self.first_layout(x)
+        factor = np.broadcast_to(_np(node.factor), shape)
+        if lay.perm is not None:
+            factor = factor.transpose(lay.perm)
+        nn = self.nir.Scale(scale=np.ascontiguousarray(factor).reshape(lay.shape))
+        return self._standard(node, nn, lay, self.feed(x, lay))
+
+    # -- convention forms: a NIR node of the same types; False, or None -------------------
+    def neuron_or_ecm(self, node, shape, in_shapes):
+        """An MT neuron as a NIR neuron, an elementwise / row-wise ECM as a Scale by 1."""
+        x = node.inputs[0]
+        lay = self.first_layout(x)
+        meta = self.op_meta(node, lay, lay)
+        if isinstance(node, ir.MTNeuron):
+            # For consumers that ignore the metadata: one threshold at the first positive
+            # level (times the gain of a pool written as a sum).
+            gain = self.gain.get(self.value_of[x][0], 1.0)
+            th = np.broadcast_to(_np(node.th_pos), shape) * gain
+            nn = self.neuron_node(lay, th, meta)
         else:
-            return None
+            nn = self.nir.Scale(scale=np.ones(lay.shape, np.float32), metadata=meta)
+        self.add(node.name, nn, lay, self.feed(x, lay), role="convention", ir_node=node.name)
         self.value_of[node.name] = [node.name]
         return False
 
-    def ppn_neuron(self, node: ir.MTNeuronPPN, shape, in_shape, nir):
+    def sum_pool(self, node, shape, in_shapes):
+        # Max pooling (an ECM) and average pooling without padding, as a SumPool2d: the
+        # pooling node every consumer maps.  A consumer that ignores the metadata sums.
+        x = node.inputs[0]
+        if not self.fits(x, identity(in_shapes[0])):
+            return None
+        nn = self.nir.SumPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
+                                padding=np.array(node.padding),
+                                metadata=self.op_meta(node, identity(shape), identity(in_shapes[0])))
+        self.add(node.name, nn, identity(shape), self.feed(x, identity(in_shapes[0])), role="convention",
+                 ir_node=node.name)
+        if isinstance(node, ir.AvgPool2d):
+            self.gain[node.name] = float(math.prod(node.kernel_size))
+        self.value_of[node.name] = [node.name]
+        return False
+
+    def ppn_neuron(self, node: ir.MTNeuronPPN, shape, in_shapes):
         """The binary-channel neuron: a fan-out copies each channel's input current
         to its L level channels (a synaptic node with weights 1), and a neuron node
         of the expanded shape fires at most one of them."""
+        nir, in_shape = self.nir, in_shapes[0]
         L = node.channels_per_value
         rank, axis = len(in_shape), node.axis
         channels = in_shape[axis]
@@ -355,8 +376,8 @@ class _Writer:
                                 metadata=metadata)
         return self.nir.IF(r=ones, v_threshold=th, v_reset=zeros, metadata=metadata)
 
-    def generic(self, node, shape):
-        """Any other node: a Conv1d carrier fed by its operands' ports."""
+    def generic(self, node, shape, in_shapes):
+        """Any node: a Conv1d carrier fed by its operands' ports (convention: False)."""
         operands = list(node.inputs) or [self.g.input.name]   # a constant ignores the graph input it hangs on
         ports = self.ports(operands)
         sizes = [math.prod(self.g.shapes[o]) for o in operands]
@@ -365,7 +386,30 @@ class _Writer:
         self.add(node.name, self.carrier_conv1d((1, sum(sizes)), out.shape, meta), out, ports, role="convention",
                  ir_node=node.name)
         self.value_of[node.name] = [node.name]
+        return False
 
+
+# Each node kind's NIR forms, tried in order (see _Writer.emit): every kind ends with the
+# generic carrier, which always fits, except the three that are always standard.
+_G = _Writer.generic
+KINDS = KindTable("NIR", {
+    ir.Input: (_Writer.input,),
+    ir.Output: (_Writer.output,),
+    ir.Scale: (_Writer.scale,),
+    ir.Constant: (_G,),
+    ir.Linear: (_Writer.linear, _G),
+    ir.Conv2d: (_Writer.conv2d, _G),
+    ir.AvgPool2d: (_Writer.avgpool2d, _Writer.sum_pool, _G),
+    ir.MaxPool2d: (_Writer.sum_pool, _G),
+    ir.MTNeuron: (_Writer.neuron_or_ecm, _G),
+    ir.MTNeuronPPN: (_Writer.ppn_neuron, _G),
+    **{ecm: (_Writer.neuron_or_ecm, _G)
+       for ecm in (ir.GELUECM, ir.ReLUECM, ir.ElementwiseECM, ir.SoftmaxECM, ir.LayerNormECM)},
+    ir.ProductECM: (_G,),
+    ir.Add: (_Writer.converging_edges, _G),
+    ir.Reshape: (_Writer.flatten, _G),
+    **{op: (_G,) for op in (ir.Permute, ir.Slice, ir.Select, ir.Concat, ir.Mean)},
+}, error=lambda node, message, hint: NirExportError(f"node {node.name!r} ({node.KIND}): {message}", hint=hint))
 
 NEURONS = ("IF", "LIF")
 

@@ -119,6 +119,9 @@ def markdown(rows: dict, info: dict) -> str:
         "Each graph is traced with concrete shapes, so it holds for the benchmark's input size only "
         "(docs/conversion.md).",
         "",
+        "Trained models of three of these families (ViT, DeiT-3-like,"
+        " EVA-02-like), ANN against SNN accuracy at t = 1, 2, 4, 8: [trained_zoo.md](trained_zoo.md).",
+        "",
         f"**{ok} of {len(rows)} families convert.**",
         "",
         "| family | timm model | converts | analog error | spiking error T=4 | T=16 | T=64 | convert time (s) |",

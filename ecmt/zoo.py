@@ -75,10 +75,13 @@ def build_demo_mlp() -> torch.nn.Module:
 
 @dataclasses.dataclass(frozen=True)
 class Demo:
+    """A model to train with `train_demo`: a builder, its default checkpoint, its
+    recipe (DEMO_RECIPE's keys) and the config recorded with the checkpoint."""
     build: Callable[[], torch.nn.Module]
     checkpoint: Path
     recipe: dict
     config: dict
+    name: str = "custom"
 
 
 DEMOS = {
@@ -181,16 +184,23 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return padded[..., dy:dy + x.shape[-2], dx:dx + x.shape[-1]]
 
 
-def train_demo(out: str | Path | None = None, *, model: str = "demo", epochs: int | None = None,
+def train_demo(out: str | Path | None = None, *, model: str | Demo = "demo", epochs: int | None = None,
                limit: int | None = None, seed: int | None = None, progress: bool = True,
                data_root: str | None = None) -> dict:
-    """Train a demo model ('demo', 'demo-cnn' or 'demo-mlp') on Fashion-MNIST with its seeded
-    recipe; write a safetensors checkpoint (default: the packaged one) and a
-    .json with its test accuracy next to it."""
+    """Train a demo model ('demo', 'demo-cnn' or 'demo-mlp', or any `Demo`: a builder and
+    a recipe, as benchmarks/trained_zoo.py passes) on Fashion-MNIST with its seeded
+    recipe; write a safetensors checkpoint (default: the packaged one, or the Demo's)
+    and a .json with its test accuracy next to it."""
     from . import data
     from .evaluate import ann_accuracy
 
-    demo = DEMOS[model]
+    if isinstance(model, Demo):
+        demo, model = model, model.name
+    elif model in DEMOS:
+        demo = DEMOS[model]
+    else:
+        raise EcmtError(f"train_demo: unknown model {model!r}",
+                        hint=f"use one of {', '.join(DEMOS)}, or pass an ecmt.zoo.Demo")
     out = demo.checkpoint if out is None else out
     recipe = {**demo.recipe, **({"epochs": epochs} if epochs else {}), **({"seed": seed} if seed is not None else {})}
     torch.manual_seed(recipe["seed"])

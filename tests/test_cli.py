@@ -187,3 +187,33 @@ def test_demo_training_is_reproducible(tmp_path):
     sa, sb = load_state_dict(tmp_path / "a.safetensors"), load_state_dict(tmp_path / "b.safetensors")
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a["test_accuracy"] == b["test_accuracy"]
+
+
+def test_train_demo_trains_a_given_builder_and_recipe(tmp_path):
+    # The path benchmarks/trained_zoo.py takes: a Demo with its own builder (here a
+    # one-block EVA-02-like model) and recipe; its checkpoint loads strictly into a
+    # fresh build, which reproduces the recorded test accuracy.
+    from timm.models.eva import Eva
+    from ecmt.evaluate import ann_accuracy
+    from ecmt.errors import EcmtError
+    from ecmt.zoo import DEMO_RECIPE, Demo
+
+    def build():
+        return Eva(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=16, depth=1, num_heads=2,
+                   mlp_ratio=2.0, swiglu_mlp=True, use_rot_pos_emb=True, ref_feat_shape=(4, 4))
+
+    recipe = {**DEMO_RECIPE, "batch_size": 64, "lr": 3e-3}
+    demo = Demo(build, tmp_path / "unused.safetensors", recipe, {"model": "tiny eva"}, name="tiny-eva")
+    info = train_demo(tmp_path / "eva.safetensors", model=demo, epochs=1, limit=256, progress=False)
+    assert info["model"] == "tiny-eva" and info["recipe"] == {**recipe, "epochs": 1}
+    assert info["train_images"] == 256 and not (tmp_path / "unused.safetensors").exists()
+    model = build()
+    model.load_state_dict(load_state_dict(tmp_path / "eva.safetensors"))          # strict
+    assert ann_accuracy(model, data.fashion_mnist("test"), progress=False) == info["test_accuracy"]
+    assert json.loads((tmp_path / "eva.json").read_text())["test_accuracy"] == info["test_accuracy"]
+    # a trained model differs from a fresh seeded build
+    torch.manual_seed(recipe["seed"])
+    fresh = build().state_dict()
+    assert any(not torch.equal(fresh[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(EcmtError, match="unknown model 'demo-rnn'"):
+        train_demo(tmp_path / "x.safetensors", model="demo-rnn")

@@ -133,20 +133,10 @@ def trained(fam: str, demo, epochs: int, train_limit: int | None, retrain: bool,
     return model.eval(), {**info, "checkpoint": shown(path)}
 
 
-def scaled(spiking, m: int):
-    """Divide every MT threshold by 2^m (exact in float32), as benchmarks/multilevel.py does."""
-    import ecmt
-    if m == 0:
-        return spiking
-    for node in spiking.graph.of_kind(ecmt.ir.MTNeuron):
-        node.th_pos = node.th_pos / 2 ** m
-        node.th_neg = None if node.th_neg is None else node.th_neg / 2 ** m
-    return ecmt.SpikingModel(spiking.graph)
-
-
 def run_family(fam: str, demo, args, calib, test) -> dict:
     import ecmt
     from ecmt.evaluate import ann_accuracy, snn_accuracy
+    from multilevel import scaled         # thresholds / 2^m, as the multilevel table does
     err = exactness(demo.build)
     print(f"[{fam}] random weights: analog error {err:.1e}", flush=True)
     if err > 1e-5:

@@ -49,7 +49,7 @@ def sta_model(model, calib: torch.Tensor, T: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-T", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=11)
     parser.add_argument("--batches", default="32,256")
     parser.add_argument("--graph", type=Path, help="a saved converted graph of the demo ViT (default: convert now)")
     parser.add_argument("--no-sta", action="store_true", help="leave SpikingJelly out")
@@ -97,6 +97,9 @@ def main():
             step = med[name] / T
             row["step_ms"][name] = 1e3 * step
             row["x_ann"][name] = step / ann
+            # the spread: each repeat's own ratio (its pass / T over its ANN forward)
+            per_repeat = [s / T / a for s, a in zip(times[name], times["ANN forward"])]
+            row.setdefault("x_ann_quartiles", {})[name] = statistics.quantiles(per_repeat, n=4)
             if "SpikingJelly STA" in med:
                 row["x_sta"][name] = step / (med["SpikingJelly STA"] / T)
         result["rows"].append(row)
@@ -126,6 +129,13 @@ def render(r: dict) -> str:
                      + " | ".join(f"{row['x_ann'][n]:.2f}" for n in names) + " | "
                      + " | ".join(f"{row['x_sta'][n]:.2f}" if n in row["x_sta"] else "-"
                                   for n in names if n != "SpikingJelly STA") + " |")
+    if "x_ann_quartiles" in r["rows"][0]:
+        lines += ["", "The spread over repeats: each repeat's step over that repeat's ANN forward, "
+                  "first to third quartile.", "",
+                  "| batch | " + " | ".join(f"{n} / ANN" for n in names) + " |", "|---|" + "---|" * len(names)]
+        for row in r["rows"]:
+            q = row["x_ann_quartiles"]
+            lines.append(f"| {row['batch']} | " + " | ".join(f"{q[n][0]:.2f} to {q[n][2]:.2f}" for n in names) + " |")
     lines += ["", "Warm-up (first call, including compilation), seconds: "
               + ", ".join(f"{k} {v:.1f}" for k, v in r["compile_seconds"].items()) + "."]
     if r.get("note"):

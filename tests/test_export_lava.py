@@ -263,6 +263,11 @@ def test_netx_accuracy_against_the_executor(kind, tmp_path):
     netx_accuracy = (out[-1].argmax(-1) == y).mean()
     executor_accuracy = (spiking(test.images, 8)[-1].argmax(-1).numpy() == y).mean()
     assert netx_accuracy >= executor_accuracy - 0.01, (netx_accuracy, executor_accuracy)
+    # the same file stands for the graph with k = levels (graded spikes, netx.py): it is
+    # within a point of that graph's executor too
+    graded = _with_k(spiking.graph, max(n.levels for n in spiking.graph.of_kind(ir.MTNeuron)))
+    graded_accuracy = (ecmt.SpikingModel(graded)(test.images, 8)[-1].argmax(-1).numpy() == y).mean()
+    assert netx_accuracy >= graded_accuracy - 0.01, (netx_accuracy, graded_accuracy)
 
 
 def _with_k(graph, k):
@@ -297,8 +302,15 @@ def test_multi_level_fixed_point_model_is_its_arithmetic():
     assert result.max_rel_diff <= 1e-5, result
 
 
-def test_netx_layout_refuses_multi_level_neurons(tmp_path):
-    graph = _with_k(ecmt.convert(relu_mlp(), torch.randn(64, 1, 8, 8), progress=False).graph, 2)
-    from exporters.lava.netx import NetxLayoutError
-    with pytest.raises(NetxLayoutError, match="spikes_per_step"):
-        elava.export(graph, tmp_path / "g.h5", layout="netx")
+def test_netx_layout_takes_multi_level_neurons(tmp_path):
+    """spikes_per_step k > 1 in a ReLU network: the netx layout is the one of k = 1
+    (a sigma-delta neuron sends each change as one graded payload; the threshold sets
+    vth), "auto" picks it, and netx runs it to its arithmetic bit for bit."""
+    from exporters.lava import netx
+    calib, x, steps = torch.randn(64, 1, 8, 8), torch.randn(3, 1, 8, 8).numpy(), 4
+    graph = ecmt.convert(relu_mlp(), calib, progress=False).graph
+    graded = _with_k(graph, max(n.levels for n in graph.of_kind(ir.MTNeuron)))
+    assert elava.export(graded, tmp_path / "g.h5", calib=calib) == "netx"
+    expected = netx.emulate(netx.plan(graph, calib=calib), x, steps)
+    assert np.array_equal(netx.emulate(netx.plan(graded, calib=calib), x, steps), expected)
+    assert np.array_equal(netx.run(tmp_path / "g.h5", x, steps, raw=True), expected)

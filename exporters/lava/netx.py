@@ -38,7 +38,9 @@ input 24 bits (Loihi 2's width, from the pre-activation ranges measured on
   constant, every layer sends one change per input and the output is the
   quantized ANN's after ``latency`` steps (one per synaptic layer), the same
   at every later step: netx has nothing like the running estimate's
-  refinement over T.
+  refinement over T.  The same holds at any ``spikes_per_step`` k: a
+  sigma-delta neuron sends its whole change as one graded payload, the
+  limit of an MT neuron with k = levels, so the file does not depend on k.
 * netx's Sigma readout has no bias: the last layer's bias is carried by one
   extra constant unit (a channel, for a map) of the layer before it.
 * netx's ``flatten`` uses Lava's reshape ports, which fail at run time with
@@ -126,10 +128,6 @@ def _synapse(c: _Chain, node, in_shape) -> None:
 
 
 def _mt_neuron(c: _Chain, node: ir.MTNeuron, in_shape) -> None:
-    if node.spikes_per_step > 1:
-        raise _refuse(node, f"an MT neuron that sends up to {node.spikes_per_step} levels per step "
-                            "(spikes_per_step): netx's neurons have no such rule; use the extended "
-                            "layout (ecmt's own Lava processes)")
     if node.signed:
         raise _refuse(node, "a signed MT neuron (th_neg): netx's sigma-delta neurons are ReLU "
                             "and its Delta encoder has no power-of-two levels")

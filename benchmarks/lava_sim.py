@@ -1,7 +1,9 @@
 """The demo ViT in Lava's simulator: floating- and fixed-point models against
 the executor (accuracy per step, deviation, run time).
 
-    python benchmarks/lava_sim.py --samples 100      # writes docs/benchmarks/lava.{md,json}
+    python benchmarks/lava_sim.py --samples 25      # writes docs/benchmarks/lava.{md,json}
+
+25 images take about 25 minutes on two cores (Lava's simulator is ~100x the executor).
 """
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ import numpy as np
 from machine import machine_info, machine_markdown, write_result
 
 import ecmt
-from ecmt import data
+from ecmt import data, ir
 from ecmt.convert import calibration_batches
 from ecmt.zoo import load_model
 from exporters.lava import build
+from exporters.lava.fixed_point import fraction_bits
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 
@@ -28,7 +31,7 @@ def accuracy(estimates: np.ndarray, labels: np.ndarray) -> list[float]:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=25)
     parser.add_argument("-T", type=int, default=8)
     args = parser.parse_args()
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test").take(args.samples)
@@ -48,12 +51,16 @@ def main():
                       "processes": net.kinds}
         print(name, rows[name]["seconds"], rows[name]["accuracy"][-1], flush=True)
     result = {"machine": machine_info(), "samples": args.samples, "T": args.T, "rows": rows}
+    levels = sorted({n.levels for n in spiking.graph.of_kind(ir.MTNeuron)})
+    bits = [fraction_bits(lv) for lv in levels]
     lines = ["# The demo ViT in Lava's simulator", "",
-             "Produced by `python benchmarks/lava_sim.py`.  " + machine_markdown(result["machine"]), "",
+             f"Produced by `python benchmarks/lava_sim.py --samples {args.samples} -T {args.T}`.  "
+             + machine_markdown(result["machine"]), "",
              f"{args.samples} Fashion-MNIST test images, T = {args.T}, `Loihi2SimCfg`.  Free-running "
              "(no lockstep): the deviation is the largest |Lava - executor| over outputs, relative to the "
-             "output scale.  Fixed point: 8-bit weights with one scale per layer, integer membranes in "
-             "units of 2^-8 of the smaller threshold (docs/lava.md).", "",
+             "output scale.  Fixed point: 8-bit weights with one scale per output channel, integer "
+             f"membranes in units of 2^-F of the smaller threshold (F = {', '.join(map(str, bits))} for "
+             f"{', '.join(map(str, levels))} levels; docs/lava.md).", "",
              "| t | executor accuracy | Lava float accuracy | Lava float deviation | Lava fixed accuracy | "
              "Lava fixed deviation |", "|---|---|---|---|---|---|"]
     for t in range(args.T):

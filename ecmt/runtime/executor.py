@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from .. import ir, memory
 from ..errors import DataError
 from ..ir.dispatch import KindTable
+from . import captured
 from .ecm import NonlinearityECMState, ProductECMState
-from .kernels import compile_enabled, mt_update
+from .kernels import compile_enabled
 from .neuron import MTState, PPNState
 
 # observer(node, inputs, output, t): sees every node's input and output increments.
@@ -181,7 +182,7 @@ class GraphExecutor:
     counts spikes by level from, computed inside the neuron's own kernel.
 
     ``capture=True`` runs every step as one compiled function of the whole
-    graph (see `capturable`, `_captured_body`; the static nodes are computed
+    graph (see `capturable` and captured.py; the static nodes are computed
     once before it); runs with an observer or intervene go node by node."""
 
     def __init__(self, graph: ir.SpikingGraph, device=None, product_form: str = "direct",
@@ -190,6 +191,8 @@ class GraphExecutor:
         self.record_levels = record_levels
         self.capture = capture
         self._captured = None
+        self._roles = None                # captured.plan: the chains whose state the captured step shares
+        self._run_states = None           # the captured run's states (captured.zero_states' layout)
         self.device = torch.device(device or "cpu")
         self.product_form = product_form
         static: dict[str, bool] = {}
@@ -227,6 +230,7 @@ class GraphExecutor:
         return [values[j] for j in step.srcs] if step.srcs else [x]
 
     def reset(self):
+        self._run_states = None
         for step in self.steps:
             if step.state is not None:
                 step.state.reset()
@@ -241,77 +245,20 @@ class GraphExecutor:
             or (type(step.state) is MTState and not step.state.record and step.state.tables is None)
             for step in self.steps)
 
-    def _captured_body(self, statics: list, states: list, t: torch.Tensor):
-        """One step as one pure function, for torch.compile to trace into one graph:
-        `statics` are the static nodes' values, `states` every other stateful node's
-        state tensors (zeros at t = 1); returns (the output's increment, new states).
-        Each node computes what its `step` computes, with the same kernel functions;
-        the compiler fuses across nodes and no Python runs per node."""
-        values = list(statics)
-        new_states = list(states)
-        for i, step in enumerate(self.steps):
-            if step.static:
-                continue
-            xs = [values[j] for j in step.srcs]
-            state = step.state
-            if state is None:
-                values[i] = step.fn(xs, t)
-            elif isinstance(state, MTState):
-                s, v = mt_update.eager(states[i][0], xs[0], state.th_pos, state.th_neg, state.levels, *state._k)
-                values[i], new_states[i] = s, (v,)
-            elif isinstance(state, ProductECMState):
-                values[i], new_states[i] = state.pure_step(states[i], xs[0], xs[1], t)
-            else:
-                values[i], new_states[i] = state.pure_step(states[i], xs[0], t)
-        return values[self.output_index], new_states
-
-    def _zero_states(self, batch: int) -> list:
-        """Every stateful node's state before step 1: zeros, in the shapes its step keeps.
-        From them the captured step computes step 1 too: t f((0 + x) / 1) - 0 = f(x) and
-        (0 + x)(0 + y) s / 1 - 0 = s x y exactly, the values step 1 of `step` computes."""
-        zeros = lambda shape: torch.zeros(batch, *shape, device=self.device)
-        shapes = self.graph.shapes
-        states = []
-        for step in self.steps:
-            node, state = step.node, step.state
-            if state is None or step.static:
-                states.append(None)
-            elif isinstance(state, MTState):
-                states.append((zeros(shapes[node.name]),))
-            elif isinstance(state, ProductECMState):
-                a, b = (list(shapes[name]) for name in node.inputs)
-                if state.ta:
-                    a[-2:] = a[-1], a[-2]
-                if state.tb:
-                    b[-2:] = b[-1], b[-2]
-                out = zeros(shapes[node.name])
-                states.append((zeros(a), zeros(b), out) if state.form == "direct"
-                              else (zeros(a), zeros(b), out.clone(), out))
-            else:
-                states.append((zeros(shapes[node.inputs[0]]), zeros(shapes[node.name])))
-        return states
-
     def _captured_step(self, values: list, t: int) -> torch.Tensor:
         if self._captured is None:
             # Static shapes: one compile per batch size.  A symbolic batch dimension would
             # serve every size, but tracing the whole graph symbolically takes many times longer.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            self._captured = torch.compile(self._captured_body, dynamic=False)
-        statics = [values[i] if step.static else None for i, step in enumerate(self.steps)]
+            roles = self._roles = captured.plan(self.steps)
+            self._captured = torch.compile(
+                lambda statics, states, t: captured.step_body(self.steps, roles, self.output_index,
+                                                              statics, states, t), dynamic=False)
         if t == 1:
-            states = self._zero_states(self._batch)
-        else:
-            states = [None if step.state is None or step.static else
-                      ((step.state.v,) if isinstance(step.state, MTState) else step.state.state_tensors())
-                      for step in self.steps]
-        out, new_states = self._captured(statics, states, torch.tensor(float(t), dtype=torch.float64))
-        for step, state in zip(self.steps, new_states):
-            if state is None:             # stateless, or static (its state is step 1's)
-                continue
-            if isinstance(step.state, MTState):
-                step.state.v = state[0]
-            else:
-                step.state.set_state(state)
+            self._run_states = captured.zero_states(self.steps, self._roles, self.graph.shapes, self._batch,
+                                                    self.device)
+        statics = [values[i] if step.static else None for i, step in enumerate(self.steps)]
+        out, self._run_states = self._captured(statics, self._run_states, torch.tensor(float(t), dtype=torch.float64))
         return out
 
     @torch.no_grad()
@@ -327,14 +274,14 @@ class GraphExecutor:
         values: list[torch.Tensor | None] = [None] * len(self.steps)
         estimates = []
         out_sum = None
-        captured = (self.capture and observer is None and intervene is None and self.capturable())
-        if captured:
+        use_capture = (self.capture and observer is None and intervene is None and self.capturable())
+        if use_capture:
             self._batch = x.shape[0]
             for i, step in enumerate(self.steps):      # the static nodes, once
                 if step.static:
                     values[i] = step.fn(self._inputs(step, values, x), 1)
         for t in range(1, T + 1):
-            if captured:
+            if use_capture:
                 inc = self._captured_step(values, t)
                 out_sum = inc.clone() if out_sum is None else out_sum.add_(inc)
                 estimates.append(out_sum / t)

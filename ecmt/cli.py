@@ -189,7 +189,7 @@ def cmd_eval(args):
     from . import memory
     if args.json:
         check_writable(args.json)
-    spiking = SpikingModel.load(args.graph)
+    spiking = SpikingModel.load(args.graph, capture=args.capture)
     split = data.load(args.data, "test", args.data_root).take(args.limit)
     data.check_shape(split, spiking.graph.shapes[spiking.graph.input.name], f"--data {args.data}")
     memory.check(memory.run_bytes(spiking.graph, min(args.batch_size, len(split)), args.T),
@@ -389,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=count, help="first N test images only")
     p.add_argument("--batch-size", type=count, default=256)
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--capture", action="store_true",
+                   help="run each step as one compiled function: about half the time per step on the "
+                        "demo ViT (docs/benchmarks/step_cost.md), after a compile of a minute or more per "
+                        "batch size (a last, smaller batch is one more); the same numbers up to rounding")
     _add_device_arg(p)
     p.set_defaults(func=cmd_eval)
 

@@ -28,9 +28,10 @@ class NonlinearityECMState:
                                                 *self.params)
         return y
 
-    # The captured step (executor.GraphExecutor(capture=True)) traces a step of the whole
-    # graph as one function: the state goes in and out as tensors (zeros before step 1),
-    # t as a 0-d tensor.
+    # The captured step (runtime/captured.py) calls pure_step for an ECM outside a shared
+    # chain: the state goes in and out as tensors (zeros before step 1), t as a 0-d tensor.
+    # state_tensors / set_state read and set that state (tests/test_ecm.py checks
+    # pure_step against step through them).
     def state_tensors(self) -> tuple:
         return self.sum, self.out_sum
 
@@ -83,8 +84,8 @@ class ProductECMState:
                 self.a, self.b, self.prod, x, y, self.out_sum, scale_over_t)
         return z
 
-    # The captured step (see NonlinearityECMState.state_tensors).  It does not keep
-    # x and y (only hw_sim's observer runs read them, and those run node by node).
+    # pure_step for the captured step (see NonlinearityECMState.pure_step).  It does not
+    # keep x and y (only hw_sim's observer runs read them, and those run node by node).
     def state_tensors(self) -> tuple:
         return (self.a, self.b, self.out_sum) if self.form == "direct" else (self.a, self.b, self.prod, self.out_sum)
 

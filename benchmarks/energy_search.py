@@ -45,7 +45,7 @@ def main():
     settings = {"paper (p=0.99, 8 levels)": {}, f"search, target T={args.T}, no budget": {"target_T": args.T}}
     for b in (float(v) for v in args.budgets.split(",")):
         settings[f"search, target T={args.T}, budget {b:g}x"] = {"target_T": args.T, "energy_budget": b,
-                                                                  "energy_profile": PROFILE}
+                                                                  "energy": hw_sim.EnergyRatio(PROFILE)}
     rows = {}
     for name, options in settings.items():
         t0 = time.time()

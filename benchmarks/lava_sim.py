@@ -20,7 +20,7 @@ from ecmt import data, ir
 from ecmt.convert import calibration_batches
 from ecmt.zoo import load_model
 from exporters.lava import build
-from exporters.lava.fixed_point import fraction_bits
+from ecmt.runtime.fixed_point import fraction_bits
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 

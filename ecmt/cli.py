@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -141,8 +142,16 @@ def _convert(args, model):
     check_input(model, batches[0], f"--calib-data {args.calib_data}" if args.calib_data else f"--data {args.data}")
     return convert(model.to(device), [b.to(device) for b in batches], levels=args.levels,
                    spikes_per_step=args.spikes_per_step, quantile=args.quantile, per_channel=args.per_channel,
-                   target_T=args.target_T, energy_budget=args.energy_budget, energy_profile=args.energy_profile,
+                   target_T=args.target_T, energy_budget=args.energy_budget, energy=_energy_model(args),
                    progress=not args.quiet, device=device)
+
+
+def _energy_model(args):
+    """hw_sim's energy model on --energy-profile for --energy-budget (the profile read now)."""
+    if args.energy_budget is None:
+        return None
+    import hw_sim
+    return hw_sim.EnergyRatio(args.energy_profile)
 
 
 def cmd_convert(args):
@@ -154,7 +163,7 @@ def cmd_convert(args):
                         hint="a neuron can send at most all of its levels in one step")
     if args.energy_budget is not None:        # --energy-budget without --target-T, unknown profile: before the work
         from .convert.search import check_budget
-        check_budget(args.target_T, args.energy_budget, args.energy_profile)
+        check_budget(args.target_T, args.energy_budget, _energy_model(args))
     model = load_model(args.model, args.checkpoint, **_model_kwargs(args.model_arg))
     spiking = _convert(args, model)
     if distributed.is_main():
@@ -445,6 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def as_flags(text: str, parser: argparse.ArgumentParser) -> str:
+    """A library message as a CLI user reads it: each `parameter` (how ecmt's library names
+    an argument of its functions) becomes the command-line flag that sets it, where one does."""
+    flags = {}
+    for sub in parser._subparsers._group_actions[0].choices.values() if parser._subparsers else ():
+        for action in sub._actions:
+            if action.option_strings:
+                flags.setdefault(action.dest, action.option_strings[-1])
+    return re.sub(r"`(\w+)`", lambda m: flags.get(m.group(1), m.group(0)), text)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -456,9 +476,9 @@ def main(argv: list[str] | None = None) -> int:
             distributed.check_fault_injection()
         args.func(args)
     except EcmtError as err:
-        print(f"ecmt: error{where}: {err}", file=sys.stderr)
+        print(f"ecmt: error{where}: {as_flags(str(err), parser)}", file=sys.stderr)
         if err.hint:
-            print(f"hint: {err.hint}", file=sys.stderr)
+            print(f"hint: {as_flags(err.hint, parser)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ecmt: interrupted", file=sys.stderr)

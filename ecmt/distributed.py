@@ -53,7 +53,7 @@ def device_for(requested: str) -> torch.device:
     if str(requested).startswith("cuda"):
         if not torch.cuda.is_available():
             from .errors import EcmtError
-            raise EcmtError("--device cuda: no CUDA device is available on this machine")
+            raise EcmtError("`device` cuda: no CUDA device is available on this machine")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if launched() else 0)
     return torch.device(requested)
 

@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ecmt import ir
 from ecmt.atomic import atomic_path
 from ecmt.errors import EcmtError
+from ecmt.ir import analysis
 from ecmt.ir.dispatch import KindTable, Refused
 
 OPSET = 17
@@ -100,7 +101,7 @@ class _Emitter:
 
     def __init__(self, graph: ir.SpikingGraph, b: _Builder, batch: str, t: str, state_source):
         self.g, self.b, self.batch, self.t = graph, b, batch, t
-        self.static = _static_nodes(graph)
+        self.static = analysis.static_nodes(graph)
         self.state_source = state_source
         self.states: list[tuple[str, tuple[int, ...]]] = []      # (name, per-sample shape), in order
         self.state_out: dict[str, str] = {}
@@ -339,15 +340,6 @@ def _value_info(name: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, [BATCH, *shape])
 
 
-def _static_nodes(graph: ir.SpikingGraph) -> set[str]:
-    static = set()
-    for n in graph:
-        if isinstance(n, (ir.Input, ir.Constant)) or (
-                not isinstance(n, ir.MTNeuron) and n.inputs and all(s in static for s in n.inputs)):
-            static.add(n.name)
-    return static
-
-
 def build_model(graph: ir.SpikingGraph, unroll: int | None = None,
                 expose_spikes: bool = False) -> onnx.ModelProto:
     """The ONNX model.  `expose_spikes` adds every MT neuron's spikes as outputs
@@ -378,7 +370,7 @@ def build_model(graph: ir.SpikingGraph, unroll: int | None = None,
     else:
         if unroll < 1:
             raise OnnxExportError(f"unroll must be >= 1, got {unroll}")
-        static = _static_nodes(graph)
+        static = analysis.static_nodes(graph)
         previous: dict[str, str] = {}
         cached: dict[str, str] = {}
 

@@ -12,7 +12,7 @@ the counts; simulate builds the report entry and re-prices it for ranges).
 from .counting import EventCounts
 from .profile import HardwareProfile, ProfileError, available_profiles, load_profile
 from .report import Report
-from .simulate import MODES, ModeError, plan, simulate
+from .simulate import MODES, EnergyRatio, ModeError, plan, simulate
 
-__all__ = ["EventCounts", "HardwareProfile", "MODES", "ModeError", "ProfileError", "Report", "available_profiles",
+__all__ = ["EnergyRatio", "EventCounts", "HardwareProfile", "MODES", "ModeError", "ProfileError", "Report", "available_profiles",
            "load_profile", "plan", "simulate"]

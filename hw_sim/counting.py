@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from ecmt import ir
 from ecmt.errors import GraphError
+from ecmt.ir import analysis
 from ecmt.ir.dispatch import KindTable
 from ecmt.memory import run_bytes
 from ecmt.runtime import GraphExecutor
@@ -147,14 +148,6 @@ def level_tables(levels: int) -> tuple[torch.Tensor, torch.Tensor]:
     return table, table.sum(1)
 
 
-def spike_origin(graph: ir.SpikingGraph, name: str) -> ir.MTNeuron | None:
-    """The MT neuron whose spikes reach `name` unchanged in value (through shape-only nodes)."""
-    node = graph[name]
-    while not isinstance(node, ir.MTNeuron) and node.SHAPE_ONLY and node.inputs:
-        node = graph[node.inputs[0]]
-    return node if isinstance(node, ir.MTNeuron) else None
-
-
 def conv_fanout(node: ir.Conv2d, in_shape: tuple[int, ...]) -> torch.Tensor:
     """For each input element, how many (output element, weight) pairs use it:
     the gradient of the sum of a conv with all-one weights."""
@@ -164,15 +157,6 @@ def conv_fanout(node: ir.Conv2d, in_shape: tuple[int, ...]) -> torch.Tensor:
                        node.groups)
         (grad,) = torch.autograd.grad(out.sum(), x)
     return grad[0].round().to(torch.int64)
-
-
-def spike_source(graph: ir.SpikingGraph, node: ir.Node) -> str | None:
-    """The MT neuron whose output feeds `node` unchanged in number of elements
-    (through reshapes and permutes only), or None."""
-    src = graph[node.inputs[0]]
-    while isinstance(src, (ir.Reshape, ir.Permute)):
-        src = graph[src.inputs[0]]
-    return src.name if isinstance(src, ir.MTNeuron) else None
 
 
 def shape_work(graph: ir.SpikingGraph, node: ir.Node) -> dict[str, int]:
@@ -255,18 +239,15 @@ class Counter:
         self.previous: dict[str, tuple] = {}    # product ECM -> last step's (ca, cb)
         # Nodes computed from constants only run with batch 1 but stand for every
         # sample: their data-dependent counts are kept per sample, once.
-        data = set()
-        for n in graph:
-            if isinstance(n, ir.Input) or any(s in data for s in n.inputs):
-                data.add(n.name)
-        self.constant = {n.name for n in graph if n.name not in data}
+        self.constant = analysis.constant_nodes(graph)
         self.per_sample: dict[str, torch.Tensor] = {}
         # Per node computed from the data, per batch: [batch, 3] totals over the steps of
         # MT_SAMPLE for MT neurons, SOP_SAMPLE for measured nodes.
         self.batches: list[dict[str, torch.Tensor]] = []
         for n in graph:
-            if isinstance(n, ir.Linear) and (src := spike_source(graph, n)) is not None:
-                self.sources[n.name] = src
+            src = analysis.spike_source(graph, n.inputs[0]) if n.inputs else None
+            if isinstance(n, ir.Linear) and src is not None and src.keeps_all:
+                self.sources[n.name] = src.neuron.name
             elif isinstance(n, (ir.Linear, ir.ProductECM)) or (
                     isinstance(n, ir.Conv2d) and graph.spiking[n.inputs[0]]):
                 self.measured[n.name] = zeros(T, 3)
@@ -280,7 +261,8 @@ class Counter:
             if isinstance(n, ir.Linear):
                 continue
             for i, s in enumerate(n.inputs):
-                mt = spike_origin(graph, s) if graph.spiking[s] else None
+                src = analysis.spike_source(graph, s)
+                mt = src.neuron if src is not None else None
                 if mt is None or mt.name not in self.multi or isinstance(mt, ir.MTNeuronPPN):
                     continue
                 scalar = mt.th_pos.numel() == 1 and (mt.th_neg is None or mt.th_neg.numel() == 1)

@@ -22,6 +22,7 @@ import dataclasses
 import math
 
 from ecmt import ir
+from ecmt.ir import analysis
 
 from .costs import SPECIAL_MACS, mt_update_ops
 from .counting import EventCounts
@@ -39,12 +40,10 @@ class Unit:
 
 def spike_levels(graph: ir.SpikingGraph, node: ir.Node) -> int:
     """2n for an input fed by an MT neuron with n levels (through shape ops), else 1."""
-    src = graph[node.inputs[0]]
-    while src.SHAPE_ONLY and not isinstance(src, ir.MTNeuron) and src.inputs:
-        src = graph[src.inputs[0]]
-    if isinstance(src, ir.MTNeuron):
-        return 2 * src.levels if src.signed else src.levels
-    return 1
+    src = analysis.spike_source(graph, node.inputs[0])
+    if src is None:
+        return 1
+    return 2 * src.neuron.levels if src.neuron.signed else src.neuron.levels
 
 
 def map_units(graph: ir.SpikingGraph, profile: HardwareProfile) -> list[Unit]:

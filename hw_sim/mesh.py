@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from ecmt import ir
+from ecmt.ir import analysis
 from ecmt.errors import EcmtError
 
 MESH_REQUIRED = (
@@ -62,7 +63,6 @@ MESH_REQUIRED = (
     "t_neuron_update", "e_spike_out", "t_spike_out", "e_message_out", "t_message_out", "e_message_in",
     "t_message_in", "e_hop_x", "t_hop_x", "e_hop_y", "t_hop_y", "barrier_1", "barrier_chip",
     "e_host_transfer", "t_host_transfer")
-SHAPE_OPS = (ir.Reshape, ir.Permute, ir.Select, ir.Slice)
 
 
 class MappingError(EcmtError):
@@ -198,34 +198,6 @@ class OnChip:
         return [c for c in self.connections if c.src == name]
 
 
-def _route(graph: ir.SpikingGraph, node: ir.Node, idx: torch.Tensor) -> torch.Tensor:
-    if isinstance(node, ir.Reshape):
-        return idx.reshape(graph.shapes[node.name])
-    if isinstance(node, ir.Permute):
-        return idx.permute(*node.dims)
-    if isinstance(node, ir.Select):
-        return idx.select(node.axis, node.index)
-    if isinstance(node, ir.Slice):
-        return idx.narrow(node.axis, node.start, node.stop - node.start)
-    raise TypeError(node.KIND)
-
-
-def _spike_source(graph, node) -> tuple[str, torch.Tensor] | None:
-    """The MT neuron feeding `node` through reshapes/permutes, and for each element of
-    node's input the MT element behind it."""
-    chain = []
-    src = graph[node.inputs[0]]
-    while isinstance(src, (ir.Reshape, ir.Permute)):
-        chain.append(src)
-        src = graph[src.inputs[0]]
-    if not isinstance(src, ir.MTNeuron):
-        return None
-    idx = torch.arange(math.prod(graph.shapes[src.name])).view(graph.shapes[src.name])
-    for n in reversed(chain):
-        idx = _route(graph, n, idx)
-    return src.name, idx.reshape(-1)
-
-
 def _forward_routes(graph, consumers, start: str, idx: torch.Tensor, chip_mt: set[str]):
     """Follow `start`'s output (idx: its elements' numbers) through shape ops and adds to
     the MT neurons it feeds.  Returns ({mt: per-element number, -1 if not fed}, reaches_host)."""
@@ -235,8 +207,8 @@ def _forward_routes(graph, consumers, start: str, idx: torch.Tensor, chip_mt: se
         name, cur = stack.pop()
         for c in consumers[name]:
             node = graph[c]
-            if isinstance(node, SHAPE_OPS):
-                stack.append((c, _route(graph, node, cur)))
+            if analysis.routes(node):
+                stack.append((c, analysis.route(node, cur)))
             elif isinstance(node, ir.Add) and tuple(cur.shape) == tuple(graph.shapes[c]):
                 stack.append((c, cur))
             elif isinstance(node, ir.MTNeuron) and c in chip_mt and tuple(cur.shape) == tuple(graph.shapes[c]):
@@ -249,7 +221,7 @@ def _forward_routes(graph, consumers, start: str, idx: torch.Tensor, chip_mt: se
 
 def extract(graph: ir.SpikingGraph, profile) -> OnChip:
     consumers = graph.consumers()
-    static = _static_nodes(graph)
+    static = analysis.constant_nodes(graph)
     mts = [n for n in graph.of_kind(ir.MTNeuron) if n.name not in static and not isinstance(n, ir.MTNeuronPPN)]
     chip_mt = {n.name for n in mts}
     binary = profile.spikes == "binary" and profile.mt_form == "channels"
@@ -270,15 +242,15 @@ def extract(graph: ir.SpikingGraph, profile) -> OnChip:
     for node in graph:
         if not isinstance(node, (ir.Linear, ir.Conv2d)) or node.name in static:
             continue
-        src = _spike_source(graph, node)
-        if src is None or src[0] not in chip_mt:
+        src = analysis.spike_source(graph, node.inputs[0])
+        if src is None or not src.keeps_all or src.neuron.name not in chip_mt:
             continue
         op = "linear" if isinstance(node, ir.Linear) else "conv"
         n_out = math.prod(graph.shapes[node.name])
         out_idx = torch.arange(n_out).view(graph.shapes[node.name])
         routes, host = _forward_routes(graph, consumers, node.name, out_idx, chip_mt)
         in_shape = tuple(graph.shapes[node.inputs[0]])
-        kw = dict(src=src[0], node=node.name, op=op, src_index=src[1], in_shape=in_shape,
+        kw = dict(src=src.neuron.name, node=node.name, op=op, src_index=src.index(graph).reshape(-1), in_shape=in_shape,
                   out_shape=tuple(graph.shapes[node.name]), conv=node if op == "conv" else None)
         emitters.add(node.name)
         if host or not routes:
@@ -329,9 +301,8 @@ def extract(graph: ir.SpikingGraph, profile) -> OnChip:
     for n in mts:
         used = {c.node for c in conns if c.src == n.name}
         for c in consumers[n.name]:
-            if c in used or (isinstance(graph[c], (ir.Reshape, ir.Permute))
-                             and all(x in used or isinstance(graph[x], (ir.Reshape, ir.Permute))
-                                     for x in _downstream_shape(graph, consumers, c))):
+            if c in used or (_moves_all(graph[c]) and all(x in used or _moves_all(graph[x])
+                                                          for x in _downstream_shape(graph, consumers, c))):
                 continue
             groups[n.name].to_host = True
     del fed_by_chip
@@ -342,18 +313,14 @@ def _downstream_shape(graph, consumers, name):
     out = []
     for c in consumers[name]:
         out.append(c)
-        if isinstance(graph[c], (ir.Reshape, ir.Permute)):
+        if _moves_all(graph[c]):
             out += _downstream_shape(graph, consumers, c)
     return out
 
 
-def _static_nodes(graph) -> set[str]:
-    """Nodes computed from constants only (no path from the input)."""
-    data = set()
-    for n in graph:
-        if isinstance(n, ir.Input) or any(s in data for s in n.inputs):
-            data.add(n.name)
-    return {n.name for n in graph if n.name not in data}
+def _moves_all(node) -> bool:
+    """A shape op that keeps every element (reshape, permute)."""
+    return analysis.routes(node) and analysis.ROUTES(node).keeps_all
 
 
 def _leaves(graph, node, emitters, chip_mt):
@@ -365,7 +332,7 @@ def _leaves(graph, node, emitters, chip_mt):
         n = graph[name]
         if name in emitters or name in chip_mt or isinstance(n, ir.Constant):
             continue
-        if isinstance(n, SHAPE_OPS) or isinstance(n, ir.Add):
+        if analysis.routes(n) or isinstance(n, ir.Add):
             for i in n.inputs:
                 if (i, name) in emitters:
                     continue

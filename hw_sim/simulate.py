@@ -126,6 +126,38 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
                                    deployed=deployed))
 
 
+class EnergyRatio:
+    """An energy model for ecmt's calibration search (ecmt.convert's `energy`): a graph's
+    full-mode energy up to step T on one profile over one ANN forward on its baseline, from
+    the counts of a real run.  The profile is read and checked when this is made."""
+
+    def __init__(self, profile: str = "cmos45-fp32"):
+        _baseline(load_profile(profile))
+        self.name = profile
+
+    def __call__(self, graph: ir.SpikingGraph, x: torch.Tensor, T: int) -> float:
+        report = simulate(graph, x, T, self.name, mode="full", progress=False)
+        return float(report.data["hardware"][0]["energy_ratio"])
+
+    def multilevel_refused(self) -> str | None:
+        """None where this profile prices neurons that send k > 1 levels per step; else why not
+        (asked of a two-element neuron with k = 2)."""
+        g = ir.SpikingGraph([
+            ir.Input("input", (), shape=(2,)),
+            ir.MTNeuron("mt", ("input",), th_pos=torch.tensor(1.0), th_neg=torch.tensor(1.0), levels=2,
+                        spikes_per_step=2),
+            ir.Output("output", ("mt",)),
+        ])
+        try:
+            self(g, torch.tensor([[2.9, -0.4]]), 1)
+        except EcmtError as err:
+            return str(err)
+        return None
+
+    def __repr__(self) -> str:
+        return f"EnergyRatio({self.name!r})"
+
+
 def _baseline(profile: HardwareProfile) -> HardwareProfile:
     if profile.ann_baseline == "self":
         return profile

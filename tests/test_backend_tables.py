@@ -24,11 +24,13 @@ BACKENDS = {
     "hw_sim counting": "hw_sim.counting",
     "hw_sim pricing": "hw_sim.costs",
     "hw_sim energy": "hw_sim.energy",
+    "index routing": "ecmt.ir.analysis:ROUTES",     # shape ops for every backend that routes elements
 }
 
 
 def table(backend: str) -> KindTable:
-    return importlib.import_module(BACKENDS[backend]).KINDS
+    module, _, name = BACKENDS[backend].partition(":")
+    return getattr(importlib.import_module(module), name or "KINDS")
 
 
 @dataclasses.dataclass(eq=False)
@@ -117,6 +119,7 @@ def test_every_backend_refuses_a_graph_with_an_undeclared_kind(future_graph, tmp
     from hw_sim.costs import forward_work
     from hw_sim.counting import shape_work
     from hw_sim.energy import KINDS as energy_kinds
+    from ecmt.ir import analysis
     node = future_graph["mystery"]
     runs = {
         "executor": lambda: GraphExecutor(future_graph),
@@ -127,6 +130,7 @@ def test_every_backend_refuses_a_graph_with_an_undeclared_kind(future_graph, tmp
         "hw_sim counting": lambda: shape_work(future_graph, node),
         "hw_sim pricing": lambda: forward_work(future_graph, node),
         "hw_sim energy": lambda: energy_kinds(node),
+        "index routing": lambda: analysis.route(node, torch.arange(4)),
     }
     assert set(runs) == set(BACKENDS)
     for backend, run in runs.items():

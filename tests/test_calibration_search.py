@@ -66,7 +66,7 @@ import hw_sim  # noqa: E402
 import pytest  # noqa: E402
 
 from ecmt.cli import main as cli_main  # noqa: E402
-from ecmt.convert.search import ENERGY_SAMPLES, EnergyBudgetError, k_unavailable  # noqa: E402
+from ecmt.convert.search import ENERGY_SAMPLES, EnergyBudgetError  # noqa: E402
 from ecmt.errors import EcmtError  # noqa: E402
 from ecmt.runtime import GraphExecutor  # noqa: E402
 
@@ -75,6 +75,9 @@ from ecmt.runtime import GraphExecutor  # noqa: E402
 def eager(monkeypatch):
     # Every level count and k is a new compiled kernel; eager kernels are fast on a tiny model.
     monkeypatch.setenv("ECMT_COMPILE", "0")
+
+
+CMOS = hw_sim.EnergyRatio("cmos45-fp32")
 
 
 def measured_ratio(graph, x, T):
@@ -96,7 +99,8 @@ def test_energy_budget_is_met_and_a_looser_one_never_costs_accuracy(eager):
     results = []
     for scale in (0.8, 1.2, 4.0):           # relative to the paper calibration's own ratio at T = 2
         budget = scale * r_paper
-        spiking = ecmt.convert(model, calib, target_T=2, energy_budget=budget, progress=False)
+        spiking = ecmt.convert(model, calib, target_T=2, energy_budget=budget, energy=CMOS,
+                                       progress=False)
         cal = spiking.graph.meta["calibration"]
         ratio = measured_ratio(spiking.graph, calib[:ENERGY_SAMPLES], 2)
         assert ratio <= budget, (scale, ratio, budget)
@@ -117,7 +121,7 @@ def test_energy_budget_is_met_and_a_looser_one_never_costs_accuracy(eager):
 
 def test_chosen_graph_round_trips_through_a_file(eager, tmp_path):
     model, train = small_cnn()
-    spiking = ecmt.convert(model, train.images[:128], target_T=1, energy_budget=10.0, progress=False)
+    spiking = ecmt.convert(model, train.images[:128], target_T=1, energy_budget=10.0, energy=CMOS, progress=False)
     save_graph(spiking.graph, tmp_path / "g.ecmt")
     back = ir.load_graph(tmp_path / "g.ecmt")
     for a, b in zip(spiking.graph.of_kind(ir.MTNeuron), back.of_kind(ir.MTNeuron)):
@@ -127,10 +131,10 @@ def test_chosen_graph_round_trips_through_a_file(eager, tmp_path):
 def test_spikes_per_step_is_chosen_where_hw_sim_prices_it_and_it_helps(eager):
     model, train = small_cnn()
     calib = train.images[:256]
-    spiking = ecmt.convert(model, calib, target_T=1, energy_budget=100.0, progress=False)
+    spiking = ecmt.convert(model, calib, target_T=1, energy_budget=100.0, energy=CMOS, progress=False)
     cal = spiking.graph.meta["calibration"]
     neurons = spiking.graph.of_kind(ir.MTNeuron)
-    why_not = k_unavailable()
+    why_not = CMOS.multilevel_refused()
     if why_not is not None:
         assert cal["spikes_per_step_searched"] is False and cal["spikes_per_step_note"] == why_not
         assert all(n.spikes_per_step == 1 for n in neurons)
@@ -147,9 +151,10 @@ def test_spikes_per_step_is_chosen_where_hw_sim_prices_it_and_it_helps(eager):
 def test_impossible_budget_raises_with_the_lowest_ratio_reached(eager):
     model, train = small_cnn()
     with pytest.raises(EnergyBudgetError, match="lowest full-mode energy ratio reached is") as info:
-        ecmt.convert(model, train.images[:128], target_T=2, energy_budget=1e-3, progress=False)
+        ecmt.convert(model, train.images[:128], target_T=2, energy_budget=1e-3, energy=CMOS,
+                      progress=False)
     reached = float(str(info.value).split("reached is ")[1].split("x")[0])
-    assert reached > 1e-3 and "--energy-budget" in info.value.hint
+    assert reached > 1e-3 and "`energy_budget`" in info.value.hint
 
 
 @pytest.mark.parametrize("options, expected", [
@@ -157,7 +162,8 @@ def test_impossible_budget_raises_with_the_lowest_ratio_reached(eager):
     (dict(target_T=2, energy_budget=0.0), "must be a number > 0"),
     (dict(target_T=2, energy_budget=-1.0), "must be a number > 0"),
     (dict(target_T=2, energy_budget=float("nan")), "must be a number > 0"),
-    (dict(target_T=2, energy_budget=1.0, energy_profile="no-such-chip"), "hardware profile 'no-such-chip' not found"),
+    (dict(target_T=2, energy_budget=1.0), "needs an energy model"),
+    (dict(target_T=2, energy_budget=1.0, energy="cmos45-fp32"), "needs an energy model"),
 ])
 def test_bad_budget_options_fail_before_any_work(options, expected):
     class Untraceable(nn.Module):       # converting it would fail; the options must fail first
@@ -165,6 +171,11 @@ def test_bad_budget_options_fail_before_any_work(options, expected):
             raise AssertionError("the model ran")
     with pytest.raises(EcmtError, match=expected):
         ecmt.convert(Untraceable(), torch.zeros(4, 3), **options)
+
+
+def test_an_unknown_profile_fails_when_the_energy_model_is_made():
+    with pytest.raises(EcmtError, match="hardware profile 'no-such-chip' not found"):
+        hw_sim.EnergyRatio("no-such-chip")
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -56,7 +56,7 @@ def test_two_demo_vit_blocks_match_in_lava():
 
 def quantized_weights(graph):
     """The graph with the fixed-point model's weights: 8 bits, one scale per output channel."""
-    from exporters.lava.processes import quantize_int8
+    from ecmt.runtime.fixed_point import quantize_int8
     nodes = []
     for node in graph:
         node = copy.copy(node)
@@ -75,7 +75,7 @@ def test_fixed_point_model_is_its_arithmetic(build, shape):
     rounding, T x 2^-12 thresholds, of a boundary, and the estimates must then
     agree to float32 summation order.  A coarser unit (2^-8 fails here) or
     per-layer weight scales make decisions differ away from any boundary."""
-    from exporters.lava.processes import fraction_bits
+    from ecmt.runtime.fixed_point import fraction_bits
     assert fraction_bits(8) == 12
     graph = ecmt.convert(build(), torch.randn(64, *shape), progress=False).graph
     x = torch.randn(8, *shape)
@@ -294,7 +294,7 @@ def test_multi_level_neurons_match_in_lava_as_graded_payloads():
 
 
 def test_multi_level_fixed_point_model_is_its_arithmetic():
-    from exporters.lava.processes import fraction_bits
+    from ecmt.runtime.fixed_point import fraction_bits
     graph = _with_k(ecmt.convert(relu_mlp(), torch.randn(64, 1, 8, 8), progress=False).graph, 4)
     x = torch.randn(8, 1, 8, 8)
     net, estimates, spikes = lava_vs_executor(graph, x, fixed_point=True)

@@ -159,6 +159,65 @@ def test_no_module_imports_the_file_format_or_summary_back():
     assert not {"ecmt.convert.lower"} & {t for t, _ in edges["ecmt.convert.ops"]}
 
 
+# The layers, bottom up: a module imports only from its own layer or those below.  exporters
+# and hw_sim share a layer but stay apart (each reads the IR and the runtime, not the other).
+LAYERS = (
+    ("base", ("ecmt.errors", "ecmt.atomic", "ecmt.tensorfile", "ecmt.distributed")),
+    ("ir", ("ecmt.ir",)),
+    ("runtime", ("ecmt.runtime", "ecmt.memory")),
+    ("convert", ("ecmt.convert", "ecmt")),
+    ("backends", ("exporters", "hw_sim")),
+    ("application", ("ecmt.cli", "ecmt.__main__", "ecmt.data", "ecmt.evaluate", "ecmt.zoo")),
+)
+APART = {("exporters", "hw_sim"), ("hw_sim", "exporters")}
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """(layer number, the prefix that placed it): the longest prefix of LAYERS that matches;
+    "ecmt" places the package's own __init__ only."""
+    best = None
+    for number, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if module == p or (p != "ecmt" and module.startswith(p + ".")):
+                if best is None or len(p) > len(best[1]):
+                    best = (number, p)
+    if best is None:
+        raise AssertionError(f"module {module} is in no layer: add it to LAYERS in tests/test_import_graph.py")
+    return best
+
+
+def layering_violations(edges) -> list[str]:
+    out = set()
+    top = lambda m: m.split(".")[0]
+    for module, targets in edges.items():
+        mine = layer_of(module)[0]
+        for target, line in targets:
+            theirs = layer_of(target)[0]
+            if theirs > mine:
+                out.add(f"{module} (layer {LAYERS[mine][0]}) imports {target} (layer {LAYERS[theirs][0]}) "
+                        f"at line {line}")
+            elif (top(module), top(target)) in APART:
+                out.add(f"{module} imports {target} at line {line}: {top(module)} and {top(target)} stay apart")
+    return sorted(out)
+
+
+def test_imports_only_go_down_the_layers():
+    violations = layering_violations(import_edges(module_files(ROOT)))
+    assert not violations, "upward imports:\n" + "\n".join(violations)
+
+
+def test_an_upward_import_is_found(tmp_path):
+    # the checker on a copy of two real modules, one given an upward import
+    _write(tmp_path, {
+        "ecmt/__init__.py": "", "ecmt/ir/__init__.py": "", "ecmt/convert/__init__.py": "", "hw_sim/__init__.py": "",
+        "ecmt/ir/graph.py": "import torch\n",
+        "ecmt/convert/search.py": "from ..ir import graph\n\ndef f():\n    import hw_sim\n",
+    })
+    edges = import_edges(module_files(tmp_path, ("ecmt", "hw_sim")))
+    assert layering_violations(edges) == [
+        "ecmt.convert.search (layer convert) imports hw_sim (layer backends) at line 4"]
+
+
 def _write(root: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         path = root / name

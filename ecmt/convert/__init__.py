@@ -53,7 +53,7 @@ def _keeps_training_modes(fn):
 def convert(model: torch.nn.Module, calib, *, levels: int = 8, spikes_per_step: int = 1, quantile: float = 0.99,
             per_channel: bool = False, fixed_thresholds: dict[str, tuple[float, float]] | None = None,
             spiking: bool = True, target_T: int | None = None, energy_budget: float | None = None,
-            energy_profile: str = "cmos45-fp32", device=None, progress: bool = True) -> SpikingModel:
+            energy=None, device=None, progress: bool = True) -> SpikingModel:
     """Convert a trained ANN into a spiking model (ECMT).
 
     model: a trained torch module, converted in eval mode (its own train/eval
@@ -71,17 +71,18 @@ def convert(model: torch.nn.Module, calib, *, levels: int = 8, spikes_per_step: 
         which every nonlinearity is an ECM (what sigma-delta hardware runs).
     target_T: after the quantile calibration, search every neuron's threshold
         and levels for the best estimate at this T (convert/search.py), on the
-        calibration data only.  energy_budget: with target_T, keep the full-mode
-        energy up to step target_T on hardware `energy_profile`, relative to the
-        ANN (hw_sim, on calibration images), within this (> 0); the search then
-        also chooses levels and k per role (convert/search.py).
+        calibration data only.  energy_budget: with target_T, keep the energy up
+        to step target_T, relative to the ANN, within this (> 0), as the `energy`
+        model prices it on calibration images (convert/search.py's EnergyModel,
+        e.g. hw_sim.EnergyRatio("cmos45-fp32"): full mode on that profile); the
+        search then also chooses levels and k per role.
     """
     if not 1 <= int(spikes_per_step) <= int(levels):
         raise EcmtError(f"spikes_per_step must be in 1..levels = {levels}, got {spikes_per_step}",
-                        hint="--spikes-per-step K needs K <= --levels")
+                        hint="`spikes_per_step` K needs K <= `levels`")
     if energy_budget is not None:       # checked before any work
         from .search import check_budget
-        check_budget(target_T, energy_budget, energy_profile)
+        check_budget(target_T, energy_budget, energy)
     batches = calibration_batches(calib)
     model = model.eval()
     nodes, info = lower(model, batches[0])
@@ -108,9 +109,9 @@ def convert(model: torch.nn.Module, calib, *, levels: int = 8, spikes_per_step: 
         from .. import memory
         from .search import search
         memory.check(memory.run_bytes(graph, min(256, sum(len(b) for b in batches)), target_T),
-                     f"the threshold search at target T = {target_T}", "--target-T (target_T)", device)
+                     f"the threshold search at target T = {target_T}", "`target_T`", device)
         graph.meta["calibration"].update(search(graph, batches, target_T, energy_budget=energy_budget,
-                                                profile=energy_profile, device=device, progress=progress))
+                                                energy=energy, device=device, progress=progress))
     return SpikingModel(graph)
 
 

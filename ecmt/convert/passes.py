@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .. import ir
+from ..ir import analysis
 
 SYNAPTIC = (ir.Linear, ir.Conv2d, ir.ProductECM)
 
@@ -144,10 +145,9 @@ def _readout(nodes: list[ir.Node]) -> set[str]:
     return out
 
 
-def _role(src: ir.Node, by_name: dict[str, ir.Node]) -> str:
+def _role(name: str, by_name: dict[str, ir.Node]) -> str:
     """What an MT neuron spikes: the producing operation, seen through shape ops."""
-    while src.SHAPE_ONLY and src.inputs:
-        src = by_name[src.inputs[0]]
+    src = analysis.producer(by_name, name).node
     if isinstance(src, ir.ElementwiseECM):
         return src.function
     return {ir.LayerNormECM: "layernorm", ir.GELUECM: "gelu", ir.SoftmaxECM: "softmax",
@@ -169,10 +169,7 @@ def place_neurons(nodes: list[ir.Node], levels: int = 8, spikes_per_step: int = 
         else:
             out.append(n)
     nodes = out
-    spiking: dict[str, bool] = {}
-    for n in nodes:
-        spiking[n.name] = isinstance(n, ir.MTNeuron) or (
-            n.SHAPE_ONLY and not isinstance(n, ir.Output) and all(spiking[i] for i in n.inputs))
+    spiking = analysis.spiking(nodes)
     raw = _analog_through_linear_only(nodes)
     readout = _readout(nodes)
     need: dict[str, list[str]] = {}       # analog source -> consumers that want spikes
@@ -187,7 +184,7 @@ def place_neurons(nodes: list[ir.Node], levels: int = 8, spikes_per_step: int = 
         if n.name in need:
             mt = ir.MTNeuron(name=f"{n.name}.mt", inputs=(n.name,), th_pos=one.clone(),
                              th_neg=one.clone(), levels=levels, spikes_per_step=spikes_per_step,
-                             meta={"role": _role(n, by_name), "feeds": need[n.name]})
+                             meta={"role": _role(n.name, by_name), "feeds": need[n.name]})
             _rewire(nodes, n.name, mt.name, only=set(need[n.name]))
             result.append(mt)
     return result

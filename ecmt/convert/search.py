@@ -22,17 +22,18 @@ running estimates at steps 1..T against the ANN output on that subset.
    drops (with a budget, then over the levels, then over k, below);
 3. record each neuron's multiplier, levels and k in its metadata.
 
-Energy budget (``energy_budget`` X, ``profile``): every candidate is also
-priced by hw_sim in full mode on that profile (its energy up to step T over
-one ANN forward, on the first ``energy_samples`` images of the subset), and
+Energy budget (``energy_budget`` X, ``energy``): every candidate is also
+priced by the energy model (an ``EnergyModel``: its energy up to step T over
+one ANN forward, on the first ``energy_samples`` images of the subset; hw_sim's
+``EnergyRatio(profile)`` prices a real run in full mode on a profile), and
 candidates are ranked by (budget excess, output error): any candidate within
 the budget beats any candidate over it, and among those within it the lower
 error wins.  The global step also tries multipliers 4 down to 1.41 (fewer
 spikes), and after its multiplier each role tries 2 fewer, 1 fewer and 1 more
 levels at the same thresholds (a CMOS neuron update compares against every
 level), and then k = spikes_per_step in 1, 2, 4 (k > 1 sends more of a
-value in each step, at a cost hw_sim prices per profile; only where hw_sim
-can price k > 1: `k_unavailable`).  If no
+value in each step, at a cost priced per profile; only where the energy model
+can price k > 1: ``EnergyModel.multilevel_refused``).  If no
 candidate is within the budget, the graph gets its quantile calibration back
 and EnergyBudgetError gives the lowest ratio reached.
 
@@ -42,7 +43,7 @@ search: errors at different points do not add independently.
 
 Cost: one T-step run on the subset per candidate (9 + 4 per role).  With a
 budget: 13 + 9 per role candidates (7 per role where k > 1 cannot be priced),
-each one T-step run on the subset plus one hw_sim run (counting) on
+each one T-step run on the subset plus one energy model run (hw_sim: counting) on
 ``energy_samples`` images; on the demo ViT at T = 2, 2 to 5x the search
 without a budget (3.6x on a loaded 2-core CPU; docs/benchmarks/energy_search.md).
 """
@@ -51,6 +52,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -90,54 +92,43 @@ def _scaled(choice: Choice, m: float) -> Choice:
     return mult * m, levels, min(k, levels)
 
 
-def energy_ratio(graph: ir.SpikingGraph, x: torch.Tensor, T: int, profile: str = "cmos45-fp32",
-                 device=None) -> float:
-    """Full-mode energy of `graph` up to step T on hardware `profile`, over one ANN forward
-    on that profile's baseline, on the inputs x (hw_sim counts a real run)."""
-    import hw_sim
-    report = hw_sim.simulate(graph, x, T, profile, mode="full", device=device, progress=False)
-    return float(report.data["hardware"][0]["energy_ratio"])
+class EnergyModel(Protocol):
+    """What the search needs of an energy model (hw_sim.EnergyRatio is one): the search
+    takes it as an argument, so conversion does not depend on a hardware simulator."""
+    name: str       # named in messages and in the calibration record
+
+    def __call__(self, graph: ir.SpikingGraph, x: torch.Tensor, T: int) -> float:
+        """Energy of `graph` up to step T on the inputs x, over one ANN forward."""
+
+    def multilevel_refused(self) -> str | None:
+        """None where it prices neurons that send k > 1 levels per step; else why not."""
 
 
-def k_unavailable(profile: str = "cmos45-fp32") -> str | None:
-    """None where hw_sim can price neurons with k > 1 on `profile`; else its reason."""
-    g = ir.SpikingGraph([
-        ir.Input("input", (), shape=(2,)),
-        ir.MTNeuron("mt", ("input",), th_pos=torch.tensor(1.0), th_neg=torch.tensor(1.0), levels=2,
-                    spikes_per_step=2),
-        ir.Output("output", ("mt",)),
-    ])
-    try:
-        energy_ratio(g, torch.tensor([[2.9, -0.4]]), 1, profile)
-    except EcmtError as err:
-        return str(err)
-    return None
-
-
-def check_budget(target_T: int | None, energy_budget: float, profile: str) -> None:
-    """The energy-budget options, checked before any work (an unknown profile: hw_sim's ProfileError)."""
+def check_budget(target_T: int | None, energy_budget: float, energy: EnergyModel | None) -> None:
+    """The energy-budget options, checked before any work."""
     if target_T is None:
         raise EcmtError("an energy budget needs a target T: the budget bounds the energy up to step T",
-                        hint="add --target-T T (target_T=T), e.g. --target-T 2 --energy-budget 1.5")
+                        hint="add `target_T` T, e.g. `target_T` 2 with `energy_budget` 1.5")
     if isinstance(energy_budget, bool) or not isinstance(energy_budget, (int, float)) \
             or not math.isfinite(energy_budget) or energy_budget <= 0:
         raise EcmtError(f"energy budget must be a number > 0 (SNN energy over one ANN forward), "
-                        f"got {energy_budget!r}", hint="e.g. --energy-budget 1.5")
-    import hw_sim
-    hw_sim.load_profile(profile)
+                        f"got {energy_budget!r}", hint="e.g. `energy_budget` 1.5")
+    if energy is None or not callable(energy) or not hasattr(energy, "multilevel_refused"):
+        raise EcmtError(f"an energy budget needs an energy model (`energy`), got {energy!r}",
+                        hint="e.g. energy=hw_sim.EnergyRatio('cmos45-fp32')")
 
 
 def search(graph: ir.SpikingGraph, batches: list[torch.Tensor], target_T: int, *, samples: int = 256,
-           energy_budget: float | None = None, profile: str = "cmos45-fp32",
+           energy_budget: float | None = None, energy: EnergyModel | None = None,
            energy_samples: int = ENERGY_SAMPLES, device=None, progress: bool = True) -> dict:
     """Choose thresholds, levels (and, with an energy budget, k) of every MT neuron of a
     calibrated graph (in place).  energy_budget: the most full-mode energy up to step
-    target_T on `profile`, relative to the ANN, measured on `energy_samples` calibration images."""
+    target_T by the `energy` model, relative to the ANN, measured on `energy_samples` calibration images."""
     if target_T < 1:
         raise ValueError(f"target T must be >= 1, got {target_T}")
     budgeted = energy_budget is not None
     if budgeted:
-        check_budget(target_T, energy_budget, profile)
+        check_budget(target_T, energy_budget, energy)
     t0 = time.time()
     x = torch.cat(batches)[:samples]
     x_energy = x[:energy_samples]
@@ -148,7 +139,7 @@ def search(graph: ir.SpikingGraph, batches: list[torch.Tensor], target_T: int, *
     roles: dict[str, list[ir.MTNeuron]] = {}
     for n in neurons:
         roles.setdefault(n.meta.get("role", ""), []).append(n)
-    no_k = k_unavailable(profile) if budgeted else None
+    no_k = energy.multilevel_refused() if budgeted else None
     if budgeted and no_k:
         print(f"calibration search: k (spikes_per_step) stays as converted: {no_k}", file=sys.stderr)
     globals_ = (BUDGET_MULTIPLIERS + GLOBAL_MULTIPLIERS) if budgeted else GLOBAL_MULTIPLIERS
@@ -170,7 +161,7 @@ def search(graph: ir.SpikingGraph, batches: list[torch.Tensor], target_T: int, *
         err = float(((est - ann.unsqueeze(0)) ** 2).mean())
         err = err if math.isfinite(err) else math.inf     # a NaN would compare as neither better nor worse
         # hw_sim counts on the CPU (32 images are cheap there; its k > 1 counting fails on CUDA today)
-        ratio = energy_ratio(graph, x_energy.cpu(), target_T, profile) if budgeted else None
+        ratio = energy(graph, x_energy.cpu(), target_T) if budgeted else None
         bar.update(1)
         return (max(0.0, ratio - energy_budget) if budgeted else 0.0, err), err, ratio
 
@@ -222,10 +213,10 @@ def search(graph: ir.SpikingGraph, batches: list[torch.Tensor], target_T: int, *
     if budgeted and ratio > energy_budget:
         apply({n.name: (1.0, quantile[n.name][2], quantile[n.name][3]) for n in neurons})
         raise EnergyBudgetError(
-            f"calibration search: no candidate is within the energy budget {energy_budget:g}x on {profile} "
+            f"calibration search: no candidate is within the energy budget {energy_budget:g}x on {energy.name} "
             f"at target T = {target_T}: the lowest full-mode energy ratio reached is {ratio:.3g}x "
             f"(on {len(x_energy)} calibration images)",
-            hint=f"raise --energy-budget (energy_budget) to at least {ratio:.3g}, or lower --target-T "
+            hint=f"raise `energy_budget` to at least {ratio:.3g}, or lower `target_T` "
                  "(energy grows with every step)")
     for n in neurons:
         n.meta["search"] = {"target_T": target_T, "multiplier": current[n.name][0], "levels": n.levels,
@@ -235,7 +226,7 @@ def search(graph: ir.SpikingGraph, batches: list[torch.Tensor], target_T: int, *
                "global_multiplier": global_mult, "global_output_mse": global_err, "output_mse": best_err,
                "seconds": round(time.time() - t0, 1), "choices": len(neurons)}
     if budgeted:
-        summary.update({"energy_budget": float(energy_budget), "energy_profile": profile,
+        summary.update({"energy_budget": float(energy_budget), "energy_profile": energy.name,
                         "energy_ratio": ratio, "energy_samples": len(x_energy),
                         "spikes_per_step_searched": no_k is None})
         if no_k:

@@ -124,9 +124,7 @@ class SpikingGraph:
                 shapes[node.name] = tuple(int(d) for d in node.infer_shape([shapes[s] for s in node.inputs]))
             except ShapeError as err:
                 raise GraphError(f"{where}: field {err.field}: {err}") from None
-            spiking[node.name] = isinstance(node, MTNeuron) or (
-                node.SHAPE_ONLY and not isinstance(node, Output)
-                and all(spiking[s] for s in node.inputs))
+            spiking[node.name] = node.carries_spikes([spiking[s] for s in node.inputs])
             seen.add(node.name)
         for cls in (Input, Output):
             found = [n.name for n in self if isinstance(n, cls)]

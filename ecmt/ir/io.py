@@ -47,3 +47,7 @@ class Output(Node):
 
     def infer_shape(self, shapes: list[Shape]) -> Shape:
         return shapes[0]
+
+    @classmethod
+    def carries_spikes(cls, inputs_spiking) -> bool:
+        return False                # the readout's running estimate is analog

@@ -55,6 +55,10 @@ class MTNeuron(Node):
                 raise ShapeError(field, f"{field} must be finite and > 0")
         return x
 
+    @classmethod
+    def carries_spikes(cls, inputs_spiking) -> bool:
+        return True                 # the source of every spike
+
     @property
     def signed(self) -> bool:
         return self.th_neg is not None

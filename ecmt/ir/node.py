@@ -71,6 +71,12 @@ class Node:
     def infer_shape(self, shapes: list[Shape]) -> Shape:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @classmethod
+    def carries_spikes(cls, inputs_spiking) -> bool:
+        """Whether this kind's output carries MT spikes, given whether each of its inputs
+        does: a shape-only kind passes spikes on (ecmt.ir.analysis.spiking)."""
+        return cls.SHAPE_ONLY and all(inputs_spiking)
+
     # -- generic field access used by serialization and validation -------------
     def attr_names(self) -> list[str]:
         return [f.name for f in dataclasses.fields(self)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .. import ir, memory
 from ..errors import DataError
+from ..ir import analysis
 from ..ir.dispatch import KindTable
 from . import captured
 from .ecm import NonlinearityECMState, ProductECMState
@@ -183,10 +184,14 @@ class GraphExecutor:
 
     ``capture=True`` runs every step as one compiled function of the whole
     graph (see `capturable` and captured.py; the static nodes are computed
-    once before it); runs with an observer or intervene go node by node."""
+    once before it); runs with an observer or intervene go node by node.
+
+    ``overrides`` {node class: builder}: per-kind replacements of this module's
+    builders (same signature as KINDS' entries), for the exact class only: how a
+    deployed number format runs (ecmt.runtime.fixed_point.deployed_overrides)."""
 
     def __init__(self, graph: ir.SpikingGraph, device=None, product_form: str = "direct",
-                 record_levels: bool = False, capture: bool = False):
+                 record_levels: bool = False, capture: bool = False, overrides: dict | None = None):
         self.graph = graph
         self.record_levels = record_levels
         self.capture = capture
@@ -195,18 +200,17 @@ class GraphExecutor:
         self._run_states = None           # the captured run's states (captured.zero_states' layout)
         self.device = torch.device(device or "cpu")
         self.product_form = product_form
-        static: dict[str, bool] = {}
+        static = analysis.static_nodes(graph)
         index = {name: i for i, name in enumerate(graph.nodes)}
         self.steps: list[_Step] = []
+        self.overrides = dict(overrides or {})
         for node in graph:
-            fn, state = compile_node(node, graph.shapes[node.name], self.device, product_form)
-            static[node.name] = isinstance(node, (ir.Input, ir.Constant)) or (
-                not isinstance(node, ir.MTNeuron) and bool(node.inputs)
-                and all(static[s] for s in node.inputs))
+            build = self.overrides.get(type(node)) or KINDS(node)
+            fn, state = build(node, graph.shapes[node.name], self.device, product_form)
             if isinstance(state, MTState):
                 state.record = record_levels
             self.steps.append(_Step(node, [index[s] for s in node.inputs], fn, state,
-                                    static[node.name]))
+                                    node.name in static))
         self.output_index = index[graph.output.name]
         self._states = {step.node.name: step.state for step in self.steps}
 
@@ -239,8 +243,8 @@ class GraphExecutor:
         """Whether the steps can run as one captured function (``capture=True``):
         with the compiler on, and every stateful node of a kind the capture knows
         (MT neurons without event codes, nonlinearity and product ECMs; not PPN
-        neurons, nor states replaced after construction, as hw_sim.deployed does)."""
-        return compile_enabled() and all(
+        neurons), and no builder overridden."""
+        return compile_enabled() and not self.overrides and all(
             step.state is None or type(step.state) in (NonlinearityECMState, ProductECMState)
             or (type(step.state) is MTState and not step.state.record and step.state.tables is None)
             for step in self.steps)

@@ -37,8 +37,8 @@ from lava.magma.core.resources import CPU
 from lava.magma.core.sync.protocols.loihi_protocol import LoihiProtocol
 from lava.proc.conv import utils as conv_utils
 
-# The number format, in a module without Lava (hw_sim's deployed accuracy uses it too).
-from .fixed_point import HEADROOM_BITS, MEMBRANE_BITS, fraction_bits, quantize_int8  # noqa: F401
+# The number format, shared with the executor's deployed formats (ecmt/runtime/fixed_point.py).
+from ecmt.runtime.fixed_point import fraction_bits, integer_spike, quantize_int8
 
 F32 = np.float32
 
@@ -144,17 +144,7 @@ class PyMTNeuronFixed(_MTModelBase):
         if self.new_sample():
             self.v_int = np.zeros(self.v.shape, np.int64)
         self.v_int += np.round(self.a_in.recv().reshape(self.v.shape) / self.unit).astype(np.int64)
-        pos = self.v_int >= 0
-        th = np.where(pos, self.th_p_int, self.th_n_int)
-        mag = np.abs(self.v_int)
-        level = np.zeros_like(self.v_int)
-        fired = np.zeros_like(self.v_int)
-        for k in range(self.levels - 1, -1, -1):       # from the top: up to k levels (exact in integers)
-            value = th << k
-            crossed = (2 * (mag - level) >= 2 * value - th) & (fired < self.k)   # |v| - s >= th 2^k - th / 2
-            level = np.where(crossed, level + value, level)
-            fired += crossed
-        s_int = np.where(pos, level, -level if self.signed else 0)
+        s_int = integer_spike(self.v_int, self.th_p_int, self.th_n_int, self.levels, self.k, self.signed)
         self.v_int -= s_int
         self.v = (self.v_int * self.unit).astype(F32)
         s = (s_int * self.unit).astype(F32)

@@ -3,11 +3,12 @@
     report = hw_sim.simulate(graph, images, T=4, hardware=["loihi", "cmos45-fp32"])
     report.write("runs/energy")        # report.json, report.md, report.html
 
-Four stages, each with a typed result: count (counting.Counter over a real run ->
-counting.EventCounts), map (mapping.map_units, or mesh.place for profiles with a
-[mesh] table -> a core per unit), time (mapping.step_latency, or mesh.Accounting's
-per-step schedule), price (energy.rates: joules per counted event by category, times
-the counts; simulate builds the report entry and re-prices it for ranges).
+The stages, each with a typed result: count (counting.Counter over a real run ->
+counting.EventCounts); one hardware model per profile behind one interface
+(engine.HardwareModel: engine/cmos.py for a CMOS accelerator, engine/mesh for every
+neuromorphic chip: map onto a system of chips, record the spikes, account and schedule
+each step) -> engine.Priced (energy by category, latency by phase, per step); price.py
+adds ranges, sensitivity and intervals; report.py writes JSON, Markdown and HTML.
 """
 from .counting import EventCounts
 from .profile import HardwareProfile, ProfileError, available_profiles, load_profile

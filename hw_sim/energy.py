@@ -1,4 +1,4 @@
-"""From counts to energy and latency, for one hardware profile.
+"""Energy per counted event, for one hardware profile: the price table every model uses.
 
 Two counting modes:
 
@@ -6,13 +6,14 @@ Two counting modes:
   count; SNN energy = E_AC * (synaptic ops over all T steps), ANN energy =
   E_MAC * (dense MACs of one forward).  With cmos45-fp32 this is exactly the
   paper's 0.9 * SOP / (4.6 * D).
-* ``full``: everything.  On a neuromorphic profile, synaptic ops driven by
-  MT spikes, neuron updates and spike routing run on the cores; the rest
-  (analog layers, ECM nonlinearities and bookkeeping, products of two spike
-  streams, whose weights change every step, residual adds, state traffic)
-  runs on the profile's host processor as primitive operations.  On a CMOS
-  profile everything runs on the accelerator, with a memory access per
-  weight used and per state element read or written.
+* ``full``: everything.  On a CMOS profile everything runs on the accelerator,
+  with a memory access per weight used and per state element read or written.
+  On a neuromorphic profile the mesh model (hw_sim/engine/mesh) prices what its
+  cores do from the recorded spikes; the rest (analog layers, ECM nonlinearities
+  and bookkeeping, products of two spike streams, whose weights change every
+  step, residual adds, state traffic, and spike-fed work the cores cannot hold)
+  runs on the profile's host cores as primitive operations: ``rates`` with the
+  set of nodes on the cores.
 
 Spike formats (the profile's ``spikes``), for neurons that send up to k
 levels per step (spikes_per_step; a spike fires j <= k levels, ``level_spikes``
@@ -24,7 +25,7 @@ j shifted adds (docs/energy.md).  With k = 1 all three count the same.
 
 Pricing is linear in the counts: `rates` gives, per node and count field, the
 joules one event costs by category, and `snn_energy` multiplies them by the
-counts.  Re-pricing with one constant changed (hw_sim/simulate.py's range
+counts.  Re-pricing with one constant changed (hw_sim/price.py's range
 and sensitivity) is a new `rates` on a copy of the profile, without the network.
 
 Per-inference figures: counts are divided by the number of samples.
@@ -71,28 +72,26 @@ def ann_energy(graph: ir.SpikingGraph, profile: HardwareProfile, mode: str) -> t
 
 # -- the spiking network -------------------------------------------------------------------
 # Categories of dynamic energy.  Neuromorphic profiles: synapse, neuron, network on the cores,
-# host (the host's operations and its memory traffic).  CMOS profiles: synapse (SOPs as adds),
-# neuron (MT updates), analog (every other operation) and memory (SRAM traffic).
-CATEGORIES = {"neuromorphic": ("synapse", "neuron", "network", "host"),
-              "cmos": ("synapse", "neuron", "network", "host", "analog", "memory")}
+# chip links between chips, host (the host's operations, memory traffic and chip-host
+# transfers).  CMOS profiles: synapse (SOPs as adds), neuron (MT updates), analog (every other
+# operation) and memory (SRAM traffic).  Both add static.
+CATEGORIES = {"neuromorphic": ("synapse", "neuron", "network", "chip_links", "host"),
+              "cmos": ("synapse", "neuron", "analog", "memory")}
 
 Rates = dict[str, dict[str, dict[str, float]]]     # node -> count field -> category -> J per event
 
 
-def rates(graph: ir.SpikingGraph, profile: HardwareProfile, mode: str) -> Rates:
-    """Per node and count field, the energy of one counted event by category."""
+def rates(graph: ir.SpikingGraph, profile: HardwareProfile, mode: str, on_chip: frozenset = frozenset()) -> Rates:
+    """Per node and count field, the energy of one counted event by category.  On a
+    neuromorphic profile, the host's share only: `on_chip` names the nodes whose spike-driven
+    work the cores do (the mesh model prices that)."""
     if mode == "paper":
         if profile.kind != "cmos":
             raise ValueError(f"paper mode prices on a CMOS profile only, not {profile.name}")
         return {n.name: {"paper_sops": {"synapse": profile["energy.add"]}} for n in graph}
-    price = _neuromorphic if profile.kind == "neuromorphic" else _cmos
-    return {n.name: price(n, profile) for n in graph}
-
-
-def spike_fields(profile: HardwareProfile) -> tuple[str, str]:
-    """The count fields of a spike and of a synaptic op on the profile's cores: one graded
-    event per spike, or one binary event per fired level (k > 1 spikes carry several)."""
-    return ("level_spikes", "level_sops") if profile.spikes == "binary" else ("spikes", "sops")
+    if profile.kind == "neuromorphic":
+        return {n.name: _host(n, profile, n.name in on_chip) for n in graph}
+    return {n.name: _cmos(n, profile) for n in graph}
 
 
 def spike_format(graph: ir.SpikingGraph, profile: HardwareProfile) -> dict:
@@ -115,24 +114,37 @@ def spike_format(graph: ir.SpikingGraph, profile: HardwareProfile) -> dict:
             "rule": f"the spike as a value: one weight read and one shifted add per fired level (up to {k})"}
 
 
-def _neuromorphic(node, p: HardwareProfile) -> dict[str, dict[str, float]]:
-    r: dict[str, dict[str, float]] = {
-        "macs": {"host": p["energy.host_mac"]}, "adds": {"host": p["energy.host_add"]},
-        "mults": {"host": p["energy.host_mult"]}, "specials": {"host": SPECIAL_MACS * p["energy.host_mac"]}}
-    spike, sop = spike_fields(p)
+def host_ops(node, on_chip: bool) -> dict[str, int]:
+    """Per count field, the host's primitive operations per event of `node` (what `_host`
+    prices; the host's time is these over its throughput)."""
+    ops = {"macs": 1, "adds": 1, "mults": 1, "specials": SPECIAL_MACS}
     role = KINDS(node)
-    if role == "product":
-        # dynamic weights: the host accumulates, a shifted add per level a spike carries
-        r["level_sops"] = {"host": p["energy.host_add"]}
-    else:
-        r[sop] = {"synapse": p["energy.sop"]}
+    if role == "neuron" and not on_chip:
+        ops["neuron_updates"] = mt_update_ops(node)
+    elif role == "product" or (role == "layer" and not on_chip):
+        ops["level_sops"] = 1
+    return ops
+
+
+def _host(node, p: HardwareProfile, on_chip: bool) -> dict[str, dict[str, float]]:
+    """What the host cores pay per event: analog operations, the state of ECMs and products
+    (fp32), a shifted add per level a spike carries into a product (its weights change every
+    step) or into a spike-fed layer the cores do not hold, and the updates of MT neurons
+    that are not on the cores."""
+    h = lambda k: p[f"host.{k}"]
+    word = 4 / 8 * h("e_sram_read_64b")                  # one fp32 value
+    r: dict[str, dict[str, float]] = {
+        "macs": {"host": h("e_mac")}, "adds": {"host": h("e_add")},
+        "mults": {"host": h("e_mult")}, "specials": {"host": SPECIAL_MACS * h("e_mac")}}
+    role = KINDS(node)
     if role == "neuron":
-        inactive = p["energy.neuron_update_inactive"]
-        r["neuron_updates"] = {"neuron": inactive}
-        r["active_updates"] = {"neuron": p["energy.neuron_update_active"] - inactive}
-        r[spike] = {"network": p["energy.spike_route"]}
+        if not on_chip:
+            r["neuron_updates"] = {"host": mt_update_ops(node) * h("e_add")}
+            r["state_rw"] = {"host": word}
     else:
-        r["state_rw"] = {"host": 4 / 8 * p["energy.host_sram_read_64b"]}     # fp32 state on the host
+        r["state_rw"] = {"host": word}
+        if role == "product" or not on_chip:
+            r["level_sops"] = {"host": h("e_add")}
     return r
 
 
@@ -164,12 +176,12 @@ KINDS = KindTable("hw_sim energy", {
 
 
 def snn_energy(graph: ir.SpikingGraph, counts: EventCounts, profile: HardwareProfile,
-               mode: str) -> dict[str, dict[str, list[float]]]:
-    """Per node and category: energy per step (J per inference)."""
+               mode: str, on_chip: frozenset = frozenset()) -> dict[str, dict[str, list[float]]]:
+    """Per node and category: energy per step (J per inference) of what `rates` prices."""
     T = counts.T
     cats = CATEGORIES["cmos" if mode == "paper" else profile.kind]
     out = {}
-    for name, fields in rates(graph, profile, mode).items():
+    for name, fields in rates(graph, profile, mode, on_chip).items():
         per = {c: [0.0] * T for c in cats}
         for field, by_cat in fields.items():
             steps = counts.per_step(name, field)

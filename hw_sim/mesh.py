@@ -57,12 +57,10 @@ from ecmt import ir
 from ecmt.ir import analysis
 from ecmt.errors import EcmtError
 
-MESH_REQUIRED = (
-    "width", "height", "cores_per_tile", "synapse_memory_bits", "synapse_bits", "input_axons", "output_axons",
-    "e_synaptic_event", "t_synaptic_event", "e_neuron_access", "t_neuron_access", "e_neuron_update",
-    "t_neuron_update", "e_spike_out", "t_spike_out", "e_message_out", "t_message_out", "e_message_in",
-    "t_message_in", "e_hop_x", "t_hop_x", "e_hop_y", "t_hop_y", "barrier_1", "barrier_chip",
-    "e_host_transfer", "t_host_transfer")
+# The per-event constants of a core, as [mesh] names them (energy e_*, latency t_*).
+EVENTS = ("synaptic_event", "neuron_access", "neuron_update", "spike_out", "message_out", "message_in",
+          "hop_x", "hop_y")
+EVENT_CONSTANTS = tuple(f"{p}_{e}" for e in EVENTS for p in ("e", "t"))
 
 
 class MappingError(EcmtError):
@@ -383,9 +381,7 @@ def _limits(profile) -> dict[str, float]:
     get = profile.get
     mem = get("mesh.synapse_memory_bits")
     bits = get("mesh.synapse_bits", 8.0)
-    if mem is None and get("architecture.synapses_per_core") is not None:
-        mem, bits = get("architecture.synapses_per_core"), 1.0          # a synapse count
-    return {"neurons": get("architecture.neurons_per_core", math.inf), "synapse memory": mem or math.inf,
+    return {"neurons": get("mesh.neurons_per_core", math.inf), "synapse memory": mem or math.inf,
             "synapse_bits": bits, "input axons": get("mesh.input_axons", math.inf),
             "output axons": get("mesh.output_axons", math.inf)}
 
@@ -553,9 +549,17 @@ def _place_once(onchip: OnChip, profile, limits, caps) -> Placement:
                           f"limited by {limiting or 'nothing (one core)'}; per core at most "
                           + ", ".join(f"{k} {v}" for k, v in maxuse.items()))
     cpt = int(profile["mesh.cores_per_tile"])
-    per_chip = int(profile["mesh.width"] * profile["mesh.height"]) * cpt
+    per_chip = tiles_per_chip(profile) * cpt
     chips = max(1, math.ceil(next_core / per_chip)) if next_core else 0
     tiles = len({c // cpt for c in range(next_core)})
+    available = profile.get("chips.count")
+    if available is not None and chips > available:
+        big = max(layers, key=lambda l: l.cores)
+        raise MappingError(
+            f"profile {profile.name}: the network needs {chips} chips of {per_chip} cores ({next_core} cores), "
+            f"the system has {int(available)} (chips.count): {chips - int(available)} chip(s) over",
+            hint=f"use a system with at least {chips} chips, or a smaller network (the largest layer, "
+                 f"{big.name!r}, takes {big.cores} cores, limited by {big.limiting_resource})")
     derivation.append(f"total: {next_core} cores in {tiles} tiles, {chips} chip(s) of {per_chip} cores")
     return Placement(core_of, next_core, chips, tiles, layers, limits, derivation)
 
@@ -612,15 +616,55 @@ def _output_axon_overflow(onchip, placement, limits) -> dict:
 
 
 # -- geometry and routing ----------------------------------------------------------------
+def tiles_per_chip(profile) -> int:
+    """Tiles on one chip: [mesh] tiles, or the whole width x height mesh."""
+    return int(profile.get("mesh.tiles") or profile["mesh.width"] * profile["mesh.height"])
+
+
+def core_chip(profile, cores: int) -> torch.Tensor:
+    """The chip of each core (cores are numbered tile by tile, chip by chip)."""
+    return torch.arange(cores) // int(profile["mesh.cores_per_tile"]) // tiles_per_chip(profile)
+
+
 def core_xy(profile, cores: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) of each core's tile: tile = core // cores_per_tile; on chip k (side by side
-    in x) local tile id = height * x + y (SANA-FE's numbering)."""
+    """(x, y) of each core's tile on the system's tile mesh: tile = core // cores_per_tile;
+    on its chip, local tile id = height * x + y (SANA-FE's numbering); chip k sits at column
+    k % columns, row k // columns of the chip grid, the tile mesh continuing across chips
+    (32 chips in one row is SANA-FE's loihi_large strip of 1,024 tiles)."""
     cpt = int(profile["mesh.cores_per_tile"])
-    w, h = int(profile["mesh.width"]), int(profile["mesh.height"])
-    c = torch.arange(cores)
-    tile = c // cpt
-    chip, local = tile // (w * h), tile % (w * h)
-    return chip * w + local // h, local % h
+    w, h, cols = int(profile["mesh.width"]), int(profile["mesh.height"]), int(profile["chips.columns"])
+    tile = torch.arange(cores) // cpt
+    chip, local = tile // tiles_per_chip(profile), tile % tiles_per_chip(profile)
+    return (chip % cols) * w + local // h, (chip // cols) * h + local % h
+
+
+def chip_distance(profile, chips: int) -> torch.Tensor:
+    """[chips, chips]: the chip-to-chip links a message crosses between two chips: on the chip
+    grid the chips' column and row distances (X-then-Y routing), with listed links the
+    shortest path over them."""
+    if profile.links is None:
+        k = torch.arange(chips)
+        cols = int(profile["chips.columns"])
+        col, row = k % cols, k // cols
+        return (col.unsqueeze(1) - col).abs() + (row.unsqueeze(1) - row).abs()
+    n = int(profile["chips.count"])
+    dist = torch.full((n, n), -1, dtype=torch.long)
+    nbr = {c: [] for c in range(n)}
+    for a, b in profile.links:
+        nbr[a].append(b)
+        nbr[b].append(a)
+    for start in range(n):                      # breadth first from every chip
+        dist[start, start] = 0
+        frontier = [start]
+        while frontier:
+            nxt = []
+            for c in frontier:
+                for d in nbr[c]:
+                    if dist[start, d] < 0:
+                        dist[start, d] = dist[start, c] + 1
+                        nxt.append(d)
+            frontier = nxt
+    return dist[:chips, :chips]
 
 
 def _source_tables(onchip: OnChip, placement: Placement, xy=None) -> dict[str, dict]:
@@ -646,24 +690,29 @@ def _source_tables(onchip: OnChip, placement: Placement, xy=None) -> dict[str, d
         t["msgs"] = msg.sum(1).double()
         t["fanout"] = syn.sum(1).double()
         if xy is not None:
-            x, y = xy
+            x, y, links = xy
             src_core = placement.core_of[name]
             hx = (x.unsqueeze(0) - x[src_core].unsqueeze(1)).abs().float()
             hy = (y.unsqueeze(0) - y[src_core].unsqueeze(1)).abs().float()
             t["hx"] = (msg * hx).sum(1).double()
             t["hy"] = (msg * hy).sum(1).double()
+            t["links"] = (msg * links[src_core].float()).sum(1).double()
     return out
 
 
 def barrier(profile, tiles: int, chips: int) -> float:
-    """The barrier table's value for the largest key <= tiles in use (SANA-FE's lookup),
-    plus barrier_chip per chip beyond the first."""
+    """The barrier of one step: on one chip, the [mesh] barrier table's value for the largest
+    key <= tiles in use (SANA-FE's lookup); across chips, interpolated in log2(chips) from
+    the one-chip value at 1 chip to [chips] barrier_256 at 256 chips (Frady et al. 2020's
+    measured point; the interpolation and the extrapolation beyond are assumptions)."""
     table = {int(k.split("_")[1]): c.value for k, c in profile.constants["mesh"].items()
              if k.startswith("barrier_") and k.split("_")[1].isdigit()}
     keys = sorted(table)
     below = [k for k in keys if k <= tiles]
-    value = table[below[-1] if below else keys[0]]
-    return value + max(0, chips - 1) * profile["mesh.barrier_chip"]
+    one = table[below[-1] if below else keys[0]]
+    if chips <= 1:
+        return one
+    return one + (profile["chips.barrier_256"] - one) * math.log2(chips) / 8
 
 
 # -- recorded spikes ---------------------------------------------------------------------
@@ -786,8 +835,13 @@ class StepSchedule:
         self.t_hop = (m("t_hop_x"), m("t_hop_y"))
         buffer = profile.get("mesh.link_buffer")
         self.buffer = None if buffer is None else float(buffer)
-        self.cpt, self.height = int(m("cores_per_tile")), int(m("height"))
+        self.cpt = int(m("cores_per_tile"))
         self.x, self.y = (v.tolist() for v in core_xy(profile, placement.cores))
+        self.height = max(self.y, default=0) + 1            # rows of routers over the system
+        chip = core_chip(profile, placement.cores)
+        self.chip = chip.tolist()
+        self.links = chip_distance(profile, placement.chips).tolist()
+        self.t_link = profile["chips.t_link"]
         self.inputs = (max(self.x, default=0) + 1) * self.height * (4 + self.cpt)
         # per core, what it runs in order: (group, its elements there, neurons per element)
         self.runs: dict[int, list] = {}
@@ -830,7 +884,11 @@ class StepSchedule:
             for y in range(y0 + sy, y1 + sy, sy) if y1 != y0 else ():
                 inputs.append(router(x1, y) + (2 if sy > 0 else 3))
             hx, hy = abs(x1 - x0), abs(y1 - y0)
-            self.routes[key] = (0.0 + hx * self.t_hop[0] + hy * self.t_hop[1], hx + hy + 1, tuple(inputs))
+            trip = 0.0 + hx * self.t_hop[0] + hy * self.t_hop[1]
+            crossings = self.links[self.chip[src]][self.chip[dst]]
+            if crossings:
+                trip += crossings * self.t_link
+            self.routes[key] = (trip, hx + hy + 1, tuple(inputs))
         return self.routes[key]
 
     def queues(self, chan: dict[str, list], updated: dict[str, list]) -> dict[int, list]:
@@ -928,12 +986,12 @@ class StepSchedule:
 
 # -- time and price ------------------------------------------------------------------------
 STEP_FIELDS = ("synaptic_events", "neurons_fired", "neurons_updated", "messages", "hops", "hops_x", "hops_y",
-               "synapse_j", "neuron_j", "network_j", "host_transfers", "host_transfer_j",
+               "links", "synapse_j", "neuron_j", "network_j", "link_j", "host_transfers", "host_transfer_j",
                "onchip_latency_s", "chip_latency_s", "onchip_latency_simple_s", "chip_latency_simple_s",
                "host_transfer_s")
 SCHEDULED_FIELDS = ("onchip_latency_s", "chip_latency_s")      # from the scheduled samples only
-GROUP_FIELDS = ("fired", "updated", "synaptic_events_out", "messages_out", "hops_out", "synapse_j", "neuron_j",
-                "network_j")
+GROUP_FIELDS = ("fired", "updated", "synaptic_events_out", "messages_out", "hops_out", "links_out", "synapse_j",
+                "neuron_j", "network_j", "link_j")
 
 
 class Accounting:
@@ -953,9 +1011,12 @@ class Accounting:
             raise ValueError(f"schedule_samples must be >= 1, got {schedule_samples}")
         self.onchip, self.placement, self.profile, self.T = onchip, placement, profile, T
         m = lambda k: profile[f"mesh.{k}"]
-        self.k = {k: m(k) for k in MESH_REQUIRED if k.startswith(("e_", "t_"))}
+        self.k = {k: m(k) for k in EVENT_CONSTANTS}
+        self.k.update(e_host_transfer=profile["host.e_transfer"], t_host_transfer=profile["host.t_transfer"],
+                      e_link=profile["chips.e_link"])
         C = placement.cores
-        self.xy = core_xy(profile, C)
+        chip = core_chip(profile, C)
+        self.xy = (*core_xy(profile, C), chip_distance(profile, placement.chips)[chip][:, chip])
         self.tables = _source_tables(onchip, placement, self.xy)
         self.neurons = sum(g.neurons for g in onchip.groups.values())
         self.neurons_per_core = torch.zeros(C, dtype=torch.float64)
@@ -1030,19 +1091,24 @@ class Accounting:
                 gen.index_add_(1, cores, S * tab["msgs"] * k["t_message_out"])
                 ev, msgs = float((S @ tab["fanout"]).sum()), float((S @ tab["msgs"]).sum())
                 hx, hy = float((S @ tab["hx"]).sum()), float((S @ tab["hy"]).sum())
+                lk = float((S @ tab["links"]).sum())
                 e_syn = ev * k["e_synaptic_event"]
                 e_net = msgs * (k["e_message_out"] + k["e_message_in"]) + hx * k["e_hop_x"] + hy * k["e_hop_y"]
+                e_link = lk * k["e_link"]
                 sample_j += S @ (tab["fanout"] * k["e_synaptic_event"]
                                  + tab["msgs"] * (k["e_message_out"] + k["e_message_in"])
-                                 + tab["hx"] * k["e_hop_x"] + tab["hy"] * k["e_hop_y"])
+                                 + tab["hx"] * k["e_hop_x"] + tab["hy"] * k["e_hop_y"] + tab["links"] * k["e_link"])
                 for f, v in (("synaptic_events", ev), ("messages", msgs), ("hops", hx + hy), ("hops_x", hx),
-                             ("hops_y", hy), ("synapse_j", e_syn), ("network_j", e_net)):
+                             ("hops_y", hy), ("links", lk), ("synapse_j", e_syn), ("network_j", e_net),
+                             ("link_j", e_link)):
                     st[f] += v
                 gs["synaptic_events_out"] += ev
                 gs["messages_out"] += msgs
                 gs["hops_out"] += hx + hy
+                gs["links_out"] += lk
                 gs["synapse_j"] += e_syn
                 gs["network_j"] += e_net
+                gs["link_j"] += e_link
                 for c in self.onchip.outgoing(name):
                     y = c.forward(S[:, c.src_index].float()) > 0
                     valid = c.dst_index >= 0
@@ -1112,7 +1178,7 @@ class Accounting:
         n = self.scheduled if samples is None else min(samples, self.scheduled)
         bar = barrier(profile, self.placement.tiles_in_use, self.placement.chips)
         # the spans do not depend on the barrier: scheduled once per set of the other constants
-        key = (n, tuple(profile.get(f"mesh.{k}") for k in MESH_REQUIRED if k.startswith("t_")),
+        key = (n, tuple(profile.get(f"mesh.{k}") for k in EVENT_CONSTANTS if k.startswith("t_")),
                profile.get("mesh.link_buffer"))
         cache = self._spans
         if key not in cache:

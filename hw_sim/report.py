@@ -18,16 +18,16 @@ from pathlib import Path
 from ecmt.atomic import write_text
 
 SCHEMA = "ecmt.hw_sim.report"
-VERSION = 2
+VERSION = 3
 SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
 TOP_LAYERS = 15          # layers plotted per entry (every layer is in the table)
 TOP_CONSTANTS = 5        # constants listed per entry in the sensitivity tables
 # One colour per energy category in every plot.
-COLOURS = {"synapse": "#4477aa", "neuron": "#ee6677", "network": "#228833", "host": "#ccbb44",
-           "analog": "#66ccee", "memory": "#aa3377", "static": "#bbbbbb"}
+COLOURS = {"synapse": "#4477aa", "neuron": "#ee6677", "network": "#228833", "chip_links": "#117733",
+           "host": "#ccbb44", "analog": "#66ccee", "memory": "#aa3377", "static": "#bbbbbb"}
 # Column order of categories and phases (report.json stores its keys sorted).
-CATEGORY_ORDER = ("synapse", "neuron", "network", "host", "analog", "memory", "static")
-PHASE_ORDER = ("cores", "barrier", "chip", "host_transfer", "host", "compute")
+CATEGORY_ORDER = ("synapse", "neuron", "network", "chip_links", "host", "analog", "memory", "static")
+PHASE_ORDER = ("cores", "chip_links", "barrier", "host", "compute")
 
 HOW_TO_READ = [
     "Every figure is per inference: counts from a real run on the samples, divided by their number.",
@@ -44,9 +44,8 @@ HOW_TO_READ = [
     "profile's constants table.",
     "95% interval: of the mean over samples (1.96 standard errors), for the energy up to every t and for the "
     "latency; it covers the sampling of inputs, not the constants.  Latency: per sample on CMOS (operations "
-    "over throughput); on neuromorphic profiles the delta method (each step's slowest core held fixed); on "
-    "mesh profiles the detailed schedule of the scheduled samples; 'fixed' where the latency does not depend "
-    "on the data.",
+    "over throughput); on neuromorphic profiles each sample's detailed schedule plus its host time; 'fixed' "
+    "where the latency does not depend on the data.",
     "Deployed accuracy: on a profile deployed in a fixed-point format (its `deployment`), the graph run in "
     "the executor in that format (int8 weights as the Lava exporter rounds them; on Lava fixed point also "
     "integer MT membranes, as Lava's fixed-point model), next to the float accuracy.",
@@ -138,18 +137,20 @@ class Report:
         cats = _ordered(c for r in self.hardware for c in r["energy_by_category_j"])
         rows = [[self._label(r)] + [_g(1e6 * r["energy_by_category_j"].get(c, 0.0)) for c in cats]
                 + [_g(1e6 * r["total_j"])] for r in self.hardware]
-        return ("Energy by category (uJ)", "Synapse, neuron and network: on the cores (neuromorphic); host: the "
-                "host processor's operations and memory traffic; analog and memory: CMOS operations other "
-                "than synaptic adds and MT updates, and SRAM traffic; static: static power x latency.",
+        return ("Energy by category (uJ)", "Synapse, neuron and network: on the cores (neuromorphic); chip_links: "
+                "messages between chips; host: the host cores' operations, memory traffic and chip-host "
+                "transfers; analog and memory: CMOS operations other than synaptic adds and MT updates, and SRAM "
+                "traffic; static: static power x chips x latency.",
                 ["entry"] + cats + ["total"], rows)
 
     def _phases(self):
         phases = _ordered((p for r in self.hardware for p in r["latency_by_phase_s"]), PHASE_ORDER)
         rows = [[self._label(r)] + [_g(1e3 * r["latency_by_phase_s"].get(p, 0.0)) if p in r["latency_by_phase_s"]
                                     else "-" for p in phases] + [_g(1e3 * r["latency_s"])] for r in self.hardware]
-        return ("Latency by phase (ms)", "Summed over the T steps.  cores: the slowest core per step; barrier: "
-                "the step's synchronization; host: the host's operations; chip and host_transfer: the mesh "
-                "model's on-chip phases and chip-host traffic; compute: a CMOS accelerator's operations.",
+        return ("Latency by phase (ms)", "Summed over the T steps.  cores: the detailed schedule of each chip phase "
+                "(at least a tick where the chip has one); chip_links: chip-to-chip link delays; barrier: one "
+                "synchronization per chip phase; host: the host cores' operations and chip-host transfers (host "
+                "and cores do not overlap); compute: a CMOS accelerator's operations.",
                 ["entry"] + phases + ["total"], rows)
 
     def _sensitivity(self):
@@ -163,7 +164,7 @@ class Report:
                              c["range_source"] or c["source"]])
             if r["sensitivity_not_covered"]:
                 rows.append([self._label(r), "not re-priced", ", ".join(r["sensitivity_not_covered"]), "", "",
-                             "mesh mapping constants: they change the placement on the cores, which is not redone"])
+                             "mapping constants: they change the placement on the cores, which is not redone"])
         return ("Which constants decide the result", f"The {TOP_CONSTANTS} constants per entry whose range moves "
                 "the energy most, one at a time (the others nominal): energy with the constant at the low / "
                 "high end of its range.", ["entry", "constant", "value [low, high]", "status",
@@ -200,14 +201,14 @@ class Report:
                 + [_g(1e9 * l["by_category_j"].get(c, 0.0)) for c in cats] for l in layers[:limit]]
         note = "" if limit is None or len(layers) <= limit else f"The {limit} largest of {len(layers)} layers."
         if "mesh" in r:
-            note += (" Per layer from the counting model; the totals above are the mesh model's "
-                     "(on-chip energies per group: report.json, mesh.groups).")
+            note += (" On-chip energies are per group of neurons (an MT neuron's group also carries the "
+                     "synaptic events and messages of its spikes); static energy belongs to no layer.")
         return (f"Layers on {self._label(r)}, by energy (nJ)", note.strip(),
                 ["node", "kind", "energy", "share"] + cats, rows)
 
     def _constants(self, r: dict):
         constants = r["profile"]["constants"]
-        sections = ("energy", "timing", "architecture", "mesh")
+        sections = ("energy", "timing", "mesh", "chips", "host")
         keys = sorted(constants, key=lambda k: (sections.index(k.split(".")[0]) if k.split(".")[0] in sections
                                                 else len(sections), k))
         rows = [[k, f"{c['value']:.4g}", f"{c['range'][0]:.4g} - {c['range'][1]:.4g}", c["unit"], c["status"],

@@ -233,13 +233,19 @@ def test_every_shipped_profile_loads():
         assert p.kind in ("cmos", "neuromorphic")
     assert {"cmos45-fp32", "cmos45-fp16", "cmos45-int8", "loihi", "loihi2", "truenorth",
             "spinnaker2"} <= set(hw_sim.available_profiles())
-    assert all(c.status == "assumption" for c in load_profile("loihi2").constants["energy"].values())
+    loihi2 = load_profile("loihi2").constants["mesh"]
+    assert all(c.status == "assumption" for k, c in loihi2.items() if k.startswith(("e_", "t_")))
+    alias = load_profile("loihi-sanafe")
+    assert (alias.name, alias.alias_of) == ("loihi-sanafe", "loihi")
+    assert alias.constants == load_profile("loihi").constants
 
 
 def test_every_shipped_constant_has_a_sourced_range():
     for name in hw_sim.available_profiles():
         text = (hw_sim.profile.PROFILE_DIR / f"{name}.toml").read_text()
         p = load_profile(name)
+        if p.alias_of:
+            continue
         lines = [l for l in text.splitlines() if l.split(" = { value", 1)[0].isidentifier() and "= { value" in l]
         assert len(lines) == len(p.keys())
         assert all("range = [" in l for l in lines), name            # stated, even where low = high
@@ -247,10 +253,10 @@ def test_every_shipped_constant_has_a_sourced_range():
             section, k = key.split(".", 1)
             c = p.constants[section][k]
             assert c.low <= c.value <= c.high and c.range_source, (name, key)
-    sop = load_profile("loihi").constants["energy"]["sop"]
-    assert (sop.low, sop.value, sop.high) == (23.6e-12, 23.6e-12, 35.5e-12)      # Davies vs SANA-FE
-    barrier = load_profile("loihi").constants["timing"]["barrier"]
-    assert (barrier.low, barrier.high) == (113e-9, 465e-9)
+    sop = load_profile("loihi").constants["mesh"]["e_synaptic_event"]
+    assert (sop.low, sop.value, sop.high) == (23.6e-12, 35.5e-12, 35.5e-12)      # Davies vs SANA-FE
+    barrier = load_profile("loihi").constants["mesh"]["barrier_1"]
+    assert (barrier.low, barrier.high) == (465e-9, 600e-9)
 
 
 def test_user_profile_file_and_malformed_profiles(tmp_path):
@@ -274,12 +280,34 @@ def test_user_profile_file_and_malformed_profiles(tmp_path):
                           "key timing.clock_hz.range: expected a finite"),
     }
     loihi = (hw_sim.profile.PROFILE_DIR / "loihi.toml").read_text()
+    links = 'columns = { value = 8, unit = "chips per row", range = [8, 8]'
+    assert links in loihi
     bad.update({
-        "cores.toml": (loihi.replace("cores = { value = 128", "cores = { value = 0", 1),
-                       "key architecture.cores.value: a count"),
-        "host.toml": (loihi.replace("value = 1.0e9", "value = 0.0", 1),
-                      "key timing.host_ops_per_second.value: expected a number > 0"),
+        "cores.toml": (loihi.replace("cores_per_tile = { value = 4", "cores_per_tile = { value = 0", 1),
+                       "key mesh.cores_per_tile.value: a count"),
+        "host.toml": (loihi.replace("ops_per_second = { value = 0.33e9", "ops_per_second = { value = 0.0", 1),
+                      "key host.ops_per_second.value: expected a number > 0"),
         "baseline.toml": (loihi.replace('ann_baseline = "cmos45-fp32"\n', ""), "key profile.ann_baseline"),
+        # a mesh section missing a field, a negative limit, links that do not join
+        "nomesh.toml": (loihi.replace("input_axons = {", "input_axonz = {", 1), "key mesh.input_axons: missing"),
+        "limit.toml": (loihi.replace("output_axons = { value = 4096", "output_axons = { value = -4096", 1),
+                       "key mesh.output_axons.value: a count, expected a positive integer, got -4096"),
+        "apart.toml": (loihi.replace(links, 'links = [[0, 1], [2, 3]]\ncount = { value = 4, unit = "chips", '
+                                    'source = "a board", status = "assumption" }\n' + links, 1),
+                       "key chips.links: the links do not join every chip: chip(s) 2, 3 cannot be reached"),
+        "nochip.toml": (loihi.replace(links, 'links = [[0, 1], [1, 5]]\ncount = { value = 4, unit = "chips", '
+                                     'source = "a board", status = "assumption" }\n' + links, 1),
+                        "key chips.links[1]: chip 5 does not exist"),
+        "nocount.toml": (loihi.replace(links, "links = [[0, 1]]\n" + links, 1), "key chips.count: listed links"),
+        "selflink.toml": (loihi.replace(links, 'links = [[1, 1]]\n' + links, 1), "key chips.links[0]"),
+        "unknown.toml": (loihi.replace("[host]\n", '[host]\nclock = { value = 1, source = "x", status = "assumption" }\n', 1),
+                         "key host.clock: unknown"),
+        "tiles.toml": (loihi.replace("[mesh]\n", '[mesh]\ntiles = { value = 64, source = "x", status = "assumption" }\n', 1),
+                       "key mesh.tiles: 64 tiles do not fit a 8 x 4 mesh"),
+        "nohost.toml": (loihi.replace("cores_per_chip = { value = 3, unit = \"cores\", range = [3, 3]", "cores_per_chip = { value = 0, unit = \"cores\", range = [0, 0]", 1),
+                        "key host.cores_per_chip: the host needs at least one core"),
+        "table.toml": (loihi.replace("[chips]\n", "[chip]\n", 1), "key chip: not a table of a neuromorphic profile"),
+        "alias.toml": ('[profile]\nname = "x"\nalias = "no-such-chip"\n', "hardware profile 'no-such-chip' not found"),
     })
     for name, (content, message) in bad.items():
         (tmp_path / name).write_text(content)

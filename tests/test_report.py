@@ -1,4 +1,4 @@
-"""Energy report, schema version 2, on a small graph: determinism, the JSON Schema, real HTML
+"""Energy report, schema version 3, on a small graph: determinism, the JSON Schema, real HTML
 tables per section, ranges, sensitivity against a hand computation, intervals over samples."""
 import json
 from html.parser import HTMLParser
@@ -46,7 +46,7 @@ def test_report_json_validates_against_the_schema_file(report):
     jsonschema.Draft202012Validator.check_schema(schema)
     data = json.loads(report.to_json())
     jsonschema.validate(data, schema)
-    assert data["version"] == 2
+    assert data["version"] == 3
     broken = json.loads(report.to_json())
     del broken["hardware"][0]["range"]
     with pytest.raises(jsonschema.ValidationError):

@@ -469,6 +469,49 @@ class _Demand:
         return None
 
 
+LIMIT_KEYS = {"neurons": "mesh.neurons_per_core", "synapse memory": "mesh.synapse_memory_bits",
+              "input axons": "mesh.input_axons", "output axons": "mesh.output_axons"}
+
+
+def _cannot_map(onchip: OnChip, g: Group, why: str, need: float, limits: dict, profile) -> MappingError:
+    """One element of `g` needs more of resource `why` than a core has: the error names the
+    layer, the resource, by how much it is over, and what would make it fit."""
+    limit = limits[why]
+    incoming = onchip.incoming(g.name)
+    via = sorted({c.node for c in incoming})
+    src = max((onchip.groups[c.src].channels for c in incoming), default=1)
+    fits = []
+    if why == "neurons" and g.channels > 1:
+        per_sign = 2 if g.signed else 1
+        fits.append(f'the element form (mt_form = "element": 1 neuron per element)')
+        if limit >= per_sign:
+            fits.append(f"at most {int(limit // per_sign)} levels ({per_sign * int(limit // per_sign)} channels)")
+    if why in ("input axons", "synapse memory") and src > 1:
+        per_channel = need / src
+        if per_channel <= limit:
+            fits.append(f'the element form for the layer feeding it (mt_form = "element": {int(per_channel)} '
+                        f"{'axons' if why == 'input axons' else 'bits'})")
+        per_sign = 2 if any(onchip.groups[c.src].signed for c in incoming) else 1
+        levels = int(limit // per_channel) // per_sign if per_channel else 0
+        if levels >= 1:
+            fits.append(f"at most {levels} levels ({per_sign * levels} channels) in the neurons feeding it")
+    if why == "synapse memory":
+        bits = limits["synapse_bits"]
+        if bits > 1 and need / bits <= limit:
+            fits.append(f"at most {int(limit // (need / bits))}-bit synapses (mesh.synapse_bits = {bits:g})")
+    if why in ("input axons", "synapse memory"):
+        fan_in = need / (src * (limits["synapse_bits"] if why == "synapse memory" else 1))
+        fits.append(f"a smaller layer: fan-in at most {int(fan_in * limit / need)} instead of {int(fan_in)}")
+    if why == "output axons":
+        fits.append("a layer whose neurons reach fewer destination cores (a smaller fan-out)")
+    fits.append(f"a profile with more {why} per core ({LIMIT_KEYS[why]})")
+    return MappingError(
+        f"profile {profile.name}: layer {g.name!r}" + (f" (fed by {', '.join(via)})" if via else "")
+        + f": one element ({g.channels} neuron(s)) needs {why} {int(need)} > {int(limit)} per core "
+        f"({LIMIT_KEYS[why]}), {need / limit:.2f}x over; an element must fit one core, so more chips do not help",
+        hint="it would fit with " + "; or ".join(fits))
+
+
 def place(onchip: OnChip, profile) -> Placement:
     limits = _limits(profile)
     caps: dict[str, int] = {}
@@ -479,9 +522,7 @@ def place(onchip: OnChip, profile) -> Placement:
             return placement
         for name, (used, per_core) in over.items():
             if per_core <= 1:
-                raise MappingError(f"layer {name!r}: one neuron needs {used} output axons, the profile "
-                                   f"{profile.name} allows {int(limits['output axons'])} per core "
-                                   f"(mesh.output_axons)")
+                raise _cannot_map(onchip, onchip.groups[name], "output axons", used, limits, profile)
             caps[name] = max(1, int(per_core * limits["output axons"] // used))
     raise MappingError(f"{profile.name}: no placement within the output-axon limit after 6 tries")
 
@@ -500,14 +541,7 @@ def _place_once(onchip: OnChip, profile, limits, caps) -> Placement:
         while a < n:
             why = d.fits(a, a + 1, cap)
             if why is not None:
-                u = d.use(a, a + 1)
-                lim = limits["neurons"] if why == "neurons" else limits[why]
-                via = sorted({c.node for c in d.incoming})
-                raise MappingError(
-                    f"layer {g.name!r}" + (f" (fed by {', '.join(via)})" if via else "") + f": one element ({g.channels} neuron(s)) needs {why} "
-                    f"{int(u.get(why, 0))} > {int(lim)} per core on profile {profile.name} "
-                    f"(mesh/architecture limit); it cannot be mapped",
-                    hint="use a profile with larger cores, weight sharing, or graded spikes (fewer channels)")
+                raise _cannot_map(onchip, g, why, d.use(a, a + 1).get(why, 0), limits, profile)
             # the largest k with [a, a+k) fitting: the last core's k when it is still the
             # largest (layers repeat), else an exponential then a binary search
             if last_k > 1 and a + last_k < n and d.fits(a, a + last_k, cap) is None \

@@ -43,12 +43,16 @@ class SanafeError(EcmtError):
     """SANA-FE's environment is missing or its run failed."""
 
 
-def describe(onchip: OnChip, placement: Placement, rasters: dict[str, Raster], profile, sample: int = 0) -> dict:
-    if placement.chips > 1:
-        raise SanafeError(f"the mapping needs {placement.chips} chips; SANA-FE's Loihi description is one chip "
-                          f"({placement.cores} cores > {int(profile['architecture.cores'])})",
-                          hint="map fewer neurons (mt_form = 'element' in the profile) or a smaller network")
+def describe(onchip: OnChip, placement: Placement, rasters: dict[str, Raster], profile, sample: int = 0,
+             tiles: int = 32) -> dict:
+    """`tiles`: the tiles of the SANA-FE architecture it will run on (32: the wheel's one-chip
+    Loihi; 1024: its loihi_large, 32 chips in one strip, which equals hw_sim's tile geometry
+    with chips.columns = 32)."""
     cpt = int(profile["mesh.cores_per_tile"])
+    needed = -(-placement.cores // cpt)
+    if needed > tiles:
+        raise SanafeError(f"the mapping needs {needed} tiles ({placement.chips} chips); the SANA-FE architecture "
+                          f"has {tiles}", hint="run SANA-FE's loihi_large (tiles=1024), or map a smaller network")
     T = next(iter(rasters.values())).chan.shape[0]
     groups, fired_neurons = [], {}
     for name, g in onchip.groups.items():
@@ -120,8 +124,9 @@ def sanafe_python() -> str | None:
 
 
 def run(description: dict, *, timing: str = "detailed,simple", breakdown: bool = True,
-        workdir: str | os.PathLike | None = None, timeout: float = 1800) -> dict:
-    """Run a description through tools/sanafe_run.py in SANA-FE's env; the result JSON."""
+        workdir: str | os.PathLike | None = None, timeout: float = 1800, tiles: int | None = None) -> dict:
+    """Run a description through tools/sanafe_run.py in SANA-FE's env; the result JSON.
+    `tiles`: SANA-FE's Loihi with that many tiles (1024: its loihi_large, 32 chips)."""
     python = sanafe_python()
     if python is None:
         raise SanafeError("SANA-FE's environment is not built (.cache/sanafe)", hint="run tools/sanafe_env.sh")
@@ -131,6 +136,8 @@ def run(description: dict, *, timing: str = "detailed,simple", breakdown: bool =
         cmd = [python, str(RUNNER), str(net), "-o", str(out), "--timing", timing]
         if not breakdown:
             cmd.append("--no-breakdown")
+        if tiles is not None:
+            cmd += ["--tiles", str(tiles)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         if proc.returncode != 0:

@@ -294,6 +294,23 @@ def trimmed_arch(arch_path: str, folder: str) -> str:
     return out
 
 
+def resized_arch(arch_path: str, tiles: int, folder: str) -> str:
+    """A copy of a one-tile-type architecture with `tiles` tiles, written to `folder` (a
+    temporary folder; never into the repository)."""
+    import yaml
+    with open(arch_path) as f:
+        doc = yaml.safe_load(f)
+    entries = doc["architecture"]["tile"]
+    m = re.fullmatch(r"(.*)\[(\d+)\.\.(\d+)\]", entries[0]["name"]) if len(entries) == 1 else None
+    if m is None or tiles < 1:
+        raise BadInput(f"--tiles {tiles}: needs N >= 1 and an architecture with one tile type named name[a..b]")
+    entries[0]["name"] = f"{m.group(1)}[0..{tiles - 1}]"
+    out = os.path.join(folder, "arch-resized.yaml")
+    with open(out, "w") as f:
+        yaml.safe_dump(doc, f, sort_keys=False)
+    return out
+
+
 def sync_delay(table: dict, mapped_tiles: int) -> float:
     """SANA-FE's LookupTable: the value of the largest key <= mapped_tiles (else the first)."""
     keys = sorted(int(k) for k in table)
@@ -595,6 +612,10 @@ def main(argv=None) -> int:
     ap.add_argument("net", help="the network description (ecmt.sanafe.net JSON)")
     ap.add_argument("-o", "--out", required=True, help="where to write the result JSON")
     ap.add_argument("--arch", help="architecture YAML (default: the Loihi description in the sanafe wheel)")
+    ap.add_argument("--tiles", type=int, metavar="N",
+                    help="the architecture with N tiles of its tile type instead of its own count: with the "
+                         "wheel's Loihi description and N = 1024, SANA-FE's own arch/loihi_large.yaml (32 chips "
+                         "in one strip of tiles, x = tile // height), which the wheel does not ship")
     ap.add_argument("--timing", default="detailed,simple",
                     help="SANA-FE timing models to run, comma-separated (detailed, simple, cycle); "
                          "energies come from the first")
@@ -632,7 +653,12 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     scratch = tempfile.mkdtemp(prefix="sanafe_run.")
     try:
+        if args.tiles is not None:
+            arch_path = resized_arch(arch_path, args.tiles, scratch)
         return _run(args, net, timings, sanafe, arch_path, scratch, t_start)
+    except BadInput as err:
+        print(f"sanafe_run: {err}", file=sys.stderr)
+        return 2
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

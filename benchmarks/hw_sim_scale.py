@@ -1,0 +1,130 @@
+"""How hw_sim's neuromorphic engine scales: the demo ViT on every sample, and ViT-B/16.
+
+    python benchmarks/hw_sim_scale.py      # writes docs/benchmarks/hw_sim_scale.{md,json}
+
+1. The demo ViT (committed checkpoint, calibrated on 512 training images), 256 test images,
+   T = 16: hw_sim.simulate on loihi and on loihi2 (each alone: the count, the record of every
+   spike, the detailed schedule of every sample and step, the pricing with its ranges), against
+   the plain evaluation of the same images (the executor's default path, T = 16), timed in
+   turn in one process; the ratio is hw_sim's time over the plain run's.
+2. timm vit_base_patch16_224 (random weights, converted on 8 random images), 8 samples, T = 4,
+   on loihi2: the time of each stage, the process's peak memory, the chips and the per-layer
+   mapping (the first block's layers and the totals).
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from machine import machine_info, machine_markdown, write_result
+
+import ecmt
+import hw_sim
+from ecmt import data
+from ecmt.convert import calibration_batches
+from ecmt.runtime import GraphExecutor
+from ecmt.zoo import load_model
+
+OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def demo_part(samples: int, T: int, repeats: int) -> dict:
+    model = load_model("demo")
+    train, test = data.fashion_mnist("train"), data.fashion_mnist("test").take(samples)
+    graph = ecmt.convert(model, calibration_batches(train.sample(512)), progress=False).graph
+    x = test.images
+    executor = GraphExecutor(graph)
+
+    def plain():
+        for s in range(0, len(x), 256):
+            executor.run(x[s:s + 256], T)
+    rows = {}
+    plain()                                                   # warm-up (compilation, caches)
+    for profile in ("loihi", "loihi2"):
+        hw_sim.simulate(graph, x[:8], 2, profile, progress=False)       # warm-up
+        times = {"plain": [], "hw_sim": []}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            plain()
+            times["plain"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            report = hw_sim.simulate(graph, x, T, profile, progress=False)
+            times["hw_sim"].append(time.perf_counter() - t0)
+        r = report.result(profile)
+        best = {k: min(v) for k, v in times.items()}
+        rows[profile] = {"plain_s": best["plain"], "hw_sim_s": best["hw_sim"],
+                         "ratio": best["hw_sim"] / best["plain"], "repeats": repeats,
+                         "cores": r["cores_used"], "chips": r["chips"],
+                         "scheduled_samples": r["mesh"]["scheduled_samples"], "samples": r["mesh"]["samples"],
+                         "latency_by_phase_s": r["latency_by_phase_s"], "total_j": r["total_j"]}
+        print(profile, rows[profile], flush=True)
+    return {"samples": samples, "T": T, "profiles": rows}
+
+
+def vit_b_part(samples: int, T: int) -> dict:
+    import timm
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()
+    x = torch.randn(samples, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    graph = ecmt.convert(model, x, progress=False).graph
+    convert_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = hw_sim.simulate(graph, x, T, "loihi2", progress=False)
+    simulate_s = time.perf_counter() - t0
+    r = report.result("loihi2")
+    block0 = [m for m in r["mapping"] if m["name"].startswith("blocks.0.")]
+    return {"samples": samples, "T": T, "convert_s": convert_s, "simulate_s": simulate_s, "peak_rss_mb": peak_mb(),
+            "cores": r["cores_used"], "chips": r["chips"], "layers_mapped": len(r["mapping"]),
+            "block0": [{k: m[k] for k in ("name", "elements", "cores", "limiting_resource")} for m in block0],
+            "latency_by_phase_s": r["latency_by_phase_s"], "energy_by_category_j": r["energy_by_category_j"],
+            "total_j": r["total_j"], "energy_ratio": r["energy_ratio"]}
+
+
+def render(result: dict) -> str:
+    d, b = result["demo"], result["vit_b"]
+    lines = ["# hw_sim at scale: every sample scheduled, ViT-B/16 on Loihi 2", "",
+             f"Script: `benchmarks/hw_sim_scale.py`.  {machine_markdown(result['machine'])}.", "",
+             f"## The demo ViT, {d['samples']} test images, T = {d['T']}", "",
+             "hw_sim.simulate (count, record every spike, schedule every sample and step in compiled code, "
+             "price with ranges) against the plain evaluation of the same images on the executor's default "
+             "path, timed in turn in one process (best of the repeats).", "",
+             "| profile | plain eval (s) | hw_sim (s) | hw_sim / plain | cores | chips | scheduled / samples |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in d["profiles"].items():
+        lines.append(f"| {name} | {r['plain_s']:.1f} | {r['hw_sim_s']:.1f} | **{r['ratio']:.2f}x** | {r['cores']} | "
+                     f"{r['chips']} | {r['scheduled_samples']} / {r['samples']} |")
+    lines += ["", f"## timm vit_base_patch16_224 (random weights), {b['samples']} samples, T = {b['T']}, loihi2", "",
+              f"Converted in {b['convert_s']:.1f} s; hw_sim.simulate in {b['simulate_s']:.1f} s; peak memory of the "
+              f"process {b['peak_rss_mb']:.0f} MB.  Mapped on **{b['chips']} chips** ({b['cores']} cores, "
+              f"{b['layers_mapped']} on-chip layers); energy {1e3 * b['total_j']:.3g} mJ per inference "
+              f"({b['energy_ratio']:.3g}x the ANN on cmos45-fp32).", "",
+              "Latency by phase (s, over T): " + ", ".join(f"{k} {v:.3g}" for k, v in b["latency_by_phase_s"].items())
+              + ".", "", "Block 0's layers:", "", "| layer | elements | cores | limited by |", "|---|---|---|---|"]
+    lines += [f"| {m['name']} | {m['elements']} | {m['cores']} | {m['limiting_resource']} |" for m in b["block0"]]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("-T", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--vit-b-samples", type=int, default=8)
+    parser.add_argument("--vit-b-T", type=int, default=4)
+    args = parser.parse_args()
+    result = {"machine": machine_info(), "demo": demo_part(args.samples, args.T, args.repeats),
+              "vit_b": vit_b_part(args.vit_b_samples, args.vit_b_T)}
+    write_result(OUT, "hw_sim_scale", result, render(result))
+
+
+if __name__ == "__main__":
+    main()

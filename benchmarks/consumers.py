@@ -6,8 +6,10 @@ For the demo MLP and the demo CNN (paper calibration on 512 training images) and
 three exports of each:
 
 * graded: the default file (MT neurons as IF nodes with ecmt metadata);
-* unit: the same graph with thresholds moved into the weights where exact
-  (`--unit-thresholds`), so that a consumer's unit spikes have the right size;
+* unit: the same graph with thresholds moved into the weights where exact, and a
+  standard 1x1 Conv2d / Affine after every other MT neuron that multiplies a
+  consumer's unit spike by the threshold (`--unit-thresholds`), so that its spikes
+  have the right size on skip paths and pools too;
 * binary: converted with one level per neuron (levels = 1), unit thresholds:
   the single-threshold network closest to what IF neurons compute.
 
@@ -112,6 +114,7 @@ def main():
                     files[neuron] = tmp / f"{model_name}-{variant}-{neuron}.nir"
                     summary = enir.export(graph, files[neuron], neuron=neuron, unit_thresholds=spec["unit"])
                 v["unit_thresholds"] = len(summary.unit_thresholds or [])
+                v["spike_sizes"] = len(summary.spike_sizes)
                 v["mt_neurons"] = sum(n for k, n in summary.convention.items() if k.startswith("mt_neuron"))
                 if variant == "graded":
                     start = time.time()
@@ -148,7 +151,8 @@ def markdown(result: dict, ts) -> str:
                   "| export | runtime | file | " + " | ".join(f"t={t}" for t in ts) + " | agreement t=8 / t=32 | s |",
                   "|---|---|---|" + "---|" * len(ts) + "---|---|"]
         for variant, v in entry["variants"].items():
-            name = f"{variant} ({v['unit_thresholds']}/{v['mt_neurons']} unit)" if variant != "graded" else variant
+            name = (f"{variant} ({v['unit_thresholds']}/{v['mt_neurons']} unit, {v.get('spike_sizes', 0)} size nodes)"
+                    if variant != "graded" else variant)
             lines.append(f"| {name} | ecmt executor | | " + " | ".join(pct(v["executor"]["accuracy"][t]) for t in ts)
                          + " | | |")
             for consumer, row in v["consumers"].items():

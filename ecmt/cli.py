@@ -299,7 +299,7 @@ def cmd_export(args):
                       args.lava_layout))
         return 0
     from . import data
-    from .pipeline import export_and_verify
+    from .pipeline import export_and_verify, speck_line
     x = data.load(args.data, "test", args.data_root).take(args.verify_samples)
     data.check_shape(x, graph.shapes[graph.input.name], f"--data {args.data}")
     options = ({"unit_thresholds": args.unit_thresholds, "ppn": args.ppn, "neuron": args.nir_neuron}
@@ -313,11 +313,6 @@ def cmd_export(args):
     if speck:
         print(speck_line(speck))
     return 0 if all(c.ok for c in checks) else 1
-
-
-def speck_line(speck: dict) -> str:
-    verdict = "fits" if speck["fits"] else "unknown" if speck["fits"] is None else "does not fit"
-    return f"Speck ({speck['chip']}, sinabs' check): {verdict}" + (f": {speck['reason']}" if speck.get("reason") else "")
 
 
 def cmd_pipeline(args):

@@ -304,6 +304,19 @@ def _convert(job: ModelJob, quiet: bool):
                    progress=not quiet, **job.convert).graph
 
 
+def accuracy(spiking, split, T: int, device: str) -> dict:
+    """ANN accuracy (the graph's analog mode) and SNN accuracy at every t <= T."""
+    from .evaluate import ann_accuracy, snn_accuracy
+    return {"samples": len(split), "T": T,
+            "ann_accuracy": ann_accuracy(spiking, split, 256, progress=False, device=device),
+            "snn_accuracy": snn_accuracy(spiking, split, T, batch_size=256, progress=False, device=device)}
+
+
+def speck_line(speck: dict) -> str:
+    verdict = "fits" if speck["fits"] else "unknown" if speck["fits"] is None else "does not fit"
+    return f"Speck ({speck['chip']}, sinabs' check): {verdict}" + (f": {speck['reason']}" if speck.get("reason") else "")
+
+
 def exported_graph(graph, unit_thresholds: bool = False, ppn: bool = False):
     """The graph a NIR file with these options holds (its executor is the reference)."""
     from .ir import expand_ppn
@@ -379,11 +392,10 @@ def run_model(job: ModelJob, out: Path, stages: Stages, quiet: bool) -> dict:
     save_graph(graph, graph_path)
     entry["graph"] = {"path": str(graph_path), "sha256": sha256_file(graph_path)}
 
-    from .cli import evaluate
     split = test.take(job.eval_samples)
-    result = stages.run(job.name, f"evaluate on {len(split)} images, T = {job.T}", evaluate,
-                        SpikingModel.from_graph(graph), split, job.T, 256, True, job.device)
-    entry["accuracy"] = {k: result[k] for k in ("samples", "T", "ann_accuracy", "snn_accuracy")}
+    result = stages.run(job.name, f"evaluate on {len(split)} images, T = {job.T}", accuracy,
+                        SpikingModel.from_graph(graph), split, job.T, job.device)
+    entry["accuracy"] = result
     stages.say(job.name, f"accuracy: ANN {100 * result['ann_accuracy']:.2f}%, SNN at T = {job.T} "
                          f"{100 * result['snn_accuracy'][-1]:.2f}%")
 
@@ -399,7 +411,6 @@ def run_model(job: ModelJob, out: Path, stages: Stages, quiet: bool) -> dict:
         entry["exports"][fmt] = {"path": str(path), "sha256": sha256_file(path), "options": options,
                                  "verification": [c.to_json() for c in checks]}
         if speck:
-            from .cli import speck_line
             stages.say(job.name, speck_line(speck))
             entry["exports"][fmt]["speck"] = speck
 

@@ -259,30 +259,48 @@ def speck_fitness(path, chip: str = SPECK) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def verify_consumer(consumer: str, path, x: torch.Tensor, T: int, reference: np.ndarray) -> Verification:
+class ConsumerUnavailable(Exception):
+    """A consumer's environment is not built (or this is not a checkout with tools/)."""
+
+
+class ConsumerFailure(Exception):
+    """The consumer library fails to load or run the file (the runner's one-line message)."""
+
+
+def run_consumer(consumer: str, path, x: torch.Tensor, T: int, batch_size: int = 64) -> np.ndarray:
     """The NIR file in snnTorch, Norse or sinabs as shipped (tools/nir_consumer_run.py in
-    the env of tools/nir_consumers.sh): their own neuron models, so only the argmax
-    agreement with the executor's estimates `reference` [T, N, ...] is reported."""
+    the env of tools/nir_consumers.sh), x fed at every step: their per-step outputs [T, N, ...]."""
     import os
     import subprocess
     import tempfile
     from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
-    v = Verification(f"nir:{consumer}", consumer, len(x), T, None)
     python, why = _consumer_python(consumer)
     if python is None:
-        v.skipped, v.detail = True, why
-        return v
+        raise ConsumerUnavailable(f"{consumer}: {why}")
+    runner = Path(__file__).resolve().parent.parent / "tools" / "nir_consumer_run.py"
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "x.npy", x.numpy())
-        r = subprocess.run([python, str(root / "tools" / "nir_consumer_run.py"), "--consumer", consumer, "--nir",
-                            str(path), "--inputs", str(Path(tmp) / "x.npy"), "-T", str(T), "--out",
-                            str(Path(tmp) / "y.npy")], capture_output=True, text=True,
+        r = subprocess.run([python, str(runner), "--consumer", consumer, "--nir", str(path), "--inputs",
+                            str(Path(tmp) / "x.npy"), "-T", str(T), "--out", str(Path(tmp) / "y.npy"),
+                            "--batch-size", str(batch_size)], capture_output=True, text=True,
                            env={**os.environ, "OMP_NUM_THREADS": "1"})
         if r.returncode != 0:
-            v.ok, v.detail = False, (r.stderr.strip().splitlines() or ["no message"])[-1]
-            return v
-        total = np.cumsum(np.load(Path(tmp) / "y.npy"), axis=0)
+            raise ConsumerFailure((r.stderr.strip().splitlines() or ["no message"])[-1])
+        return np.load(Path(tmp) / "y.npy")
+
+
+def verify_consumer(consumer: str, path, x: torch.Tensor, T: int, reference: np.ndarray) -> Verification:
+    """The NIR file in snnTorch, Norse or sinabs (run_consumer): their own neuron models, so
+    only the argmax agreement with the executor's estimates `reference` [T, N, ...] is reported."""
+    v = Verification(f"nir:{consumer}", consumer, len(x), T, None)
+    try:
+        total = np.cumsum(run_consumer(consumer, path, x, T), axis=0)
+    except ConsumerUnavailable as err:
+        v.skipped, v.detail = True, str(err)
+        return v
+    except ConsumerFailure as err:
+        v.ok, v.detail = False, str(err)
+        return v
     v.agreement = float((total[-1].argmax(-1) == reference[-1].argmax(-1)).mean())
     return v
 

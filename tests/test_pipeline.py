@@ -165,3 +165,18 @@ def test_export_verify_fails_on_a_wrong_export_naming_image_and_size(mlp_graph, 
                  str(data), "--verify-samples", "4"]) == 1
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("verify nir ")][0]
     assert "DISAGREES: image " in line and "step " in line and "deviation" in line, line
+
+
+@pytest.mark.slow
+def test_export_verify_runs_lava_in_lockstep_and_netx_bit_for_bit(mlp_graph, tmp_path, capsys):
+    """A ReLU MLP takes the netx layout: Lava's simulator runs ecmt's processes in lockstep
+    with the executor, and netx's record must equal ecmt's integer model of netx."""
+    data = tensor_data(tmp_path / "d.pt", n=2, size=8)
+    assert main(["export", str(mlp_graph), "--to", "lava", "-o", str(tmp_path / "m.h5"), "--verify", "--data",
+                 str(data), "--verify-samples", "2", "-T", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "in the netx layout" in out
+    lava = [ln for ln in out.splitlines() if ln.startswith("verify lava ")][0]
+    netx = [ln for ln in out.splitlines() if ln.startswith("verify netx ")][0]
+    assert "argmax agreement 100.0%" in lava and " ties in " in lava and "DISAGREES" not in lava, lava
+    assert "max deviation 0.00e+00" in netx and "DISAGREES" not in netx, netx

@@ -175,13 +175,25 @@ def two_layer_speck_net(path, channels: int):
 
 
 def test_speck_fitness_is_sinabs_verdict(demo_graphs, tmp_path):
-    """sinabs' own Speck check (tools/nir_consumer_run.py --speck): a small conv net fits
-    (two layers on two cores); the same with 128 channels exceeds the cores' memory; the
-    demo MLP's readout (a weight layer without a neuron) is named as what does not fit."""
+    """sinabs' own Speck check (tools/nir_consumer_run.py --speck; the verdicts docs/nir.md
+    lists): a small conv net fits (two layers on two cores); the same with 128 channels
+    exceeds the cores' memory; a sequential CNN's and the demo MLP's readout (a weight layer
+    without a neuron) is named as what does not fit; the residual demo CNN fails earlier."""
     fit = speck(two_layer_speck_net(tmp_path / "fit.nir", 8))
     assert fit["fits"] is True and fit["layers"] == 2 and len(fit["cores"]) == 2, fit
     big = speck(two_layer_speck_net(tmp_path / "big.nir", 128))
     assert big["fits"] is False and "No valid mapping found" in big["reason"], big
+    # A sequential CNN, and the demo MLP: their linear readout is a weight layer without a neuron.
+    seq = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(16 * 7 * 7, 10)).eval()
+    enir.export(ecmt.convert(seq, torch.randn(32, 1, 28, 28), progress=False).graph, tmp_path / "seq.nir")
     enir.export(demo_graphs["demo-mlp"], tmp_path / "mlp.nir")
-    mlp = speck(tmp_path / "mlp.nir")
-    assert mlp["fits"] is False and "Linear" in mlp["reason"] and "followed by a spiking layer" in mlp["reason"], mlp
+    for name in ("seq", "mlp"):
+        verdict = speck(tmp_path / f"{name}.nir")
+        assert verdict["fits"] is False and "Linear" in verdict["reason"] \
+            and "followed by a spiking layer" in verdict["reason"], verdict
+    # The demo CNN: sinabs' backend fails to build chip layers from the residual network.
+    enir.export(demo_graphs["demo-cnn"], tmp_path / "cnn.nir")
+    cnn = speck(tmp_path / "cnn.nir")
+    assert cnn["fits"] is False and cnn["stage"] == "DynapcnnNetwork (chip layers)", cnn

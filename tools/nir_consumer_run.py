@@ -221,9 +221,8 @@ def speck_fitness(graph, chip: str) -> dict:
     The last step of ``DynapcnnNetwork.is_compatible_with`` (samna's
     ``validate_configuration`` of the generated configuration) needs samna's native
     library, which PyPI does not ship; it runs only where that library is installed."""
-    import torch
+    stubbed = _guard_samna()          # before sinabs is imported
     import sinabs
-    stubbed = _guard_samna()
     verdict = {"chip": chip, "fits": False, "stage": None, "reason": None, "layers": None, "cores": None,
                "samna_validation": "not run: samna's native library is not installed" if stubbed else None}
     shape = _input_shape(graph)
@@ -249,7 +248,6 @@ def speck_fitness(graph, chip: str) -> dict:
         verdict["reason"] = f"needs samna: {err}"
     except Exception as err:  # noqa: BLE001 - sinabs' verdict, whatever it raises
         verdict["reason"] = f"{type(err).__name__}: {_one_line(err)}"
-    del torch
     return verdict
 
 

@@ -192,3 +192,26 @@ def test_export_verify_runs_lava_in_lockstep_and_netx_bit_for_bit(mlp_graph, tmp
     netx = [ln for ln in out.splitlines() if ln.startswith("verify netx ")][0]
     assert "argmax agreement 100.0%" in lava and " ties in " in lava and "DISAGREES" not in lava, lava
     assert "max deviation 0.00e+00" in netx and "DISAGREES" not in netx, netx
+
+
+def test_pipeline_exits_1_and_records_a_disagreeing_export(tmp_path, capsys, monkeypatch):
+    """The same wrong NIR writer inside the pipeline: the manifest is written with ok false
+    and the failure (model, export, image, size), and the run exits 1."""
+    import numpy as np
+
+    import ecmt
+    from exporters.nir import writer
+    from models import every_kind_graph
+    ecmt.save_graph(every_kind_graph(), tmp_path / "g.ecmt")
+    right = writer._np
+    monkeypatch.setattr(writer, "_np", lambda t: right(t) * np.float32(1.01) if right(t).shape == (8, 4) else right(t))
+    tensor_data(tmp_path / "d.pt", n=4, size=6)
+    config = write_config(tmp_path, 'out = "runs"\n[[model]]\nname = "g"\ngraph = "g.ecmt"\ndata = "d.pt"\n'
+                                    'export = ["onnx", "nir"]\nverify_samples = 4\nT = 4\n')
+    assert main(["--quiet", "pipeline", str(config)]) == 1
+    manifest = json.loads((tmp_path / "runs" / "manifest.json").read_text())
+    assert manifest["ok"] is False and len(manifest["failures"]) == 1
+    assert manifest["failures"][0].startswith("model g, export nir (") and "image " in manifest["failures"][0]
+    checks = {e: c["verification"][0]["ok"] for e, c in manifest["models"]["g"]["exports"].items()}
+    assert checks == {"onnx": True, "nir": False}
+    assert "verification failed: model g, export nir" in capsys.readouterr().err

@@ -6,8 +6,10 @@ For the demo MLP and the demo CNN (paper calibration on 512 training images) and
 three exports of each:
 
 * graded: the default file (MT neurons as IF nodes with ecmt metadata);
-* unit: the same graph with thresholds moved into the weights where exact
-  (`--unit-thresholds`), so that a consumer's unit spikes have the right size;
+* unit: the same graph with thresholds moved into the weights where exact, and a
+  standard 1x1 Conv2d / Affine after every other MT neuron that multiplies a
+  consumer's unit spike by the threshold (`--unit-thresholds`), so that its spikes
+  have the right size on skip paths and pools too;
 * binary: converted with one level per neuron (levels = 1), unit thresholds:
   the single-threshold network closest to what IF neurons compute.
 
@@ -21,7 +23,6 @@ prediction at t is the argmax of the summed outputs up to t.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -36,10 +37,11 @@ from ecmt import SpikingModel, data
 from ecmt.evaluate import ann_accuracy
 from ecmt.zoo import load_model
 from exporters import nir as enir
+from exporters import verify
 
 ROOT = Path(__file__).parent.parent
 OUT = ROOT / "docs" / "benchmarks"
-CONSUMERS = {"norse": "IF", "sinabs": "IF", "snntorch": "LIF"}
+CONSUMERS = verify.CONSUMERS     # the NIR neuron each reads (docs/nir.md)
 VARIANTS = {"graded": dict(levels=8, unit=False), "unit": dict(levels=8, unit=True),
             "binary": dict(levels=1, unit=True)}
 
@@ -55,32 +57,19 @@ def agreement_at(outputs: np.ndarray, reference: np.ndarray, ts) -> dict:
     return {t: float((total[t - 1].argmax(-1) == reference[t - 1].argmax(-1)).mean()) for t in ts}
 
 
-def run_consumer(consumer: str, path: Path, x_path: Path, T: int, out: Path):
-    python = subprocess.run([str(ROOT / "tools" / "nir_consumers.sh"), "--python", consumer],
-                            capture_output=True, text=True, check=True).stdout.strip()
+def run_consumer(consumer: str, path: Path, x: torch.Tensor, T: int):
+    """(outputs [T, N, ...] or None, seconds, error or None): exporters/verify.py's run."""
     start = time.time()
-    r = subprocess.run([python, str(ROOT / "tools" / "nir_consumer_run.py"), "--consumer", consumer,
-                        "--nir", str(path), "--inputs", str(x_path), "-T", str(T), "--out", str(out),
-                        "--batch-size", "250"], capture_output=True, text=True)
-    seconds = time.time() - start
-    if r.returncode != 0:
-        return None, seconds, r.stderr.strip().splitlines()[-1]
-    return np.load(out), seconds, None
+    try:
+        out = verify.run_consumer(consumer, path, x, T, batch_size=250)
+    except verify.ConsumerFailure as err:
+        return None, time.time() - start, str(err)
+    return out, time.time() - start, None
 
 
 def node_map_run(path: Path, x: torch.Tensor, T: int) -> np.ndarray:
-    import nir
-    import nirtorch
-    outs = []
-    for batch in x.split(250):
-        m = nirtorch.nir_to_torch(nir.read(str(path)), enir.torch_node_map())
-        out, state = m(batch)
-        steps = [out]
-        for _ in range(T - 1):
-            out, state = m(batch, state)
-            steps.append(out)
-        outs.append(torch.stack(steps))
-    return torch.cat(outs, dim=1).numpy()
+    """Running estimates through nirtorch with ecmt's node map (exporters/verify.py), 250 images at a time."""
+    return np.concatenate([verify.nir_node_map_run(path, batch, T) for batch in x.split(250)], axis=1)
 
 
 def main():
@@ -96,8 +85,6 @@ def main():
     result = {"machine": machine_info(), "samples": args.samples, "T": args.T, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        x_path = tmp / "x.npy"
-        np.save(x_path, test.images.numpy())
         for model_name in ("demo-mlp", "demo-cnn"):
             model = load_model(model_name)
             entry = {"ann_accuracy": ann_accuracy(model, test, progress=False), "variants": {}}
@@ -112,17 +99,19 @@ def main():
                     files[neuron] = tmp / f"{model_name}-{variant}-{neuron}.nir"
                     summary = enir.export(graph, files[neuron], neuron=neuron, unit_thresholds=spec["unit"])
                 v["unit_thresholds"] = len(summary.unit_thresholds or [])
+                v["spike_sizes"] = len(summary.spike_sizes)
                 v["mt_neurons"] = sum(n for k, n in summary.convention.items() if k.startswith("mt_neuron"))
                 if variant == "graded":
                     start = time.time()
                     mapped = node_map_run(files["IF"], test.images, args.T)
                     v["consumers"]["nirtorch + ecmt node map"] = {
-                        "accuracy": accuracy_at(mapped, labels, ts), "agreement": agreement_at(mapped, executor, ts),
-                        "max_abs_error": float(np.abs(np.cumsum(mapped, 0) / np.arange(1, args.T + 1)[:, None, None]
-                                                      - executor).max()),
+                        "accuracy": {t: float((mapped[t - 1].argmax(-1) == labels).mean()) for t in ts},
+                        "agreement": {t: float((mapped[t - 1].argmax(-1) == executor[t - 1].argmax(-1)).mean())
+                                      for t in ts},
+                        "max_abs_error": float(np.abs(mapped - executor).max()),
                         "seconds": round(time.time() - start, 1)}
                 for consumer, neuron in CONSUMERS.items():
-                    out, seconds, error = run_consumer(consumer, files[neuron], x_path, args.T, tmp / "y.npy")
+                    out, seconds, error = run_consumer(consumer, files[neuron], test.images, args.T)
                     row = {"file": neuron, "seconds": round(seconds, 1)}
                     if error:
                         row["error"] = error
@@ -148,7 +137,8 @@ def markdown(result: dict, ts) -> str:
                   "| export | runtime | file | " + " | ".join(f"t={t}" for t in ts) + " | agreement t=8 / t=32 | s |",
                   "|---|---|---|" + "---|" * len(ts) + "---|---|"]
         for variant, v in entry["variants"].items():
-            name = f"{variant} ({v['unit_thresholds']}/{v['mt_neurons']} unit)" if variant != "graded" else variant
+            name = (f"{variant} ({v['unit_thresholds']}/{v['mt_neurons']} unit, {v.get('spike_sizes', 0)} size nodes)"
+                    if variant != "graded" else variant)
             lines.append(f"| {name} | ecmt executor | | " + " | ".join(pct(v["executor"]["accuracy"][t]) for t in ts)
                          + " | | |")
             for consumer, row in v["consumers"].items():

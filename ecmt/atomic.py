@@ -61,16 +61,36 @@ def remove_stale_parts(path: Path) -> list[Path]:
     return removed
 
 
-def check_writable(path) -> None:
-    """Refuse an output that cannot be written, before any work is done."""
+def check_writable(path, *, folder: bool = False) -> None:
+    """Refuse an output that cannot be written, before any work is done: a file target
+    that is a folder (or a folder target that is a file), a read-only file, or a place
+    where nothing can be created.  The last is checked with a real write probe in the
+    nearest existing folder, since permission bits do not bind root and a read-only
+    file system is not in them."""
     path = Path(path)
-    if str(path).endswith(os.sep) or path.is_dir():
-        raise EcmtError(f"{path}: is a directory, not a file to write", hint="name the output file")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise EcmtError(f"{path}: is read-only; ecmt does not replace it", hint="remove it or pick another name")
-    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
-    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise EcmtError(f"{path}: is a file, not a folder to write into", hint="name a folder")
+    else:
+        if str(path).endswith(os.sep) or path.is_dir():
+            raise EcmtError(f"{path}: is a directory, not a file to write", hint="name the output file")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise EcmtError(f"{path}: is read-only; ecmt does not replace it", hint="remove it or pick another name")
+    start = path if folder else path.parent
+    parent = next((p for p in (start, *start.parents) if p.exists()), None)
+    if parent is None:
+        return
+    if not parent.is_dir():
+        raise EcmtError(f"{path}: {parent} is a file, not a folder", hint="pick another folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
         raise EcmtError(f"{path}: cannot write in {parent} (permission denied)", hint="pick another folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ecmt-write-probe.", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise EcmtError(f"{path}: cannot create a file in {parent} ({err.strerror or err})",
+                        hint="pick another folder") from None
 
 
 @contextlib.contextmanager

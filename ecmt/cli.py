@@ -1,4 +1,4 @@
-"""Command line: ecmt {demo, convert, eval, energy, export, inspect, train-demo}.
+"""Command line: ecmt {demo, convert, eval, energy, export, inspect, pipeline, train-demo}.
 
 User mistakes (missing files, bad options, unsupported models) print one line
 and a hint and exit with status 2; anything else is a bug and shows its traceback.
@@ -243,6 +243,7 @@ def cmd_energy(args):
 
     from . import data
     from .ir import load_graph
+    check_writable(args.report, folder=True)
     unknown = [m for m in args.mode or () if m not in hw_sim.MODES]
     if unknown:
         raise EcmtError(f"--mode {','.join(args.mode)}: unknown mode {unknown[0]!r} "
@@ -298,10 +299,34 @@ def cmd_export(args):
         raise EcmtError("--lava-layout applies to --to lava only")
     if Path(args.output).resolve() == Path(args.graph).resolve():
         raise EcmtError(f"-o {args.output}: is the input graph; an export would overwrite it")
+    if args.verify and args.unroll is not None:
+        raise EcmtError("--verify checks the step-by-step ONNX form; leave out --unroll")
     check_writable(args.output)
     graph = load_graph(args.graph)
-    print(_export(graph, args.to, args.output, args.unroll, args.ppn, args.nir_neuron, args.unit_thresholds,
-                  args.lava_layout))
+    if not args.verify:
+        print(_export(graph, args.to, args.output, args.unroll, args.ppn, args.nir_neuron, args.unit_thresholds,
+                      args.lava_layout))
+        return 0
+    from . import data
+    from .pipeline import export_and_verify, speck_line
+    x = data.load(args.data, "test", args.data_root).take(args.verify_samples)
+    data.check_shape(x, graph.shapes[graph.input.name], f"--data {args.data}")
+    options = ({"unit_thresholds": args.unit_thresholds, "ppn": args.ppn, "neuron": args.nir_neuron}
+               if args.to == "nir" else {"layout": args.lava_layout} if args.to == "lava" else {})
+    speck: dict = {}
+    said, checks = export_and_verify(graph, args.to, Path(args.output), x.images, args.T, options,
+                                     lava_samples=args.verify_samples, speck=speck)
+    print(said)
+    for c in checks:
+        print(c.line())
+    if speck:
+        print(speck_line(speck))
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def cmd_pipeline(args):
+    from .pipeline import run
+    return run(args.config, quiet=args.quiet)
 
 
 def cmd_inspect(args):
@@ -311,6 +336,8 @@ def cmd_inspect(args):
 
 def cmd_train_demo(args):
     from .zoo import train_demo
+    if args.output is not None:
+        check_writable(args.output)
     info = train_demo(args.output, model=args.model, epochs=args.epochs, limit=args.limit, seed=args.seed,
                       progress=not args.quiet, data_root=args.data_root)
     print(f"wrote {info['checkpoint']}: test accuracy {100 * info['test_accuracy']:.2f}% "
@@ -322,6 +349,7 @@ def cmd_demo(args):
     from .ir import save_graph
     from .zoo import DEMO_CHECKPOINT, load_model, train_demo
     out = Path(args.out)
+    check_writable(out, folder=True)
     out.mkdir(parents=True, exist_ok=True)
     if not DEMO_CHECKPOINT.exists():
         if distributed.active():
@@ -435,8 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Lava: netx (lava-dl netx's own sigma-delta blocks; ReLU MLPs and CNNs), extended "
                         "(ecmt's processes, any graph) or auto (netx where it can; default)")
     p.add_argument("--unit-thresholds", action="store_true",
-                   help="NIR: move thresholds into the weights where exact, for consumers whose spikes are 1")
+                   help="NIR: for consumers whose spikes are 1: move thresholds into the weights where exact, "
+                        "and restore the other spikes' size with inserted standard nodes")
+    p.add_argument("--verify", action="store_true",
+                   help="run the export in its runtime against the executor on --verify-samples images of "
+                        "--data and print the agreement; exit status 1 on a disagreement (docs/pipeline.md)")
+    _add_data_args(p)
+    p.add_argument("--verify-samples", type=count, default=8, help="--verify: images (default 8)")
+    p.add_argument("-T", type=count, default=4, help="--verify: time steps (default 4)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("pipeline", help="checkpoint -> graph -> accuracy -> verified exports -> energy -> "
+                                        "manifest, from one TOML config (docs/pipeline.md)")
+    p.add_argument("config", help="pipeline config (.toml)")
+    p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("inspect", help="summarize a graph file")
     p.add_argument("graph", help="graph file (.ecmt)")
@@ -474,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         if distributed.active():
             where = f" (rank {distributed.rank()} of {distributed.world()})"
             distributed.check_fault_injection()
-        args.func(args)
+        status = args.func(args) or 0
     except EcmtError as err:
         print(f"ecmt: error{where}: {as_flags(str(err), parser)}", file=sys.stderr)
         if err.hint:
@@ -492,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         distributed.shutdown()
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The command line, the demo model and its training recipe."""
 import json
+import os
 import subprocess
 import sys
 
@@ -224,3 +225,34 @@ def test_train_demo_trains_a_given_builder_and_recipe(tmp_path):
     assert any(not torch.equal(fresh[k], v) for k, v in model.state_dict().items())
     with pytest.raises(EcmtError, match="unknown model 'demo-rnn'"):
         train_demo(tmp_path / "x.safetensors", model="demo-rnn")
+
+
+@pytest.mark.parametrize("command", [
+    ["energy", "/nonexistent.ecmt", "--report", "{taken}"],
+    ["energy", "/nonexistent.ecmt", "--report", "/proc/ecmt-report"],
+    ["convert", "--model", "demo-mlp", "-o", "/proc/ecmt/g.ecmt"],
+    ["eval", "/nonexistent.ecmt", "--json", "/proc/ecmt.json"],
+    ["export", "/nonexistent.ecmt", "--to", "nir", "-o", "/proc/ecmt.nir"],
+    ["demo", "--out", "{taken}"],
+    ["train-demo", "-o", "/proc/ecmt.safetensors"],
+])
+def test_every_command_checks_its_output_before_any_work(command, tmp_path, capsys):
+    """An output where a file already is (a folder target), or in a place where nothing can be
+    created (/proc refuses even root, whom permission bits do not stop): one line, exit 2,
+    before the input is even read (the graph paths do not exist)."""
+    from ecmt.cli import main
+    (tmp_path / "taken").write_text("a file")
+    args = [a.replace("{taken}", str(tmp_path / "taken")) for a in command]
+    assert main(["--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and ("is a file, not a folder" in err or "cannot create a file in /proc" in err), err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_report_in_a_read_only_folder_is_refused(tmp_path, capsys):
+    from ecmt.cli import main
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    assert main(["energy", "/nonexistent.ecmt", "--report", str(ro / "r")]) == 2
+    assert "permission denied" in capsys.readouterr().err

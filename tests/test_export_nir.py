@@ -186,17 +186,10 @@ def test_failed_export_leaves_no_file(tmp_path):
 
 
 def run_with_node_map(path, x, T):
-    """nirtorch's own graph runner with ecmt's node map, stepped as nirtorch documents;
-    returns the running means of the per-step outputs."""
-    import nirtorch
-    module = nirtorch.nir_to_torch(nir.read(str(path)), enir.torch_node_map())
-    out, state = module(x)
-    total, means = out.clone(), [out.clone()]
-    for t in range(2, T + 1):
-        out, state = module(x, state)
-        total += out
-        means.append(total / t)
-    return torch.stack(means)
+    """nirtorch's own graph runner with ecmt's node map (exporters/verify.py, what
+    `ecmt export --verify` runs): the running means of the per-step outputs."""
+    from exporters.verify import nir_node_map_run
+    return torch.from_numpy(nir_node_map_run(path, x, T))
 
 
 @pytest.mark.parametrize("ppn", [False, True])
@@ -310,3 +303,54 @@ def test_multi_level_neurons_refuse_the_ppn_form(demo_graph, tmp_path):
     with pytest.raises(GraphError, match=r"node 'blocks\.0\.[a-z0-9_.]+' \(mt_neuron\): field spikes_per_step"):
         enir.export(_with_k(demo_graph, 2), tmp_path / "g.nir", ppn=True)
     assert not (tmp_path / "g.nir").exists()
+
+
+def node_map_steps(nir_graph, x, T):
+    """Per-step outputs of a NIR graph through nirtorch with ecmt's node map."""
+    import nirtorch
+    m = nirtorch.nir_to_torch(nir_graph, enir.torch_node_map())
+    out, state = m(x)
+    steps = [out]
+    for _ in range(T - 1):
+        out, state = m(x, state)
+        steps.append(out)
+    return torch.stack(steps)
+
+
+def test_size_nodes_restore_spike_sizes_and_keep_the_node_map_bit_exact(demo_cnn, tmp_path):
+    """--unit-thresholds on the demo CNN: 2 neurons move their threshold into weights, the
+    other 7 (skip paths, pools) get a standard 1x1 Conv2d whose diagonal is their threshold,
+    and ecmt's node map computes every step bit for bit as without those nodes."""
+    from ecmt.ir.unit import unit_thresholds
+    from exporters.nir.writer import to_nir
+    summary = enir.export(demo_cnn, tmp_path / "u.nir", unit_thresholds=True)
+    mts = sorted(n.name for n in demo_cnn.of_kind(ir.MTNeuron))
+    assert len(summary.unit_thresholds) == 2 and len(summary.spike_sizes) == 7
+    assert sorted(summary.unit_thresholds + summary.spike_sizes) == mts
+    assert "spike sizes restored by 7 inserted standard nodes" in str(summary)
+    g = nir.read(str(tmp_path / "u.nir"))
+    for name in summary.spike_sizes:
+        size = g.nodes[f"{name}.size"]
+        assert isinstance(size, nir.Conv2d) and not size.metadata and not np.asarray(size.bias).any()
+        w = np.asarray(size.weight)[:, :, 0, 0]
+        th = float(demo_cnn[name].th_pos)
+        assert np.array_equal(w, np.diag(np.diag(w))) and np.allclose(np.diag(w), th, rtol=1e-6)
+        assert [dst for src, dst in g.edges if src == name] == [f"{name}.size"]
+    x = torch.rand(3, 1, 28, 28)
+    plain, _ = to_nir(unit_thresholds(demo_cnn)[0], spike_sizes=False)
+    assert torch.equal(node_map_steps(g, x, 5), node_map_steps(plain, x, 5))
+
+
+def test_spike_unit_round_trips_every_level_exactly():
+    """(s / u) * u == s in float32 for every spike value, with torch's division and a
+    diagonal 1x1 convolution, as the node map and the size node compute them."""
+    from exporters.nir.writer import spike_unit
+    g = torch.Generator().manual_seed(3)
+    th_pos, th_neg = torch.rand(64, 1, 1, generator=g) * 5 + 0.01, torch.rand(64, 1, 1, generator=g) * 5 + 0.01
+    node = ir.MTNeuron("mt", ("x",), th_pos=th_pos, th_neg=th_neg, levels=8)
+    u = torch.from_numpy(spike_unit(node))
+    assert (u - th_pos).abs().max() <= 1e-5 * th_pos.max()
+    levels = 2.0 ** torch.arange(8.0)
+    s = torch.cat([th_pos * levels, -th_neg * levels], dim=1)[None]           # [1, 64, 16, 1]
+    back = torch.nn.functional.conv2d(s / u, torch.diag(u.reshape(-1))[:, :, None, None])
+    assert torch.equal(back, s)

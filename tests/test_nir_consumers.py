@@ -3,7 +3,6 @@ and sinabs 3.1.3 load them with their own import functions and run them with the
 own models (tools/nir_consumer_run.py, in the environments tools/nir_consumers.sh
 builds; `make test` builds them first)."""
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -15,28 +14,17 @@ from exporters import nir as enir
 
 pytestmark = pytest.mark.slow
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def consumer_python(consumer: str) -> str:
-    python = subprocess.run([os.path.join(ROOT, "tools", "nir_consumers.sh"), "--python", consumer],
-                            capture_output=True, text=True, check=True).stdout.strip()
-    if not os.path.exists(python):
-        message = f"{consumer}: no environment at {python}; build it with tools/nir_consumers.sh"
+def run_consumer(consumer: str, nir_path, x: torch.Tensor, T: int, tmp_path=None) -> np.ndarray:
+    """The consumer's per-step outputs [T, N, ...] for x fed at every step (exporters/verify.py,
+    what `ecmt export --verify` runs)."""
+    from exporters.verify import ConsumerUnavailable, run_consumer as run
+    try:
+        return run(consumer, nir_path, x, T)
+    except ConsumerUnavailable as err:
+        message = f"{err}; build it with tools/nir_consumers.sh"
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    return python
-
-
-def run_consumer(consumer: str, nir_path, x: torch.Tensor, T: int, tmp_path) -> np.ndarray:
-    """The consumer's per-step outputs [T, N, ...] for x fed at every step."""
-    np.save(tmp_path / "x.npy", x.numpy())
-    out = tmp_path / f"{consumer}.npy"
-    r = subprocess.run([consumer_python(consumer), os.path.join(ROOT, "tools", "nir_consumer_run.py"),
-                        "--consumer", consumer, "--nir", str(nir_path), "--inputs", str(tmp_path / "x.npy"),
-                        "-T", str(T), "--out", str(out)],
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-2000:]
-    return np.load(out)
 
 
 # Which file each consumer runs: snnTorch 1.0.0's IF import returns a (spikes, membrane)
@@ -122,3 +110,90 @@ def test_unit_thresholds_bring_the_mlp_to_the_executor_in_each_consumer(consumer
     theirs = (outputs.sum(0).argmax(-1) == test.labels.numpy()).mean()
     ours = (SpikingModel(demo_graphs["demo-mlp"])(test.images, 16)[-1].argmax(-1) == test.labels).float().mean()
     assert abs(theirs - float(ours)) <= 0.03
+
+
+def documented_spikes(consumer: str, currents: np.ndarray, th: float, T: int) -> np.ndarray:
+    """Spike counts per step of each library's neuron (docs/nir.md) for constant currents:
+    sinabs subtracts its threshold and may fire several times a step; Norse's IF and the
+    LIF that snnTorch reads fire once when v > th and reset to 0."""
+    v, out = np.zeros_like(currents), []
+    for _ in range(T):
+        v = v + currents
+        if consumer == "sinabs":
+            s = np.floor(v / th)
+            v = v - s * th
+        else:
+            s = (v > th).astype(float)
+            v = np.where(s > 0, 0.0, v)
+        out.append(s)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("consumer", sorted(NEURON))
+def test_size_nodes_give_consumer_spikes_their_size_on_a_skip_path(consumer, tmp_path):
+    """A neuron whose spikes travel a skip path cannot move its threshold into weights;
+    with --unit-thresholds a size node multiplies each consumer spike by th, so the
+    output (skip + 2 x skip) is 3 th per spike in every library."""
+    th, T = 0.77, 12
+    currents = np.array([0.3, 0.85, 1.9])
+    graph = SpikingGraph([ir.Input("input", (), shape=(3,)),
+                          ir.Linear("fc", ("input",), weight=torch.eye(3)),
+                          ir.MTNeuron("mt", ("fc",), th_pos=torch.tensor(th), th_neg=None, levels=4),
+                          ir.Linear("body", ("mt",), weight=2 * torch.eye(3)),
+                          ir.Add("add", ("mt", "body")),
+                          ir.Output("output", ("add",))])
+    summary = enir.export(graph, tmp_path / "s.nir", neuron=NEURON[consumer], unit_thresholds=True)
+    assert summary.spike_sizes == ["mt"] and summary.unit_thresholds == []
+    out = run_consumer(consumer, tmp_path / "s.nir", torch.tensor(currents[None], dtype=torch.float32), T,
+                       tmp_path)
+    np.testing.assert_allclose(out[:, 0], 3 * th * documented_spikes(consumer, currents, th, T), rtol=1e-6)
+
+
+def speck(nir_path) -> dict:
+    from exporters.verify import speck_fitness
+    verdict = speck_fitness(nir_path)
+    if verdict["fits"] is None and "not built" in verdict["reason"]:
+        message = f"sinabs: {verdict['reason']}"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    return verdict
+
+
+def two_layer_speck_net(path, channels: int):
+    """conv -> IF -> strided conv -> IF with one threshold per layer, as sinabs' Speck
+    backend wants it (NIR's type check off: its IF types want per-neuron arrays)."""
+    import nir
+    rng, f = np.random.default_rng(0), np.float32
+    conv = lambda c_in, stride: nir.Conv2d(input_shape=(16, 16), weight=rng.normal(0, .3, (channels, c_in, 3, 3)).astype(f),
+                                           stride=stride, padding=1, dilation=1, groups=1, bias=np.zeros(channels, f))
+    neuron = lambda: nir.IF(r=np.ones(1, f), v_threshold=np.ones(1, f), v_reset=np.zeros(1, f))
+    nodes = {"input": nir.Input(input_type={"input": np.array([1, 16, 16])}), "c1": conv(1, 1), "n1": neuron(),
+             "c2": conv(channels, 2), "n2": neuron(), "output": nir.Output(output_type={"output": np.array([channels, 8, 8])})}
+    edges = [("input", "c1"), ("c1", "n1"), ("n1", "c2"), ("c2", "n2"), ("n2", "output")]
+    nir.write(str(path), nir.NIRGraph(nodes=nodes, edges=edges, type_check=False))
+    enir._drop_zero_v_reset(path)
+    return path
+
+
+def test_speck_fitness_is_sinabs_verdict(demo_graphs, tmp_path):
+    """sinabs' own Speck check (tools/nir_consumer_run.py --speck; the verdicts docs/nir.md
+    lists): a small conv net fits (two layers on two cores); the same with 128 channels
+    exceeds the cores' memory; a sequential CNN's and the demo MLP's readout (a weight layer
+    without a neuron) is named as what does not fit; the residual demo CNN fails earlier."""
+    fit = speck(two_layer_speck_net(tmp_path / "fit.nir", 8))
+    assert fit["fits"] is True and fit["layers"] == 2 and len(fit["cores"]) == 2, fit
+    big = speck(two_layer_speck_net(tmp_path / "big.nir", 128))
+    assert big["fits"] is False and "No valid mapping found" in big["reason"], big
+    # A sequential CNN, and the demo MLP: their linear readout is a weight layer without a neuron.
+    seq = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(16 * 7 * 7, 10)).eval()
+    enir.export(ecmt.convert(seq, torch.randn(32, 1, 28, 28), progress=False).graph, tmp_path / "seq.nir")
+    enir.export(demo_graphs["demo-mlp"], tmp_path / "mlp.nir")
+    for name in ("seq", "mlp"):
+        verdict = speck(tmp_path / f"{name}.nir")
+        assert verdict["fits"] is False and "Linear" in verdict["reason"] \
+            and "followed by a spiking layer" in verdict["reason"], verdict
+    # The demo CNN: sinabs' backend fails to build chip layers from the residual network.
+    enir.export(demo_graphs["demo-cnn"], tmp_path / "cnn.nir")
+    cnn = speck(tmp_path / "cnn.nir")
+    assert cnn["fits"] is False and cnn["stage"] == "DynapcnnNetwork (chip layers)", cnn

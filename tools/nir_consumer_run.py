@@ -19,7 +19,11 @@ x ([N, *shape], shape as the NIR Input node declares) is fed unchanged at every 
 the T steps; the state is reset before every batch of --batch-size samples the way the
 library documents.  The output at every step is written to --out as float32 [T, N, ...].
 
-Exit status: 0 runs; 2 usage error (bad arguments, missing file, input shape that is not
+With --speck CHIP (sinabs env only; no --inputs / -T / --out) it runs sinabs' own chip-fitness
+check for SynSense Speck instead and prints one JSON line {"fits": ..., "stage": ..., "reason": ...}
+(see speck_fitness below).
+
+Exit status: 0 runs (or --speck gave a verdict); 2 usage error (bad arguments, missing file, input shape that is not
 the Input node's); 3 the consumer fails, with one line on stderr:
     nir_consumer_run: <library> <version>: fails to load|fails to run: <Exception>: <message>
 """
@@ -146,18 +150,137 @@ class Runner:
         return torch.stack(steps)
 
 
+# -- Speck fitness (sinabs' dynapcnn backend) ---------------------------------------------------------
+class SamnaAbsent(RuntimeError):
+    pass
+
+
+def _guard_samna() -> bool:
+    """The samna wheel on PyPI is a stub whose import downloads SynSense's native
+    library from their GitLab with pip; nothing here may do that.  When the installed
+    samna is that stub (read from its file, not imported), `import samna` gets an
+    inert module instead: sinabs' dynapcnn backend imports samna at module level but
+    its layer checks and core mapping never call it; anything that does raises
+    SamnaAbsent.  Returns whether the stub was replaced."""
+    import importlib.abc
+    import importlib.machinery
+    import importlib.util
+    import types
+    spec = importlib.util.find_spec("samna")
+    if spec is None or not spec.origin or "install_real_samna" not in open(spec.origin).read():
+        return False
+
+    class Absent:
+        def __init__(self, name):
+            self.name = name
+
+        def __getattr__(self, attr):
+            return Absent(f"{self.name}.{attr}")
+
+        def __call__(self, *args, **kwargs):
+            raise SamnaAbsent(f"{self.name}: samna's native library is not installed (the PyPI samna is a stub)")
+
+        def __mro_entries__(self, bases):
+            return (object,)
+
+    class Module(types.ModuleType):
+        def __getattr__(self, attr):
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            return Absent(f"{self.__name__}.{attr}")
+
+    class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("samna", "samnagui"):
+                return importlib.machinery.ModuleSpec(name, self, is_package=True)
+            return None
+
+        def create_module(self, spec):
+            module = Module(spec.name)
+            module.__path__ = []
+            return module
+
+        def exec_module(self, module):
+            pass
+
+    sys.meta_path.insert(0, Finder())
+    return True
+
+
+def speck_fitness(graph, chip: str) -> dict:
+    """sinabs' own check whether the network fits a Speck chip, in its three stages:
+
+    1. ``sinabs.from_nir``: the file as a sinabs network;
+    2. ``DynapcnnNetwork(network, input_shape)``: sinabs' dynapcnn backend turns it into
+       chip layers (convolution -> IAF neuron -> sum pooling); it raises, naming the
+       layer or structure, for what a core cannot compute;
+    3. ``ChipFactory(chip).get_config_builder().map_layers_to_cores``: every layer onto
+       one of the chip's 9 cores within its kernel, neuron and bias memory (sinabs'
+       Speck constraints), or "No valid mapping found".
+
+    The last step of ``DynapcnnNetwork.is_compatible_with`` (samna's
+    ``validate_configuration`` of the generated configuration) needs samna's native
+    library, which PyPI does not ship; it runs only where that library is installed."""
+    stubbed = _guard_samna()          # before sinabs is imported
+    import sinabs
+    verdict = {"chip": chip, "fits": False, "stage": None, "reason": None, "layers": None, "cores": None,
+               "samna_validation": "not run: samna's native library is not installed" if stubbed else None}
+    shape = _input_shape(graph)
+    try:
+        verdict["stage"] = "sinabs.from_nir"
+        network = sinabs.from_nir(graph, batch_size=1)
+        verdict["stage"] = "DynapcnnNetwork (chip layers)"
+        from sinabs.backend.dynapcnn import DynapcnnNetwork
+        from sinabs.backend.dynapcnn.chip_factory import ChipFactory
+        dynapcnn = DynapcnnNetwork(network, input_shape=shape, batch_size=1, discretize=True)
+        layers = dynapcnn.dynapcnn_layers
+        verdict["layers"] = len(layers)
+        verdict["stage"] = "map_layers_to_cores (core memory)"
+        builder = ChipFactory(chip).get_config_builder()
+        verdict["cores"] = {str(k): int(v) for k, v in builder.map_layers_to_cores(layers).items()}
+        if not stubbed:
+            verdict["stage"] = "is_compatible_with (samna)"
+            if not dynapcnn.is_compatible_with(chip):
+                raise ValueError("samna's validate_configuration rejects the generated configuration")
+            verdict["samna_validation"] = "passed"
+        verdict["fits"], verdict["stage"] = True, None
+    except SamnaAbsent as err:
+        verdict["reason"] = f"needs samna: {err}"
+    except Exception as err:  # noqa: BLE001 - sinabs' verdict, whatever it raises
+        verdict["reason"] = f"{type(err).__name__}: {_one_line(err)}"
+    return verdict
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--consumer", required=True, choices=CONSUMERS)
     ap.add_argument("--nir", required=True, help="NIR file (HDF5)")
-    ap.add_argument("--inputs", required=True, help=".npy, [N, *input shape]")
-    ap.add_argument("-T", type=int, required=True, help="time steps")
-    ap.add_argument("--out", required=True, help=".npy written with [T, N, ...]")
+    ap.add_argument("--inputs", help=".npy, [N, *input shape]")
+    ap.add_argument("-T", type=int, help="time steps")
+    ap.add_argument("--out", help=".npy written with [T, N, ...]")
+    ap.add_argument("--speck", metavar="CHIP", help="sinabs only: sinabs' Speck fitness check for CHIP "
+                                                     "(speck2f, speck2e, ...) instead of a run")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--node-map", help="nirtorch only: MODULE:FUNCTION returning the node map")
     args = ap.parse_args(argv)
     if args.node_map and (args.consumer != "nirtorch" or not all(args.node_map.partition(":")[::2])):
         ap.error("--node-map MODULE:FUNCTION goes with --consumer nirtorch")
+    if args.speck:
+        if args.consumer != "sinabs":
+            ap.error("--speck goes with --consumer sinabs")
+        if not os.path.isfile(args.nir):
+            print(f"nir_consumer_run: {args.nir}: no such file", file=sys.stderr)
+            return 2
+        import json
+
+        import nir
+        warnings.simplefilter("ignore")
+        with contextlib.redirect_stdout(sys.stderr):
+            verdict = speck_fitness(nir.read(args.nir), args.speck)
+        print(json.dumps(verdict))
+        return 0
+    if args.inputs is None or args.T is None or args.out is None:
+        ap.error("--inputs, -T and --out are required (unless --speck)")
 
     import numpy as np
     if args.T < 1 or args.batch_size < 1:

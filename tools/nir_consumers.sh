@@ -18,10 +18,13 @@
 # snnTorch 1.0.0 and Norse 1.1.0 accept nir 1.0.8 + nirtorch 2.6 (the project's
 # versions), so they share one env, where the plain nirtorch consumer runs too.
 #
-# torch is the project's: each env is installed with constraints.txt (torch 2.14.1,
-# torchvision 0.29.1, numpy, h5py, ... from this machine's local index) minus its nir /
-# nirtorch lines, plus that env's block of tools/nir_consumers.txt (exact pins of the
-# consumer, nir, nirtorch and what else they pull in).
+# torch is a CPU build, not the project's CUDA one: the consumers run small files on
+# the CPU, and the project's torch 2.14.1 would pull about 5 GB of CUDA wheels into each
+# env.  The CPU wheel torch 2.13.0+cpu lies in $TORCH_WHEELS (default /opt/wheels) on
+# every machine of this kind; each env pins it (and Norse's torchvision 0.28.0, which
+# declares torch==2.13.0) in its block of tools/nir_consumers.txt.  The rest comes from
+# constraints.txt (numpy, h5py, matplotlib, ... exactly as in the project venv) minus
+# its torch, CUDA and nir / nirtorch lines, which the blocks pin themselves.
 #
 # Idempotent and fast on re-run: an env whose stamp (.cache/nir-consumers/<env>/.stamp)
 # matches the hash of this script, constraints.txt and its block is left alone.
@@ -32,6 +35,7 @@ cd "$(dirname "$SELF")/.."
 PYTHON=${PYTHON:-python3}
 ROOT=.cache/nir-consumers
 PINS=tools/nir_consumers.txt
+TORCH_WHEELS=${TORCH_WHEELS:-/opt/wheels}
 ALL_ENVS=(snntorch-norse sinabs)
 
 # What each env installs (versions come from the constraint files).
@@ -85,14 +89,16 @@ build() {
   echo "nir_consumers: building $env in $dir"
   rm -f "$dir/.stamp"
   [ -x "$dir/bin/python" ] || "$PYTHON" -m venv "$dir"
-  # constraints.txt without nir / nirtorch (each env pins its own), then the env's block.
-  grep -vE '^(nir|nirtorch)==' constraints.txt > "$dir/constraints-base.txt"
+  # constraints.txt without torch, its CUDA wheels and nir / nirtorch (each env pins its
+  # own), then the env's block.
+  grep -viE '^(nir|nirtorch|torch|torchvision|triton|nvidia-[a-z0-9-]+|cuda-[a-z-]+)==' constraints.txt \
+    > "$dir/constraints-base.txt"
   echo "$pins" > "$dir/constraints-env.txt"
   local pip=("$dir/bin/python" -m pip --disable-pip-version-check)
   # --no-compile: torch's .py files are byte-compiled lazily on first import instead
   # (saves most of a minute per env on 2 cores).
   # shellcheck disable=SC2046
-  if ! "${pip[@]}" install -q --no-compile -c "$dir/constraints-base.txt" -c "$dir/constraints-env.txt" \
+  if ! "${pip[@]}" install -q --no-compile --find-links "$TORCH_WHEELS" -c "$dir/constraints-base.txt" -c "$dir/constraints-env.txt" \
       $(packages "$env") > "$dir/pip.log" 2>&1; then
     grep -v "is ignored: it is neither" "$dir/pip.log" >&2
     echo "nir_consumers: pip install failed for $env (log: $dir/pip.log)" >&2
@@ -100,6 +106,10 @@ build() {
   fi
   grep -v "is ignored: it is neither" "$dir/pip.log" || true
   "${pip[@]}" check
+  if "${pip[@]}" freeze --all | grep -qiE '^(nvidia-|cuda-|triton==)'; then
+    echo "nir_consumers: $env pulled CUDA wheels (log: $dir/pip.log)" >&2
+    return 1
+  fi
   OMP_NUM_THREADS=1 "$dir/bin/python" -W ignore -c "$(smoke "$env")"
   "${pip[@]}" freeze --all > "$dir/freeze.txt"
   echo "$stamp" > "$dir/.stamp"

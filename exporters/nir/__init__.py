@@ -27,8 +27,9 @@ def export(graph: ir.SpikingGraph, path, *, ppn: bool = False, neuron: str = "IF
     (ecmt.ir.ppn).  `neuron` ("IF" or "LIF") is the NIR neuron that stands for
     an MT neuron in consumers that ignore ecmt's metadata ("LIF" for snnTorch
     1.0.0, docs/nir.md); with unit_thresholds=True the thresholds that can move
-    into the weights do (ecmt.ir.unit), so that those consumers' unit spikes
-    have the right size.  Returns (and with verbose prints) how many nodes are
+    into the weights do (ecmt.ir.unit), and a standard node after every other MT
+    neuron multiplies by its threshold, so that those consumers' unit spikes
+    have the right size on skip paths and pools too.  Returns (and with verbose prints) how many nodes are
     standard and how many use the convention, by kind."""
     import nir
     normalized = None
@@ -36,7 +37,7 @@ def export(graph: ir.SpikingGraph, path, *, ppn: bool = False, neuron: str = "IF
         graph, normalized = unit_threshold_graph(graph)
     if ppn:
         graph = ir.expand_ppn(graph)
-    nir_graph, summary = to_nir(graph, neuron)
+    nir_graph, summary = to_nir(graph, neuron, spike_sizes=unit_thresholds)
     summary.unit_thresholds = normalized
     with atomic_path(Path(path)) as tmp:
         nir.write(str(tmp), nir_graph)

@@ -86,6 +86,10 @@ class _ConventionNode(torch.nn.Module):
         self.layout = Layout.from_json(op["layout"])
         self.input_layout = Layout.from_json(op["input_layout"]) if "input_layout" in op else None
         self.operand_sizes = op.get("operand_sizes")
+        # An MT neuron followed by a spike-size node (writer.size_node) sends its spikes
+        # in units of u; the size node multiplies them back, exactly.
+        unit = op.get("spike_unit")
+        self.unit = None if unit is None else torch.tensor(unit["values"], dtype=torch.float32).reshape(unit["shape"])
         self.compile = lambda: compile_node(self.node, self.shape, torch.device("cpu"), "direct")
 
     def operands(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -104,6 +108,8 @@ class _ConventionNode(torch.nn.Module):
         fn, runtime, t = self.compile() + (0,) if state is None else state
         t += 1
         y = fn(self.operands(x), t)
+        if self.unit is not None:
+            y = y / self.unit
         return from_ir(y, self.layout), (fn, runtime, t)
 
 

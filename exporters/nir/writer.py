@@ -47,6 +47,7 @@ class ExportSummary:
     adapters: int                     # NIR-only nodes: layout changes, operand ports, PPN fan-outs
     depth_first_ok: bool = True       # Norse / sinabs (depth-first from the Input) run it in order
     unit_thresholds: list[str] | None = None   # MT neurons whose threshold moved into the weights
+    spike_sizes: list[str] = dataclasses.field(default_factory=list)   # MT neurons followed by a size node
 
     def __str__(self) -> str:
         fmt = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
@@ -55,7 +56,8 @@ class ExportSummary:
                 f"{self.adapters} adapters")
         if self.unit_thresholds is not None:
             mt = sum(v for k, v in self.convention.items() if k.startswith("mt_neuron"))
-            text += f"\nunit thresholds: {len(self.unit_thresholds)} of {mt} MT neurons"
+            text += (f"\nunit thresholds: {len(self.unit_thresholds)} of {mt} MT neurons; spike sizes restored by "
+                     f"{len(self.spike_sizes)} inserted standard nodes (1x1 Conv2d / Affine / Conv1d)")
         if not self.depth_first_ok:
             text += ("\nnote: consumers that run nodes depth-first from the Input (Norse, sinabs) would read "
                      "some inputs a step late in this graph (docs/nir.md)")
@@ -79,9 +81,9 @@ def _conv1d_fit(length_in: int, length_out: int) -> tuple[int, int]:
 
 
 class _Writer:
-    def __init__(self, graph: ir.SpikingGraph, neuron: str = "IF"):
+    def __init__(self, graph: ir.SpikingGraph, neuron: str = "IF", spike_sizes: bool = False):
         import nir
-        self.nir, self.g, self.neuron = nir, graph, neuron
+        self.nir, self.g, self.neuron, self.spike_sizes = nir, graph, neuron, spike_sizes
         self.roles: dict[str, dict] = {}                 # NIR node -> what it is (graph metadata ecmt.nodes)
         self.gain: dict[str, float] = {}                 # NIR node -> its NIR output / its IR value, where not 1
         self.nodes: dict[str, object] = {}
@@ -296,18 +298,61 @@ class _Writer:
         """An MT neuron as a NIR neuron, an elementwise / row-wise ECM as a Scale by 1."""
         x = node.inputs[0]
         lay = self.first_layout(x)
-        meta = self.op_meta(node, lay, lay)
+        meta, size = self.op_meta(node, lay, lay), None
         if isinstance(node, ir.MTNeuron):
             # For consumers that ignore the metadata: one threshold at the first positive
             # level (times the gain of a pool written as a sum).
             gain = self.gain.get(self.value_of[x][0], 1.0)
             th = np.broadcast_to(_np(node.th_pos), shape) * gain
+            size = self.size_node(node, shape, lay) if self.spike_sizes else None
+            if size is not None:
+                meta = self.op_meta(node, lay, lay, spike_unit={"shape": list(node.th_pos.shape),
+                                                                "values": size[1].reshape(-1).tolist()})
             nn = self.neuron_node(lay, th, meta)
         else:
             nn = self.nir.Scale(scale=np.ones(lay.shape, np.float32), metadata=meta)
         self.add(node.name, nn, lay, self.feed(x, lay), role="convention", ir_node=node.name)
         self.value_of[node.name] = [node.name]
+        if size is not None:
+            self.value_of[node.name] = [self.add(self.unique(f"{node.name}.size"), size[0], lay, [node.name],
+                                                 role="spike_size")]
+            self.summary.spike_sizes.append(node.name)
         return False
+
+    def size_node(self, node: ir.MTNeuron, shape, lay: Layout):
+        """For consumers whose spikes are 1: the standard node that multiplies the neuron
+        node's output by its threshold (a 1x1 Conv2d, an Affine or a kernel-1 Conv1d with a
+        diagonal weight), and that unit u (node.th_pos's shape).  ecmt's node map divides
+        the MT neuron's spikes by u, so that the size node gives them back bit for bit;
+        u is th_pos, or the nearest float for which that holds for every level (spike_unit).
+        None where no such node fits: spikes_per_step > 1, a threshold of 1 (moved into the
+        weights), or a threshold that varies along a NIR axis other than the channels."""
+        if node.spikes_per_step != 1:
+            return None
+        unit = spike_unit(node)
+        if unit is None or bool((unit == 1).all()):
+            return None
+        full = np.broadcast_to(unit, shape)
+        if lay.perm is not None:
+            full = full.transpose(lay.perm)
+        full = np.ascontiguousarray(full).reshape(lay.shape)
+        per_channel = full.reshape(full.shape[0], -1) if len(lay.shape) > 1 else full.reshape(-1, 1)
+        if not (per_channel == per_channel[:, :1]).all():
+            return None
+        diag = np.diag(per_channel[:, 0]).astype(np.float32)
+        zeros = np.zeros(len(diag), np.float32)
+        nir = self.nir
+        if len(lay.shape) == 1:
+            nn = nir.Affine(weight=diag, bias=zeros)
+        elif len(lay.shape) == 2:
+            nn = nir.Conv1d(input_shape=lay.shape[1], weight=diag[:, :, None], stride=1, padding=0, dilation=1,
+                            groups=1, bias=zeros)
+        elif len(lay.shape) == 3:
+            nn = nir.Conv2d(input_shape=tuple(lay.shape[1:]), weight=diag[:, :, None, None], stride=1, padding=0,
+                            dilation=1, groups=1, bias=zeros)
+        else:
+            return None
+        return nn, unit
 
     def sum_pool(self, node, shape, in_shapes):
         # Max pooling (an ECM) and average pooling without padding, as a SumPool2d: the
@@ -414,21 +459,47 @@ KINDS = KindTable("NIR", {
 NEURONS = ("IF", "LIF")
 
 
-def to_nir(graph: ir.SpikingGraph, neuron: str = "IF"):
+def spike_unit(node: ir.MTNeuron) -> np.ndarray | None:
+    """u (th_pos's shape, float32) with (s / u) * u == s in float32 for every spike s the
+    neuron sends with one level per step (+th_pos 2^k, -th_neg 2^k): th_pos where that
+    holds, else the nearest float to it that does; None if none within 64 ulps."""
+    th = _np(node.th_pos)
+    levels = 2.0 ** np.arange(node.levels, dtype=np.float32)
+    unit = np.empty_like(th)
+    for i, t in np.ndenumerate(th):
+        spikes = [t * levels]
+        if node.th_neg is not None:
+            spikes.append(-np.broadcast_to(_np(node.th_neg), th.shape)[i] * levels)
+        s = np.concatenate(spikes).astype(np.float32)
+        down = up = np.float32(t)
+        for _ in range(64):
+            found = next((u for u in (down, up) if ((s / u).astype(np.float32) * u == s).all()), None)
+            if found is not None:
+                unit[i] = found
+                break
+            down, up = np.nextafter(down, np.float32(0)), np.nextafter(up, np.float32(np.inf))
+        else:
+            return None
+    return unit
+
+
+def to_nir(graph: ir.SpikingGraph, neuron: str = "IF", spike_sizes: bool = False):
     """The NIR graph of `graph`, and the export summary.  `neuron` names the NIR neuron
-    that carries MT neurons for consumers that ignore the metadata (see neuron_node)."""
+    that carries MT neurons for consumers that ignore the metadata (see neuron_node);
+    with spike_sizes=True a standard node after each MT neuron whose threshold is not
+    1 gives a consumer's unit spike its size (size_node)."""
     import nir
     if neuron not in NEURONS:
         raise NirExportError(f"neuron {neuron!r}: must be one of {', '.join(NEURONS)}")
     graph.validate()
-    w = _Writer(graph, neuron)
+    w = _Writer(graph, neuron, spike_sizes)
     for node in graph:
         w.emit(node)
     desc = graph_to_json(graph)
     desc["convention"] = {"name": CONVENTION, "version": VERSION}
     meta = {"ecmt.description": json.dumps(desc, separators=(",", ":")),
             "ecmt.nodes": json.dumps(w.roles, separators=(",", ":"))}
-    w.summary.adapters = sum(r["role"] not in ("standard", "convention") for r in w.roles.values())
+    w.summary.adapters = sum(r["role"] not in ("standard", "convention", "spike_size") for r in w.roles.values())
     w.summary.depth_first_ok = depth_first_is_topological(w.nodes, w.edges)
     return nir.NIRGraph(nodes=w.nodes, edges=w.edges, metadata=meta), w.summary
 

@@ -202,8 +202,7 @@ def load_config(path) -> Config:
         if "energy_budget" in job.convert:
             from .convert.search import check_budget
             try:
-                check_budget(job.convert.get("target_T"), job.convert["energy_budget"],
-                             job.convert.get("energy_profile", "cmos45-fp32"))
+                check_budget(job.convert.get("target_T"), job.convert["energy_budget"], _energy_model(job.convert))
             except EcmtError as err:
                 raise ConfigError(f"{at}.convert: {err}", hint=err.hint) from None
         if job.hardware:
@@ -300,8 +299,17 @@ def _convert(job: ModelJob, quiet: bool):
     batches = calibration_batches(data.load(job.data, "train", job.data_root).sample(job.calib_samples),
                                   batch_size=128)
     check_input(model, batches[0], f"model[{job.name}].data {job.data}")
+    options = {k: v for k, v in job.convert.items() if k != "energy_profile"}
+    if "energy_budget" in options:
+        options["energy"] = _energy_model(job.convert)
     return convert(model.to(job.device), [b.to(job.device) for b in batches], device=job.device,
-                   progress=not quiet, **job.convert).graph
+                   progress=not quiet, **options).graph
+
+
+def _energy_model(options: dict):
+    """hw_sim's energy model for `convert.energy_budget`, on `convert.energy_profile`."""
+    import hw_sim
+    return hw_sim.EnergyRatio(options.get("energy_profile", "cmos45-fp32"))
 
 
 def accuracy(spiking, split, T: int, device: str) -> dict:

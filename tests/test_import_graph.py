@@ -167,7 +167,7 @@ LAYERS = (
     ("runtime", ("ecmt.runtime", "ecmt.memory")),
     ("convert", ("ecmt.convert", "ecmt")),
     ("backends", ("exporters", "hw_sim")),
-    ("application", ("ecmt.cli", "ecmt.__main__", "ecmt.data", "ecmt.evaluate", "ecmt.zoo")),
+    ("application", ("ecmt.cli", "ecmt.__main__", "ecmt.data", "ecmt.evaluate", "ecmt.zoo", "ecmt.pipeline")),
 )
 APART = {("exporters", "hw_sim"), ("hw_sim", "exporters")}
 

@@ -1,6 +1,6 @@
-"""hw_sim's mesh model (loihi-sanafe): mapping limits, messages and hops against brute
-force, barriers per host phase, and the cross-check against SANA-FE itself (run in its
-own environment, tools/sanafe_env.sh, as a subprocess)."""
+"""hw_sim's neuromorphic engine (the loihi profile, SANA-FE's Loihi): mapping limits, messages
+and hops against brute force, barriers per host phase, and the cross-check against SANA-FE
+itself (run in its own environment, tools/sanafe_env.sh, as a subprocess)."""
 import dataclasses
 import os
 import re
@@ -19,9 +19,9 @@ def graph_of(*nodes):
 
 
 def variant(tmp_path, replace: dict, name="variant", **head):
-    """loihi-sanafe with some constants / head fields changed, as a user profile file."""
-    text = (hw_sim.profile.PROFILE_DIR / "loihi-sanafe.toml").read_text()
-    text = text.replace('name = "loihi-sanafe"', f'name = "{name}"')
+    """loihi with some constants / head fields changed, as a user profile file."""
+    text = (hw_sim.profile.PROFILE_DIR / "loihi.toml").read_text()
+    text = text.replace('name = "loihi"', f'name = "{name}"')
     for key, value in head.items():
         old = {"mt_form": 'mt_form = "channels"', "weight_sharing": "weight_sharing = false"}[key]
         text = text.replace(old, f'{key} = {value}')
@@ -62,7 +62,7 @@ def vit_b_fc2():
 
 def test_vit_b_fc2_is_refused_in_channel_form_naming_input_axons():
     graph = vit_b_fc2()
-    profile = load_profile("loihi-sanafe")
+    profile = load_profile("loihi")
     onchip = mesh.extract(graph, profile)
     with pytest.raises(mesh.MappingError) as err:
         mesh.place(onchip, profile)
@@ -230,7 +230,7 @@ def test_congested_schedule_against_sanafe(tmp_path):
 
 def test_one_barrier_per_host_phase(tmp_path):
     """Two chip segments in a step (chip -> host ReLU ECM -> chip): two barriers."""
-    profile = load_profile("loihi-sanafe")
+    profile = load_profile("loihi")
     g = torch.Generator().manual_seed(1)
     graph = graph_of((6,),
                      ir.MTNeuron("a", ("input",), th_pos=torch.tensor(0.5), th_neg=None, levels=2),
@@ -366,7 +366,7 @@ def test_demo_vit_maps_to_the_core_count_derived_by_hand():
     from ecmt import convert, data
     from ecmt.zoo import load_model
     graph = convert(load_model("demo"), data.fashion_mnist("train").images[:16], progress=False).graph
-    placement = mesh.place(mesh.extract(graph, load_profile("loihi-sanafe")), load_profile("loihi-sanafe"))
+    placement = mesh.place(mesh.extract(graph, load_profile("loihi")), load_profile("loihi"))
     expected = {"norm1.layernorm_ecm.mt": (153, "output axons"), "attn.select0.mt": (50, "neurons"),
                 "attn.select1.mt": (50, "neurons"), "attn.select2.mt": (50, "neurons"),
                 "attn.softmax.mt": (157, "neurons"), "attn.reshape_2.mt": (50, "neurons"),

@@ -24,6 +24,7 @@ BACKENDS = {
     "hw_sim counting": "hw_sim.counting",
     "hw_sim pricing": "hw_sim.costs",
     "hw_sim energy": "hw_sim.energy",
+    "NeuroBench": "ecmt.neurobench",
 }
 
 
@@ -117,6 +118,7 @@ def test_every_backend_refuses_a_graph_with_an_undeclared_kind(future_graph, tmp
     from hw_sim.costs import forward_work
     from hw_sim.counting import shape_work
     from hw_sim.energy import KINDS as energy_kinds
+    from ecmt.neurobench import NeuroBenchModel
     node = future_graph["mystery"]
     runs = {
         "executor": lambda: GraphExecutor(future_graph),
@@ -127,6 +129,7 @@ def test_every_backend_refuses_a_graph_with_an_undeclared_kind(future_graph, tmp
         "hw_sim counting": lambda: shape_work(future_graph, node),
         "hw_sim pricing": lambda: forward_work(future_graph, node),
         "hw_sim energy": lambda: energy_kinds(node),
+        "NeuroBench": lambda: NeuroBenchModel(future_graph, T=2),
     }
     assert set(runs) == set(BACKENDS)
     for backend, run in runs.items():

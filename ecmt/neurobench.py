@@ -71,6 +71,8 @@ class MTActivation(snntorch.SpikingNeuron):
     def __init__(self, node: ir.MTNeuron):
         # init_hidden: the neuron keeps its own state and returns spikes only.  The MT
         # neuron resets by subtraction; the threshold buffer is the node's positive one.
+        # (snnTorch lists every neuron it makes in SpikingNeuron.instances; the membrane
+        # is let go after each run, so what that list keeps alive is the thresholds.)
         super().__init__(threshold=node.th_pos.clone(), init_hidden=True, reset_mechanism="subtract")
         if node.th_neg is not None:
             self.register_buffer("threshold_neg", node.th_neg.clone())
@@ -151,20 +153,20 @@ class NeuroBenchModel(_NeuroBenchModel):
         if int(T) < 1:
             raise EcmtError(f"NeuroBenchModel: T must be >= 1, got {T}")
         self.spiking_model, self.T = spiking_model, int(T)
-        graph = spiking_model.graph
-        modules = {}
-        for node in graph:                   # every node's kind is looked up before any work
+        modules = {}                         # by module name: node names with '/' for '.'
+        self.watched: dict[str, nn.Module] = {}          # the modules NeuroBench's hooks watch, by node
+        for node in spiking_model.graph:     # every node's kind is looked up before any work
             module = KINDS(node)(node)
-            if module is not None:
-                key = node.name.replace(".", "/")          # module names may not hold '.'
-                if key in modules:
-                    raise EcmtError(f"NeuroBenchModel: nodes {node.name!r} and another one both become module "
-                                    f"{key!r}", hint="rename one of them")
-                modules[key] = module
+            if module is None:
+                continue
+            key = node.name.replace(".", "/")
+            if key in modules:
+                raise EcmtError(f"NeuroBenchModel: node {node.name!r} and another node both become module {key!r}",
+                                hint="rename one of them")
+            modules[key] = module
+            if isinstance(module, (nn.Linear, nn.Conv2d, MTActivation)):
+                self.watched[node.name] = module
         self.net = nn.ModuleDict(modules).eval()
-        # the modules NeuroBench's hooks watch, by node name
-        self.watched = {n.name: modules[n.name.replace(".", "/")] for n in graph
-                        if isinstance(modules.get(n.name.replace(".", "/")), (nn.Linear, nn.Conv2d, MTActivation))}
         self.add_activation_module(MTActivation)
 
     def __net__(self) -> nn.Module:
@@ -188,7 +190,8 @@ class NeuroBenchModel(_NeuroBenchModel):
     def __call__(self, data: torch.Tensor) -> torch.Tensor:
         """(batch, timesteps, ...) -> the output's increments, (batch, T, ...)."""
         x = self._image(data)
-        device = next(self.net.parameters()).device        # where NeuroBench put the model
+        tensors = [*self.net.parameters(), *self.net.buffers()]
+        device = tensors[0].device if tensors else x.device     # where NeuroBench put the model
         executor = self.spiking_model.executor(device)
         static = {step.node.name for step in executor.steps if step.static}
         output = self.spiking_model.graph.output.name
@@ -305,12 +308,13 @@ DEFINITIONS = {
     "ConnectionSparsity": "the share of zero weights; hw_sim charges every weight of a fan-out, zero or not, so "
                           "where this is above 0 NeuroBench's effective operations are lower than hw_sim's.",
     "ActivationSparsity": "the same: the share of MT outputs that are zero, over neurons and steps (1 - spikes / "
-                          "neuron updates); with PPN neurons NeuroBench counts their level channels instead.",
+                          "neuron updates; a PPN neuron's outputs are its level channels in both).",
     "ActivationSparsityByLayer": "the same, per MT neuron.",
     "MembraneUpdates": "NeuroBench counts every neuron at the first step and afterwards only those whose membrane "
                        "changed, hw_sim's neuron updates every neuron at every step: they differ by the updates "
                        "whose input equals the spike (no input and no spike included); hw_sim's active updates "
-                       "count non-zero inputs instead.",
+                       "count non-zero inputs instead (and hw_sim counts a PPN neuron's updates per level "
+                       "channel).",
     "Effective_ACs": "the same: non-zero input times non-zero weight of a Linear or Conv2d layer, where the "
                      "input is a unit spike (-1, 0 or 1: one level with threshold 1, or PPN channels), hw_sim's "
                      "synaptic ops of those layers.",
@@ -330,10 +334,17 @@ DEFINITIONS = {
 }
 
 
+def _number(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}" if abs(v) < 1 else f"{v:,.1f}"
+    return f"{v:,}"
+
+
 def comparison(nb: Mapping, hw: Mapping) -> list[tuple[str, str, str]]:
-    """(metric, NeuroBench's value, hw_sim's value) rows for a table."""
-    fmt = lambda v: "-" if v is None else (f"{v:,.4g}" if isinstance(v, float) and abs(v) < 1 else
-                                           f"{v:,.1f}" if isinstance(v, float) else f"{v:,}")
+    """(metric, NeuroBench's value, hw_sim's value) rows for a table; `hw` is
+    hw_sim_metrics' result, with the accuracy at T as ClassificationAccuracy."""
     syn = nb.get("SynapticOperations", {})
     rows = [("ClassificationAccuracy", nb.get("ClassificationAccuracy"), hw.get("ClassificationAccuracy")),
             ("ParameterCount", nb.get("ParameterCount"), None),
@@ -347,7 +358,7 @@ def comparison(nb: Mapping, hw: Mapping) -> list[tuple[str, str, str]]:
             ("Dense", syn.get("Dense"), hw["Dense"]),
             ("ProductSOPs", None, hw["ProductSOPs"]),
             ("ProductMACs", None, hw["ProductMACs"])]
-    return [(name, fmt(a), fmt(b)) for name, a, b in rows]
+    return [(name, _number(a), _number(b)) for name, a, b in rows]
 
 
 def table(nb: Mapping, hw: Mapping) -> str:

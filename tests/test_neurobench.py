@@ -179,3 +179,10 @@ def test_energy_prints_neurobench_beside_hw_sim(tmp_path, capsys):
         line = next(ln for ln in out.splitlines() if ln.startswith(metric))
         assert line.split()[1:] == [f"{value:,.1f}"] * 2, line        # NeuroBench, then hw_sim
     assert (tmp_path / "r" / "neurobench.json").exists()
+
+
+def test_docs_state_each_difference_as_the_code_does():
+    from pathlib import Path
+    text = (Path(__file__).parent.parent / "docs" / "energy.md").read_text()
+    for metric, sentence in enb.DEFINITIONS.items():
+        assert f"| {metric} | {sentence} |" in text, metric

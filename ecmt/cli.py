@@ -250,18 +250,45 @@ def cmd_energy(args):
                         f"(known: {', '.join(hw_sim.MODES)})")
     # every profile (and the pairing of profiles and modes) is read and checked before any work
     hw_sim.plan([hw_sim.load_profile(name) for name in args.hw], args.mode)
+    if args.neurobench:
+        from . import neurobench            # a missing NeuroBench is reported before any work
     from . import memory
     graph = load_graph(args.graph)
     split = data.load(args.data, "test", args.data_root).take(args.limit)
     data.check_shape(split, graph.shapes[graph.input.name], f"--data {args.data}")
-    memory.check(energy_bytes(graph, min(256, len(split)), args.T), f"ecmt energy -T {args.T}", "-T",
-                 distributed.device_for(args.device))
+    batch = min(256, len(split))            # hw_sim.simulate's batches; NeuroBench runs the same ones
+    need = energy_bytes(graph, batch, args.T)
+    if args.neurobench:
+        need = max(need, memory.run_bytes(graph, batch, args.T) + neurobench.hook_bytes(graph, batch, args.T))
+    memory.check(need, f"ecmt energy -T {args.T}", "-T", distributed.device_for(args.device))
     report = hw_sim.simulate(graph, split.images, args.T, args.hw, mode=args.mode, labels=split.labels,
                              progress=not args.quiet, device=distributed.device_for(args.device))
     if distributed.is_main():
         paths = report.write(args.report)
         print(_energy_summary(report))
+        if args.neurobench:
+            paths.append(_neurobench(graph, split, args.T, batch, report, args))
         print(f"wrote {', '.join(str(p) for p in paths)}")
+
+
+def _neurobench(graph, split, T: int, batch: int, report, args) -> Path:
+    """NeuroBench's metrics of the same run beside hw_sim's counts: printed, and written to
+    neurobench.json in the report folder."""
+    from importlib.metadata import version
+
+    from . import neurobench
+    nb = neurobench.run(graph, split.images, split.labels, T, batch_size=batch,
+                        device=distributed.device_for(args.device))
+    hw = {**neurobench.hw_sim_metrics(graph, {layer["name"]: layer for layer in report.data["counts"]["layers"]}),
+          "ClassificationAccuracy": report.data["accuracy"][T - 1]}
+    print(f"\nNeuroBench {version('neurobench')} beside hw_sim, per inference ({len(split)} images, T = {T}; "
+          "docs/energy.md says where the definitions differ):")
+    print(neurobench.table(nb, hw))
+    path = Path(args.report) / "neurobench.json"
+    write_text(path, json.dumps({"neurobench": version("neurobench"), "T": T, "samples": len(split),
+                                 "neurobench_metrics": nb, "hw_sim": hw,
+                                 "definitions": neurobench.DEFINITIONS}, indent=1) + "\n")
+    return path
 
 
 def _export(graph, to: str, output, unroll=None, ppn=False, neuron="IF", unit_thresholds=False,
@@ -445,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "profile, paper on the CMOS ones)")
     p.add_argument("--limit", type=count, default=256, help="test images to replay (default 256)")
     p.add_argument("--report", required=True, help="folder for report.json, report.md and report.html")
+    p.add_argument("--neurobench", action="store_true",
+                   help="also run NeuroBench's metrics on the same images and print them beside hw_sim's "
+                        "counts (and write neurobench.json)")
     _add_device_arg(p)
     p.set_defaults(func=cmd_energy)
 

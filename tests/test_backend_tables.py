@@ -25,6 +25,7 @@ BACKENDS = {
     "hw_sim pricing": "hw_sim.costs",
     "hw_sim energy": "hw_sim.energy",
     "index routing": "ecmt.ir.analysis:ROUTES",     # shape ops for every backend that routes elements
+    "NeuroBench": "ecmt.neurobench",
 }
 
 
@@ -120,6 +121,7 @@ def test_every_backend_refuses_a_graph_with_an_undeclared_kind(future_graph, tmp
     from hw_sim.counting import shape_work
     from hw_sim.energy import KINDS as energy_kinds
     from ecmt.ir import analysis
+    from ecmt.neurobench import NeuroBenchModel
     node = future_graph["mystery"]
     runs = {
         "executor": lambda: GraphExecutor(future_graph),
@@ -131,6 +133,7 @@ def test_every_backend_refuses_a_graph_with_an_undeclared_kind(future_graph, tmp
         "hw_sim pricing": lambda: forward_work(future_graph, node),
         "hw_sim energy": lambda: energy_kinds(node),
         "index routing": lambda: analysis.route(node, torch.arange(4)),
+        "NeuroBench": lambda: NeuroBenchModel(future_graph, T=2),
     }
     assert set(runs) == set(BACKENDS)
     for backend, run in runs.items():

@@ -167,7 +167,8 @@ LAYERS = (
     ("runtime", ("ecmt.runtime", "ecmt.memory")),
     ("convert", ("ecmt.convert", "ecmt")),
     ("backends", ("exporters", "hw_sim")),
-    ("application", ("ecmt.cli", "ecmt.__main__", "ecmt.data", "ecmt.evaluate", "ecmt.zoo", "ecmt.pipeline")),
+    ("application", ("ecmt.cli", "ecmt.__main__", "ecmt.data", "ecmt.evaluate", "ecmt.zoo", "ecmt.pipeline",
+                     "ecmt.neurobench")),
 )
 APART = {("exporters", "hw_sim"), ("hw_sim", "exporters")}
 

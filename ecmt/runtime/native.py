@@ -121,3 +121,9 @@ def _declare(lib: ctypes.CDLL) -> None:
 def ptr(t: torch.Tensor | None) -> int | None:
     """A contiguous float32 / code tensor's address for the kernels (None stays NULL)."""
     return None if t is None else t.data_ptr()
+
+
+def build_report() -> str:
+    """Build the kernels now (tools/bootstrap.sh: ahead of the first run) and say how it went."""
+    return ("the fast step's kernels are "
+            + (f"built ({cache_dir()})" if library() is not None else f"unavailable: {unavailable()}"))

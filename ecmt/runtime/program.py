@@ -467,7 +467,10 @@ class Program:
         """Steps 1..T as replays of one recorded CUDA graph (recorded on the first run): the
         static nodes' values are copied into the buffers the graph reads, t into its tensor."""
         if self.graph is None:
-            self.statics = {i: self.values[i] for i, s in enumerate(self.steps) if s.static}
+            # the buffers the graph reads the static values from (copies: one may be the caller's x)
+            self.statics = {i: self.values[i].clone() for i, s in enumerate(self.steps) if s.static}
+            for i, buffer in self.statics.items():
+                self.values[i] = buffer
             try:
                 side = torch.cuda.Stream(self.device)
                 side.wait_stream(torch.cuda.current_stream(self.device))

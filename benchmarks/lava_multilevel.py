@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 
 from machine import machine_info, machine_markdown, write_result
-from multilevel import scaled
 
 import ecmt
 from ecmt import data, ir
@@ -58,8 +57,8 @@ def main():
         parser.error(f"--spikes-per-step must be 1..{LEVELS}")
 
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test").take(args.samples)
-    spiking = scaled(ecmt.convert(load_model("demo"), calibration_batches(train.sample(512)), levels=LEVELS,
-                                  spikes_per_step=args.k, progress=False), DIVISOR_EXP)
+    spiking = ecmt.convert(load_model("demo"), calibration_batches(train.sample(512)), levels=LEVELS,
+                           spikes_per_step=args.k, threshold_scale=2.0 ** -DIVISOR_EXP, progress=False)
     graph, x, y = spiking.graph, test.images, test.labels.numpy()
     ref = spiking(x, args.T).numpy()
 

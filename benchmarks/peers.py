@@ -52,7 +52,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from machine import machine_info, machine_markdown, write_result
-from multilevel import scaled
 
 import ecmt
 import hw_sim
@@ -614,14 +613,12 @@ def main():
         # finer with 4 more levels (same top level), up to 4 levels per spike.  The
         # calibration quantile 0.999 (ECMT_SPEC's "other quantiles" option) is the
         # cheap end of the frontier: higher thresholds, fewer spikes per step.
-        multi = {"levels": 12, "spikes_per_step": 4}
-        for label, options, divide in ((f"ECMT (paper calibration)", {}, 0),
-                                       ("ECMT (calibration p = 0.999)", {"quantile": 0.999}, 0),
-                                       (f"ECMT (search, target T={searches[model_name]})",
-                                        {"target_T": searches[model_name]}, 0),
-                                       ("ECMT (k = 4 levels per spike, thresholds q/16, 12 levels)", multi, 4)):
+        for label, options in ((f"ECMT (paper calibration)", {}),
+                               ("ECMT (calibration p = 0.999)", {"quantile": 0.999}),
+                               (f"ECMT (search, target T={searches[model_name]})", {"target_T": searches[model_name]}),
+                               ("ECMT (k = 4 levels per spike, thresholds q/16, 12 levels)", ecmt.MULTI_LEVEL)):
             t0 = time.time()
-            spiking = scaled(ecmt.convert(model, calib_x, progress=False, **options), divide)
+            spiking = ecmt.convert(model, calib_x, progress=False, **options)
             convert_s = time.time() - t0
             ev = evaluate_ecmt(spiking, images, labels, T, prices, profile)
             ann_j = ev.pop("ann_energy_j")

@@ -136,7 +136,6 @@ def trained(fam: str, demo, epochs: int, train_limit: int | None, retrain: bool,
 def run_family(fam: str, demo, args, calib, test) -> dict:
     import ecmt
     from ecmt.evaluate import ann_accuracy, snn_accuracy
-    from multilevel import scaled         # thresholds / 2^m, as the multilevel table does
     err = exactness(demo.build)
     print(f"[{fam}] random weights: analog error {err:.1e}", flush=True)
     if err > 1e-5:
@@ -149,7 +148,7 @@ def run_family(fam: str, demo, args, calib, test) -> dict:
            "random_weight_analog_error": err, "training": train_info, "ann_accuracy": ann, "neurons": {}}
     for neuron, (options, m) in NEURONS.items():
         t0 = time.time()
-        spiking = scaled(ecmt.convert(model, calib, progress=False, **options), m)
+        spiking = ecmt.convert(model, calib, progress=False, threshold_scale=2.0 ** -m, **options)
         convert_s = time.time() - t0
         t0 = time.time()
         acc = snn_accuracy(spiking, test, max(TS), batch_size=args.batch_size, progress=False)

@@ -48,6 +48,16 @@ def quantile(value: str) -> float:
     return q
 
 
+def positive(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0 < x < float("inf"):       # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value}")
+    return x
+
+
 def budget(value: str) -> float:
     try:
         b = float(value)
@@ -111,6 +121,9 @@ def _add_convert_args(p: argparse.ArgumentParser):
                    help="levels an MT neuron may send together in one step, as one graded value "
                         "(1..levels; default 1, the paper's neuron; docs/method.md §2)")
     p.add_argument("--quantile", type=quantile, default=0.99, help="calibration quantile p (default 0.99)")
+    p.add_argument("--threshold-scale", type=positive, default=1.0, dest="threshold_scale", metavar="S",
+                   help="multiply every calibrated threshold by S (default 1; the multi-level operating point "
+                        "is --threshold-scale 0.0625 --levels 12 --spikes-per-step 4, docs/conversion.md)")
     p.add_argument("--per-channel", action="store_true", help="one threshold per channel")
     p.add_argument("--target-T", type=count, dest="target_T",
                    help="search each neuron's threshold and levels for the best estimate at this T "
@@ -141,7 +154,8 @@ def _convert(args, model):
     batches = _calibration(args)
     check_input(model, batches[0], f"--calib-data {args.calib_data}" if args.calib_data else f"--data {args.data}")
     return convert(model.to(device), [b.to(device) for b in batches], levels=args.levels,
-                   spikes_per_step=args.spikes_per_step, quantile=args.quantile, per_channel=args.per_channel,
+                   spikes_per_step=args.spikes_per_step, quantile=args.quantile,
+                   threshold_scale=args.threshold_scale, per_channel=args.per_channel,
                    target_T=args.target_T, energy_budget=args.energy_budget, energy=_energy_model(args),
                    progress=not args.quiet, device=device)
 
@@ -198,7 +212,7 @@ def cmd_eval(args):
     from . import memory
     if args.json:
         check_writable(args.json)
-    spiking = SpikingModel.load(args.graph, capture=args.capture)
+    spiking = SpikingModel.load(args.graph, capture=not args.node_by_node)
     split = data.load(args.data, "test", args.data_root).take(args.limit)
     data.check_shape(split, spiking.graph.shapes[spiking.graph.input.name], f"--data {args.data}")
     memory.check(memory.run_bytes(spiking.graph, min(args.batch_size, len(split)), args.T),
@@ -371,8 +385,32 @@ def cmd_train_demo(args):
           f"in {info['train_seconds']:.0f} s")
 
 
+def demo_table(ann: float, columns: dict[str, list[float]]) -> str:
+    """ANN accuracy, then one column of SNN accuracy per converted graph at every t."""
+    width = max(12, *(len(name) for name in columns)) + 2
+    lines = [f"ANN accuracy: {100 * ann:.2f}%", "",
+             f"{'t':>4}" + "".join(f"{name:>{width}}" for name in columns)]
+    for t in range(len(next(iter(columns.values())))):
+        lines.append(f"{t + 1:>4}" + "".join(f"{f'{100 * acc[t]:.2f}%':>{width}}" for acc in columns.values()))
+    return "\n".join(lines)
+
+
+def _operating_line(name: str, report) -> str:
+    """One line: where the SNN first comes within a point of the ANN, and its energy there."""
+    d = report.data
+    t_op = d["operating_point"]["t"]
+    if not t_op:
+        return (f"{name}: no t <= {d['T']} within {100 * d['operating_point']['within']:g} point of the ANN "
+                f"({100 * d['ann_accuracy']:.2f}%)")
+    energy = ", ".join(f"{r['profile']['name']} {r['energy_ratio_per_t'][t_op - 1]:.3f}x ANN"
+                       for r in report.hardware if r["mode"] == "full")
+    return (f"{name}: t = {t_op}, {100 * d['accuracy'][t_op - 1]:.2f}% (ANN {100 * d['ann_accuracy']:.2f}%); "
+            f"energy up to t: {energy}")
+
+
 def cmd_demo(args):
     from . import data
+    from .convert import MULTI_LEVEL, convert
     from .ir import save_graph
     from .zoo import DEMO_CHECKPOINT, load_model, train_demo
     out = Path(args.out)
@@ -386,34 +424,52 @@ def cmd_demo(args):
     model = load_model("demo")
     args.data, args.calib_data = "fashion-mnist", None
     t0 = time.time()
-    spiking = _convert(args, model)
-    graph_path = out / "demo_vit.ecmt"
+    paper = _convert(args, model)
+    say(f"demo: converted the demo ViT in {time.time() - t0:.1f} s (the paper's neuron: quantile thresholds, "
+        f"{args.levels} levels, k = {args.spikes_per_step})")
+    t0 = time.time()
+    device = distributed.device_for(args.device)
+    multi = convert(model.to(device), [b.to(device) for b in _calibration(args)], quantile=args.quantile,
+                    progress=not args.quiet, device=device, **MULTI_LEVEL)
+    multi_name = (f"thresholds x {MULTI_LEVEL['threshold_scale']:g}, {MULTI_LEVEL['levels']} levels, "
+                  f"k = {MULTI_LEVEL['spikes_per_step']}")
+    say(f"demo: converted it again in {time.time() - t0:.1f} s (the multi-level operating point: {multi_name})")
+    graphs = {"demo_vit": paper, "demo_vit_multilevel": multi}
     if distributed.is_main():
-        save_graph(spiking.graph, graph_path)
-    say(f"demo: converted the demo ViT in {time.time() - t0:.1f} s -> {graph_path}")
+        for name, spiking in graphs.items():
+            save_graph(spiking.graph, out / f"{name}.ecmt")
+    say(f"demo: wrote {', '.join(str(out / f'{name}.ecmt') for name in graphs)}")
     split = data.fashion_mnist("test", args.data_root).take(args.limit)
-    result = evaluate(spiking, split, args.T, 256, args.quiet, args.device)
-    table = accuracy_table(result["ann_accuracy"], result["snn_accuracy"])
-    say(f"demo: Fashion-MNIST test, {len(split)} images\n{table}")
+    results = {name: evaluate(spiking, split, args.T, 256, args.quiet, args.device)
+               for name, spiking in graphs.items()}
+    columns = {"SNN, paper": results["demo_vit"]["snn_accuracy"],
+               "SNN, multi-level": results["demo_vit_multilevel"]["snn_accuracy"]}
+    say(f"demo: Fashion-MNIST test, {len(split)} images; SNN accuracy after t steps\n"
+        f"  paper: the paper's MT neuron (quantile thresholds, {args.levels} levels, one level per step)\n"
+        f"  multi-level: {multi_name} (up to {MULTI_LEVEL['spikes_per_step']} levels in one graded spike)\n"
+        + demo_table(results["demo_vit"]["ann_accuracy"], columns))
     if distributed.is_main():
-        write_text(out / "accuracy.json", json.dumps(result, indent=2) + "\n")
+        write_text(out / "accuracy.json", json.dumps(results, indent=2) + "\n")
     say(f"demo: wrote {out / 'accuracy.json'}")
     if distributed.is_main():
         for to, suffix in (("onnx", "onnx"), ("nir", "nir"), ("lava", "h5")):
             t0 = time.time()
-            said = _export(spiking.graph, to, out / f"demo_vit.{suffix}").splitlines()[-1]
+            said = _export(paper.graph, to, out / f"demo_vit.{suffix}").splitlines()[-1]
             print(f"demo: {to} export, {said} ({time.time() - t0:.1f} s)")
 
     import hw_sim
     energy_split = split.take(args.energy_samples)
-    report = hw_sim.simulate(spiking.graph, energy_split.images, args.T, ["cmos45-fp32", "loihi"],
-                             mode=None, labels=energy_split.labels, progress=not args.quiet,
-                             device=distributed.device_for(args.device))
-    if distributed.is_main():
-        paths = report.write(out / "energy")
-        print(f"demo: energy on {len(energy_split)} test images, T={args.T} (per inference)\n"
-              f"{_energy_summary(report)}")
-        print(f"demo: wrote {', '.join(str(p) for p in paths)}")
+    lines = []
+    for (name, spiking), label in zip(graphs.items(), ("paper", "multi-level")):
+        report = hw_sim.simulate(spiking.graph, energy_split.images, args.T, ["cmos45-fp32", "loihi"],
+                                 mode=None, labels=energy_split.labels, progress=not args.quiet,
+                                 device=device)
+        if distributed.is_main():
+            paths = report.write(out / ("energy" if name == "demo_vit" else f"energy_{label}"))
+            print(f"demo: energy of {label} on {len(energy_split)} test images, T={args.T} (per inference)\n"
+                  f"{_energy_summary(report)}\ndemo: wrote {', '.join(str(p) for p in paths)}")
+            lines.append(_operating_line(label, report))
+    say("demo: operating points (the first t within a point of the ANN)\n  " + "\n  ".join(lines))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -422,8 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("demo", help="train-or-load the demo ViT, convert, evaluate per step, export, "
-                                    "energy report")
+    p = sub.add_parser("demo", help="train-or-load the demo ViT, convert it with the paper's neuron and at "
+                                    "the multi-level operating point, evaluate per step, export, energy reports")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("-T", type=count, default=16, help="time steps (default 16)")
     p.add_argument("--limit", type=count, default=None, help="evaluate on the first N test images")
@@ -453,10 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=count, help="first N test images only")
     p.add_argument("--batch-size", type=count, default=256)
     p.add_argument("--json", help="also write the results to this JSON file")
-    p.add_argument("--capture", action="store_true",
-                   help="run each step as one compiled function: about half the time per step on the "
-                        "demo ViT (docs/benchmarks/step_cost.md), after a compile of a minute or more per "
-                        "batch size (a last, smaller batch is one more); the same numbers up to rounding")
+    p.add_argument("--node-by-node", action="store_true", dest="node_by_node",
+                   help="run the reference executor, node by node, instead of the fast step (the same "
+                        "numbers up to rounding; docs/conversion.md)")
     _add_device_arg(p)
     p.set_defaults(func=cmd_eval)
 

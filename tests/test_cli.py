@@ -37,13 +37,13 @@ def test_convert_inspect_eval_round_trip(tmp_path):
     assert "ANN accuracy" in r.stdout and len([ln for ln in r.stdout.splitlines() if "%" in ln]) == 5
     result = json.loads((tmp_path / "r.json").read_text())
     assert len(result["snn_accuracy"]) == 4 and result["samples"] == 64
-    # --capture (one compiled function per step): the same accuracies, up to an image
-    # whose class a rounding difference flips
-    r = ecmt_cli("eval", str(graph), "--data", "digits", "-T", "4", "--limit", "64", "--capture",
+    # --node-by-node (the reference executor): the same accuracies, up to an image whose
+    # class a rounding difference flips
+    r = ecmt_cli("eval", str(graph), "--data", "digits", "-T", "4", "--limit", "64", "--node-by-node",
                  "--json", str(tmp_path / "c.json"))
     assert r.returncode == 0, r.stderr
-    captured = json.loads((tmp_path / "c.json").read_text())["snn_accuracy"]
-    assert max(abs(a - b) for a, b in zip(captured, result["snn_accuracy"])) <= 1 / 64 + 1e-9
+    reference = json.loads((tmp_path / "c.json").read_text())["snn_accuracy"]
+    assert max(abs(a - b) for a, b in zip(reference, result["snn_accuracy"])) <= 1 / 64 + 1e-9
 
 
 def test_energy_reports_float_and_deployed_accuracy(tmp_path):

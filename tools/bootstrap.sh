@@ -34,4 +34,6 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
   .cache/lava-wheels/lava_nc-0.10.0-py3-none-any.whl \
   .cache/lava-wheels/lava_dl-0.6.0-py3-none-any.whl 2>&1 | grep -v "is ignored: it is neither" || true
 "${PIP[@]}" check
+# The fast step's C kernels (ecmt/runtime/native.c): built once here, not during the first run.
+"$VENV/bin/python" -c "from ecmt.runtime import native; print('bootstrap:', native.build_report())"
 touch "$VENV/.bootstrapped"

@@ -9,11 +9,17 @@ import torch
 from .. import ir
 from ..errors import DataError, EcmtError
 from ..runtime import SpikingModel
-from .calibrate import calibrate
+from .calibrate import calibrate, check_threshold_scale
 from .lower import lower
 from .passes import place_neurons, simplify
 
-__all__ = ["convert", "calibration_batches"]
+__all__ = ["convert", "calibration_batches", "MULTI_LEVEL"]
+
+# The multi-level operating point (docs/conversion.md, docs/benchmarks/multilevel.md): every
+# calibrated threshold divided by 16 (exact in float32), 4 more levels so that the largest
+# level stays where the quantile's eighth level was, and up to k = 4 levels sent in one step.
+# Within a point of the ANN at t = 1 on the demo ViT, where the paper's neuron needs t = 4.
+MULTI_LEVEL = {"threshold_scale": 1 / 16, "levels": 12, "spikes_per_step": 4}
 
 
 def calibration_batches(calib, batch_size: int = 128) -> list[torch.Tensor]:
@@ -51,9 +57,10 @@ def _keeps_training_modes(fn):
 
 @_keeps_training_modes
 def convert(model: torch.nn.Module, calib, *, levels: int = 8, spikes_per_step: int = 1, quantile: float = 0.99,
-            per_channel: bool = False, fixed_thresholds: dict[str, tuple[float, float]] | None = None,
-            spiking: bool = True, target_T: int | None = None, energy_budget: float | None = None,
-            energy=None, device=None, progress: bool = True) -> SpikingModel:
+            threshold_scale: float = 1.0, per_channel: bool = False,
+            fixed_thresholds: dict[str, tuple[float, float]] | None = None, spiking: bool = True,
+            target_T: int | None = None, energy_budget: float | None = None, energy=None,
+            device=None, progress: bool = True) -> SpikingModel:
     """Convert a trained ANN into a spiking model (ECMT).
 
     model: a trained torch module, converted in eval mode (its own train/eval
@@ -64,8 +71,12 @@ def convert(model: torch.nn.Module, calib, *, levels: int = 8, spikes_per_step: 
         many distinct levels an MT neuron may send in one step, as one graded
         value (1..levels; 1, the default, is the paper's neuron; docs/method.md §2).
         quantile: the
-        calibration quantile p.  per_channel: one threshold per channel instead
-        of per tensor.  fixed_thresholds: {role: (th_pos, th_neg)} overrides
+        calibration quantile p.  threshold_scale: multiply every calibrated
+        threshold by this (> 0; a power of two keeps them exact): 1/16 with
+        levels=12 puts 16x finer steps under the same largest level
+        (MULTI_LEVEL = {"threshold_scale": 1/16, "levels": 12, "spikes_per_step": 4}
+        is the multi-level operating point: ``convert(model, calib, **MULTI_LEVEL)``).
+        per_channel: one threshold per channel instead of per tensor.  fixed_thresholds: {role: (th_pos, th_neg)} overrides
         for neurons by role ("softmax", "gelu", "layernorm", "linear", "product", "relu").
     spiking: False stops before neurons and calibration: the analog graph, in
         which every nonlinearity is an ECM (what sigma-delta hardware runs).
@@ -80,6 +91,7 @@ def convert(model: torch.nn.Module, calib, *, levels: int = 8, spikes_per_step: 
     if not 1 <= int(spikes_per_step) <= int(levels):
         raise EcmtError(f"spikes_per_step must be in 1..levels = {levels}, got {spikes_per_step}",
                         hint="`spikes_per_step` K needs K <= `levels`")
+    check_threshold_scale(threshold_scale)
     if energy_budget is not None:       # checked before any work
         from .search import check_budget
         check_budget(target_T, energy_budget, energy)
@@ -100,7 +112,7 @@ def convert(model: torch.nn.Module, calib, *, levels: int = 8, spikes_per_step: 
         return SpikingModel(graph)
     graph = ir.SpikingGraph(place_neurons(nodes, levels=levels, spikes_per_step=spikes_per_step))
     summary = calibrate(graph, batches, quantile=quantile, per_channel=per_channel,
-                        fixed=fixed_thresholds, device=device, progress=progress)
+                        fixed=fixed_thresholds, threshold_scale=threshold_scale, device=device, progress=progress)
     graph.meta.update({
         "source": type(model).__name__,
         "calibration": {"method": "quantile", "levels": levels, "spikes_per_step": spikes_per_step, **summary},

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import distributed, ir
+from ..errors import EcmtError
 from ..runtime import GraphExecutor
 
 
@@ -95,14 +96,16 @@ class _Stats:
 
 def calibrate(graph: ir.SpikingGraph, batches: Iterable[torch.Tensor], *, quantile: float = 0.99,
               per_channel: bool = False, fixed: dict[str, tuple[float, float]] | None = None,
-              device=None, progress: bool = True) -> dict:
+              threshold_scale: float = 1.0, device=None, progress: bool = True) -> dict:
     """Set every MT neuron's thresholds from analog activations on `batches`.
 
     `fixed` maps a neuron role ("softmax", "gelu", ...) to (th_pos, th_neg)
-    used instead of the quantiles.  Returns a summary for graph.meta.
+    used instead of the quantiles; every other threshold is the quantile times
+    `threshold_scale`.  Returns a summary for graph.meta.
     """
     if not 0.5 < quantile <= 1.0:          # 1: the largest activation (and the smallest)
         raise ValueError(f"quantile must be in (0.5, 1], got {quantile}")
+    check_threshold_scale(threshold_scale)
     fixed = fixed or {}
     neurons = graph.of_kind(ir.MTNeuron)
     stats = {n.name: _Stats(channel_shape(graph, n) if per_channel else None) for n in neurons}
@@ -132,10 +135,19 @@ def calibrate(graph: ir.SpikingGraph, batches: Iterable[torch.Tensor], *, quanti
         if role in fixed:
             hi, lo = (torch.full_like(hi, float(v)) for v in fixed[role])
             fb = 0
+        elif threshold_scale != 1.0:
+            hi, lo = hi * threshold_scale, lo * threshold_scale
         n.th_pos = hi
         n.th_neg = lo if n.th_neg is not None else None
         fallbacks += fb if n.th_neg is not None else int(stats[n.name].hi_n.eq(0).sum())
     graph.validate()
     return {"quantile": quantile, "per_channel": per_channel, "batches": n_batches,
             "samples": n_samples, "fixed": {k: list(v) for k, v in fixed.items()},
-            "sign_fallbacks": fallbacks}
+            "threshold_scale": threshold_scale, "sign_fallbacks": fallbacks}
+
+
+def check_threshold_scale(scale) -> None:
+    """threshold_scale must be a finite number > 0."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise EcmtError(f"threshold_scale must be a number > 0 (each calibrated threshold is multiplied by it), "
+                        f"got {scale!r}", hint="e.g. threshold_scale=1/16 (--threshold-scale 0.0625)")

@@ -12,9 +12,10 @@ IR nodes for per-sample tensors, through the Lowering of ``lowering.py``.
 Operations without a handler do not stop the walk: all of them are collected
 and reported together in one UnsupportedModelError.
 
-The model is traced once per batch size with concrete shapes (_ConcreteTracer):
-Python code and branches on shapes run as in eager mode, so the graph holds for
-the calibration input's shape only, as the IR's fixed-shape Input does anyway.
+A model whose forward traces symbolically is traced once.  Else it is traced
+once per batch size with concrete shapes (_ConcreteTracer): Python code and
+branches on shapes run as in eager mode, so the graph holds for the calibration
+input's shape only, as the IR's fixed-shape Input does anyway.
 """
 from __future__ import annotations
 
@@ -215,9 +216,11 @@ def trace(model: torch.nn.Module, sample: torch.Tensor | None = None):
     """Trace `model` with torch.fx, every argument but the first fixed to its default.
 
     Without `sample`: one symbolic trace, a GraphModule.  With `sample` (one input;
-    its first item is used): two traces with concrete shapes (_ConcreteTracer), on
-    batches of RUNS[0] and RUNS[1] copies of it, returned as a pair of
-    GraphModules of identical structure that differ in baked-in sizes.
+    its first item is used): a pair of GraphModules of identical structure for
+    batches of RUNS[0] and RUNS[1] copies of it.  Where the forward traces
+    symbolically (no Python decision on a shape), that one trace serves both
+    batches; else two traces with concrete shapes (_ConcreteTracer), which differ
+    in baked-in sizes.
     """
     params = list(inspect.signature(model.forward).parameters.values())
     concrete = {p.name: p.default for p in params[1:] if p.default is not inspect.Parameter.empty}
@@ -226,6 +229,14 @@ def trace(model: torch.nn.Module, sample: torch.Tensor | None = None):
         tracer.record_stack_traces = True  # the source line of every op, for error messages
         graph = _trace_with(tracer, model, concrete)
         return fx.GraphModule(tracer.root, graph)
+    try:          # on a copy: a forward may cache proxies on its modules (see below)
+        tracer = fx.Tracer()
+        tracer.record_stack_traces = True
+        root = copy.deepcopy(model)
+        gm = fx.GraphModule(root, tracer.trace(root, concrete_args=concrete or None))
+        return gm, gm
+    except Exception:  # noqa: BLE001 - Python code decides on shapes: trace them concretely
+        pass
     one = sample[:1].float()
     gms = []
     for n in RUNS:

@@ -28,21 +28,6 @@ class NonlinearityECMState:
                                                 *self.params)
         return y
 
-    # The captured step (runtime/captured.py) calls pure_step for an ECM outside a shared
-    # chain: the state goes in and out as tensors (zeros before step 1), t as a 0-d tensor.
-    # state_tensors / set_state read and set that state (tests/test_ecm.py checks
-    # pure_step against step through them).
-    def state_tensors(self) -> tuple:
-        return self.sum, self.out_sum
-
-    def pure_step(self, state: tuple, x: torch.Tensor, t: torch.Tensor):
-        """(increment, new state) at step t (a float64 0-d tensor), computed as `step` computes it."""
-        y, total, out_sum = self.update.eager(state[0], x, state[1], t.float(), *self.params)
-        return y, (total, out_sum)
-
-    def set_state(self, state: tuple) -> None:
-        self.sum, self.out_sum = state
-
 
 class ProductECMState:
     """Running product of two streams, scale * A_t @ B_t / t, emitted as increments.
@@ -83,29 +68,3 @@ class ProductECMState:
             z, self.a, self.b, self.prod, self.out_sum = product_update_incremental(
                 self.a, self.b, self.prod, x, y, self.out_sum, scale_over_t)
         return z
-
-    # pure_step for the captured step (see NonlinearityECMState.pure_step).  It does not
-    # keep x and y (only hw_sim's observer runs read them, and those run node by node).
-    def state_tensors(self) -> tuple:
-        return (self.a, self.b, self.out_sum) if self.form == "direct" else (self.a, self.b, self.prod, self.out_sum)
-
-    def pure_step(self, state: tuple, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor):
-        if self.ta:
-            x = x.transpose(-1, -2)
-        if self.tb:
-            y = y.transpose(-1, -2)
-        scale_over_t = (self.scale / t).float()     # t is float64: the same rounding as `step`
-        if self.form == "direct":
-            a, b, out_sum = state
-            z, a, b, out_sum = product_update.eager(a, b, x, y, out_sum, scale_over_t)
-            return z, (a, b, out_sum)
-        a, b, prod, out_sum = state
-        z, a, b, prod, out_sum = product_update_incremental.eager(a, b, prod, x, y, out_sum, scale_over_t)
-        return z, (a, b, prod, out_sum)
-
-    def set_state(self, state: tuple) -> None:
-        if self.form == "direct":
-            self.a, self.b, self.out_sum = state
-        else:
-            self.a, self.b, self.prod, self.out_sum = state
-        self.x = self.y = None

@@ -21,9 +21,8 @@ from .. import ir, memory
 from ..errors import DataError
 from ..ir import analysis
 from ..ir.dispatch import KindTable
-from . import captured
+from . import program
 from .ecm import NonlinearityECMState, ProductECMState
-from .kernels import compile_enabled
 from .neuron import MTState, PPNState
 
 # observer(node, inputs, output, t): sees every node's input and output increments.
@@ -178,26 +177,30 @@ def compile_node(node: ir.Node, shape: tuple[int, ...], device, product_form: st
 class GraphExecutor:
     """Compiled form of a graph for one device; `run` is the whole API.
 
+    ``capture=True`` (the default) runs every step as the fast step of
+    program.py: fused native kernels on the CPU, a CUDA graph on CUDA, with the
+    state of some node chains shared.  ``capture=False`` runs node by node,
+    each node's `step` in turn: the reference the fast step is tested against.
+    Runs with `intervene` (lockstep verification) go node by node; where the
+    fast step cannot run here (no C compiler, ECMT_FAST=0) every run does, after
+    one line on stderr that says why.
+
     ``record_levels=True`` makes every MT neuron keep its per-element event
     codes of the last step (``state(name).code``, see MTState): what hw_sim
     counts spikes by level from, computed inside the neuron's own kernel.
 
-    ``capture=True`` runs every step as one compiled function of the whole
-    graph (see `capturable` and captured.py; the static nodes are computed
-    once before it); runs with an observer or intervene go node by node.
-
     ``overrides`` {node class: builder}: per-kind replacements of this module's
     builders (same signature as KINDS' entries), for the exact class only: how a
-    deployed number format runs (ecmt.runtime.fixed_point.deployed_overrides)."""
+    deployed number format runs (ecmt.runtime.fixed_point.deployed_overrides).
+    Runs with overrides go node by node (the fast step compiles the graph's own
+    kinds)."""
 
     def __init__(self, graph: ir.SpikingGraph, device=None, product_form: str = "direct",
-                 record_levels: bool = False, capture: bool = False, overrides: dict | None = None):
+                 record_levels: bool = False, capture: bool = True, overrides: dict | None = None):
         self.graph = graph
         self.record_levels = record_levels
         self.capture = capture
-        self._captured = None
-        self._roles = None                # captured.plan: the chains whose state the captured step shares
-        self._run_states = None           # the captured run's states (captured.zero_states' layout)
+        self._program = None              # the fast step of the last batch size run (program.Program)
         self.device = torch.device(device or "cpu")
         self.product_form = product_form
         static = analysis.static_nodes(graph)
@@ -234,36 +237,21 @@ class GraphExecutor:
         return [values[j] for j in step.srcs] if step.srcs else [x]
 
     def reset(self):
-        self._run_states = None
         for step in self.steps:
             if step.state is not None:
                 step.state.reset()
 
-    def capturable(self) -> bool:
-        """Whether the steps can run as one captured function (``capture=True``):
-        with the compiler on, and every stateful node of a kind the capture knows
-        (MT neurons without event codes, nonlinearity and product ECMs; not PPN
-        neurons), and no builder overridden."""
-        return compile_enabled() and not self.overrides and all(
-            step.state is None or type(step.state) in (NonlinearityECMState, ProductECMState)
-            or (type(step.state) is MTState and not step.state.record and step.state.tables is None)
-            for step in self.steps)
+    def fast(self) -> bool:
+        """Whether runs take the fast step (capture=True and it can run here)."""
+        return self.capture and not self.overrides and program.kernels_for(self.device) is not None
 
-    def _captured_step(self, values: list, t: int) -> torch.Tensor:
-        if self._captured is None:
-            # Static shapes: one compile per batch size.  A symbolic batch dimension would
-            # serve every size, but tracing the whole graph symbolically takes many times longer.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            roles = self._roles = captured.plan(self.steps)
-            self._captured = torch.compile(
-                lambda statics, states, t: captured.step_body(self.steps, roles, self.output_index,
-                                                              statics, states, t), dynamic=False)
-        if t == 1:
-            self._run_states = captured.zero_states(self.steps, self._roles, self.graph.shapes, self._batch,
-                                                    self.device)
-        statics = [values[i] if step.static else None for i, step in enumerate(self.steps)]
-        out, self._run_states = self._captured(statics, self._run_states, torch.tensor(float(t), dtype=torch.float64))
-        return out
+    def _fast_program(self, batch: int, observe: bool) -> program.Program:
+        p = self._program
+        if p is None or p.batch != batch or p.observe != observe:
+            p = self._program = None            # release the old buffers first
+            p = self._program = program.Program(self, batch, program.kernels_for(self.device), observe=observe,
+                                                record=self.record_levels)
+        return p
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, T: int, observer: Observer | None = None,
@@ -275,35 +263,31 @@ class GraphExecutor:
                      "T or the batch size", self.device)
         x = self._checked(x)
         self.reset()
-        values: list[torch.Tensor | None] = [None] * len(self.steps)
         estimates = []
         out_sum = None
-        use_capture = (self.capture and observer is None and intervene is None and self.capturable())
-        if use_capture:
-            self._batch = x.shape[0]
-            for i, step in enumerate(self.steps):      # the static nodes, once
-                if step.static:
-                    values[i] = step.fn(self._inputs(step, values, x), 1)
-        for t in range(1, T + 1):
-            if use_capture:
-                inc = self._captured_step(values, t)
+        if intervene is None and self.fast():
+            observe = observer is not None or self.record_levels
+            fast = self._fast_program(x.shape[0], observe)
+            for t, inc in enumerate(fast.run(x, T, observer), start=1):
                 out_sum = inc.clone() if out_sum is None else out_sum.add_(inc)
                 estimates.append(out_sum / t)
-                continue
-            for i, step in enumerate(self.steps):
-                if step.static and t > 1:
-                    out = values[i]
-                else:
-                    out = step.fn(self._inputs(step, values, x), t)
-                    if intervene is not None:
-                        out = intervene(step.node, out, t)
-                    values[i] = out
-                if observer is not None:
-                    observer(step.node, self._inputs(step, values, x), out, t)
-            inc = values[self.output_index]
-            out_sum = inc.clone() if out_sum is None else out_sum.add_(inc)
-            estimates.append(out_sum / t)
-        self.reset()          # release the membranes and sums (hundreds of MB for a batch of 256)
+        else:
+            values: list[torch.Tensor | None] = [None] * len(self.steps)
+            for t in range(1, T + 1):
+                for i, step in enumerate(self.steps):
+                    if step.static and t > 1:
+                        out = values[i]
+                    else:
+                        out = step.fn(self._inputs(step, values, x), t)
+                        if intervene is not None:
+                            out = intervene(step.node, out, t)
+                        values[i] = out
+                    if observer is not None:
+                        observer(step.node, self._inputs(step, values, x), out, t)
+                inc = values[self.output_index]
+                out_sum = inc.clone() if out_sum is None else out_sum.add_(inc)
+                estimates.append(out_sum / t)
+        self.reset()          # release the node-by-node membranes and sums
         batch = x.shape[0]
         return torch.stack([e.expand(batch, *e.shape[1:]) for e in estimates])
 

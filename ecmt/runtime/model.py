@@ -14,12 +14,12 @@ class SpikingModel(torch.nn.Module):
     The executor is compiled for the device of the input on first use.
     ``product_form`` picks how product ECMs compute ("direct": one product of
     the running sums per step; "incremental": the spiking form of the spec).
-    ``capture=True`` runs each step as one compiled function of the whole
-    graph (GraphExecutor.capturable says when it applies): a faster step, after
-    a compile of a minute or more per batch size on first use.
+    ``capture=True`` (the default) runs each step as the fast step (fused
+    native kernels on the CPU, a CUDA graph on CUDA; runtime/program.py);
+    ``capture=False`` runs the reference executor node by node.
     """
 
-    def __init__(self, graph: SpikingGraph, product_form: str = "direct", capture: bool = False):
+    def __init__(self, graph: SpikingGraph, product_form: str = "direct", capture: bool = True):
         super().__init__()
         graph.validate()
         self.graph = graph

@@ -1,0 +1,395 @@
+/* The fast step's kernels (ecmt/runtime/program.py): each stateful node's update,
+ * and an ECM fused with the MT neuron that follows it, as one pass over memory.
+ *
+ * Built on first use (ecmt/runtime/native.py) with the system C compiler, OpenMP
+ * and -ffp-contract=off: the MT rule makes exactly the comparisons of
+ * kernels.mt_levels / mt_multi_levels, in the same float32 operations, so its
+ * spikes are the reference's bit for bit given the same membrane.  The ECMs'
+ * functions (erf, exp, tanh) come from the C library (vectorized by libmvec where
+ * the build has it) and may differ from torch's in the last bit.
+ *
+ * Layouts: every tensor is contiguous float32 [batch, n] (n elements per sample);
+ * row kernels see [batch, rows, len] and work along len.  Thresholds are th_len
+ * values (1: one per tensor; n: one per element of a sample), th_neg NULL for
+ * positive levels only.  t is the step as a float, scale_t = scale / t (float64
+ * rounded to float32, as torch's .float()).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef ECMT_SIMD_MATH
+#pragma omp declare simd notinbranch
+float expf(float);
+#pragma omp declare simd notinbranch
+float erff(float);
+#pragma omp declare simd notinbranch
+float tanhf(float);
+#endif
+
+/* ECM functions (f of the ECM's running average), by number (native.py: FUNCTIONS). */
+enum { F_RELU, F_GELU, F_GELU_TANH, F_SILU, F_SIGMOID, F_HARDSWISH, F_SOFTMAX, F_LAYER_NORM };
+
+/* One MT neuron: the thresholds and rule, and where its state lives. */
+typedef struct {
+    const float *th_pos, *th_neg;   /* th_neg NULL: positive levels only */
+    int64_t th_len;                 /* 1 or n */
+    int32_t levels, k;
+} mt_rule;
+
+#define INLINE static inline __attribute__((always_inline))
+#define CHUNK 256       /* elements per pass of the level loop: its arrays stay in L1 */
+
+/* floor(log2(y)) for y >= 2^-126 from its exponent bits, and 2^j for -126 <= j <= 127, exactly. */
+INLINE int32_t exponent(float y)
+{
+    int32_t i;
+    memcpy(&i, &y, sizeof i);
+    return ((i >> 23) & 0xff) - 127;
+}
+
+INLINE float pow2(int32_t j)
+{
+    const int32_t i = (j + 127) << 23;
+    float f;
+    memcpy(&f, &i, sizeof f);
+    return f;
+}
+
+/* The spike of membrane v for k = 1 (kernels.mt_levels): the largest level j with
+ * |v| >= th 2^j - th / 2, found without a loop over levels, so that it inlines into a
+ * vectorized loop over elements: j from the exponent of |v| / th + 1/2 (an estimate; rc is
+ * 1 / th, or 0 to divide), corrected by one either way with the exact comparisons (the
+ * boundaries grow with j, so the crossed levels are 0..j and one correction suffices): the
+ * same comparisons' verdict as the loop, for any v.  th_neg = th_pos where there are no
+ * negative levels (has_neg = 0: no spike below zero).  *m: the level number, signed like the
+ * spike (0 for none). */
+INLINE float fire1(float v, float th_pos, float th_neg, float rc_pos, float rc_neg, const int divide, int has_neg,
+                   int levels, int32_t *m)
+{
+    const int pos = v >= 0.0f;
+    const float th = pos ? th_pos : th_neg, mag = fabsf(v), half = th * 0.5f;
+    const float q = divide ? mag / th : mag * (pos ? rc_pos : rc_neg);
+    int32_t e = exponent(q + 0.5f);
+    e = e > levels - 1 ? levels - 1 : e;
+    e = e < -1 ? -1 : e;
+    const float at = th * pow2(e), above = at * 2.0f;              /* th 2^e, th 2^(e + 1): exact */
+    const int32_t up = (e < levels - 1) & (mag >= above - half);
+    const int32_t down = (e >= 0) & (mag < at - half);
+    const float stay = e >= 0 ? at : 0.0f, lower = e >= 1 ? at * 0.5f : 0.0f;
+    const float s = up ? above : (down ? lower : stay);
+    const int32_t j = e + up - down;
+    *m = pos ? j + 1 : (has_neg ? -(j + 1) : 0);
+    return pos ? s : (has_neg ? -s : 0.0f);
+}
+
+/* The spikes s of the membranes v[0..len) for k > 1 (kernels.mt_multi_levels) and, in m,
+ * the levels fired as binary digits, signed like the spike.  Thresholds th_pos[e],
+ * th_neg[e] (NULL: none below zero) with e = 0 (scalar) or the element.  One vectorized
+ * pass over the chunk per level, from the top. */
+INLINE void fire_multi(const float *v, int64_t len, const float *th_pos, const float *th_neg, const int scalar,
+                       int levels, int k, float *s, int32_t *m)
+{
+    float th[CHUNK], mag[CHUNK], half[CHUNK];
+    int32_t fired[CHUNK], count[CHUNK];
+    const int has_neg = th_neg != NULL;
+    const float *tn = has_neg ? th_neg : th_pos;
+    if (scalar) {
+        const float p0 = th_pos[0], n0 = tn[0];
+        #pragma omp simd
+        for (int64_t i = 0; i < len; i++)
+            th[i] = v[i] >= 0.0f ? p0 : n0;
+    } else {
+        #pragma omp simd
+        for (int64_t i = 0; i < len; i++)
+            th[i] = v[i] >= 0.0f ? th_pos[i] : tn[i];
+    }
+    #pragma omp simd
+    for (int64_t i = 0; i < len; i++) {
+        mag[i] = fabsf(v[i]);
+        half[i] = th[i] * 0.5f;
+        s[i] = 0.0f;
+        fired[i] = count[i] = 0;
+    }
+    float p = (float)(1u << (levels - 1));
+    for (int j = levels - 1; j >= 0; j--, p *= 0.5f) {
+        #pragma omp simd
+        for (int64_t i = 0; i < len; i++) {
+            const float value = th[i] * p;
+            const int crossed = (mag[i] - s[i] >= value - half[i]) & (count[i] < k);
+            s[i] = crossed ? s[i] + value : s[i];
+            fired[i] |= crossed << j;
+            count[i] += crossed;
+        }
+    }
+    #pragma omp simd
+    for (int64_t i = 0; i < len; i++) {
+        const int pos = v[i] >= 0.0f;
+        s[i] = pos ? s[i] : (has_neg ? -s[i] : 0.0f);
+        if (m)
+            m[i] = pos ? fired[i] : (has_neg ? -fired[i] : 0);
+    }
+}
+
+/* An MT neuron's spikes for the membranes v[0..len) (elements first.. of their sample, for
+ * per-element thresholds) into s, the levels fired into m (may be NULL). */
+INLINE void fire(const mt_rule *r, const float *v, int64_t len, int64_t first, float *s, int32_t *m)
+{
+    const int scalar = r->th_len == 1, has_neg = r->th_neg != NULL;
+    const float *tp = r->th_pos + (scalar ? 0 : first);
+    const float *tn = has_neg ? r->th_neg + (scalar ? 0 : first) : tp;
+    if (r->k > 1) {
+        fire_multi(v, len, tp, has_neg ? tn : NULL, scalar, r->levels, r->k, s, m);
+        return;
+    }
+    const int levels = r->levels;
+    /* one loop per case, so that each vectorizes: the threshold's reciprocal once where
+     * it is one value (divide where it overflows: a subnormal threshold) */
+#define FIRE_LOOP(TP, TN, RP, RN, DIVIDE) do { \
+        if (m) { _Pragma("omp simd") for (int64_t i = 0; i < len; i++) { \
+                int32_t mm; s[i] = fire1(v[i], TP, TN, RP, RN, DIVIDE, has_neg, levels, &mm); m[i] = mm; } } \
+        else { _Pragma("omp simd") for (int64_t i = 0; i < len; i++) { \
+                int32_t mm; s[i] = fire1(v[i], TP, TN, RP, RN, DIVIDE, has_neg, levels, &mm); } } \
+    } while (0)
+    if (scalar) {
+        const float p0 = tp[0], n0 = tn[0], rp = 1.0f / p0, rn = 1.0f / n0;
+        if (isfinite(rp) && isfinite(rn))
+            FIRE_LOOP(p0, n0, rp, rn, 0);
+        else
+            FIRE_LOOP(p0, n0, 0.0f, 0.0f, 1);
+    } else {
+        FIRE_LOOP(tp[i], tn[i], 0.0f, 0.0f, 1);
+    }
+#undef FIRE_LOOP
+}
+
+/* The event code of spikes (hw_sim's counting; kernels.mt_update_coded and
+ * mt_multi_update_coded define them): uint8 for k = 1, int16 for k > 1. */
+INLINE void put_codes(void *code, int64_t len, const int32_t *m, const float *x, int levels, int k)
+{
+    if (k == 1) {
+        uint8_t *c = code;
+        #pragma omp simd
+        for (int64_t i = 0; i < len; i++)
+            c[i] = (uint8_t)(m[i] + levels + (x[i] != 0.0f ? 2 * levels + 1 : 0));
+    } else {
+        int16_t *c = code;
+        const int span = (1 << levels) - 1;
+        #pragma omp simd
+        for (int64_t i = 0; i < len; i++)
+            c[i] = (int16_t)(m[i] + span + (x[i] != 0.0f ? 2 * span + 1 : 0));
+    }
+}
+
+/* One sample's row of an MT neuron's step; pair and scalar are constants where it is
+ * inlined, so that each combination compiles to its own vectorized loops. */
+INLINE void mt_row(int64_t n, const float *x, float *st, float *s_out, const mt_rule *r, const int pair,
+                   void *code)
+{
+    float v[CHUNK];
+    int32_t m[CHUNK];
+    const int64_t code_size = r->k == 1 ? 1 : 2;
+    for (int64_t start = 0; start < n; start += CHUNK) {
+        const int64_t len = n - start < CHUNK ? n - start : CHUNK;
+        const float *xc = x + start;
+        float *sc = st + start, *out = s_out + start;
+        #pragma omp simd
+        for (int64_t i = 0; i < len; i++)
+            v[i] = pair ? xc[i] - sc[i] : sc[i] + xc[i];
+        fire(r, v, len, start, out, code ? m : NULL);
+        #pragma omp simd
+        for (int64_t i = 0; i < len; i++)
+            sc[i] = pair ? sc[i] + out[i] : v[i] - out[i];
+        if (code)
+            put_codes((char *)code + start * code_size, len, m, xc, r->levels, r->k);
+    }
+}
+
+/* An MT neuron's step.  pair = 0: state is the membrane v; v += x, s = fire(v), v -= s.
+ * pair = 1: state is the spike sum C and x the running output of the ECM before it
+ * (runtime/program.py: the membrane is x - C); s = fire(x - C), C += s.
+ * code (may be NULL, pair = 0 only): each element's event code. */
+void mt_step(int64_t batch, int64_t n, const float *x, float *state, float *s_out, mt_rule r, int pair,
+             void *code, int threads)
+{
+    const int64_t code_size = r.k == 1 ? 1 : 2;
+    #pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (batch * n > 16384)
+    for (int64_t b = 0; b < batch; b++) {
+        const int64_t o = b * n;
+        if (pair)
+            mt_row(n, x + o, state + o, s_out + o, &r, 1, NULL);
+        else
+            mt_row(n, x + o, state + o, s_out + o, &r, 0, code ? (char *)code + o * code_size : NULL);
+    }
+}
+
+/* u[j] <- t f(u[j]) for an elementwise f, one vectorized loop per f. */
+#define MAP(EXPR) do { _Pragma("omp simd") for (int64_t j = 0; j < len; j++) { const float a = u[j]; \
+                        u[j] = (EXPR) * t; } } while (0)
+INLINE void map_function(int f, float *u, int64_t len, float t)
+{
+    switch (f) {
+    case F_RELU: MAP(a > 0.0f ? a : 0.0f); break;
+    case F_GELU: MAP(a * 0.5f * (1.0f + erff(a * (float)M_SQRT1_2))); break;
+    case F_GELU_TANH:
+        MAP(0.5f * a * (1.0f + tanhf((float)(M_2_SQRTPI * M_SQRT1_2) * (a + 0.044715f * a * a * a)))); break;
+    case F_SILU: MAP(a / (1.0f + expf(-a))); break;
+    case F_SIGMOID: MAP(1.0f / (1.0f + expf(-a))); break;
+    default: MAP(a * fminf(fmaxf(a + 3.0f, 0.0f), 6.0f) / 6.0f); break;      /* F_HARDSWISH */
+    }
+}
+
+/* Where an ECM's step reads and writes.  Its input sum S_t is S_{t-1} + x (sum != NULL,
+ * kept in sum) or scale_t * x (sum == NULL: x is the raw product A_t B_t of the product
+ * ECM before it, whose running output is the sum).  It computes new = t f(S_t / t), then
+ * either emits the increment new - out_sum into out (mt == NULL; out_sum keeps new), or
+ * hands new to the MT neuron after it (mt != NULL: spikes = fire(new - C) into out,
+ * C (spike_sum) += spikes). */
+typedef struct {
+    const float *x;
+    float *sum;
+    float scale_t;
+    float *out_sum, *out;
+    const mt_rule *mt;
+    float *spike_sum;
+} ecm_io;
+
+/* u[j] <- S_t / t for the elements base .. base + len - 1 (as S_t times 1 / t: a division per
+ * element costs more than the rest of an elementwise ECM; the last bit may differ from torch's). */
+INLINE void ecm_average(const ecm_io *io, int64_t base, int64_t len, float t, float *u)
+{
+    const float *x = io->x + base, rt = 1.0f / t;
+    if (io->sum == NULL) {
+        const float c = io->scale_t;
+        #pragma omp simd
+        for (int64_t j = 0; j < len; j++)
+            u[j] = (x[j] * c) * rt;
+        return;
+    }
+    float *sum = io->sum + base;
+    #pragma omp simd
+    for (int64_t j = 0; j < len; j++) {
+        const float total = sum[j] + x[j];
+        sum[j] = total;
+        u[j] = total * rt;
+    }
+}
+
+/* new (in u) -> the ECM's output at elements base .. base + len - 1, which are elements
+ * first .. first + len - 1 of their sample (the thresholds' index). */
+INLINE void ecm_emit(const ecm_io *io, int64_t base, int64_t first, int64_t len, const float *u)
+{
+    float *out = io->out + base;
+    if (io->mt == NULL) {
+        float *out_sum = io->out_sum + base;
+        #pragma omp simd
+        for (int64_t j = 0; j < len; j++) {
+            out[j] = u[j] - out_sum[j];
+            out_sum[j] = u[j];
+        }
+        return;
+    }
+    float v[CHUNK];
+    for (int64_t start = 0; start < len; start += CHUNK) {
+        const int64_t part = len - start < CHUNK ? len - start : CHUNK;
+        float *c = io->spike_sum + base + start, *s = out + start;
+        #pragma omp simd
+        for (int64_t j = 0; j < part; j++)
+            v[j] = u[start + j] - c[j];
+        fire(io->mt, v, part, first + start, s, NULL);
+        #pragma omp simd
+        for (int64_t j = 0; j < part; j++)
+            c[j] += s[j];
+    }
+}
+
+/* An elementwise ECM (relu, gelu, silu, ...), optionally fused with its MT neuron. */
+void ecm_map(int64_t batch, int64_t n, int f, float t, ecm_io io, int threads)
+{
+    #pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (batch * n > 16384)
+    for (int64_t b = 0; b < batch; b++) {
+        float u[CHUNK];
+        for (int64_t start = 0; start < n; start += CHUNK) {
+            const int64_t len = n - start < CHUNK ? n - start : CHUNK, base = b * n + start;
+            ecm_average(&io, base, len, t, u);
+            map_function(f, u, len, t);
+            ecm_emit(&io, base, start, len, u);
+        }
+    }
+}
+
+/* f along one row of len values in u: u <- t f(u). */
+INLINE void row_function(int f, float *u, int64_t len, const float *weight, const float *bias, float eps, float t)
+{
+    if (f == F_SOFTMAX) {               /* as torch: exp(u - max), times 1 / sum */
+        float top = u[0];
+        #pragma omp simd reduction(max : top)
+        for (int64_t j = 0; j < len; j++)
+            top = u[j] > top ? u[j] : top;
+        float z = 0.0f;
+        #pragma omp simd reduction(+ : z)
+        for (int64_t j = 0; j < len; j++) {
+            u[j] = expf(u[j] - top);
+            z += u[j];
+        }
+        const float inv = 1.0f / z;
+        #pragma omp simd
+        for (int64_t j = 0; j < len; j++)
+            u[j] = (u[j] * inv) * t;
+        return;
+    }
+    double mean = 0.0, var = 0.0;       /* F_LAYER_NORM: biased variance, as torch */
+    #pragma omp simd reduction(+ : mean)
+    for (int64_t j = 0; j < len; j++)
+        mean += u[j];
+    mean /= (double)len;
+    #pragma omp simd reduction(+ : var)
+    for (int64_t j = 0; j < len; j++)
+        var += ((double)u[j] - mean) * ((double)u[j] - mean);
+    const float rstd = (float)(1.0 / sqrt(var / (double)len + (double)eps)), mu = (float)mean;
+    #pragma omp simd
+    for (int64_t j = 0; j < len; j++) {
+        float y = (u[j] - mu) * rstd;
+        y = weight ? y * weight[j] : y;
+        y = bias ? y + bias[j] : y;
+        u[j] = y * t;
+    }
+}
+
+#define GROUP 1024      /* a row ECM's rows go through the MT neuron in groups of about this many values */
+
+/* A row ECM along the last axis (softmax; layer norm with weight and bias, either may be
+ * NULL), optionally fused with its MT neuron; `rows` rows of `len` per sample. */
+void ecm_rows(int64_t batch, int64_t rows, int64_t len, int f, const float *weight, const float *bias, float eps,
+              float t, ecm_io io, int threads)
+{
+    const int64_t per = len >= GROUP ? 1 : GROUP / len;           /* rows per group, within one sample */
+    const int64_t groups = (rows + per - 1) / per;
+    #pragma omp parallel num_threads(threads) if (batch * rows * len > 16384)
+    {
+        float *u = malloc(sizeof(float) * (size_t)(per * len));
+        #pragma omp for schedule(dynamic, 8)
+        for (int64_t item = 0; item < batch * groups; item++) {
+            const int64_t b = item / groups, r0 = (item % groups) * per;
+            const int64_t count = (rows - r0 < per ? rows - r0 : per) * len, base = (b * rows + r0) * len;
+            ecm_average(&io, base, count, t, u);
+            for (int64_t j = 0; j < count; j += len)
+                row_function(f, u + j, len, weight, bias, eps, t);
+            ecm_emit(&io, base, r0 * len, count, u);
+        }
+        free(u);
+    }
+}
+
+/* A product ECM's output from the raw product p = A_t B_t: new = p scale_t; out = new - out_sum;
+ * out_sum = new (as kernels.product_update). */
+void scaled_increment(int64_t count, const float *p, float scale_t, float *out_sum, float *out, int threads)
+{
+    #pragma omp parallel for simd num_threads(threads) schedule(static) if (count > 16384)
+    for (int64_t i = 0; i < count; i++) {
+        const float value = p[i] * scale_t;
+        out[i] = value - out_sum[i];
+        out_sum[i] = value;
+    }
+}

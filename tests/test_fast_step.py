@@ -1,0 +1,281 @@
+"""The fast step (GraphExecutor's default, runtime/program.py) against the node-by-node
+reference (capture=False): its C kernels one by one (the MT rule bit for bit, the ECMs to
+rounding), whole random-weight models at 1e-5 of the output scale, observers, and the
+fallbacks.  The same programs with torch's eager kernels (ECMT_FAST=torch) are what runs
+on CUDA; they are held to the reference here, on the CPU."""
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+import ecmt
+from ecmt import ir
+from ecmt.runtime import GraphExecutor, native, program
+from ecmt.runtime.ecm import NonlinearityECMState
+from ecmt.runtime.kernels import ECM_KERNELS, mt_multi_update_coded, mt_update, mt_update_coded
+from ecmt.runtime.neuron import MTState
+from models import every_kind_graph, randomize
+
+T = 6
+needs_native = pytest.mark.skipif(os.environ.get("ECMT_FAST", "1") == "0" or native.library() is None,
+                                  reason=f"the fast step's kernels are off here ({native.unavailable()})")
+
+
+def mt_node(levels: int, k: int, signed: bool, per_element: bool, shape=(3, 40)):
+    g = torch.Generator().manual_seed(levels * 10 + k)
+    th = (torch.rand(shape, generator=g) + 0.05) if per_element else torch.tensor(0.3)
+    return ir.MTNeuron("mt", ("input",), th_pos=th, th_neg=th * 0.7 if signed else None, levels=levels,
+                       spikes_per_step=k)
+
+
+def membranes(th_pos: torch.Tensor, levels: int, batch: int = 64, shape=(3, 40)):
+    """Random membranes, and membranes on every level's boundary th 2^j - th / 2 and one float
+    either side of it (where a different rounding or comparison would show)."""
+    g = torch.Generator().manual_seed(levels)
+    th = th_pos.expand(batch, *shape)
+    v = torch.randn(batch, *shape, generator=g) * th * 2.0 ** torch.randint(0, levels + 1, (batch, *shape),
+                                                                           generator=g)
+    j = torch.randint(0, levels, (batch, *shape), generator=g).float()
+    boundary = th * 2.0 ** j - th * 0.5
+    pick = torch.randint(0, 6, (batch, *shape), generator=g)
+    for code, value in enumerate([boundary, torch.nextafter(boundary, boundary * 2),
+                                  torch.nextafter(boundary, torch.zeros_like(boundary))]):
+        v = torch.where(pick == code, value, v)
+    return torch.where(torch.rand(batch, *shape, generator=g) < 0.5, v, -v)
+
+
+@needs_native
+@pytest.mark.parametrize("levels,k", [(1, 1), (4, 1), (8, 1), (32, 1), (8, 3), (12, 4), (13, 13)])
+@pytest.mark.parametrize("signed", [True, False])
+@pytest.mark.parametrize("per_element", [False, True])
+def test_mt_kernel_is_the_reference_bit_for_bit(levels, k, signed, per_element):
+    node = mt_node(levels, k, signed, per_element)
+    state = MTState(node, (3, 40), compiled=False)
+    mt = program._MT(state, (3, 40), "cpu")
+    kernels = program.NativeKernels(native.library())
+    v0 = membranes(state.th_pos, levels)
+    x = membranes(state.th_pos, levels) * 0.5
+    x[::3] = 0.0                                         # inactive inputs, for the event codes
+    args = (state.th_pos, state.th_neg, levels, *state._k)
+    s_ref, v_ref = mt_update.eager(v0, x, *args)
+    coded = mt_update_coded if k == 1 else mt_multi_update_coded
+    code_ref = coded.eager(v0, x, *args)[2] if levels <= 13 else None
+    v, s = v0.clone(), torch.empty_like(v0)
+    code = torch.empty(v0.numel(), dtype=torch.uint8 if k == 1 else torch.int16)
+    kernels.mt(mt, x, v, s, pair=False, code=code if code_ref is not None else None)
+    assert torch.equal(s, s_ref) and torch.equal(v, v_ref)
+    if code_ref is not None:
+        assert torch.equal(code, code_ref)
+    # pair form: x is the ECM's running output, the state the spike sum C; membrane x - C
+    c, s = v0.clone(), torch.empty_like(v0)
+    kernels.mt(mt, x, c, s, pair=True)
+    s_ref, _ = mt_update.eager(-v0, x, *args)
+    assert torch.equal(s, s_ref) and torch.equal(c, v0 + s_ref)
+
+
+ECMS = {
+    "gelu": ir.GELUECM("ecm", ("input",)),
+    "gelu_tanh": ir.GELUECM("ecm", ("input",), approximate="tanh"),
+    "relu": ir.ReLUECM("ecm", ("input",)),
+    "silu": ir.ElementwiseECM("ecm", ("input",), function="silu"),
+    "sigmoid": ir.ElementwiseECM("ecm", ("input",), function="sigmoid"),
+    "hardswish": ir.ElementwiseECM("ecm", ("input",), function="hardswish"),
+    "softmax": ir.SoftmaxECM("ecm", ("input",), axis=-1),
+    "layer_norm": ir.LayerNormECM("ecm", ("input",), weight=torch.rand(40) + 0.5, bias=torch.randn(40), eps=1e-5,
+                                  features=40),
+}
+
+
+def ecm_graph(name: str, mt: ir.MTNeuron | None = None) -> ir.SpikingGraph:
+    """input -> MT neuron (a stream that changes every step) -> the ECM [-> mt] -> output."""
+    ecm = ECMS[name]
+    ecm.inputs = ("pre",)
+    nodes = [ir.Input("input", (), shape=(3, 40)),
+             ir.MTNeuron("pre", ("input",), th_pos=torch.tensor(0.01), th_neg=torch.tensor(0.01), levels=12), ecm]
+    if mt is not None:
+        mt.inputs = ("ecm",)
+        nodes.append(mt)
+    return ir.SpikingGraph(nodes + [ir.Output("output", (nodes[-1].name,))])
+
+
+@needs_native
+@pytest.mark.parametrize("name", sorted(ECMS))
+def test_ecm_kernels_follow_the_reference(name):
+    """Each ECM's native step against its eager update over T steps, alone (increments, to
+    float rounding: the C library's exp / erf / tanh are not torch's) and fused with an MT
+    neuron (the spikes: exactly the neuron's rule on the fused running output)."""
+    x = torch.randn(16, 3, 40, generator=torch.Generator().manual_seed(3)) * 3
+    alone = ecm_graph(name)
+    fast, ref = GraphExecutor(alone), GraphExecutor(alone, capture=False)
+    for t_ in (1, T):
+        torch.testing.assert_close(fast.run(x, t_), ref.run(x, t_), rtol=2e-6, atol=2e-6)
+    paired = ecm_graph(name, ir.MTNeuron("mt", ("ecm",), th_pos=torch.tensor(0.05), th_neg=torch.tensor(0.04),
+                                         levels=8))
+    ex = GraphExecutor(paired)
+    out = ex.run(x, T)
+    assert ex._program.roles[2].pair            # ECM -> MT ran fused
+    ref = GraphExecutor(paired, capture=False).run(x, T)
+    # a float's rounding can move a membrane across a boundary: one level, rarely
+    flips = ((out - ref).abs() > 1e-5).sum().item()
+    assert flips <= out.numel() // 1000, flips
+
+
+def vit_graph(levels: int, k: int) -> ir.SpikingGraph:
+    torch.manual_seed(0)
+    model = randomize(timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=4,
+                                        in_chans=1, num_classes=10, depth=2, embed_dim=32, num_heads=2))
+    return ecmt.convert(model, torch.randn(32, 1, 16, 16), levels=levels, spikes_per_step=k,
+                        progress=False).graph
+
+
+def cnn_graph(levels: int, k: int) -> ir.SpikingGraph:
+    from ecmt.zoo import build_demo_cnn
+    torch.manual_seed(0)
+    return ecmt.convert(randomize(build_demo_cnn()), torch.randn(32, 1, 28, 28), levels=levels, spikes_per_step=k,
+                        progress=False).graph
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    return {(name, k): build(levels, k) for name, build in (("vit", vit_graph), ("cnn", cnn_graph))
+            for levels, k in ((8, 1), (12, 4))}
+
+
+@pytest.mark.parametrize("name", ["vit", "cnn"])
+@pytest.mark.parametrize("k", [1, 4])
+@pytest.mark.parametrize("kernels", ["native", "torch"])
+def test_fast_step_matches_node_by_node(graphs, name, k, kernels, monkeypatch):
+    """A random-weight ViT and CNN, k = 1 and k = 4: the fast step is the node-by-node
+    executor to 1e-5 of the output scale at every t (native kernels; torch's eager kernels,
+    what CUDA runs)."""
+    if kernels == "native" and (os.environ.get("ECMT_FAST", "1") == "0" or native.library() is None):
+        pytest.skip(f"the fast step's kernels are off here ({native.unavailable()})")
+    if kernels == "torch":
+        monkeypatch.setenv("ECMT_FAST", "torch")
+    graph = graphs[(name, k)]
+    shape = graph.input.shape
+    x = torch.randn(12, *shape, generator=torch.Generator().manual_seed(1))
+    ref = GraphExecutor(graph, capture=False).run(x, T)
+    ex = GraphExecutor(graph)
+    assert ex.fast()
+    out = ex.run(x, T)
+    kind = program.NativeKernels if kernels == "native" else program.TorchKernels
+    assert isinstance(ex._program.kernels, kind)
+    if name == "vit":       # the shared chains are in use
+        roles = ex._program.roles
+        assert any(r.pair for r in roles) and any(r.total for r in roles) and any(r.shared for r in roles)
+    scale = ref.abs().max()
+    assert (out - ref).abs().max() <= 1e-5 * scale, float((out - ref).abs().max() / scale)
+    # a second batch size, and the first again: one program at a time, the same numbers
+    torch.testing.assert_close(ex.run(x[:5], T), ref[:, :5], rtol=0, atol=1e-5 * float(scale))
+    assert torch.equal(ex.run(x, T), out)
+
+
+def test_every_kind_and_observers():
+    """Every node kind, with and without an observer: an observer sees every node at every
+    step, with the inputs and outputs it sees node by node, and the event codes."""
+    graph = every_kind_graph()
+    x = torch.randn(3, 1, 6, 6, generator=torch.Generator().manual_seed(2))
+    ref_ex = GraphExecutor(graph, capture=False, record_levels=True)
+    fast_ex = GraphExecutor(graph, record_levels=True)
+    seen = {"ref": [], "fast": []}
+
+    def watcher(key, ex):
+        def observe(node, inputs, out, t):
+            code = ex.state(node.name).code if isinstance(node, ir.MTNeuron) else None
+            seen[key].append((node.name, t, [i.clone() for i in inputs], out.clone(),
+                              None if code is None else code.clone()))
+        return observe
+    ref = ref_ex.run(x, T, observer=watcher("ref", ref_ex))
+    out = fast_ex.run(x, T, observer=watcher("fast", fast_ex))
+    assert fast_ex.fast() == (os.environ.get("ECMT_FAST", "1") != "0" and native.library() is not None)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    assert [s[:2] for s in seen["fast"]] == [s[:2] for s in seen["ref"]] == [
+        (n, t) for t in range(1, T + 1) for n in graph.nodes]
+    for a, b in zip(seen["fast"], seen["ref"]):      # to float rounding (libm's exp is not torch's)
+        torch.testing.assert_close(a[3], b[3], rtol=1e-5, atol=1e-5, msg=a[0])
+        for i, j in zip(a[2], b[2]):
+            torch.testing.assert_close(i.expand_as(j), j, rtol=1e-5, atol=1e-5, msg=a[0])
+        if a[4] is not None:
+            assert torch.equal(a[4], b[4]), a[0]
+    # without an observer: the same estimates; PPN neurons too
+    torch.testing.assert_close(GraphExecutor(graph).run(x, T), ref, rtol=0, atol=1e-5)
+    ppn = ir.expand_ppn(graph)
+    torch.testing.assert_close(GraphExecutor(ppn).run(x, T), GraphExecutor(ppn, capture=False).run(x, T),
+                               rtol=0, atol=1e-5)
+
+
+def test_static_ecms_and_incremental_products():
+    """ECMs on the constant input are computed once; products in the incremental form."""
+    g = torch.Generator().manual_seed(2)
+    graph = ir.SpikingGraph([
+        ir.Input("input", (), shape=(5, 4)),
+        ir.LayerNormECM("ln", ("input",), weight=torch.rand(4, generator=g) + 0.5,
+                        bias=torch.randn(4, generator=g), eps=1e-5, features=4),
+        ir.MTNeuron("mt", ("ln",), th_pos=torch.tensor(0.25), th_neg=torch.tensor(0.25), levels=6),
+        ir.Linear("fc", ("mt",), weight=torch.randn(4, 4, generator=g), bias=None),
+        ir.ProductECM("qk", ("fc", "mt"), transpose_b=True, scale=0.3),
+        ir.SoftmaxECM("sm", ("qk",), axis=-1),
+        ir.Output("output", ("sm",)),
+    ])
+    x = torch.randn(3, 5, 4, generator=g)
+    for form in ("direct", "incremental"):
+        fast = GraphExecutor(graph, product_form=form)
+        assert fast.steps[1].static and not fast.steps[5].static
+        torch.testing.assert_close(fast.run(x, T), GraphExecutor(graph, product_form=form, capture=False).run(x, T),
+                                   rtol=0, atol=1e-5)
+
+
+@needs_native
+def test_hw_sim_counts_the_same_on_both_paths():
+    """hw_sim's Counter observes the fast step: every count equals node by node's but active
+    updates, which count the MT inputs that are not exactly zero: where f (GELU far below
+    zero) rounds to zero in one implementation and to a tiny value in the other, one input
+    differs (within 0.1%)."""
+    import hw_sim
+    graph = vit_graph(8, 1)
+    x = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(4))
+    counts = {}
+    for capture in (True, False):
+        ex = GraphExecutor(graph, record_levels=True, capture=capture)
+        counter = hw_sim.counting.Counter(ex, 3)
+        ex.run(x, 3, observer=counter)
+        counts[capture] = hw_sim.counting.to_lists(counter.result())
+    for name, fields in counts[False].items():
+        for field, reference in fields.items():
+            got = counts[True][name][field]
+            if field == "active_updates":
+                assert all(abs(a - b) <= 1e-3 * b for a, b in zip(got, reference)), (name, got, reference)
+            else:
+                assert got == reference, (name, field)
+
+
+def test_without_a_compiler_one_line_and_node_by_node(tmp_path):
+    """A machine that cannot build the kernels: one line on stderr, then node by node."""
+    code = ("import torch, sys; sys.path.insert(0, 'tests'); from models import small_graph; "
+            "from ecmt.runtime import GraphExecutor; g = small_graph(); x = torch.randn(4, 6); "
+            "ex = GraphExecutor(g); a = ex.run(x, 3); b = ex.run(x, 3); "
+            "assert not ex.fast() and torch.equal(a, GraphExecutor(g, capture=False).run(x, 3))")
+    env = {**os.environ, "CC": "no-such-cc", "ECMT_CACHE": str(tmp_path), "ECMT_FAST": "1",
+           "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "ecmt" in line]
+    assert lines == ["ecmt: the fast step's kernels are unavailable (no C compiler 'no-such-cc' on PATH); "
+                     "running node by node (slower)"], r.stderr
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("name", ["vit", "cnn"])
+def test_cuda_graph_step_matches_the_cpu(graphs, name):
+    graph = graphs[(name, 1)]
+    x = torch.randn(12, *graph.input.shape, generator=torch.Generator().manual_seed(1))
+    ref = GraphExecutor(graph, capture=False).run(x, T)
+    ex = GraphExecutor(graph, "cuda")
+    out = ex.run(x, T).cpu()
+    assert ex._program.graph not in (None, False)     # replayed as a CUDA graph
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    torch.testing.assert_close(ex.run(x, T).cpu(), out, rtol=0, atol=0)

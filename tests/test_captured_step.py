@@ -1,13 +1,16 @@
 """GraphExecutor(capture=True): each step traced into one compiled function must
 compute what the node-by-node executor computes (the same kernels; only the fusion,
 and so the rounding, differs), and fall back to node by node where it cannot apply."""
+import pytest
 import torch
 
 import ecmt
-from ecmt import SpikingModel, data, ir
+from ecmt import SpikingModel, ir
 from ecmt.runtime import GraphExecutor, captured
 from ecmt.zoo import DEMO_CHECKPOINT, build_demo_vit, load_state_dict
 from models import every_kind_graph
+
+pytestmark = pytest.mark.compile            # the captured step is torch.compile'd
 
 T = 5
 
@@ -61,7 +64,7 @@ def test_observers_and_other_states_run_node_by_node():
     assert torch.equal(GraphExecutor(ppn, capture=True).run(x, 3), GraphExecutor(ppn).run(x, 3))
 
 
-def test_attention_chains_share_their_state():
+def test_attention_chains_share_their_state(fashion_mnist):
     """A converted ViT block: every ECM -> MT pair keeps (S, C), q k^T feeds the softmax
     ECM its running output, and the softmax spikes' sum is the attention product's
     running operand; the estimates are node-by-node's up to rounding."""
@@ -69,7 +72,7 @@ def test_attention_chains_share_their_state():
     model.load_state_dict({k: v for k, v in load_state_dict(DEMO_CHECKPOINT).items()
                            if not k.startswith(("blocks.1", "blocks.2", "blocks.3"))})
     model.eval()
-    graph = ecmt.convert(model, data.fashion_mnist("train").images[:64], progress=False).graph
+    graph = ecmt.convert(model, fashion_mnist[0].images[:64], progress=False).graph
     ex = GraphExecutor(graph, capture=True)
     roles = dict(zip(graph.nodes, captured.plan(ex.steps)))
     kinds = lambda test: {type(graph[name]).__name__ for name, role in roles.items() if test(role)}
@@ -77,7 +80,7 @@ def test_attention_chains_share_their_state():
     assert kinds(lambda r: r.from_total) == {"SoftmaxECM"} and kinds(lambda r: r.shared) == {"ProductECM"}
     av = [name for name, role in roles.items() if role.shared]
     assert [roles[graph[name].inputs[0]].pair for name in av] == [True]      # the softmax's spikes
-    x = data.fashion_mnist("test").images[:16]
+    x = fashion_mnist[1].images[:16]
     out = ex.run(x, T)
     assert ex._captured is not None
     reference = GraphExecutor(graph).run(x, T)

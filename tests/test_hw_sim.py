@@ -140,18 +140,14 @@ def test_zero_input_gives_zero_events():
         assert counts[name]["sops"] == [0] * 4
 
 
-@pytest.fixture(scope="module")
-def demo_graph():
-    import ecmt
-    from ecmt import data
-    from ecmt.zoo import load_model
-    train = data.fashion_mnist("train")
-    return ecmt.convert(load_model("demo"), train.images[:256], progress=False).graph
+@pytest.fixture
+def demo_graph(demo_vit_graph):
+    return demo_vit_graph
 
 
-def test_paper_mode_matches_an_independent_implementation(demo_graph):
-    from ecmt import data
-    x = data.fashion_mnist("test").images[:32]
+@pytest.mark.compile          # the counting kernels as they run by default: compiled
+def test_paper_mode_matches_an_independent_implementation(demo_graph, fashion_mnist):
+    x = fashion_mnist[1].images[:32]
     T = 4
     report = hw_sim.simulate(demo_graph, x, T, "cmos45-fp32", mode="paper", progress=False)
     # Independent: the reference's rule, over the same run.
@@ -181,9 +177,8 @@ def test_paper_mode_matches_an_independent_implementation(demo_graph):
     assert got == pytest.approx(expected, rel=1e-9)
 
 
-def test_reports_are_byte_identical_for_the_same_inputs(demo_graph, tmp_path):
-    from ecmt import data
-    x = data.fashion_mnist("test").take(16)
+def test_reports_are_byte_identical_for_the_same_inputs(demo_graph, tmp_path, fashion_mnist):
+    x = fashion_mnist[1].take(16)
     texts = []
     for run in range(2):
         torch.manual_seed(run)
@@ -310,9 +305,8 @@ def test_counter_needs_an_executor_that_records_levels():
         Counter(GraphExecutor(graph), 3)
 
 
-def test_recording_levels_leaves_the_run_unchanged(demo_graph):
-    from ecmt import data
-    x = data.fashion_mnist("test").images[:16]
+def test_recording_levels_leaves_the_run_unchanged(demo_graph, fashion_mnist):
+    x = fashion_mnist[1].images[:16]
     plain = GraphExecutor(demo_graph).run(x, 4)
     recorded = GraphExecutor(demo_graph, record_levels=True).run(x, 4)
     assert torch.equal(plain, recorded)

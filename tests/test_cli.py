@@ -11,12 +11,12 @@ from ecmt.zoo import DEMO_CHECKPOINT, load_model, load_state_dict, train_demo
 from models import TINY_VIT
 
 
-def ecmt_cli(*args, env=None):
+def ecmt_cli(*args, env=None, cwd=None):
     """`python -m ecmt --quiet ARGS` in a new process (torch on one thread)."""
     import os
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "ecmt", "--quiet", *args], capture_output=True,
-                          text=True, env=full_env, timeout=600)
+                          text=True, env=full_env, cwd=cwd, timeout=600)
 
 
 def cli(capsys, *args):
@@ -129,8 +129,7 @@ def test_user_errors_are_one_line_with_a_hint(args, env, expected, tmp_path, mon
 def test_a_user_error_exits_with_status_2_from_the_shell(tmp_path):
     """The same, as a process: exit status 2, one line and a hint on stderr, no traceback."""
     args, env, expected = USER_ERRORS[4]
-    r = subprocess.run([sys.executable, "-m", "ecmt", "--quiet", *args], capture_output=True, text=True,
-                       cwd=tmp_path, env={**__import__("os").environ, **env}, timeout=600)
+    r = ecmt_cli(*args, env=env, cwd=tmp_path)
     assert r.returncode == 2
     assert_one_line_with_hints(r.stderr, expected)
 

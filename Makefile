@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 $(VENV)/.bootstrapped: pyproject.toml constraints.txt tools/bootstrap.sh tools/lava_wheels.py
 	tools/bootstrap.sh
 
-.PHONY: demo test bootstrap
+.PHONY: demo test check bootstrap
 bootstrap: $(VENV)/.bootstrapped
 
 demo: $(VENV)/.bootstrapped
@@ -18,3 +18,8 @@ test: $(VENV)/.bootstrapped
 	tools/nir_consumers.sh
 	tools/sanafe_env.sh
 	$(PY) -m pytest -q
+
+# The fast tier, for a developer's loop (docs/install.md): the tests not marked slow, without
+# building the NIR consumer and SANA-FE environments (tests that need them skip).
+check: $(VENV)/.bootstrapped
+	$(PY) -m pytest -q -m "not slow"

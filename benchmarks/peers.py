@@ -27,8 +27,10 @@ Calibration for every method: the same 512 training images (one batch).
 
 Energy (cmos45-fp32, SNN energy up to step t over one ANN forward of the same
 model as hw_sim prices it): ECMT with hw_sim (full mode).  hw_sim cannot replay
-SpikingJelly's graphs, so its events are counted here with forward hooks and
-priced with the profile's constants; see ENERGY_RULE below and the .md.
+SpikingJelly's graphs, so forward hooks count their events into hw_sim's count
+fields, each unit described as the ir node it equals (an IF neuron as a one-level
+MT neuron), and hw_sim.energy.snn_energy prices them at the same rates as ECMT's:
+one price table; see ENERGY_RULE below and the .md.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ import argparse
 import contextlib
 import copy
 import ctypes
+import dataclasses
 import gc
 import importlib.metadata
 import io
@@ -58,7 +61,10 @@ import hw_sim
 from ecmt import data, ir
 from ecmt.runtime import GraphExecutor
 from ecmt.zoo import load_model
-from hw_sim.counting import Counter, conv_fanout, event_counts
+from ecmt.ir import analysis
+from hw_sim.counting import FIELDS as COUNT_FIELDS
+from hw_sim.counting import Counter, EventCounts, conv_fanout, event_counts
+from hw_sim.energy import snn_energy
 from hw_sim.simulate import build as hw_sim_build
 
 try:
@@ -76,31 +82,36 @@ PROFILE = "cmos45-fp32"
 BATCH = 256
 
 ENERGY_RULE = (
-    "Energy is the profile's per-operation energies, the same constants for every method: a synaptic "
-    "event (an accumulate) costs `energy.add` plus one `sram_read_64b` scaled to the value width for the "
-    "weight it reads; a multiply-accumulate costs `energy.mac` plus the same weight read; neuron updates "
-    "cost adds/mults plus state reads and writes at the same SRAM price (hw_sim/energy.py, CMOS branch). "
+    "One price table for every method: hw_sim's full-mode rates on the profile (hw_sim/energy.py, CMOS "
+    "branch): a synaptic event into a weight costs one `sram_read_64b` scaled to the value width (the "
+    "weight read) plus one `energy.add` per level it carries; a multiply-accumulate costs `energy.mac` "
+    "plus the same weight read; an MT neuron update costs the adds hw_sim/costs.py `mt_update_ops` "
+    "charges (levels + 2; 2 levels + 2 when it sends k > 1 levels per step) plus its state reads and "
+    "writes at the same SRAM price. "
     "ECMT is priced by hw_sim in full mode (every event it counts: synaptic ops, ECM nonlinearities and "
-    "their bookkeeping, products, residual adds, state traffic; a graded MT spike is one event per "
-    "target). SpikingJelly's graphs cannot be replayed by hw_sim, so forward hooks count their events: "
+    "their bookkeeping, products, residual adds, state traffic). SpikingJelly's graphs cannot be "
+    "replayed by hw_sim, so forward hooks count their events into hw_sim's count fields, each unit "
+    "described as the ir node it equals, and hw_sim prices them (hw_sim.energy.snn_energy): "
     "(1) synaptic ops into every Conv2d / Linear (also the q/k/v/out projections inside attention), "
-    "each input element times its exact fan-out (for convolutions from the same fan-out map hw_sim "
-    "uses); an input that is a spike count k (an IF spike, an STA encoder's multi-level output, or "
-    "spikes summed by an average pool folded into the next layer) costs k accumulates per connection "
-    "(a graded value of k thresholds counts as k binary events); an analog input costs one MAC per "
-    "connection for each non-zero element, and an analog input identical to the previous step's (the "
-    "rate-coded image) is charged once, as hw_sim charges ECMT's static nodes once; (2) the attention "
-    "products (QK^T and AV, analog operands) as dense MACs at every step in which an operand changes; "
-    "(3) neuron updates every step: an IF neuron as hw_sim prices a one-level MT neuron (3 adds) plus "
-    "2 state accesses; an STA encoder (integrate, divide, truncate, multiply, subtract) as 3 adds + "
-    "2 mults plus 2 state accesses. Not charged on the SpikingJelly side: LayerNorm, GELU, softmax, "
-    "residual adds, voltage scalers, pooling, biases and the time-difference bookkeeping of its TD "
-    "modules, so its numbers are lower bounds of what hw_sim's full mode would charge. For a "
-    "like-for-like view the same subset (synaptic layers, products, neurons) is also priced for ECMT "
-    "from hw_sim's own counts ('ECMT subset'), and both sides are given under hw_sim's graded-spike "
-    "rule (one event per non-zero graded value) and under the k-events rule (for ECMT from its level "
-    "histograms: a spike at level 2^j counts 2^j events; exact for linear layers, the mean multiplicity "
-    "for convolutions, and the product of both operands' multiplicities, an upper bound, for products). "
+    "each input element times its exact fan-out (for convolutions from hw_sim's fan-out map); an "
+    "input that is a spike count k (an IF spike, an STA encoder's multi-level output, or spikes summed "
+    "by an average pool folded into the next layer) is k events per connection (a graded value of k "
+    "thresholds counts as k binary events); an analog input costs one MAC per connection for each "
+    "non-zero element, and an analog input identical to the previous step's (the rate-coded image) is "
+    "charged once, as hw_sim charges ECMT's static nodes once; (2) the attention products (QK^T and AV, "
+    "analog operands) as dense MACs at every step in which an operand changes; (3) neuron updates every "
+    "step: an IF neuron is a one-level MT neuron (3 adds) plus 2 state accesses; an STA encoder "
+    "(integrate, divide, truncate, multiply, subtract) the same plus 2 multiplies. Not charged on the "
+    "SpikingJelly side: LayerNorm, GELU, softmax, residual adds, voltage scalers, pooling, biases and "
+    "the time-difference bookkeeping of its TD modules, so its numbers are lower bounds of what "
+    "hw_sim's full mode would charge. For a like-for-like view the same subset (synaptic layers, "
+    "products, neurons: hw_sim's count fields sops, level_sops and macs of Linear, Conv2d and product "
+    "nodes, neuron_updates, state_rw and mults of MT neurons) is also priced for ECMT from hw_sim's own "
+    "counts ('ECMT subset'), and both sides are given with each synaptic event charged one weight read "
+    "and one add under two rules: one event per non-zero graded value (hw_sim's graded-spike rule), "
+    "and k events per graded value of k thresholds (for ECMT from its level histograms: a spike at "
+    "level 2^j counts 2^j events; exact for linear layers, the mean multiplicity for convolutions, and "
+    "the product of both operands' multiplicities, an upper bound, for products). "
     "The denominator is one ANN forward of the same model as hw_sim prices it in full mode (its graph "
     "from ECMT's conversion; MACs, adds, nonlinearities and one weight read per MAC).")
 
@@ -228,37 +239,54 @@ def timm_to_torchvision(vit: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------
-# energy pricing, shared by both sides
+# energy pricing: hw_sim's rates for both sides
 # ---------------------------------------------------------------------------------------------
-class Prices:
-    """Per-event energies (J) from the hw_sim profile, as hw_sim's CMOS branch prices them."""
-
-    def __init__(self, profile):
-        word = profile.value_bits / 8 / 8 * profile["energy.sram_read_64b"]   # one value from SRAM
-        self.add, self.mult, self.mac = profile["energy.add"], profile["energy.mult"], profile["energy.mac"]
-        self.word = word
-        self.sop = self.add + word          # accumulate + weight read
-        self.mac_rw = self.mac + word       # MAC + weight read
-        self.constants = {f"energy.{k}": profile[f"energy.{k}"] for k in ("add", "mult", "mac", "sram_read_64b")}
-        self.constants["value_bits"] = profile.value_bits
+# What both sides are charged for in the like-for-like views: synaptic events and MACs of synaptic
+# layers and products, updates and state traffic of neurons (an STA encoder's multiplies are
+# counted as its `mults`).  Priced by hw_sim.energy.snn_energy at its CMOS full-mode rates.
+SYNAPTIC = ("sops", "level_sops", "macs")
+SUBSET = {ir.Linear: SYNAPTIC, ir.Conv2d: SYNAPTIC, ir.ProductECM: SYNAPTIC,
+          ir.MTNeuron: ("neuron_updates", "state_rw", "mults")}
 
 
-FIELDS = ("sops_k", "sops_1", "macs", "neuron_updates", "neuron_adds", "neuron_mults", "state_rw")
+def one_price_per_event(counts: EventCounts, events: dict[str, list[float]]) -> EventCounts:
+    """`counts` with each listed node's synaptic events replaced by `events[name]` (per step,
+    summed over the samples), each charged as one weight read and one add: hw_sim's CMOS rates
+    price `sops` as a weight read and `level_sops` as an add, so both fields get the events."""
+    nodes = {name: {**c, "sops": events[name], "level_sops": events[name]} if name in events else c
+             for name, c in counts.nodes.items()}
+    return dataclasses.replace(counts, nodes=nodes)
 
 
-def price_steps(c: dict[str, list[float]], p: Prices, rule: str) -> list[float]:
-    """Energy per step (J per sample) of a count table (per-sample counts per step)."""
-    sops = c["sops_k"] if rule == "k" else c["sops_1"]
-    return [sops[t] * p.sop + c["macs"][t] * p.mac_rw + c["neuron_adds"][t] * p.add
-            + c["neuron_mults"][t] * p.mult + c["state_rw"][t] * p.word for t in range(len(sops))]
+def subset_energy(units, counts: EventCounts, profile) -> list[float]:
+    """J per step and inference of the SUBSET fields of `units` (ir nodes named as in `counts`)."""
+    energy = snn_energy(units, counts, profile, "full", fields=SUBSET)
+    return [sum(per[c][t] for per in energy.values() for c in per) for t in range(counts.T)]
+
+
+def subset_totals(units, counts: EventCounts, **extra: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Per SUBSET field (and each of `extra`, per node per step), the per-sample total per step."""
+    out = {}
+    for field in sorted({f for fs in SUBSET.values() for f in fs}):
+        out[field] = [sum(counts.nodes[u.name][field][t] for u in units
+                          if any(isinstance(u, k) and field in fs for k, fs in SUBSET.items())) / counts.samples
+                      for t in range(counts.T)]
+    for name, per_node in extra.items():
+        out[name] = [sum(v[t] for v in per_node.values()) / counts.samples for t in range(counts.T)]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # SpikingJelly event counter (forward hooks)
 # ---------------------------------------------------------------------------------------------
+ONE = torch.tensor(1.0)
+
+
 class SJCounter:
-    """Counts, per step, the synaptic events, MACs and neuron updates of a
-    SpikingJelly model run in single-step mode (see ENERGY_RULE).
+    """Counts, per step, the events of a SpikingJelly model run in single-step mode into
+    hw_sim's count fields (see ENERGY_RULE), per unit: each hooked module, described as
+    the ir node hw_sim prices it as (`self.units`).  `level_sops` counts a spike count k
+    as k events (a value of k thresholds: k binary events); `sops` counts it once.
 
     Spike-count tensors are followed from the neuron that emits them through
     scalers, pooling, dropout and reshaping modules to the synaptic layers that
@@ -270,7 +298,9 @@ class SJCounter:
     def __init__(self, model: nn.Module, T: int):
         self.T = T
         self.t = 0
-        self.counts = {f: [0.0] * T for f in FIELDS}
+        self.units: list[ir.Node] = []
+        self.unit: dict[int, str] = {}           # id(module) -> its unit's name
+        self.counts: dict[str, dict[str, list[float]]] = {}
         self.k: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.prev_input: dict[int, torch.Tensor] = {}
         self.fanout: dict[tuple[int, tuple], torch.Tensor] = {}
@@ -279,12 +309,13 @@ class SJCounter:
         for m in model.modules():
             if isinstance(m, TDMultiheadAttention):
                 inside_attention.update(id(s) for s in m.modules() if s is not m)
-        for m in model.modules():
+        for name, m in model.named_modules():
             hook = None
-            if isinstance(m, neuron.BaseNode):
-                hook = self._if_neuron
-            elif isinstance(m, _STASpikeEncoder):
-                hook = self._sta_encoder
+            if isinstance(m, (neuron.BaseNode, _STASpikeEncoder)):
+                # an IF neuron is hw_sim's one-level MT neuron; an STA encoder is priced as one
+                # too, plus its divide and multiply (counted as mults)
+                hook = self._if_neuron if isinstance(m, neuron.BaseNode) else self._sta_encoder
+                self._describe(m, ir.MTNeuron(name, (), th_pos=ONE, th_neg=None, levels=1))
             elif isinstance(m, (VoltageScaler, ChannelVoltageScaler, nn.Dropout, nn.Identity)):
                 hook = self._same_counts
             elif isinstance(m, nn.Flatten):
@@ -295,10 +326,27 @@ class SJCounter:
                 hook = self._pool
             elif isinstance(m, TDMultiheadAttention):
                 hook = self._attention
+                for proj in (m.q_proj, m.k_proj, m.v_proj, m.out_proj):
+                    self._describe(proj, ir.Linear(f"{name}.{self._child_name(m, proj)}", (), weight=proj.weight))
+                self._describe(m, ir.ProductECM(f"{name}.products", ("q", "k")))
             elif isinstance(m, (nn.Conv2d, TDConv2d, nn.Linear, TDLinear)) and id(m) not in inside_attention:
                 hook = self._synaptic
+                kind = ir.Linear if isinstance(m, (nn.Linear, TDLinear)) else ir.Conv2d
+                self._describe(m, kind(name, (), weight=m.weight))
             if hook is not None:
                 self.handles.append(m.register_forward_hook(hook, with_kwargs=True))
+
+    @staticmethod
+    def _child_name(parent: nn.Module, child: nn.Module) -> str:
+        return next(n for n, c in parent.named_modules() if c is child)
+
+    def _describe(self, m: nn.Module, node: ir.Node):
+        self.units.append(node)
+        self.unit[id(m)] = node.name
+        self.counts[node.name] = {f: [0.0] * self.T for f in COUNT_FIELDS}
+
+    def event_counts(self, samples: int) -> EventCounts:
+        return EventCounts(self.counts, samples)
 
     # -- bookkeeping --------------------------------------------------------------------------
     def step(self, t: int):
@@ -317,8 +365,8 @@ class SJCounter:
         self.k.clear()
         self.prev_input.clear()
 
-    def _add(self, field, value):
-        self.counts[field][self.t] += float(value)
+    def _add(self, m, field, value):
+        self.counts[self.unit[id(m)]][field][self.t] += float(value)
 
     def _counts_of(self, x) -> torch.Tensor | None:
         entry = self.k.get(id(x)) if isinstance(x, torch.Tensor) else None
@@ -332,9 +380,8 @@ class SJCounter:
     def _if_neuron(self, m, args, kwargs, out):
         self._register(out, out.abs())
         n = out.numel()
-        self._add("neuron_updates", n)
-        self._add("neuron_adds", 3 * n)           # hw_sim's MT update with 1 level: levels + 2 adds
-        self._add("state_rw", 2 * n)
+        self._add(m, "neuron_updates", n)
+        self._add(m, "state_rw", 2 * n)          # the membrane read and written, as hw_sim counts it
 
     def _sta_encoder(self, m, args, kwargs, out):
         dim = m.channel_dim % out.dim()
@@ -343,10 +390,9 @@ class SJCounter:
         th = m.v_threshold.view(shape).clamp(min=torch.finfo(out.dtype).eps)
         self._register(out, torch.round(out / th).abs())
         n = out.numel()
-        self._add("neuron_updates", n)
-        self._add("neuron_adds", 3 * n)
-        self._add("neuron_mults", 2 * n)
-        self._add("state_rw", 2 * n)
+        self._add(m, "neuron_updates", n)
+        self._add(m, "mults", 2 * n)             # the divide and the multiply
+        self._add(m, "state_rw", 2 * n)
 
     # -- modules that move spike counts along ---------------------------------------------------
     def _same_counts(self, m, args, kwargs, out):
@@ -394,11 +440,11 @@ class SJCounter:
         if k is not None:                                   # spikes: k events per connection
             k = k.double()
             if isinstance(fan, int):
-                self._add("sops_k", k.sum() * fan)
-                self._add("sops_1", (k != 0).sum() * fan)
+                self._add(m, "level_sops", k.sum() * fan)
+                self._add(m, "sops", (k != 0).sum() * fan)
             else:
-                self._add("sops_k", (k * fan).sum())
-                self._add("sops_1", ((k != 0) * fan).sum())
+                self._add(m, "level_sops", (k * fan).sum())
+                self._add(m, "sops", ((k != 0) * fan).sum())
             return
         if not td:
             prev = self.prev_input.get(id(m))
@@ -407,7 +453,7 @@ class SJCounter:
             if same:                                        # unchanged analog input: output reused
                 return
         nz = (x != 0)
-        self._add("macs", nz.sum() * fan if isinstance(fan, int) else (nz.double() * fan).sum())
+        self._add(m, "macs", nz.sum() * fan if isinstance(fan, int) else (nz.double() * fan).sum())
 
     def _synaptic(self, m, args, kwargs, out):
         x = args[0]
@@ -422,7 +468,8 @@ class SJCounter:
             changed = changed or bool((x != 0).any())
         if changed:                                         # QK^T and AV on analog q, k, v; then out_proj
             b, n, d = query.shape
-            self._add("macs", 2 * b * n * n * d + b * n * d * m.out_proj.out_features)
+            self._add(m, "macs", 2 * b * n * n * d)
+            self._add(m.out_proj, "macs", b * n * d * m.out_proj.out_features)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,62 +495,50 @@ def run_sj(snn, x: torch.Tensor, T: int, protocol: str, counter: SJCounter | Non
     return torch.stack(out)
 
 
-def evaluate_sj(snn, images, labels, T, protocol, ann_j: float, prices: Prices) -> dict:
+def evaluate_sj(snn, images, labels, T, protocol, ann_j: float, profile) -> dict:
     counter = SJCounter(snn, T)
     correct = torch.zeros(T, dtype=torch.long)
     for s in range(0, len(images), BATCH):
         est = run_sj(snn, images[s:s + BATCH], T, protocol, counter)
         correct += (est.argmax(-1) == labels[s:s + BATCH].unsqueeze(0)).sum(dim=1)
     counter.remove()
-    n = len(images)
-    counts = {f: [v / n for v in vals] for f, vals in counter.counts.items()}
-    return {"accuracy": (correct.double() / n).tolist(), "counts_per_step": counts,
-            "energy_k": [e / ann_j for e in cumulative(price_steps(counts, prices, "k"))],
-            "energy_1": [e / ann_j for e in cumulative(price_steps(counts, prices, "1"))]}
+    counts = counter.event_counts(len(images))
+    synaptic = [u.name for u in counter.units if not isinstance(u, ir.MTNeuron)]
+    view = lambda field: one_price_per_event(counts, {u: counts.nodes[u][field] for u in synaptic})
+    return {"accuracy": (correct.double() / len(images)).tolist(),
+            "counts_per_step": subset_totals(counter.units, counts),
+            "energy_k": [e / ann_j for e in cumulative(subset_energy(counter.units, view("level_sops"), profile))],
+            "energy_1": [e / ann_j for e in cumulative(subset_energy(counter.units, view("sops"), profile))]}
 
 
-def ecmt_subset(graph: ir.SpikingGraph, counts: dict, levels: dict, samples: int, T: int) -> dict:
-    """hw_sim's counts restricted to what the SpikingJelly counter charges: synaptic layers and
-    products (SOPs, MACs) and MT neurons (updates, state), per sample and step; SOPs also under
-    the k-events rule from each source neuron's level histogram."""
-    mult: dict[str, list[float]] = {}
+def value_events(graph: ir.SpikingGraph, counts: EventCounts) -> dict[str, list[float]]:
+    """Per synaptic layer and product, its synaptic events per step with each spike input counted
+    as its value in thresholds (a spike at level 2^j is 2^j events: the k-events rule): its SOPs
+    times the mean value of a spike of the neuron behind each input at that step, from the
+    neuron's level histogram (exact for a linear layer, the mean for a convolution, the product
+    of both operands' means, an upper bound, for a product)."""
+    mean = {}
+    for node in graph.of_kind(ir.MTNeuron):
+        n = node.levels
+        value = [2.0 ** j for j in reversed(range(n))] + [2.0 ** j for j in range(n)]   # levels -n..-1, 1..n
+        c = counts.nodes[node.name]
+        mean[node.name] = [sum(v * fired for v, fired in zip(value, step)) / spikes if spikes else 1.0
+                           for step, spikes in zip(c["levels"], c["spikes"])]
+    out = {}
     for node in graph:
-        if isinstance(node, ir.MTNeuron):
-            n = node.levels
-            weights = [2.0 ** j for j in reversed(range(n))] + [2.0 ** j for j in range(n)]
-            mult[node.name] = []
-            # per graded event (a non-zero output, which carries up to k levels)
-            for step, spikes in zip(levels[node.name], counts[node.name]["spikes"]):
-                mult[node.name].append(sum(w * c for w, c in zip(weights, step)) / spikes if spikes else 1.0)
-
-    def source(name):
-        node = graph[name]
-        while isinstance(node, (ir.Reshape, ir.Permute)):
-            node = graph[node.inputs[0]]
-        return node.name if isinstance(node, ir.MTNeuron) else None
-
-    out = {f: [0.0] * T for f in FIELDS}
-    for node in graph:
-        c = counts[node.name]
-        for t in range(T):
-            if isinstance(node, (ir.Linear, ir.Conv2d, ir.ProductECM)):
-                m = 1.0
-                for s in node.inputs:
-                    src = source(s)
-                    m *= mult[src][t] if src else 1.0
-                out["sops_1"][t] += c["sops"][t] / samples
-                out["sops_k"][t] += c["sops"][t] * m / samples
-                out["macs"][t] += c["macs"][t] / samples
-            elif isinstance(node, ir.MTNeuron):
-                out["neuron_updates"][t] += c["neuron_updates"][t] / samples
-                out["neuron_adds"][t] += c["neuron_updates"][t] * (node.levels + 2) / samples
-                out["state_rw"][t] += c["state_rw"][t] / samples
+        if isinstance(node, (ir.Linear, ir.Conv2d, ir.ProductECM)):
+            events = list(counts.nodes[node.name]["sops"])
+            for s in node.inputs:
+                src = analysis.spike_source(graph, s)
+                if src is not None:
+                    events = [e * m for e, m in zip(events, mean[src.neuron.name])]
+            out[node.name] = events
     return out
 
 
-def evaluate_ecmt(spiking, images, labels, T, prices: Prices, profile) -> dict:
+def evaluate_ecmt(spiking, images, labels, T, profile) -> dict:
     """One pass with hw_sim's counter (exactly what hw_sim.simulate does), accuracy at every t,
-    hw_sim's full-mode energy ratio, and the like-for-like subset."""
+    hw_sim's full-mode energy ratio, and the like-for-like subset at the same rates."""
     graph = spiking.graph
     executor = GraphExecutor(graph, record_levels=True)
     counter = Counter(executor, T)
@@ -514,15 +549,16 @@ def evaluate_ecmt(spiking, images, labels, T, prices: Prices, profile) -> dict:
     n = len(images)
     acc = (correct.double() / n).tolist()
     events = event_counts(counter)
-    counts = events.nodes
     report = hw_sim.Report(hw_sim_build(graph, events, [profile], ["full"], acc))
     full = report.result(PROFILE, "full")
     ann_j = full["ann"]["energy_j"]
-    sub = ecmt_subset(graph, counts, {name: c["levels"] for name, c in counts.items() if "levels" in c}, n, T)
+    k_events = value_events(graph, events)
+    graded = one_price_per_event(events, {name: events.nodes[name]["sops"] for name in k_events})
     return {"accuracy": acc, "hw_sim_full": full["energy_ratio_per_t"], "ann_energy_j": ann_j,
-            "energy_k": [e / ann_j for e in cumulative(price_steps(sub, prices, "k"))],
-            "energy_1": [e / ann_j for e in cumulative(price_steps(sub, prices, "1"))],
-            "counts_per_step": sub,
+            "energy_k": [e / ann_j for e in cumulative(
+                subset_energy(graph, one_price_per_event(events, k_events), profile))],
+            "energy_1": [e / ann_j for e in cumulative(subset_energy(graph, graded, profile))],
+            "counts_per_step": subset_totals(list(graph), events, value_events=k_events),
             "spikes_per_step": report.data["counts"]["per_step"]["spikes"]}
 
 
@@ -582,11 +618,11 @@ def main():
     images, labels = split.images, split.labels
     timing = [test.images[i * BATCH:(i + 1) * BATCH] for i in range(args.timing_batches)]
     profile = hw_sim.load_profile(PROFILE)
-    prices = Prices(profile)
     sta_steps = sorted({t for t in (1, 2, 4, 8, 16, 32, 64, 128) if t <= T} | {T})
     result = {"machine": machine_info(), "versions": versions(), "T": T, "limit": len(images),
               "timing_batch": BATCH, "timing_batches": args.timing_batches, "profile": PROFILE,
-              "prices": prices.constants, "energy_rule": ENERGY_RULE, "note": args.note, "threads": args.threads, "models": {}}
+              "prices": {**{f"energy.{k}": profile[f"energy.{k}"] for k in ("add", "mult", "mac", "sram_read_64b")},
+                         "value_bits": profile.value_bits}, "energy_rule": ENERGY_RULE, "note": args.note, "threads": args.threads, "models": {}}
 
     for model_name in args.models.split(","):
         model = load_model("demo" if model_name == "vit" else "demo-cnn")
@@ -620,7 +656,7 @@ def main():
             t0 = time.time()
             spiking = ecmt.convert(model, calib_x, progress=False, **options)
             convert_s = time.time() - t0
-            ev = evaluate_ecmt(spiking, images, labels, T, prices, profile)
+            ev = evaluate_ecmt(spiking, images, labels, T, profile)
             ann_j = ev.pop("ann_energy_j")
             step, step_all = per_step_ms(lambda x, n: spiking(x, n), timing, T)
             with PeakRSS() as mem:
@@ -655,7 +691,7 @@ def main():
             convert_s = time.time() - t0
             functional.set_step_mode(snn, "s")
             snn.eval()
-            ev = evaluate_sj(snn, images, labels, steps, protocol, ann_j, prices)
+            ev = evaluate_sj(snn, images, labels, steps, protocol, ann_j, profile)
             method = {"name": label, "family": "SpikingJelly", "spiking": is_spiking,
                       "time_steps": steps if model_name == "vit" else None,
                       "convert_seconds": convert_s, **ev}

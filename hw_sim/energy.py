@@ -33,12 +33,13 @@ Per-inference figures: counts are divided by the number of samples.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Iterable, Mapping
 
 from ecmt import ir
 from ecmt.ir.dispatch import KindTable
 
 from .costs import SPECIAL_MACS, forward_work, mt_update_ops
-from .counting import EventCounts
+from .counting import FIELDS, EventCounts
 from .profile import HardwareProfile
 
 
@@ -81,7 +82,8 @@ CATEGORIES = {"neuromorphic": ("synapse", "neuron", "network", "chip_links", "ho
 Rates = dict[str, dict[str, dict[str, float]]]     # node -> count field -> category -> J per event
 
 
-def rates(graph: ir.SpikingGraph, profile: HardwareProfile, mode: str, on_chip: frozenset = frozenset()) -> Rates:
+def rates(graph: ir.SpikingGraph | Iterable[ir.Node], profile: HardwareProfile, mode: str,
+          on_chip: frozenset = frozenset()) -> Rates:
     """Per node and count field, the energy of one counted event by category.  On a
     neuromorphic profile, the host's share only: `on_chip` names the nodes whose spike-driven
     work the cores do (the mesh model prices that)."""
@@ -175,15 +177,35 @@ KINDS = KindTable("hw_sim energy", {
 })
 
 
-def snn_energy(graph: ir.SpikingGraph, counts: EventCounts, profile: HardwareProfile,
-               mode: str, on_chip: frozenset = frozenset()) -> dict[str, dict[str, list[float]]]:
-    """Per node and category: energy per step (J per inference) of what `rates` prices."""
+def snn_energy(graph: ir.SpikingGraph | Iterable[ir.Node], counts: EventCounts, profile: HardwareProfile,
+               mode: str, fields: Mapping[type, Collection[str]] | None = None,
+               on_chip: frozenset = frozenset()) -> dict[str, dict[str, list[float]]]:
+    """Per node and category: energy per step (J per inference).
+
+    `graph` may be any ir nodes named as in `counts`: a network hw_sim cannot run (another
+    simulator's) is priced at these same rates by describing each of its units as the ir node
+    it equals (a one-level IF neuron as ``MTNeuron(levels=1)``, a dense layer as ``Linear``)
+    and counting its events into hw_sim's count fields (counting.FIELDS).  `fields`: price
+    only these count fields, per node kind (matched with isinstance; a node of no listed kind
+    costs nothing), e.g. synaptic events and neuron updates alone.  `on_chip`: as `rates`."""
+    nodes = list(graph)
+    if fields is not None:
+        unknown = sorted({f for chosen in fields.values() for f in chosen} - set(FIELDS))
+        if unknown:
+            raise ValueError(f"hw_sim snn_energy: unknown count field(s) {', '.join(map(repr, unknown))}; "
+                             f"hw_sim counts {', '.join(FIELDS)}")
     T = counts.T
     cats = CATEGORIES["cmos" if mode == "paper" else profile.kind]
     out = {}
-    for name, fields in rates(graph, profile, mode, on_chip).items():
+    all_rates = rates(nodes, profile, mode, on_chip)
+    for node in nodes:
+        name = node.name
+        table = all_rates[name]
+        if fields is not None:
+            chosen = next((f for kind, f in fields.items() if isinstance(node, kind)), ())
+            table = {f: by_cat for f, by_cat in table.items() if f in chosen}
         per = {c: [0.0] * T for c in cats}
-        for field, by_cat in fields.items():
+        for field, by_cat in table.items():
             steps = counts.per_step(name, field)
             for c, joules in by_cat.items():
                 row = per[c]

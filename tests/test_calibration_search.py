@@ -6,26 +6,12 @@ import ecmt
 from ecmt import data, ir, save_graph, summarize
 
 
-def small_cnn():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
-    train = data.digits("train")
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(30):
-        loss = nn.functional.cross_entropy(model(train.images), train.labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), train
-
-
 def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-def test_search_improves_the_estimate_at_the_target_T():
-    model, train = small_cnn()
+def test_search_improves_the_estimate_at_the_target_T(digits_cnn):
+    model, train = digits_cnn
     calib = train.images[:256]
     test = data.digits("test").images
     paper = ecmt.convert(model, calib, progress=False)
@@ -46,8 +32,8 @@ def test_search_improves_the_estimate_at_the_target_T():
         assert rows[n.name].endswith(f"x{choice['multiplier']:g}, T=2"), rows[n.name]
 
 
-def test_search_reads_only_the_calibration_iterable():
-    model, train = small_cnn()
+def test_search_reads_only_the_calibration_iterable(digits_cnn):
+    model, train = digits_cnn
     seen = []
 
     def calibration():
@@ -71,12 +57,6 @@ from ecmt.errors import EcmtError  # noqa: E402
 from ecmt.runtime import GraphExecutor  # noqa: E402
 
 
-@pytest.fixture
-def eager(monkeypatch):
-    # Every level count and k is a new compiled kernel; eager kernels are fast on a tiny model.
-    monkeypatch.setenv("ECMT_COMPILE", "0")
-
-
 CMOS = hw_sim.EnergyRatio("cmos45-fp32")
 
 
@@ -91,8 +71,8 @@ def output_mse(graph, x, T):
     return float(((ex.run(x, T) - ex.run_analog(x).unsqueeze(0)) ** 2).mean())
 
 
-def test_energy_budget_is_met_and_a_looser_one_never_costs_accuracy(eager):
-    model, train = small_cnn()
+def test_energy_budget_is_met_and_a_looser_one_never_costs_accuracy(digits_cnn):
+    model, train = digits_cnn
     calib = train.images[:256]
     paper = ecmt.convert(model, calib, progress=False)
     r_paper = measured_ratio(paper.graph, calib[:ENERGY_SAMPLES], 2)
@@ -119,8 +99,8 @@ def test_energy_budget_is_met_and_a_looser_one_never_costs_accuracy(eager):
     assert measured_ratio(free.graph, calib[:ENERGY_SAMPLES], 2) > 0.8 * r_paper
 
 
-def test_chosen_graph_round_trips_through_a_file(eager, tmp_path):
-    model, train = small_cnn()
+def test_chosen_graph_round_trips_through_a_file(digits_cnn, tmp_path):
+    model, train = digits_cnn
     spiking = ecmt.convert(model, train.images[:128], target_T=1, energy_budget=10.0, energy=CMOS, progress=False)
     save_graph(spiking.graph, tmp_path / "g.ecmt")
     back = ir.load_graph(tmp_path / "g.ecmt")
@@ -128,8 +108,8 @@ def test_chosen_graph_round_trips_through_a_file(eager, tmp_path):
         assert a.meta["search"] == b.meta["search"] and b.spikes_per_step == a.spikes_per_step
 
 
-def test_spikes_per_step_is_chosen_where_hw_sim_prices_it_and_it_helps(eager):
-    model, train = small_cnn()
+def test_spikes_per_step_is_chosen_where_hw_sim_prices_it_and_it_helps(digits_cnn):
+    model, train = digits_cnn
     calib = train.images[:256]
     spiking = ecmt.convert(model, calib, target_T=1, energy_budget=100.0, energy=CMOS, progress=False)
     cal = spiking.graph.meta["calibration"]
@@ -148,8 +128,8 @@ def test_spikes_per_step_is_chosen_where_hw_sim_prices_it_and_it_helps(eager):
     assert chosen < output_mse(spiking.graph, calib, 1)
 
 
-def test_impossible_budget_raises_with_the_lowest_ratio_reached(eager):
-    model, train = small_cnn()
+def test_impossible_budget_raises_with_the_lowest_ratio_reached(digits_cnn):
+    model, train = digits_cnn
     with pytest.raises(EnergyBudgetError, match="lowest full-mode energy ratio reached is") as info:
         ecmt.convert(model, train.images[:128], target_T=2, energy_budget=1e-3, energy=CMOS,
                       progress=False)
@@ -196,17 +176,12 @@ def test_cli_budget_must_be_positive(value, capsys, tmp_path):
     assert info.value.code == 2 and "--energy-budget" in capsys.readouterr().err
 
 
-def test_cli_convert_with_a_budget_on_a_tiny_vit(tmp_path):
-    import os
-    import subprocess
-    import sys
-
+def test_cli_convert_with_a_budget_on_a_tiny_vit(tmp_path, capsys):
     from models import TINY_VIT
     graph = tmp_path / "g.ecmt"
-    r = subprocess.run([sys.executable, "-m", "ecmt", "--quiet", "convert", *TINY_VIT, "--data", "digits",
-                        "--calib-samples", "64", "--target-T", "1", "--energy-budget", "5", "-o", str(graph)],
-                       capture_output=True, text=True, env={**os.environ, "ECMT_COMPILE": "0"}, timeout=600)
-    assert r.returncode == 0, r.stderr
+    rc = cli_main(["--quiet", "convert", *TINY_VIT, "--data", "digits", "--calib-samples", "64", "--target-T", "1",
+                   "--energy-budget", "5", "-o", str(graph)])
+    assert rc == 0, capsys.readouterr().err
     g = ir.load_graph(graph)
     cal = g.meta["calibration"]
     assert cal["energy_budget"] == 5.0 and cal["energy_profile"] == "cmos45-fp32" and cal["target_T"] == 1

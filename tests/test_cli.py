@@ -12,61 +12,77 @@ from ecmt.zoo import DEMO_CHECKPOINT, load_model, load_state_dict, train_demo
 from models import TINY_VIT
 
 
-def ecmt_cli(*args, env=None):
+def ecmt_cli(*args, env=None, cwd=None):
+    """`python -m ecmt --quiet ARGS` in a new process (torch on one thread)."""
     import os
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "ecmt", "--quiet", *args], capture_output=True,
-                          text=True, env=full_env, timeout=600)
+                          text=True, env=full_env, cwd=cwd, timeout=600)
 
 
+def cli(capsys, *args):
+    """`ecmt --quiet ARGS` in this process: (exit status, stdout, stderr)."""
+    from ecmt.cli import main
+    rc = main(["--quiet", *args])
+    out, err = capsys.readouterr()
+    return rc, out, err
 
 
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    """A one-block ViT converted by `ecmt convert` on 64 digits images (in this process)."""
+    from ecmt.cli import main
+    graph = tmp_path_factory.mktemp("tiny") / "g.ecmt"
+    assert main(["--quiet", "convert", *TINY_VIT, "--data", "digits", "--calib-samples", "64", "-o", str(graph)]) == 0
+    return graph
 
-def test_convert_inspect_eval_round_trip(tmp_path):
+
+def test_convert_inspect_eval_round_trip(tmp_path, capsys):
     graph = tmp_path / "g.ecmt"
-    r = ecmt_cli("convert", *TINY_VIT, "--data", "digits", "--calib-samples", "64", "-o", str(graph))
-    assert r.returncode == 0, r.stderr
-    assert graph.exists() and "MT neurons" in r.stdout
-    r = ecmt_cli("inspect", str(graph))
-    assert r.returncode == 0, r.stderr
+    rc, out, err = cli(capsys, "convert", *TINY_VIT, "--data", "digits", "--calib-samples", "64", "-o", str(graph))
+    assert rc == 0, err
+    assert graph.exists() and "MT neurons" in out
+    rc, out, err = cli(capsys, "inspect", str(graph))
+    assert rc == 0, err
     for text in ("mt_neuron", "product_ecm", "softmax_ecm", "MT neurons (8)", "spiking", "th_pos"):
-        assert text in r.stdout
-    r = ecmt_cli("eval", str(graph), "--data", "digits", "-T", "4", "--limit", "64",
-                 "--json", str(tmp_path / "r.json"))
-    assert r.returncode == 0, r.stderr
-    assert "ANN accuracy" in r.stdout and len([ln for ln in r.stdout.splitlines() if "%" in ln]) == 5
+        assert text in out
+    rc, out, err = cli(capsys, "eval", str(graph), "--data", "digits", "-T", "4", "--limit", "64",
+                       "--json", str(tmp_path / "r.json"))
+    assert rc == 0, err
+    assert "ANN accuracy" in out and len([ln for ln in out.splitlines() if "%" in ln]) == 5
     result = json.loads((tmp_path / "r.json").read_text())
     assert len(result["snn_accuracy"]) == 4 and result["samples"] == 64
-    # --node-by-node (the reference executor): the same accuracies, up to an image whose
-    # class a rounding difference flips
-    r = ecmt_cli("eval", str(graph), "--data", "digits", "-T", "4", "--limit", "64", "--node-by-node",
-                 "--json", str(tmp_path / "c.json"))
-    assert r.returncode == 0, r.stderr
-    reference = json.loads((tmp_path / "c.json").read_text())["snn_accuracy"]
-    assert max(abs(a - b) for a, b in zip(reference, result["snn_accuracy"])) <= 1 / 64 + 1e-9
 
 
-def test_energy_reports_float_and_deployed_accuracy(tmp_path):
-    graph = tmp_path / "g.ecmt"
-    r = ecmt_cli("convert", *TINY_VIT, "--data", "digits", "--calib-samples", "64", "-o", str(graph))
-    assert r.returncode == 0, r.stderr
-    r = ecmt_cli("energy", str(graph), "--data", "digits", "-T", "2", "--limit", "16",
-                 "--hw", "cmos45-fp32,cmos45-int8,loihi2", "--report", str(tmp_path / "r"))
-    assert r.returncode == 0, r.stderr
+@pytest.mark.slow
+def test_eval_node_by_node_gives_the_fast_steps_accuracies(tiny_vit, tmp_path, capsys):
+    # --node-by-node (the reference executor): the same accuracies as the fast default step,
+    # up to an image whose class a rounding difference flips
+    runs = {}
+    for name, flags in (("fast", ()), ("reference", ("--node-by-node",))):
+        rc, _, err = cli(capsys, "eval", str(tiny_vit), "--data", "digits", "-T", "4", "--limit", "64", *flags,
+                         "--json", str(tmp_path / f"{name}.json"))
+        assert rc == 0, err
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())["snn_accuracy"]
+    assert max(abs(a - b) for a, b in zip(runs["reference"], runs["fast"])) <= 1 / 64 + 1e-9
+
+
+def test_energy_reports_float_and_deployed_accuracy(tiny_vit, tmp_path, capsys):
+    rc, out, err = cli(capsys, "energy", str(tiny_vit), "--data", "digits", "-T", "2", "--limit", "16",
+                       "--hw", "cmos45-fp32,cmos45-int8,loihi2", "--report", str(tmp_path / "r"))
+    assert rc == 0, err
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert set(report["deployed"]) == {"int8-weights", "lava-fixed-point"}
     for fmt, users in (("int8-weights", "cmos45-int8"), ("lava-fixed-point", "loihi2")):
         dep = report["deployed"][fmt]
         assert (f"accuracy at T=2 ({users}): float {100 * report['accuracy'][-1]:.2f}%, deployed "
-                f"({dep['format']}) {100 * dep['accuracy'][-1]:.2f}%") in r.stdout
+                f"({dep['format']}) {100 * dep['accuracy'][-1]:.2f}%") in out
     assert "accuracy (deployed, t=2)" in (tmp_path / "r" / "report.md").read_text()
 
 
-def test_demo_runs_end_to_end(tmp_path):
-    try:
-        data.fashion_mnist("test")
-    except Exception as err:  # noqa: BLE001
-        pytest.skip(str(err))
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, fashion_mnist):
+    """The one whole-program run: `python -m ecmt demo` in its own process."""
     r = ecmt_cli("demo", "--out", str(tmp_path), "-T", "2", "--limit", "64", "--energy-samples", "8",
                  "--calib-samples", "64")
     assert r.returncode == 0, r.stderr
@@ -77,7 +93,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert "onnx export" in r.stdout and "lava export" in r.stdout
 
 
-@pytest.mark.parametrize("args, env, expected", [
+USER_ERRORS = [
     (["inspect", "/nonexistent.ecmt"], None, "no such graph file"),
     (["eval", "/nonexistent.ecmt"], None, "no such graph file"),
     (["convert", "--model", "timm:not_a_model", "-o", "x.ecmt"], None, "cannot build timm model"),
@@ -90,14 +106,32 @@ def test_demo_runs_end_to_end(tmp_path):
     (["export", "/nonexistent.ecmt", "--to", "onnx", "-o", "model"], None, "not a file without an ending"),
     (["export", "/tmp/g.nir", "--to", "nir", "-o", "/tmp/g.nir"], None, "is the input graph"),
     (["export", "/nonexistent.ecmt", "--to", "onnx", "-o", "/tmp/"], None, "not a file without an ending"),
-])
-def test_user_errors_are_one_line_with_a_hint(args, env, expected, tmp_path):
-    r = ecmt_cli(*args, env=env)
-    assert r.returncode == 2
-    assert "Traceback" not in r.stderr
-    first, *rest = r.stderr.strip().splitlines()
+]
+
+
+def assert_one_line_with_hints(err, expected):
+    assert "Traceback" not in err
+    first, *rest = err.strip().splitlines()
     assert first.startswith("ecmt: error:") and expected in first
     assert all(line.startswith("hint:") for line in rest)
+
+
+@pytest.mark.parametrize("args, env, expected", USER_ERRORS)
+def test_user_errors_are_one_line_with_a_hint(args, env, expected, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    rc, _, err = cli(capsys, *args)
+    assert rc == 2
+    assert_one_line_with_hints(err, expected)
+
+
+def test_a_user_error_exits_with_status_2_from_the_shell(tmp_path):
+    """The same, as a process: exit status 2, one line and a hint on stderr, no traceback."""
+    args, env, expected = USER_ERRORS[4]
+    r = ecmt_cli(*args, env=env, cwd=tmp_path)
+    assert r.returncode == 2
+    assert_one_line_with_hints(r.stderr, expected)
 
 
 @pytest.mark.parametrize("args, option, reason", [
@@ -178,9 +212,9 @@ def test_checkpoints_load_without_unpickling(tmp_path):
         load_state_dict(tmp_path / "evil.pt")
 
 
-def test_committed_demo_vit_reaches_85_percent():
+def test_committed_demo_vit_reaches_85_percent(fashion_mnist):
     model = load_model("demo")
-    test = data.fashion_mnist("test")
+    test = fashion_mnist[1]
     with torch.no_grad():
         correct = sum((model(x).argmax(-1) == y).sum().item() for x, y in test.batches(500))
     accuracy = correct / len(test)
@@ -189,7 +223,7 @@ def test_committed_demo_vit_reaches_85_percent():
     assert accuracy == pytest.approx(recorded, abs=1e-4)
 
 
-def test_demo_training_is_reproducible(tmp_path):
+def test_demo_training_is_reproducible(tmp_path, fashion_mnist):
     a = train_demo(tmp_path / "a.safetensors", epochs=1, limit=256, progress=False)
     b = train_demo(tmp_path / "b.safetensors", epochs=1, limit=256, progress=False)
     sa, sb = load_state_dict(tmp_path / "a.safetensors"), load_state_dict(tmp_path / "b.safetensors")
@@ -197,7 +231,7 @@ def test_demo_training_is_reproducible(tmp_path):
     assert a["test_accuracy"] == b["test_accuracy"]
 
 
-def test_train_demo_trains_a_given_builder_and_recipe(tmp_path):
+def test_train_demo_trains_a_given_builder_and_recipe(tmp_path, fashion_mnist):
     # The path benchmarks/trained_zoo.py takes: a Demo with its own builder (here a
     # one-block EVA-02-like model) and recipe; its checkpoint loads strictly into a
     # fresh build, which reproduces the recorded test accuracy.
@@ -217,7 +251,7 @@ def test_train_demo_trains_a_given_builder_and_recipe(tmp_path):
     assert info["train_images"] == 256 and not (tmp_path / "unused.safetensors").exists()
     model = build()
     model.load_state_dict(load_state_dict(tmp_path / "eva.safetensors"))          # strict
-    assert ann_accuracy(model, data.fashion_mnist("test"), progress=False) == info["test_accuracy"]
+    assert ann_accuracy(model, fashion_mnist[1], progress=False) == info["test_accuracy"]
     assert json.loads((tmp_path / "eva.json").read_text())["test_accuracy"] == info["test_accuracy"]
     # a trained model differs from a fresh seeded build
     torch.manual_seed(recipe["seed"])

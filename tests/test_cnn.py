@@ -87,6 +87,7 @@ def fashion():
         pytest.skip(str(err))
 
 
+@pytest.mark.slow
 def test_demo_cnn_converges_to_its_ann(fashion):
     train, test = fashion
     model = load_model("demo-cnn")

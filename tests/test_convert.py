@@ -10,6 +10,7 @@ import torch.nn as nn
 
 import ecmt
 from ecmt import ir
+from ecmt.runtime import GraphExecutor
 from ecmt.errors import UnsupportedModelError
 from models import cnn_strided_depthwise, relu_mlp
 
@@ -23,10 +24,36 @@ def timm_model(name, **kw):
 
 
 CASES = {
-    "vit_tiny_patch16_224": dict(),
+    "vit_tiny_patch16_224": dict(depth=4),          # four blocks show what twelve would
     "deit_tiny_distilled_patch16_224": dict(depth=4),
     "eva_giant_patch14_224": dict(depth=2, embed_dim=96, num_heads=4, img_size=56),  # EVA blocks, GELU MLP
 }
+
+
+def running_means(graph, x, T, at):
+    """The executor's estimates [T, ...] and, at each step t in `at`, every MT neuron's running
+    input mean and running spike mean: (its input increments, its spikes) up to t, over t."""
+    sums, means = {}, {}
+
+    def observe(node, inputs, out, t):
+        if isinstance(node, ir.MTNeuron):
+            now = (inputs[0], out)
+            sums[node.name] = now if t == 1 else tuple(a + b for a, b in zip(sums[node.name], now))
+            if t in at:
+                means[(node.name, t)] = tuple(a / t for a in sums[node.name])
+    return GraphExecutor(graph).run(x, T, observer=observe), means
+
+
+def analog_with(graph, x, spikes: dict) -> tuple[torch.Tensor, dict]:
+    """The graph's analog pass (the ANN) with each MT neuron's value replaced by spikes[name]:
+    its output, and each MT neuron's input in that pass."""
+    executor = GraphExecutor(graph)
+    for step in executor.steps:
+        if isinstance(step.node, ir.MTNeuron):
+            step.state.analog = lambda _x, m=spikes[step.node.name]: m
+    inputs = {}
+    out = executor.run_analog(x, observer=lambda node, ins, o, t: inputs.__setitem__(node.name, ins[0]))
+    return out, inputs
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -40,8 +67,18 @@ def test_timm_models_convert_and_converge(name):
         ann = model(x)
     # The graph's analog mode is the ANN itself.
     assert rel_err(spiking.analog(x), ann) < 1e-5
-    est = spiking(x, 32)
+    est, means = running_means(spiking.graph, x, 32, at=(1, 2, 8, 32))
     assert est.shape == (32, *ann.shape)
+    # Expectation compensation (docs/method.md §1, §3): at every step t, every node's running
+    # sum over t is the ANN's value there computed from the MT neurons' running spike means,
+    # exactly up to rounding, whatever the spikes: the estimate (the output's) and each MT
+    # neuron's input (so every ECM, product and layer between neurons is checked).
+    neurons = [n.name for n in spiking.graph.of_kind(ir.MTNeuron)]
+    for t in (1, 2, 8, 32):
+        out, inputs = analog_with(spiking.graph, x, {n: means[(n, t)][1] for n in neurons})
+        assert rel_err(est[t - 1], out) < 1e-5, t
+        worst = max(neurons, key=lambda n: rel_err(means[(n, t)][0], inputs[n]))
+        assert rel_err(means[(worst, t)][0], inputs[worst]) < 1e-5, (t, worst)
     errors = [rel_err(est[t - 1], ann) for t in (2, 8, 32)]
     assert errors[0] > errors[1] > errors[2], errors
     assert errors[2] < 0.5 * errors[0], errors

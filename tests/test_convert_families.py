@@ -14,11 +14,6 @@ from models import randomize
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _eager(monkeypatch):
-    monkeypatch.setenv("ECMT_COMPILE", "0")   # compiling kernels would dominate these small runs
-
-
 def timm_tiny(name, **kw):
     return lambda: timm.create_model(name, pretrained=False, **kw)
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import hw_sim
 from ecmt import SpikingModel, ir
@@ -74,19 +75,79 @@ def test_lava_simulator(graph, x):
     assert result.max_rel_diff <= 1e-5, result
 
 
+def documented_price(node, field: str, p) -> float:
+    """Joules of one counted event of `field` at `node` in full mode, as docs/energy.md states
+    the rules (written out here, not read from hw_sim)."""
+    mt = isinstance(node, ir.MTNeuron)
+    if p.kind == "cmos":
+        word = p.value_bits / 64 * p["energy.sram_read_64b"]         # one value from a 64-bit SRAM read
+        adds_per_update = node.levels + 2 if mt and node.spikes_per_step == 1 else 2 * getattr(node, "levels", 0) + 2
+        return {"sops": word, "level_sops": p["energy.add"], "macs": p["energy.mac"] + word,
+                "adds": p["energy.add"], "mults": p["energy.mult"], "specials": 8 * p["energy.mac"],
+                "state_rw": word, "neuron_updates": adds_per_update * p["energy.add"] if mt else 0.0}.get(field, 0.0)
+    price = {"macs": p["energy.host_mac"], "adds": p["energy.host_add"], "mults": p["energy.host_mult"],
+             "specials": 8 * p["energy.host_mac"]}
+    binary = p.spikes == "binary"
+    if isinstance(node, ir.ProductECM):          # its weights change every step: the host adds
+        price["level_sops"] = p["energy.host_add"]
+    else:
+        price["level_sops" if binary else "sops"] = p["energy.sop"]
+    if mt:
+        price["neuron_updates"] = p["energy.neuron_update_inactive"]
+        price["active_updates"] = p["energy.neuron_update_active"] - p["energy.neuron_update_inactive"]
+        price["level_spikes" if binary else "spikes"] = p["energy.spike_route"]
+    else:
+        price["state_rw"] = 4 / 8 * p["energy.host_sram_read_64b"]  # fp32 state in host SRAM
+    return price.get(field, 0.0)
+
+
+@pytest.fixture(scope="module")
+def observed(graph, x):
+    """Every node's inputs and output at every step of the executor's own run."""
+    seen = {}
+    SpikingModel(graph)(x, T, observer=lambda node, inputs, out, t: seen.__setitem__(
+        (node.name, t), ([i.clone() for i in inputs], out.clone())))
+    return seen
+
+
 @pytest.mark.parametrize("profile", ["cmos45-fp32", "loihi", "loihi-sanafe"])
-def test_hw_sim_counts_and_prices_every_node(graph, x, profile):
+def test_hw_sim_counts_and_prices_every_node(graph, x, observed, profile):
+    """Every node is in the report, priced as docs/energy.md states (each layer's energy is its
+    counts at the documented rates), and the data-driven counts equal brute force over the
+    executor's tensors: spikes (non-zero MT outputs), neuron updates, synaptic ops of layers
+    fed by spikes (non-zero inputs times their fan-out), and a static layer's MACs once."""
     report = hw_sim.simulate(graph, x, T, profile, progress=False)
     r = report.result(profile)
+    p = hw_sim.load_profile(profile)
     layers = {layer["name"]: layer for layer in r["layers"]}
-    assert set(layers) == {n.name for n in graph}
-    assert all(math.isfinite(layer["energy_j"]) and layer["energy_j"] >= 0 for layer in layers.values())
+    counts = {c["name"]: c for c in report.data["counts"]["layers"]}
+    assert set(layers) == set(counts) == {n.name for n in graph}
+    for n in graph:
+        expected = sum(documented_price(n, f, p) * v for f, v in counts[n.name].items()
+                       if isinstance(v, (int, float)))
+        assert layers[n.name]["energy_j"] == pytest.approx(expected, rel=1e-9, abs=1e-30), (profile, n.name)
     # every node with work of its own is priced (constants, outputs of shape ops may cost nothing)
     for n in graph:
         if isinstance(n, (ir.Linear, ir.Conv2d, ir.NonlinearityECM, ir.ProductECM, ir.MaxPool2d,
                           ir.AvgPool2d, ir.Mean)):
             assert layers[n.name]["energy_j"] > 0, (profile, n.name, n.KIND)
     assert r["energy_j"] > 0 and all(math.isfinite(v) for v in r["latency_per_step_s"])
+    samples = len(x)
+    nonzero = lambda t: float((t != 0).sum())
+    for n in graph.of_kind(ir.MTNeuron):
+        outs = [observed[(n.name, t)][1] for t in range(1, T + 1)]
+        assert counts[n.name]["spikes"] == sum(map(nonzero, outs)) / samples, n.name
+        assert counts[n.name]["neuron_updates"] == T * outs[0][0].numel(), n.name
+    head = graph["head"]                                # fed by MT spikes
+    fed = sum(nonzero(observed[("head", t)][0][0]) for t in range(1, T + 1))
+    assert counts["head"]["sops"] == fed * head.weight.shape[0] / samples > 0
+    # the convolution of the image: analog, static, so MACs once: one per (input, weight) pair
+    # that exists (hw_sim counts a convolution exact at its zero-padded borders)
+    conv = graph["conv"]
+    pairs = F.conv2d(torch.ones(1, *graph.shapes["input"]), torch.ones_like(conv.weight), None, conv.stride,
+                     conv.padding, conv.dilation, conv.groups).sum()
+    assert counts["conv"]["macs"] == pairs < observed[("conv", 1)][1][0].numel() * conv.weight[0].numel()
+    assert counts["conv"]["sops"] == 0
 
 
 def test_analog_pass_of_the_ppn_form_is_the_graded_graphs(x):

@@ -26,6 +26,12 @@ def two_block_demo_vit():
     return model.eval()
 
 
+@pytest.fixture(scope="module")
+def two_blocks(fashion_mnist):
+    """The demo ViT's first two blocks, converted on 128 training images."""
+    return ecmt.convert(two_block_demo_vit(), fashion_mnist[0].images[:128], progress=False).graph
+
+
 def lava_vs_executor(graph, x, fixed_point=False):
     net = elava.build(graph, fixed_point=fixed_point, record_spikes=True)
     estimates = net.run(x.numpy(), T)
@@ -44,10 +50,10 @@ def test_relu_networks_match_in_lava(build, shape):
     assert result.max_rel_diff <= 1e-5, result
 
 
-def test_two_demo_vit_blocks_match_in_lava():
-    from ecmt import data
-    graph = ecmt.convert(two_block_demo_vit(), data.fashion_mnist("train").images[:128], progress=False).graph
-    x = data.fashion_mnist("test").images[:2]
+@pytest.mark.slow
+def test_two_demo_vit_blocks_match_in_lava(two_blocks, fashion_mnist):
+    graph = two_blocks
+    x = fashion_mnist[1].images[:2]
     net, estimates, spikes = lava_vs_executor(graph, x)
     assert net.kinds["mt_neuron"] == 16
     result = lockstep(graph, x, T, estimates, spikes)
@@ -84,9 +90,8 @@ def test_fixed_point_model_is_its_arithmetic(build, shape):
     assert result.max_rel_diff <= 1e-5, result
 
 
-def test_hdf5_round_trip_and_build_from_file(tmp_path):
-    from ecmt import data
-    graph = ecmt.convert(two_block_demo_vit(), data.fashion_mnist("train").images[:64], progress=False).graph
+def test_hdf5_round_trip_and_build_from_file(tmp_path, two_blocks):
+    graph = two_blocks
     assert elava.export(graph, tmp_path / "g.h5") == "extended"
     loaded = elava.load(tmp_path / "g.h5")
     x = torch.randn(2, 1, 28, 28)
@@ -219,11 +224,10 @@ def test_netx_layout_refuses_what_netx_cannot_express(case, tmp_path):
     assert elava.export(graph, path) == "extended"                    # auto falls back
 
 
-def fashion_model(kind: str) -> nn.Module:
+def fashion_model(kind: str, train) -> nn.Module:
     """A small ReLU MLP or CNN trained for one seeded pass over 12,000 Fashion-MNIST images."""
     import torch.nn.functional as F
 
-    from ecmt import data
     torch.manual_seed(0)
     if kind == "mlp":
         model = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
@@ -232,7 +236,7 @@ def fashion_model(kind: str) -> nn.Module:
         model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, stride=2, padding=1),
                               nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
                               nn.Linear(16 * 7 * 7, 10))
-    train = data.fashion_mnist("train").take(12000)
+    train = train.take(12000)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     for x, y in train.batches(100):
         opt.zero_grad()
@@ -241,20 +245,28 @@ def fashion_model(kind: str) -> nn.Module:
     return model.eval()
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread while netx's processes run (restored after the test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_netx_accuracy_against_the_executor(kind, tmp_path):
+def test_netx_accuracy_against_the_executor(kind, tmp_path, fashion_mnist, one_thread):
     """Fashion-MNIST, 1000 test images: the netx layout's accuracy (netx's
     arithmetic, netx.emulate, checked bit for bit against netx itself on the
     first 10 images) is within 1 point of the executor's at T = 8, or better
     (benchmarks/netx.py runs netx itself on the 1000)."""
-    from ecmt import data
     from exporters.lava import netx
-    torch.set_num_threads(1)
-    model = fashion_model(kind)
-    calib = data.fashion_mnist("train").sample(256)
+    train, test = fashion_mnist
+    model = fashion_model(kind, train)
+    calib = train.sample(256)
     spiking = ecmt.convert(model, calib, progress=False)
-    test = data.fashion_mnist("test").take(1000)
+    test = test.take(1000)
     x, y = test.images.numpy(), test.labels.numpy()
     path = netx_export(spiking.graph, tmp_path / "net.h5", calib=calib)
     p, steps = netx.plan(spiking.graph, calib=calib), 8
@@ -275,13 +287,12 @@ def _with_k(graph, k):
                             for n in graph], meta=graph.meta)
 
 
-def test_multi_level_neurons_match_in_lava_as_graded_payloads():
+@pytest.mark.slow
+def test_multi_level_neurons_match_in_lava_as_graded_payloads(two_blocks, fashion_mnist):
     """spikes_per_step k > 1: the float model equals the executor; each spike is one
-    graded value, the sum of the step's levels."""
-    from ecmt import data
-    graph = ecmt.convert(two_block_demo_vit(), data.fashion_mnist("train").images[:128], progress=False).graph
-    graph = _with_k(graph, 3)
-    x = data.fashion_mnist("test").images[:2]
+    graded value, the sum of the step's levels (one image: the k = 1 test runs two)."""
+    graph = _with_k(two_blocks, 3)
+    x = fashion_mnist[1].images[:1]
     net, estimates, spikes = lava_vs_executor(graph, x)
     result = lockstep(graph, x, T, estimates, spikes)
     assert result.max_rel_diff <= 1e-5, result

@@ -16,20 +16,14 @@ from exporters import nir as enir
 from models import cnn_avgpool_grouped
 
 
-def _demo(name):
-    from ecmt import data
-    from ecmt.zoo import load_model
-    return ecmt.convert(load_model(name), data.fashion_mnist("train").images[:256], progress=False).graph
+@pytest.fixture
+def demo_graph(demo_vit_graph):
+    return demo_vit_graph
 
 
-@pytest.fixture(scope="module")
-def demo_graph():
-    return _demo("demo")
-
-
-@pytest.fixture(scope="module")
-def demo_cnn():
-    return _demo("demo-cnn")
+@pytest.fixture
+def demo_cnn(demo_cnn_graph):
+    return demo_cnn_graph
 
 
 def round_trip(graph, tmp_path, name="g.nir", **kw):
@@ -77,9 +71,30 @@ def test_standard_nodes_carry_correct_nir_types(demo_graph, tmp_path):
 
 
 def test_export_prints_counts_by_kind(demo_graph, tmp_path, capsys):
+    """The printed counts are the file's: every IR node once, as a standard NIR node of its
+    own name (or, for adds, as converging edges) or as a node carrying the convention's
+    ``ecmt.op`` of its kind; the adapters are the file's other nodes (read by nir.read)."""
+    import re
+    from collections import Counter
     enir.export(demo_graph, tmp_path / "g.nir", verbose=True)
-    out = capsys.readouterr().out
-    assert "standard nodes" in out and "convention nodes" in out and "mt_neuron 32" in out
+    line = capsys.readouterr().out.splitlines()[0]
+    m = re.fullmatch(r"NIR export: (\d+) standard nodes \((.*)\); (\d+) convention nodes \((.*)\); "
+                     r"(\d+) adapters", line)
+    assert m, line
+    by_kind = lambda text: {k: int(n) for k, n in (item.rsplit(" ", 1) for item in text.split(", "))}
+    standard, convention, adapters = by_kind(m[2]), by_kind(m[4]), int(m[5])
+    assert sum(standard.values()) == int(m[1]) and sum(convention.values()) == int(m[3])
+    assert Counter(standard) + Counter(convention) == Counter(n.KIND for n in demo_graph)
+    f = nir.read(str(tmp_path / "g.nir"))
+    op = lambda node: json.loads((getattr(node, "metadata", None) or {}).get("ecmt.op", "null"))
+    in_file = [n for n in demo_graph if n.name in f.nodes]
+    assert {n.KIND for n in demo_graph if n.name not in f.nodes} == {"add"}       # edges, not nodes
+    assert all(op(f.nodes[n.name]) is None or op(f.nodes[n.name])["kind"] == n.KIND for n in in_file)
+    assert Counter(n.KIND for n in in_file if op(f.nodes[n.name])) == Counter(convention)
+    assert Counter(n.KIND for n in demo_graph if n.name not in f.nodes or op(f.nodes[n.name]) is None) \
+        == Counter(standard)
+    assert len(f.nodes) - len(in_file) == adapters
+    assert convention["mt_neuron"] == len(demo_graph.of_kind(ir.MTNeuron)) == 32
 
 
 @pytest.mark.parametrize("per_channel", [False, True])

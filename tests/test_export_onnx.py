@@ -38,22 +38,19 @@ def test_plain_export_runs_free_without_verification_outputs(tmp_path):
     assert np.abs(estimates - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
-@pytest.fixture(scope="module")
-def demo_spiking():
-    from ecmt import data
-    from ecmt.zoo import load_model
-    return ecmt.convert(load_model("demo"), data.fashion_mnist("train").images[:256], progress=False)
+@pytest.fixture
+def demo_spiking(demo_vit_graph):
+    return SpikingModel(demo_vit_graph)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_demo_vit_matches_executor(demo_spiking, tmp_path, batch):
-    from ecmt import data
-    assert_matches(demo_spiking, tmp_path, data.fashion_mnist("test").images[:batch])
+def test_demo_vit_matches_executor(demo_spiking, tmp_path, batch, fashion_mnist):
+    assert_matches(demo_spiking, tmp_path, fashion_mnist[1].images[:batch])
 
 
 @pytest.mark.parametrize("name, kwargs", [
-    ("vit_tiny_patch16_224", {}),
-    ("deit_tiny_distilled_patch16_224", {"depth": 4}),
+    ("vit_tiny_patch16_224", {"depth": 2}),         # two blocks show what twelve would
+    ("deit_tiny_distilled_patch16_224", {"depth": 2}),
 ])
 def test_timm_models_match_executor(tmp_path, name, kwargs):
     model = timm.create_model(name, pretrained=False, **kwargs).eval()
@@ -91,11 +88,11 @@ def test_inexpressible_node_is_named_and_leaves_no_file(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_export(demo_spiking, tmp_path):
-    from test_cli import ecmt_cli
+def test_cli_export(demo_spiking, tmp_path, capsys):
+    from ecmt.cli import main
     save_graph(demo_spiking.graph, tmp_path / "g.ecmt")
-    r = ecmt_cli("export", str(tmp_path / "g.ecmt"), "--to", "onnx", "-o", str(tmp_path / "g.onnx"), "--unroll", "3")
-    assert r.returncode == 0, r.stderr
+    rc = main(["export", str(tmp_path / "g.ecmt"), "--to", "onnx", "-o", str(tmp_path / "g.onnx"), "--unroll", "3"])
+    assert rc == 0, capsys.readouterr().err
     model = onnx.load(str(tmp_path / "g.onnx"))
     assert model.graph.output[0].type.tensor_type.shape.dim[0].dim_value == 3
     assert build_model(demo_spiking.graph).graph.output[0].name == "y"
@@ -110,10 +107,9 @@ def with_spikes_per_step(graph, k):
 
 
 @pytest.mark.parametrize("k", [2, 8])
-def test_multi_level_demo_vit_matches_executor(demo_spiking, tmp_path, k):
-    from ecmt import data
+def test_multi_level_demo_vit_matches_executor(demo_spiking, tmp_path, k, fashion_mnist):
     spiking = SpikingModel(with_spikes_per_step(demo_spiking.graph, k))
-    assert_matches(spiking, tmp_path, data.fashion_mnist("test").images[:2])
+    assert_matches(spiking, tmp_path, fashion_mnist[1].images[:2])
 
 
 def test_multi_level_per_channel_small_graph_matches_executor(tmp_path):

@@ -140,18 +140,14 @@ def test_zero_input_gives_zero_events():
         assert counts[name]["sops"] == [0] * 4
 
 
-@pytest.fixture(scope="module")
-def demo_graph():
-    import ecmt
-    from ecmt import data
-    from ecmt.zoo import load_model
-    train = data.fashion_mnist("train")
-    return ecmt.convert(load_model("demo"), train.images[:256], progress=False).graph
+@pytest.fixture
+def demo_graph(demo_vit_graph):
+    return demo_vit_graph
 
 
-def test_paper_mode_matches_an_independent_implementation(demo_graph):
-    from ecmt import data
-    x = data.fashion_mnist("test").images[:32]
+@pytest.mark.compile          # the counting kernels as they run by default: compiled
+def test_paper_mode_matches_an_independent_implementation(demo_graph, fashion_mnist):
+    x = fashion_mnist[1].images[:32]
     T = 4
     report = hw_sim.simulate(demo_graph, x, T, "cmos45-fp32", mode="paper", progress=False)
     # Independent: the reference's rule, over the same run.
@@ -181,9 +177,8 @@ def test_paper_mode_matches_an_independent_implementation(demo_graph):
     assert got == pytest.approx(expected, rel=1e-9)
 
 
-def test_reports_are_byte_identical_for_the_same_inputs(demo_graph, tmp_path):
-    from ecmt import data
-    x = data.fashion_mnist("test").take(16)
+def test_reports_are_byte_identical_for_the_same_inputs(demo_graph, tmp_path, fashion_mnist):
+    x = fashion_mnist[1].take(16)
     texts = []
     for run in range(2):
         torch.manual_seed(run)
@@ -338,9 +333,8 @@ def test_counter_needs_an_executor_that_records_levels():
         Counter(GraphExecutor(graph), 3)
 
 
-def test_recording_levels_leaves_the_run_unchanged(demo_graph):
-    from ecmt import data
-    x = data.fashion_mnist("test").images[:16]
+def test_recording_levels_leaves_the_run_unchanged(demo_graph, fashion_mnist):
+    x = fashion_mnist[1].images[:16]
     plain = GraphExecutor(demo_graph).run(x, 4)
     recorded = GraphExecutor(demo_graph, record_levels=True).run(x, 4)
     assert torch.equal(plain, recorded)
@@ -595,6 +589,58 @@ def test_cmos_prices_a_k_level_spike_as_one_weight_read_and_an_add_per_level():
     # the k > 1 neuron update: the input, a subtract and a compare per level, the spike
     assert sum(energy["mt"]["neuron"]) == pytest.approx((2 * 4 + 2) * p["energy.add"]
                                                         * counts.total("mt", "neuron_updates"))
+
+
+def test_pricing_chosen_fields_partitions_the_full_energy():
+    """snn_energy with `fields` prices exactly the chosen count fields of the chosen kinds: one
+    field at a time, the parts add up to the full energy; the neuron updates alone are what
+    costs.mt_update_ops charges (2 levels + 2 adds with k > 1)."""
+    from hw_sim.counting import FIELDS, event_counts
+    from hw_sim.energy import snn_energy
+    graph = k_level_graph(3)
+    x = 2 * torch.randn(3, 2, 4, 6, generator=torch.Generator().manual_seed(19))
+    executor = GraphExecutor(graph, record_levels=True)
+    counter = Counter(executor, 4)
+    executor.run(x, 4, observer=counter)
+    counts = event_counts(counter)
+    p = load_profile("cmos45-fp32")
+    total = lambda energy: sum(sum(map(sum, per.values())) for per in energy.values())
+    full = total(snn_energy(graph, counts, p, "full"))
+    parts = [total(snn_energy(graph, counts, p, "full", fields={ir.Node: (f,)})) for f in FIELDS]
+    assert sum(parts) == pytest.approx(full, rel=1e-12) and full > 0
+    updates = snn_energy(graph, counts, p, "full", fields={ir.MTNeuron: ("neuron_updates",)})
+    assert total(updates) == pytest.approx(
+        p["energy.add"] * ((2 * 4 + 2) * counts.total("mt", "neuron_updates")
+                           + (2 * 3 + 2) * counts.total("mb", "neuron_updates")), rel=1e-12)
+    assert all(sum(map(sum, updates[n].values())) == 0 for n in ("fc", "prod", "input"))
+    with pytest.raises(ValueError, match="unknown count field.*'spike'"):
+        snn_energy(graph, counts, p, "full", fields={ir.MTNeuron: ("spike",)})
+
+
+def test_events_counted_on_a_foreign_network_are_priced_at_hw_sims_rates():
+    """Units of a network hw_sim cannot run, described as the ir nodes they equal, are priced
+    by the same table: a one-level IF neuron's update is 3 adds (input, compare, subtract)
+    plus its state traffic, a synaptic event a weight read and an add per level, a MAC a
+    MAC and a weight read (the CMOS rules of docs/energy.md, written out here by hand)."""
+    from hw_sim.counting import FIELDS, EventCounts
+    from hw_sim.energy import snn_energy
+    units = [ir.MTNeuron("if", (), th_pos=torch.tensor(1.0), th_neg=None, levels=1),
+             ir.Linear("fc", (), weight=torch.zeros(3, 4)),
+             ir.ProductECM("attn", ("a", "b"))]
+    given = {"if": {"neuron_updates": [10, 20], "state_rw": [20, 40], "mults": [4, 0]},
+             "fc": {"sops": [5, 0], "level_sops": [7, 0], "macs": [0, 3]},
+             "attn": {"macs": [6, 6]}}
+    counts = EventCounts({u.name: {f: given[u.name].get(f, [0, 0]) for f in FIELDS} for u in units}, samples=2)
+    p = load_profile("cmos45-fp32")
+    add, mult, mac = p["energy.add"], p["energy.mult"], p["energy.mac"]
+    word = 32 / 64 * p["energy.sram_read_64b"]
+    expected = {"if": [(10 * 3 * add + 20 * word + 4 * mult) / 2, (20 * 3 * add + 40 * word) / 2],
+                "fc": [(5 * word + 7 * add) / 2, 3 * (mac + word) / 2],
+                "attn": [6 * (mac + word) / 2] * 2}
+    energy = snn_energy(units, counts, p, "full")
+    for name, per_step in expected.items():
+        got = [sum(per[t] for per in energy[name].values()) for t in range(2)]
+        assert got == pytest.approx(per_step, rel=1e-12), name
 
 
 def test_report_states_the_spike_format_of_each_profile():

@@ -33,10 +33,9 @@ NEURON = {"snntorch": "LIF", "norse": "IF", "sinabs": "IF"}
 
 
 @pytest.fixture(scope="module")
-def demo_graphs():
-    from ecmt import data
+def demo_graphs(fashion_mnist):
     from ecmt.zoo import load_model
-    calib = data.fashion_mnist("train").images[:256]
+    calib = fashion_mnist[0].images[:256]
     return {name: ecmt.convert(load_model(name), calib, progress=False).graph for name in ("demo-cnn", "demo-mlp")}
 
 
@@ -97,12 +96,12 @@ def test_sinabs_reads_ecmt_thresholds_as_its_multi_spike_neuron(tmp_path):
 
 
 @pytest.mark.parametrize("consumer", sorted(NEURON))
-def test_unit_thresholds_bring_the_mlp_to_the_executor_in_each_consumer(consumer, demo_graphs, tmp_path):
+def test_unit_thresholds_bring_the_mlp_to_the_executor_in_each_consumer(consumer, demo_graphs, tmp_path,
+                                                                           fashion_mnist):
     """With thresholds moved into the weights (ecmt.ir.unit), each library's own
     neurons classify like the executor on the demo MLP: within 3 points at t = 16
     (measured in benchmarks/consumers.py: 0-2 points at t = 8 and 32 on 1000 images)."""
-    from ecmt import data
-    test = data.fashion_mnist("test").take(200)
+    test = fashion_mnist[1].take(200)
     summary = enir.export(demo_graphs["demo-mlp"], tmp_path / "u.nir", neuron=NEURON[consumer],
                           unit_thresholds=True)
     assert summary.unit_thresholds == ["2", "4"]

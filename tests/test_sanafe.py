@@ -342,7 +342,7 @@ def test_detailed_schedule_runs_on_the_first_samples_only(tmp_path):
         assert got["per_step"][key] == pytest.approx(full["per_step"][key], rel=1e-12)
 
 
-def test_demo_vit_maps_to_the_core_count_derived_by_hand():
+def test_demo_vit_maps_to_the_core_count_derived_by_hand(fashion_mnist):
     """The whole demo ViT (4 blocks, 50 tokens x 64 features, 4 heads, MLP 128, MT
     neurons of 8 signed levels = 16 binary channels) on loihi-sanafe, derived by hand
     per block from the per-core limits (1024 neurons, 1 Mbit of 8-bit synapses, 4096
@@ -363,9 +363,9 @@ def test_demo_vit_maps_to_the_core_count_derived_by_hand():
 
     Per block 153 + 3 x 50 + 157 + 50 + 50 + 100 + 25 + 50 + 50 = 785 cores; four
     blocks 3140 cores, ceil(3140 / 128) = 25 chips."""
-    from ecmt import convert, data
+    from ecmt import convert
     from ecmt.zoo import load_model
-    graph = convert(load_model("demo"), data.fashion_mnist("train").images[:16], progress=False).graph
+    graph = convert(load_model("demo"), fashion_mnist[0].images[:16], progress=False).graph
     placement = mesh.place(mesh.extract(graph, load_profile("loihi")), load_profile("loihi"))
     expected = {"norm1.layernorm_ecm.mt": (153, "output axons"), "attn.select0.mt": (50, "neurons"),
                 "attn.select1.mt": (50, "neurons"), "attn.select2.mt": (50, "neurons"),

@@ -118,7 +118,7 @@ class MeshModel(HardwareModel):
     def price(self, counts: EventCounts, profile: HardwareProfile, mode: str) -> Priced:
         ps = self._per_step(profile)
         T = counts.T
-        host_nodes = snn_energy(self.graph, counts, profile, "full", self.on_chip)
+        host_nodes = snn_energy(self.graph, counts, profile, "full", on_chip=self.on_chip)
         host = [sum(e["host"][t] for e in host_nodes.values()) + ps["host_transfer_j"][t] for t in range(T)]
         host_s = self._host_seconds(counts, profile)
         phases_used = len(set(self.accounting.phase_of_core.tolist())) if self.placement.cores else 0

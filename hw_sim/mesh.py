@@ -30,11 +30,12 @@ Stages, each typed:
   the run or non-zero membrane: ``extra``), or received a synaptic event at t - 1
   (on the chip a spike at t reaches the soma at t + 1); one message per (spiking
   neuron, destination core), routed X then Y with per-hop energy and delay.
-  Latency per step and sample: ``StepSchedule``, an event-driven schedule after
-  SANA-FE 2.2.9's detailed timing model (each core's messages sent as its neurons
-  fire, hop delays and network load on the way, each destination core processing
-  what arrives in arrival order), per phase, plus the barrier chosen by tiles in
-  use; and SANA-FE's "simple" model (max over cores of serial generation work and of
+  Latency per step and sample, for every sample: ``schedule.StepSchedule``
+  (hw_sim/schedule.py, in C), an event-driven schedule after SANA-FE 2.2.9's
+  detailed timing model (each core's messages sent as its neurons fire, hop delays
+  and network load on the way, each destination core processing what arrives in
+  arrival order), per phase, plus the barrier chosen by tiles in use; and SANA-FE's
+  "simple" model (max over cores of serial generation work and of
   serial processing work; over the whole step a lower bound of the schedule), as
   ``*_simple_s``.
 
@@ -47,7 +48,6 @@ synaptic events per spike do not.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import math
 
 import torch
@@ -55,6 +55,8 @@ import torch.nn.functional as F
 
 from ecmt import ir
 from ecmt.errors import EcmtError
+
+from .schedule import Fanout, Routes, RouteBuilder, StepSchedule, Timing
 
 MESH_REQUIRED = (
     "width", "height", "cores_per_tile", "synapse_memory_bits", "synapse_bits", "input_axons", "output_axons",
@@ -656,36 +658,77 @@ def core_xy(profile, cores: int) -> tuple[torch.Tensor, torch.Tensor]:
     return chip * w + local // h, local % h
 
 
-def _source_tables(onchip: OnChip, placement: Placement, xy=None) -> dict[str, dict]:
-    """Per source group: SYN [n, C] synapses from each element into each core, MSG = SYN > 0,
-    per element messages, x-hops, y-hops and fan-out."""
+def fanout(onchip: OnChip, placement: Placement, chunk: int = 64) -> dict[str, Fanout]:
+    """Per source group: each element's destination cores (ascending) and its synapses into
+    each, from one source channel; sparse (no [elements x cores] table)."""
     C = placement.cores
-    out = {}
+    parts: dict[str, list] = {}
     for c in onchip.connections:
-        dst_cores = placement.core_of[c.dst]
-        used = torch.unique(dst_cores)
-        masks = (dst_cores.unsqueeze(0) == used.unsqueeze(1)).float()          # [K, n_dst]
-        mo = torch.where(c.dst_index >= 0, masks[:, c.dst_index.clamp(min=0)], torch.zeros(()))
-        adj = c.adjoint(mo)                                                      # [K, n_in]
-        n_src = onchip.groups[c.src].elements
-        src = torch.zeros(len(used), n_src)
-        src[:, c.src_index] = adj
-        t = out.setdefault(c.src, {"syn": torch.zeros(n_src, C)})
-        t["syn"][:, used] += src.T.round()
-    for name, t in out.items():
-        syn = t["syn"]
-        msg = (syn > 0).float()
-        t["msg"] = msg
-        t["msgs"] = msg.sum(1).double()
-        t["fanout"] = syn.sum(1).double()
-        if xy is not None:
-            x, y = xy
-            src_core = placement.core_of[name]
-            hx = (x.unsqueeze(0) - x[src_core].unsqueeze(1)).abs().float()
-            hy = (y.unsqueeze(0) - y[src_core].unsqueeze(1)).abs().float()
-            t["hx"] = (msg * hx).sum(1).double()
-            t["hy"] = (msg * hy).sum(1).double()
+        valid = c.dst_index >= 0
+        out_core = torch.full((len(c.dst_index),), -1, dtype=torch.long)
+        out_core[valid] = placement.core_of[c.dst][c.dst_index[valid]]
+        if c.op == "identity":
+            keep = out_core >= 0
+            found = [(c.src_index[keep], out_core[keep], torch.ones(int(keep.sum()), dtype=torch.long))]
+        elif c.op == "linear":
+            # an input (token, feature) has a synapse to every output of its token
+            fi, fo = c.in_shape[-1], c.out_shape[-1]
+            cores = out_core.view(-1, fo)
+            token = torch.arange(len(cores)).unsqueeze(1).expand_as(cores)
+            keep = cores >= 0
+            pair, synapses = torch.unique(token[keep] * C + cores[keep], return_counts=True)
+            inputs = ((pair // C).unsqueeze(1) * fi + torch.arange(fi)).reshape(-1)
+            found = [(c.src_index[inputs], (pair % C).repeat_interleave(fi), synapses.repeat_interleave(fi))]
+        else:
+            # a convolution: per destination core, the inputs with a synapse there (the adjoint
+            # of the op on that core's outputs), a chunk of cores at a time
+            used = torch.unique(out_core[out_core >= 0])
+            found = []
+            for i in range(0, len(used), chunk):
+                part = used[i:i + chunk]
+                adj = c.adjoint((out_core.unsqueeze(0) == part.unsqueeze(1)).double()).round().long()
+                k, inp = torch.nonzero(adj, as_tuple=True)
+                found.append((c.src_index[inp], part[k], adj[k, inp]))
+        parts.setdefault(c.src, []).extend(found)
+    out = {}
+    for name, found in parts.items():
+        n = onchip.groups[name].elements
+        key = torch.cat([e * C + k for e, k, _ in found])
+        pair, inverse = torch.unique(key, return_inverse=True)       # sorted: by element, then core
+        synapses = torch.zeros(len(pair), dtype=torch.long).index_add_(0, inverse, torch.cat([s for _, _, s in found]))
+        start = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(pair // C, minlength=n).cumsum(0)])
+        out[name] = Fanout(start, pair % C, synapses)
     return out
+
+
+def xy_routes(profile, cores: int) -> RouteBuilder:
+    """The route builder of the profile's mesh (chips side by side in x): X then Y, each hop
+    with its delay.  A route loads the sending core's port of the first router, then on each
+    later router the port facing where the message came from; router input = router x
+    (4 + cores per tile) + port: ports 0-3 face west, east, south, north, 4 + k is core k's."""
+    cpt, height = int(profile["mesh.cores_per_tile"]), int(profile["mesh.height"])
+    t_hop_x, t_hop_y = profile["mesh.t_hop_x"], profile["mesh.t_hop_y"]
+    x, y = core_xy(profile, cores)
+    ports = 4 + cpt
+    count = (int(x.max()) + 1 if cores else 1) * height * ports
+
+    def routes(src: torch.Tensor, dst: torch.Tensor) -> Routes:
+        x0, y0, x1, y1 = x[src], y[src], x[dst], y[dst]
+        hx, hy = (x1 - x0).abs(), (y1 - y0).abs()
+        links = hx + hy + 1
+        start = torch.cat([torch.zeros(1, dtype=torch.long), links.cumsum(0)])
+        route = torch.repeat_interleave(torch.arange(len(src)), links)
+        k = torch.arange(int(start[-1])) - start[route]                  # position along the route
+        sx, sy = torch.sign(x1 - x0)[route], torch.sign(y1 - y0)[route]
+        along_x = (k >= 1) & (k <= hx[route])
+        j = (k - hx[route]).clamp(min=0)
+        rx = torch.where(k <= hx[route], x0[route] + sx * k, x1[route])
+        ry = torch.where(k <= hx[route], y0[route], y0[route] + sy * j)
+        port = torch.where(k == 0, 4 + src[route] % cpt,
+                           torch.where(along_x, torch.where(sx > 0, 0, 1), torch.where(sy > 0, 2, 3)))
+        delay = 0.0 + hx.double() * t_hop_x + hy.double() * t_hop_y
+        return Routes(delay, links, start, (rx * height + ry) * ports + port, count)
+    return routes
 
 
 def barrier(profile, tiles: int, chips: int) -> float:
@@ -768,228 +811,59 @@ def record(graph, x: torch.Tensor, T: int, onchip: OnChip) -> dict[str, Raster]:
     return rec.take()
 
 
-# -- the detailed step schedule ------------------------------------------------------------
-class _Sent:
-    """A message at the head of its core's send queue, ordered by departure time only: ties
-    then fall to heap order, as in the C++ priority queue this follows."""
-    __slots__ = ("sent", "core", "i")
-
-    def __init__(self, sent: float, core: int, i: int):
-        self.sent, self.core, self.i = sent, core, i
-
-    def __lt__(self, other: "_Sent") -> bool:
-        return self.sent < other.sent
-
-
-class StepSchedule:
-    """Event-driven timing of one step on the mesh from one sample's spikes, after SANA-FE
-    2.2.9's detailed timing model (Boyle et al., TCAD 2025; its schedule.cpp and chip.cpp,
-    rewritten here):
-
-    * each core runs its neurons in mapping order, adding up their soma times (access,
-      + update, + spike out); a neuron that fires sends one message per destination core,
-      in core order: the first carries the time added up since the core's previous message
-      plus one message-out time, each further one a message-out time.  What is left after
-      the core's last message is a send-free slot at the end of its queue;
-    * a core's messages leave one after another: the first at its generation time, each
-      next one at the previous one's departure plus its own generation time;
-    * messages are handled in global order of departure.  The network keeps the load of the
-      messages in flight (sent, not yet taken in by their destination) on every router input
-      they pass: the sending core's port of the first router, then on each later router of
-      the X-then-Y route the port facing where the message came from; one message adds
-      1 / (hops + 2) to each of those hops + 1 inputs.  With rho the load along a new
-      message's route and mu the mean processing time of the messages in flight, a route
-      loaded beyond (hops + 1) x link_buffer holds the message back by the excess x mu (its
-      core's later messages leave later too), and the trip takes max(hop delays,
-      rho x mu / (hops + 1));
-    * a destination core takes messages in one at a time in arrival order; each costs
-      message-in + synaptic events x synaptic-event time;
-    * the step lasts until the last departure or the last processing ends.
-
-    Without a `link_buffer` in the profile's [mesh] table the network is never loaded (every
-    trip takes its hop delays).
-    """
-
-    def __init__(self, onchip: OnChip, placement: Placement, profile, tables: dict):
-        m = lambda k: profile[f"mesh.{k}"]
-        access, update, spike = m("t_neuron_access"), m("t_neuron_update"), m("t_spike_out")
-        # soma times summed in the order SANA-FE adds them, so that equal times stay equal
-        self.t_idle, self.t_update, self.t_fire = access, access + update, access + update + spike
-        self.t_out, self.t_in, self.t_syn = m("t_message_out"), m("t_message_in"), m("t_synaptic_event")
-        self.t_hop = (m("t_hop_x"), m("t_hop_y"))
-        buffer = profile.get("mesh.link_buffer")
-        self.buffer = None if buffer is None else float(buffer)
-        self.cpt, self.height = int(m("cores_per_tile")), int(m("height"))
-        self.x, self.y = (v.tolist() for v in core_xy(profile, placement.cores))
-        self.inputs = (max(self.x, default=0) + 1) * self.height * (4 + self.cpt)
-        # per core, what it runs in order: (group, its elements there, neurons per element)
-        self.runs: dict[int, list] = {}
-        for name, g in onchip.groups.items():
-            cores = placement.core_of[name]
-            for core in torch.unique(cores).tolist():
-                elems = torch.nonzero(cores == core).flatten().tolist()
-                self.runs.setdefault(core, []).append((name, elems, g.channels))
-        self.runs = dict(sorted(self.runs.items()))
-        # per source group: each element's destination cores (ascending) and processing times
-        self.dests: dict[str, tuple[list, list, list]] = {}
-        for name, tab in tables.items():
-            nz = torch.nonzero(tab["syn"] > 0)
-            n_syn = tab["syn"][nz[:, 0], nz[:, 1]].round().long()
-            start = torch.cumsum(torch.bincount(nz[:, 0], minlength=tab["syn"].shape[0]), 0)
-            procs = {n: self._processing(n) for n in torch.unique(n_syn).tolist()}
-            self.dests[name] = ([0] + start.tolist(), nz[:, 1].tolist(), [procs[n] for n in n_syn.tolist()])
-        self.routes: dict[tuple[int, int], tuple] = {}
-
-    def _processing(self, synapses: int) -> float:
-        t = self.t_in
-        for _ in range(synapses):             # added one by one, as SANA-FE does
-            t += self.t_syn
-        return t
-
-    def _route(self, src: int, dst: int) -> tuple[float, int, tuple[int, ...]]:
-        """(hop delays, hops + 1, the router inputs it loads) of the X-then-Y route src -> dst.
-        A router input is numbered router x (4 + cores per tile) + port: ports 0-3 face
-        west, east, south, north (where the message came from), 4 + k is core k's port."""
-        key = (src, dst)
-        if key not in self.routes:
-            ports = 4 + self.cpt
-            x0, y0, x1, y1 = self.x[src], self.y[src], self.x[dst], self.y[dst]
-            router = lambda x, y: (x * self.height + y) * ports
-            inputs = [router(x0, y0) + 4 + src % self.cpt]
-            sx = 1 if x1 > x0 else -1
-            for x in range(x0 + sx, x1 + sx, sx) if x1 != x0 else ():
-                inputs.append(router(x, y0) + (0 if sx > 0 else 1))
-            sy = 1 if y1 > y0 else -1
-            for y in range(y0 + sy, y1 + sy, sy) if y1 != y0 else ():
-                inputs.append(router(x1, y) + (2 if sy > 0 else 3))
-            hx, hy = abs(x1 - x0), abs(y1 - y0)
-            self.routes[key] = (0.0 + hx * self.t_hop[0] + hy * self.t_hop[1], hx + hy + 1, tuple(inputs))
-        return self.routes[key]
-
-    def queues(self, chan: dict[str, list], updated: dict[str, list]) -> dict[int, list]:
-        """Per core, its send queue for one sample and step: (generation time, destination core
-        or -1 for the send-free slot, processing time, route).  chan[group][e]: the channel that
-        fired (-1 none); updated[group][e]: channel 0 updates without firing."""
-        t_idle, t_upd, t_fire, t_out = self.t_idle, self.t_update, self.t_fire, self.t_out
-        out = {}
-        for core, runs in self.runs.items():
-            acc, q = 0.0, []
-            for name, elems, L in runs:
-                ch, up = chan[name], updated[name]
-                start, dst, proc = self.dests.get(name, (None, None, None))
-                for e in elems:
-                    c = ch[e]
-                    for j in range(L):
-                        if j == c:
-                            acc += t_fire
-                            if start is not None and start[e] < start[e + 1]:
-                                for k in range(start[e], start[e + 1]):
-                                    q.append((acc + t_out, dst[k], proc[k], self._route(core, dst[k])))
-                                    acc = 0.0
-                        elif j == 0:
-                            acc += t_upd if up[e] else t_idle
-                        else:
-                            acc += t_idle
-            if acc != 0.0:
-                q.append((acc, -1, 0.0, None))
-            out[core] = q
-        return out
-
-    def run(self, queues: dict[int, list]) -> float:
-        """The time from the step's start to its last event (no barrier)."""
-        push, pop = heapq.heappush, heapq.heappop
-        ready = []
-        for core, q in queues.items():        # pushed one by one in core order, as SANA-FE does
-            if q:
-                push(ready, _Sent(q[0][0], core, 0))
-        buffer = self.buffer
-        load = [0.0] * self.inputs
-        inflight, seq = [], 0                 # (taken in at, seq, route inputs, share, processing)
-        n_flight, sum_proc = 0, 0.0
-        free = {}                             # per destination core: when it is done with its queue
-        last = 0.0
-        while ready:
-            msg = pop(ready)
-            sent = msg.sent
-            if sent > last:
-                last = sent
-            while inflight and inflight[0][0] <= sent:
-                _, _, inputs, share, proc = pop(inflight)
-                for i in inputs:
-                    load[i] -= share
-                n_flight -= 1
-                sum_proc = sum_proc - proc if n_flight else 0.0
-            q = queues[msg.core]
-            _, dst, proc, route = q[msg.i]
-            if dst >= 0:
-                trip, links, inputs = route
-                if buffer is not None:
-                    rho = 0.0
-                    for i in inputs:
-                        rho += load[i]
-                    mu = sum_proc / n_flight if n_flight else 0.0
-                    excess = rho - links * buffer
-                    if excess > 0:
-                        sent += excess * mu
-                    crowd = rho * mu / links
-                    if crowd > trip:
-                        trip = crowd
-                arrive = sent + trip
-                f = free.get(dst, 0.0)
-                done = f + proc
-                if arrive + proc > done:
-                    done = arrive + proc
-                free[dst] = done
-                if done > last:
-                    last = done
-                if buffer is not None:
-                    share = 1.0 / (links + 1)
-                    for i in inputs:
-                        load[i] += share
-                    push(inflight, (arrive if arrive > f else f, seq, inputs, share, proc))
-                    seq += 1
-                    n_flight += 1
-                    sum_proc += proc
-            msg.i += 1
-            if msg.i < len(q):
-                msg.sent = sent + q[msg.i][0]
-                push(ready, msg)
-                if msg.sent > last:
-                    last = msg.sent
-        return last
-
-
 # -- time and price ------------------------------------------------------------------------
 STEP_FIELDS = ("synaptic_events", "neurons_fired", "neurons_updated", "messages", "hops", "hops_x", "hops_y",
                "synapse_j", "neuron_j", "network_j", "host_transfers", "host_transfer_j",
                "onchip_latency_s", "chip_latency_s", "onchip_latency_simple_s", "chip_latency_simple_s",
                "host_transfer_s")
-SCHEDULED_FIELDS = ("onchip_latency_s", "chip_latency_s")      # from the scheduled samples only
 GROUP_FIELDS = ("fired", "updated", "synaptic_events_out", "messages_out", "hops_out", "synapse_j", "neuron_j",
                 "network_j")
 
 
+def _per_core(fired: torch.Tensor, fan: Fanout, C: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample and core, the synapses and the messages that the fired elements
+    (fired [B, n] bool) reach there: two [B, C] float64."""
+    b, e = torch.nonzero(fired, as_tuple=True)
+    lens = fan.start[e + 1] - fan.start[e]
+    first = torch.repeat_interleave(fan.start[e] - (lens.cumsum(0) - lens), lens)
+    at = first + torch.arange(len(first))                      # each fired element's entries
+    where = torch.repeat_interleave(b, lens) * C + fan.core[at]
+    synapses = torch.zeros(fired.shape[0] * C, dtype=torch.float64).index_add_(0, where, fan.synapses[at].double())
+    messages = torch.zeros(fired.shape[0] * C, dtype=torch.float64).index_add_(
+        0, where, torch.ones(len(where), dtype=torch.float64))
+    return synapses.view(-1, C), messages.view(-1, C)
+
+
+def without_network_load(profile):
+    """`profile` without its link buffer: the schedule with every trip at its hop delays
+    (messages queue only at their destination)."""
+    mesh_table = {k: c for k, c in profile.constants["mesh"].items() if k != "link_buffer"}
+    return dataclasses.replace(profile, constants={**profile.constants, "mesh": mesh_table})
+
+
 class Accounting:
     """SANA-FE's accounting of a mapped on-chip part, summed over the samples of every
-    batch given to add(); per step (lists of T) and per group.
+    batch given to add(); per step (lists of T) and per group.  Every sample is scheduled
+    (hw_sim/schedule.py, compiled).  The spikes of the first `retime_samples` samples
+    (None: all) are kept for retime()."""
 
-    The detailed schedule is pure Python (about a second per sample and step on the
-    demo CNN), so it runs on the first ``schedule_samples`` samples only and the
-    detailed latency is their mean; every count, energy and the simple latency use
-    every sample."""
-
-    SCHEDULE_SAMPLES = 32
-
-    def __init__(self, onchip: OnChip, placement: Placement, profile, T: int,
-                 schedule_samples: int = SCHEDULE_SAMPLES):
-        if schedule_samples < 1:
-            raise ValueError(f"schedule_samples must be >= 1, got {schedule_samples}")
+    def __init__(self, onchip: OnChip, placement: Placement, profile, T: int, retime_samples: int | None = None):
+        if retime_samples is not None and retime_samples < 0:
+            raise ValueError(f"retime_samples must be >= 0 or None, got {retime_samples}")
         self.onchip, self.placement, self.profile, self.T = onchip, placement, profile, T
         m = lambda k: profile[f"mesh.{k}"]
         self.k = {k: m(k) for k in MESH_REQUIRED if k.startswith(("e_", "t_"))}
         C = placement.cores
-        self.xy = core_xy(profile, C)
-        self.tables = _source_tables(onchip, placement, self.xy)
+        x, y = core_xy(profile, C)
+        self.fanout = fanout(onchip, placement)
+        # per source element: messages, synaptic events and hops per spike
+        self.tables = {}
+        for name, f in self.fanout.items():
+            n, rows = onchip.groups[name].elements, f.rows()
+            src = placement.core_of[name][rows]
+            per = lambda v: torch.zeros(n, dtype=torch.float64).index_add_(0, rows, v.double())
+            self.tables[name] = {"msgs": f.per_element().double(), "fanout": per(f.synapses),
+                                 "hx": per((x[f.core] - x[src]).abs()), "hy": per((y[f.core] - y[src]).abs())}
         self.neurons = sum(g.neurons for g in onchip.groups.values())
         self.neurons_per_core = torch.zeros(C, dtype=torch.float64)
         self.phase_of_core = torch.zeros(C, dtype=torch.long)
@@ -997,27 +871,39 @@ class Accounting:
             self.neurons_per_core.index_add_(0, placement.core_of[name],
                                              torch.full((g.elements,), float(g.channels), dtype=torch.float64))
             self.phase_of_core[placement.core_of[name]] = g.phase
+        # the phases that hold cores: each is scheduled alone and has its barrier
+        self.present = torch.bincount(self.phase_of_core, minlength=onchip.phases + 1)[1:] > 0
         self.barrier = barrier(profile, placement.tiles_in_use, placement.chips)
-        self.schedule = StepSchedule(onchip, placement, profile, self.tables)
+        self.schedule = self._schedule(profile)
         self.samples = 0
-        self.schedule_samples, self.scheduled = schedule_samples, 0
+        self.retime_samples = retime_samples
         self.sample_j: list[torch.Tensor] = []      # per batch, each sample's on-chip energy over T [B]
         self.sample_t_j: list[torch.Tensor] = []    # per batch, the same up to each step t [B, T]
-        self.kept: list[tuple] = []     # per batch and step: (first sample, t, chans, updated) of the scheduled samples
-        self.sample_chip_s: list[tuple] = []        # the same: (first sample, t, each one's chip latency)
-        self._spans: dict = {}                      # retime's schedules, by timing constants
+        self.sample_chip_s: list[torch.Tensor] = []  # per batch, each sample's detailed chip latency [B, T]
+        self.kept: list[tuple] = []     # per batch and step: (first sample, t, chans, updated), for retime
+        self._spans: dict = {}          # retime's phase spans, by timing constants
         self.step = {f: [0.0] * T for f in STEP_FIELDS}
         self.group = {name: {f: 0.0 for f in GROUP_FIELDS} for name in onchip.groups}
+
+    def _schedule(self, profile) -> StepSchedule:
+        groups = self.onchip.groups
+        return StepSchedule(self.placement.core_of, {n: g.channels for n, g in groups.items()}, self.fanout,
+                            self.phase_of_core, self.onchip.phases, Timing.of(profile),
+                            xy_routes(profile, self.placement.cores))
+
+    def _chip(self, parts: torch.Tensor, bar: float) -> torch.Tensor:
+        """Chip latency from per-phase spans [..., phases]: each phase with cores, plus its barrier."""
+        return (parts[..., self.present] + bar).sum(-1)
 
     def add(self, rasters: dict[str, Raster]) -> None:
         k, T, C = self.k, self.T, self.placement.cores
         B = next(iter(rasters.values())).chan.shape[1]
+        first = self.samples
         self.samples += B
-        scheduled = max(0, min(B, self.schedule_samples - self.scheduled))
-        self.scheduled += scheduled
+        keep = B if self.retime_samples is None else max(0, min(B, self.retime_samples - first))
         recv = {name: torch.zeros(B, g.elements, dtype=torch.bool) for name, g in self.onchip.groups.items()}
         sample_j = torch.zeros(B, dtype=torch.float64)
-        up_to_t = []
+        up_to_t, chip_s = [], torch.zeros(B, T, dtype=torch.float64)
         for t in range(T):
             gen = self.neurons_per_core.unsqueeze(0).expand(B, C) * k["t_neuron_access"]
             gen = gen.clone()
@@ -1058,8 +944,8 @@ class Accounting:
                 tab = self.tables.get(name)
                 if tab is None:
                     continue
-                Sf = S.float()
-                proc += (Sf @ tab["syn"]).double() * k["t_synaptic_event"] + (Sf @ tab["msg"]).double() * k["t_message_in"]
+                synapses, messages = _per_core(fired, self.fanout[name], C)
+                proc += synapses * k["t_synaptic_event"] + messages * k["t_message_in"]
                 gen.index_add_(1, cores, S * tab["msgs"] * k["t_message_out"])
                 ev, msgs = float((S @ tab["fanout"]).sum()), float((S @ tab["msgs"]).sum())
                 hx, hy = float((S @ tab["hx"]).sum()), float((S @ tab["hy"]).sum())
@@ -1082,9 +968,9 @@ class Accounting:
                     nxt[c.dst][:, c.dst_index[valid]] |= y[:, valid]
             recv = nxt
             up_to_t.append(sample_j.clone())
-            if scheduled:        # kept for re-timing (retime): the schedule's input, per sample
-                self.kept.append((self.scheduled - scheduled, t, {n: c[:scheduled].clone() for n, c in chans.items()},
-                                  {n: u[:scheduled].clone() for n, u in updated.items()}))
+            if keep:             # kept for re-timing (retime): the schedule's input, per sample
+                self.kept.append((first, t, {n: c[:keep].clone() for n, c in chans.items()},
+                                  {n: u[:keep].clone() for n, u in updated.items()}))
             # Latency per sample, over all cores (one step, one barrier: SANA-FE's view) and
             # per phase (each chip segment of the step with its own barrier): the detailed
             # schedule, and SANA-FE's "simple" model (max over cores of neuron-side and
@@ -1097,29 +983,17 @@ class Accounting:
                     chip += torch.maximum(gen[:, sel].max(1).values, proc[:, sel].max(1).values) + self.barrier
             st["onchip_latency_simple_s"] = float(onchip.sum())
             st["chip_latency_simple_s"] = float(chip.sum())
-            phase_of = self.phase_of_core.tolist()
-            chip_s = torch.zeros(scheduled, dtype=torch.float64)
-            for b in range(scheduled):
-                before = st["chip_latency_s"]
-                queues = self.schedule.queues({n: c[b].tolist() for n, c in chans.items()},
-                                              {n: u[b].tolist() for n, u in updated.items()})
-                whole = self.schedule.run(queues)
-                st["onchip_latency_s"] += whole + self.barrier
-                for p in range(1, self.onchip.phases + 1):
-                    part = {c: q for c, q in queues.items() if phase_of[c] == p}
-                    if part:
-                        # a phase's messages are processed in that phase, wherever they go
-                        span = whole if len(part) == len(queues) else self.schedule.run(part)
-                        st["chip_latency_s"] += span + self.barrier
-                chip_s[b] = st["chip_latency_s"] - before
-            if scheduled:
-                self.sample_chip_s.append((self.scheduled - scheduled, t, chip_s))
+            whole, parts = self.schedule.spans(chans, updated)
+            chip_s[:, t] = self._chip(parts, self.barrier)
+            st["onchip_latency_s"] = float((whole + self.barrier).sum())
+            st["chip_latency_s"] = float(chip_s[:, t].sum())
             st["host_transfer_j"] = st["host_transfers"] * k["e_host_transfer"]
             st["host_transfer_s"] = st["host_transfers"] * k["t_host_transfer"]
             for f in STEP_FIELDS:
                 self.step[f][t] += st[f]
         self.sample_j.append(sample_j)
         self.sample_t_j.append(torch.stack(up_to_t, 1))
+        self.sample_chip_s.append(chip_s)
 
     def sample_energy(self) -> torch.Tensor:
         """Each sample's on-chip energy (synapse, neuron, network, chip-host transfers)
@@ -1131,48 +1005,39 @@ class Accounting:
         return torch.cat(self.sample_t_j) if self.sample_t_j else torch.zeros(0, self.T, dtype=torch.float64)
 
     def sample_chip_latency(self) -> torch.Tensor:
-        """The detailed chip latency (per_step's chip_latency_s) of each scheduled sample and
-        step [scheduled, T]."""
-        out = torch.zeros(self.scheduled, self.T, dtype=torch.float64)
-        for first, t, chip_s in self.sample_chip_s:
-            out[first:first + len(chip_s), t] = chip_s
-        return out
+        """The detailed chip latency (per_step's chip_latency_s) of each sample and step
+        [samples, T]."""
+        return torch.cat(self.sample_chip_s) if self.sample_chip_s else torch.zeros(0, self.T, dtype=torch.float64)
+
+    def kept_samples(self) -> int:
+        """How many samples' spikes retime() has."""
+        return self.samples if self.retime_samples is None else min(self.samples, self.retime_samples)
 
     def retime(self, profile, samples: int | None = None) -> torch.Tensor:
-        """sample_chip_latency of the first `samples` scheduled samples (None: all), re-timed
+        """sample_chip_latency of the first `samples` kept samples (None: all kept), re-timed
         with `profile`'s timing constants (t_*, barrier_*, link_buffer) on the same mapping
         and spikes: the re-pricing path for those constants (hw_sim/simulate.py)."""
-        n = self.scheduled if samples is None else min(samples, self.scheduled)
+        n = self.kept_samples() if samples is None else min(samples, self.kept_samples())
         bar = barrier(profile, self.placement.tiles_in_use, self.placement.chips)
         # the spans do not depend on the barrier: scheduled once per set of the other constants
         key = (n, tuple(profile.get(f"mesh.{k}") for k in MESH_REQUIRED if k.startswith("t_")),
                profile.get("mesh.link_buffer"))
-        cache = self._spans
-        if key not in cache:
-            schedule = StepSchedule(self.onchip, self.placement, profile, self.tables)
-            phase_of = self.phase_of_core.tolist()
-            spans = torch.zeros(n, self.T, dtype=torch.float64)
-            parts = torch.zeros(n, self.T, dtype=torch.float64)
+        if key not in self._spans:
+            schedule = self._schedule(profile)
+            parts = torch.zeros(n, self.T, self.onchip.phases, dtype=torch.float64)
             for first, t, chans, updated in self.kept:
-                for b in range(min(next(iter(chans.values())).shape[0], n - first)):
-                    queues = schedule.queues({k: c[b].tolist() for k, c in chans.items()},
-                                             {k: u[b].tolist() for k, u in updated.items()})
-                    whole = schedule.run(queues)
-                    for p in range(1, self.onchip.phases + 1):
-                        part = {c: q for c, q in queues.items() if phase_of[c] == p}
-                        if part:
-                            spans[first + b, t] += whole if len(part) == len(queues) else schedule.run(part)
-                            parts[first + b, t] += 1
-            cache[key] = spans, parts
-        spans, parts = cache[key]
-        return spans + parts * bar
+                m = min(next(iter(chans.values())).shape[0], n - first)
+                if m > 0:
+                    parts[first:first + m, t] = schedule.spans({g: c[:m] for g, c in chans.items()},
+                                                               {g: u[:m] for g, u in updated.items()})[1]
+            self._spans[key] = parts
+        return self._chip(self._spans[key], bar)
 
     def result(self) -> dict:
         """Per-inference figures (sums divided by samples)."""
-        n, m = max(self.samples, 1), max(self.scheduled, 1)
-        per = lambda f: m if f in SCHEDULED_FIELDS else n
-        return {"per_step": {f: [v / per(f) for v in vals] for f, vals in self.step.items()},
+        n = max(self.samples, 1)
+        return {"per_step": {f: [v / n for v in vals] for f, vals in self.step.items()},
                 "groups": {name: {f: v / n for f, v in d.items()} for name, d in self.group.items()},
                 "barrier_s": self.barrier, "phases": self.onchip.phases, "mapped_neurons": self.neurons,
                 "cores": self.placement.cores, "tiles": self.placement.tiles_in_use, "chips": self.placement.chips,
-                "samples": self.samples, "scheduled_samples": self.scheduled}
+                "samples": self.samples, "scheduled_samples": self.samples}

@@ -73,7 +73,8 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
         if p.has_mesh and p.name not in meshes:
             onchip = mesh_mod.extract(graph, p)
             placement = mesh_mod.place(onchip, p)
-            meshes[p.name] = (onchip, placement, mesh_mod.Accounting(onchip, placement, p, T))
+            meshes[p.name] = (onchip, placement, mesh_mod.Accounting(onchip, placement, p, T,
+                                                                     retime_samples=RETIME_SAMPLES))
     recorders = {}
     for name, (onchip, _, _) in meshes.items():
         recorders[name] = mesh_mod.Recorder(executor, onchip, T)
@@ -313,7 +314,7 @@ def _host_seconds(graph, counts: EventCounts, profile, on_chip: set[str]) -> lis
 # Mesh results kept for re-pricing and intervals, not written to the report.
 MESH_PRIVATE = ("per_step", "sample_j", "sample_t_j", "accounting")
 # Re-timing a mesh profile at a timing constant's range end re-runs the detailed schedule on
-# this many of the scheduled samples; the nominal chip latency is scaled by their ratio.
+# the first this many samples; the nominal chip latency (every sample) is scaled by their ratio.
 RETIME_SAMPLES = 4
 # Mesh constants that price linearly: the per-step field they price and the per-step count they
 # multiply (None: every mapped neuron, every step), as hw_sim/mesh.py's Accounting prices them.
@@ -339,8 +340,8 @@ def _mesh_timing(key: str) -> bool:
 def _mesh_repriced(mesh, nominal: HardwareProfile, variant: HardwareProfile):
     """The mesh results with MESH_LINEAR's constants re-priced at `variant`'s values, and the
     chip latency re-timed where a timing constant differs: the detailed schedule re-run on the
-    first RETIME_SAMPLES scheduled samples (same mapping, same spikes), the nominal per-step
-    chip latency scaled by their ratio (exact when no more samples were scheduled)."""
+    first RETIME_SAMPLES samples (same mapping, same spikes), the nominal per-step chip
+    latency (every sample) scaled by their ratio (exact when there are no more samples)."""
     if mesh is None:
         return None
     onchip, placement, res = mesh
@@ -420,7 +421,7 @@ def _interval(graph, counts: EventCounts, profile, mode, entry: dict, mesh=None,
     accounting, and the rates give the host's.  The latency, as the report computes it from the
     mean counts, is linearized (_latency_gradient): exact for CMOS (linear in the counts); for the
     flat model each step's slowest core unit is held fixed (the delta method).  The mesh model's
-    chip latency is the detailed schedule's per sample, on the scheduled samples."""
+    chip latency is the detailed schedule's per sample."""
     per_sample, samples, T = counts.per_sample_steps, counts.samples, counts.T
     if not per_sample or samples < 2:
         return None

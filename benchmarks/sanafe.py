@@ -22,7 +22,8 @@ from machine import machine_info, machine_markdown, write_result  # noqa: E402
 import ecmt  # noqa: E402
 from ecmt import data  # noqa: E402
 from ecmt.zoo import load_model  # noqa: E402
-from hw_sim import load_profile, mesh  # noqa: E402
+from hw_sim import load_profile  # noqa: E402
+from hw_sim.engine import mesh  # noqa: E402
 from hw_sim import sanafe_export as sx  # noqa: E402
 
 OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
@@ -66,8 +67,7 @@ def case(name, graph, x, T, profile, keep=None) -> dict:
     hw_s = time.perf_counter() - t0
     # the same schedule with no network load (messages only queue at their destination):
     # how much of the detailed figure the load terms explain
-    unloaded = mesh.Accounting(onchip, placement, profile, T)
-    unloaded.schedule.buffer = None
+    unloaded = mesh.Accounting(onchip, placement, mesh.without_network_load(profile), T)
     unloaded.add(rasters)
     t0 = time.perf_counter()
     desc = sx.describe(onchip, placement, rasters, profile)
@@ -154,7 +154,7 @@ def markdown(result: dict) -> str:
               "constants (synaptic events per (spike, synapse), every mapped neuron accessed every step, "
               "updates with SANA-FE's one-step delivery rule, one message per (spiking neuron, destination "
               "core), X-then-Y hops).", "",
-              "Latency per step is hw_sim's event-driven schedule (hw_sim/mesh.py, `StepSchedule`, after "
+              "Latency per step is hw_sim's event-driven schedule (hw_sim/schedule.py, `StepSchedule`, after "
               "SANA-FE 2.2.9's detailed timing model, Boyle et al., TCAD 2025), run on each sample's "
               "recorded spikes: each core runs its neurons in mapping order and sends one message per "
               "(spiking neuron, destination core) as the neuron fires, its messages leaving one after "

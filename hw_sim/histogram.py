@@ -2,59 +2,33 @@
 that PyTorch has no fast form of (torch.bincount runs on one thread and stalls
 on long runs of one value, which MT event codes are full of).
 
-histogram.c is compiled on first use with the system C compiler (the one
-torch.compile already needs; $CC, else cc; with OpenMP where it has it) into
-a cache directory ($ECMT_CACHE, else ~/.cache/ecmt), keyed by the source's
-hash.  Without a compiler, or with ECMT_NATIVE=0, or for tensors off the CPU,
-torch.bincount gives the same counts, more slowly.
+histogram.c is compiled on first use (hw_sim/native.py: the system C compiler,
+cached by the source's hash).  Without a compiler, or with ECMT_NATIVE=0, or
+for tensors off the CPU, torch.bincount gives the same counts, more slowly.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 import warnings
 from functools import cache
 from pathlib import Path
 
 import torch
 
+from . import native
+
 SOURCE = Path(__file__).with_name("histogram.c")
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("ECMT_CACHE") or Path.home() / ".cache" / "ecmt")
 
 
 @cache
 def _library() -> ctypes.CDLL | None:
     if os.environ.get("ECMT_NATIVE", "1") == "0":
         return None
-    compiler = os.environ.get("CC", "cc")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + compiler.encode()).hexdigest()[:16]
-    path = _cache_dir() / f"histogram-{key}.so"
     try:
-        if not path.exists():
-            if shutil.which(compiler) is None:
-                raise OSError(f"no C compiler {compiler!r} on PATH")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                built = Path(tmp) / path.name
-                command = [compiler, "-O3", "-shared", "-fPIC", str(SOURCE), "-o", str(built)]
-                try:
-                    subprocess.run(command + ["-fopenmp"], check=True, capture_output=True, text=True)
-                except subprocess.CalledProcessError:   # no OpenMP (Apple clang): one thread, still fast
-                    subprocess.run(command, check=True, capture_output=True, text=True)
-                os.replace(built, path)      # atomic: a concurrent process sees all of it or nothing
-        lib = ctypes.CDLL(str(path))
-    except (OSError, subprocess.CalledProcessError) as e:
-        detail = e.stderr.strip() if isinstance(e, subprocess.CalledProcessError) else str(e)
-        warnings.warn(f"hw_sim: could not build {SOURCE.name} ({detail}); counting with torch.bincount "
-                      "(same counts, slower)", RuntimeWarning, stacklevel=3)
+        lib = native.load(SOURCE)
+    except native.NativeBuildError as e:
+        warnings.warn(f"{e}; counting with torch.bincount (same counts, slower)", RuntimeWarning, stacklevel=3)
         return None
     lib.histogram_u8.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     lib.histogram_u8.restype = None

@@ -5,7 +5,7 @@ SANA-FE (Boyle et al., IEEE TCAD 2025; PyPI `sanafe`, GPL-3.0) is never imported
 the runner works in its own environment (tools/sanafe_env.sh) and is started as a
 subprocess.  This module only writes JSON and reads the runner's result.
 
-What is written (hw_sim/mesh.py defines the model):
+What is written (hw_sim/engine/mesh defines the model):
 
 * one group per on-chip group (MT neuron or accumulator), ``elements x channels``
   neurons, element-major (element e's channel j is neuron e * channels + j), placed
@@ -32,7 +32,7 @@ import torch
 
 from ecmt.errors import EcmtError
 
-from .mesh import OnChip, Placement, Raster
+from .engine.mesh import OnChip, Placement, Raster
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_SCRIPT = REPO / "tools" / "sanafe_env.sh"

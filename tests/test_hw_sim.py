@@ -657,7 +657,7 @@ def test_report_states_the_spike_format_of_each_profile():
 
 def test_mesh_model_refuses_k_levels_on_binary_channels_and_rasters_graded_ones():
     import dataclasses
-    from hw_sim import mesh
+    from hw_sim.engine import mesh
     graph = k_level_graph(3)
     sanafe = load_profile("loihi-sanafe")
     with pytest.raises(mesh.MappingError, match="profile loihi-sanafe: layer 'mt': spikes_per_step 3"):

@@ -202,8 +202,6 @@ def test_intervals_shrink_as_the_same_samples_repeat(small):
             assert lo < a["energy_per_t_j"][t] < hi
             assert (lo2 + hi2) / 2 == pytest.approx((lo + hi) / 2, rel=1e-9)
             assert (hi2 - lo2) == pytest.approx(factor * (hi - lo), rel=1e-6), (a["profile"]["name"], t)
-        if a["profile"]["name"] == "loihi-sanafe":
-            continue        # its latency interval comes from the scheduled samples (the first 32)
         (lo, hi), (lo2, hi2) = ia["latency_s"], ib["latency_s"]
         assert lo < a["latency_s"] < hi
         assert (hi2 - lo2) == pytest.approx(factor * (hi - lo), rel=1e-6), a["profile"]["name"]
@@ -315,16 +313,16 @@ def test_mesh_timing_constants_reprice_as_a_run_with_the_changed_profile(small, 
 
 
 def test_mesh_retime_at_the_nominal_profile_is_the_run_chip_latency(small):
-    from hw_sim import mesh
+    from hw_sim.engine import mesh
     graph, x, _ = small
     p = load_profile("loihi-sanafe")
     onchip = mesh.extract(graph, p)
     placement = mesh.place(onchip, p)
-    acc = mesh.Accounting(onchip, placement, p, 3, schedule_samples=6)
-    for start in (0, 4):                     # two batches: 4 + 2 scheduled samples
+    acc = mesh.Accounting(onchip, placement, p, 3)
+    for start in (0, 4):                     # two batches of 4 samples
         acc.add(mesh.record(graph, x[start:start + 4], 3, onchip))
     chip = acc.result()["per_step"]["chip_latency_s"]
-    assert acc.sample_chip_latency().shape == (6, 3)
+    assert acc.sample_chip_latency().shape == (8, 3)
     assert acc.sample_chip_latency().mean(0).tolist() == pytest.approx(chip, rel=1e-12)
     assert acc.retime(p).mean(0).tolist() == pytest.approx(chip, rel=1e-12)
     assert torch.allclose(acc.retime(p, 2), acc.sample_chip_latency()[:2], rtol=1e-12, atol=0)

@@ -10,7 +10,8 @@ import torch
 
 import hw_sim
 from ecmt import SpikingGraph, ir
-from hw_sim import load_profile, mesh
+from hw_sim import load_profile
+from hw_sim.engine import mesh
 from hw_sim import sanafe_export as sx
 
 
@@ -220,8 +221,7 @@ def test_congested_schedule_against_sanafe(tmp_path):
     acc = mesh.Accounting(onchip, placement, profile, 1)
     acc.add(rasters)
     got = acc.result()["per_step"]["onchip_latency_s"][0]
-    free = mesh.Accounting(onchip, placement, profile, 1)
-    free.schedule.buffer = None
+    free = mesh.Accounting(onchip, placement, mesh.without_network_load(profile), 1)
     free.add(rasters)
     assert got > 1.05 * free.result()["per_step"]["onchip_latency_s"][0]
     sf = sx.run(sx.describe(onchip, placement, rasters, profile))
@@ -315,9 +315,10 @@ def test_mlp_against_sanafe(tmp_path, form):
         assert diff[key] <= 1e-9, (key, diff)
 
 
-def test_detailed_schedule_runs_on_the_first_samples_only(tmp_path):
-    """Counts, energy and the simple latency use every sample; the (slow) detailed
-    schedule the first `schedule_samples`, whose mean is the detailed latency."""
+def test_every_sample_is_scheduled_whatever_the_batches(tmp_path):
+    """The detailed schedule runs on every sample: the same per-sample chip latencies and
+    per-step figures from one batch of 3 as from batches of 2 and 1; retime keeps the
+    spikes of the first `retime_samples` only."""
     profile = variant(tmp_path, {"neurons_per_core": 2, "cores_per_tile": 1}, mt_form='"element"')
     graph = mlp(sizes=(5, 4, 3, 2), levels=3)
     onchip = mesh.extract(graph, profile)
@@ -325,21 +326,24 @@ def test_detailed_schedule_runs_on_the_first_samples_only(tmp_path):
     x = torch.randn(3, 5, generator=torch.Generator().manual_seed(3)) * 2
     T = 4
     rasters = mesh.record(graph, x, T, onchip)
-    capped = mesh.Accounting(onchip, placement, profile, T, schedule_samples=2)
-    capped.add({n: dataclasses.replace(r, chan=r.chan[:, :2], extra=r.extra[:, :2]) for n, r in rasters.items()})
-    capped.add({n: dataclasses.replace(r, chan=r.chan[:, 2:], extra=r.extra[:, 2:]) for n, r in rasters.items()})
-    first_two = mesh.Accounting(onchip, placement, profile, T)
-    first_two.add({n: dataclasses.replace(r, chan=r.chan[:, :2], extra=r.extra[:, :2]) for n, r in rasters.items()})
+    split = mesh.Accounting(onchip, placement, profile, T, retime_samples=2)
+    split.add({n: dataclasses.replace(r, chan=r.chan[:, :2], extra=r.extra[:, :2]) for n, r in rasters.items()})
+    split.add({n: dataclasses.replace(r, chan=r.chan[:, 2:], extra=r.extra[:, 2:]) for n, r in rasters.items()})
     every = mesh.Accounting(onchip, placement, profile, T)
     every.add(rasters)
-    got, two, full = capped.result(), first_two.result(), every.result()
-    assert (got["samples"], got["scheduled_samples"], full["scheduled_samples"]) == (3, 2, 3)
-    with pytest.raises(ValueError, match="schedule_samples must be >= 1, got 0"):
-        mesh.Accounting(onchip, placement, profile, T, schedule_samples=0)
-    for key in ("onchip_latency_s", "chip_latency_s"):
-        assert got["per_step"][key] == pytest.approx(two["per_step"][key], rel=1e-12)
-    for key in ("synapse_j", "neuron_j", "network_j", "messages", "onchip_latency_simple_s"):
-        assert got["per_step"][key] == pytest.approx(full["per_step"][key], rel=1e-12)
+    got, full = split.result(), every.result()
+    assert (got["samples"], got["scheduled_samples"], full["scheduled_samples"]) == (3, 3, 3)
+    assert torch.equal(split.sample_chip_latency(), every.sample_chip_latency())
+    assert every.sample_chip_latency().shape == (3, T)
+    assert full["per_step"]["chip_latency_s"] == pytest.approx(every.sample_chip_latency().mean(0).tolist(),
+                                                               rel=1e-12)
+    for key in ("onchip_latency_s", "chip_latency_s", "synapse_j", "neuron_j", "network_j", "messages",
+                "onchip_latency_simple_s"):
+        assert got["per_step"][key] == pytest.approx(full["per_step"][key], rel=1e-12), key
+    assert torch.equal(split.retime(profile), every.sample_chip_latency()[:2])     # the first 2 kept
+    assert torch.equal(every.retime(profile), every.sample_chip_latency())
+    with pytest.raises(ValueError, match="retime_samples must be >= 0 or None, got -1"):
+        mesh.Accounting(onchip, placement, profile, T, retime_samples=-1)
 
 
 def test_demo_vit_maps_to_the_core_count_derived_by_hand(fashion_mnist):

@@ -117,7 +117,7 @@ every run), per step t, e(...) and l(...) being the architecture's energies and 
   a congestion estimate from the messages in flight on its route and the link buffer)
   and may be held back when its route is full, and each core processes what it receives
   one message at a time; the step takes the last event's time plus the barrier
-  (hw_sim/mesh.py's StepSchedule reimplements it; --messages writes SANA-FE's schedule
+  (hw_sim/schedule.py's StepSchedule reimplements it; --messages writes SANA-FE's schedule
   message by message to check it).
 
 Exit status: 0 ok; 2 bad input (one line on stderr: sanafe_run: <what>); 3 SANA-FE

@@ -1,0 +1,181 @@
+"""The mesh model's detailed step schedule in C (hw_sim/schedule.c) against the Python
+schedule that was checked against SANA-FE (tests/reference.py): bit for bit, on converted
+graphs (demo CNN, a tiny ViT), multi-phase, with and without the network load, and on a
+graph built for ties; its static tables (destinations, routes) against brute force."""
+import dataclasses
+import warnings
+
+import pytest
+import timm
+import torch
+
+import ecmt
+import reference
+from ecmt.zoo import load_model
+from hw_sim import histogram, load_profile, native
+from hw_sim.engine import mesh
+from hw_sim.engine.mesh import schedule
+from models import randomize
+
+
+def element(profile):
+    return dataclasses.replace(profile, mt_form="element")
+
+
+def unloaded(profile):
+    return mesh.without_network_load(profile)
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=8, patch_size=4, in_chans=1,
+                              num_classes=10, depth=1, embed_dim=32, num_heads=2)
+    return ecmt.convert(randomize(model), torch.randn(16, 1, 8, 8), progress=False).graph, torch.randn(3, 1, 8, 8) * 2
+
+
+@pytest.fixture(scope="module")
+def demo_cnn():
+    torch.manual_seed(0)
+    graph = ecmt.convert(load_model("demo-cnn"), torch.rand(64, 1, 28, 28), progress=False).graph
+    return graph, torch.rand(1, 1, 28, 28)
+
+
+def tied():
+    """Eight single-core layers of 6 neurons; every neuron of the first four fires into all
+    of the last four, so equal send times meet in the heap at every turn.  Two phases."""
+    sizes = {f"g{i}": 6 for i in range(8)}
+    groups = {n: mesh.Group(n, "mt", (k,), 1, phase=1 if i < 4 else 2) for i, (n, k) in enumerate(sizes.items())}
+    conns = [mesh.Connection(f"g{i}", f"g{j}", f"fc{i}{j}", "linear", torch.arange(6), torch.arange(6), (6,), (6,))
+             for i in range(4) for j in range(4, 8)]
+    onchip = mesh.OnChip(groups, conns, 2)
+    cores = {n: i * 3 for i, n in enumerate(sizes)}                 # spread over tiles: hops in x and y
+    placement = mesh.Placement({n: torch.full((6,), cores[n]) for n in sizes}, 22, 1, 6, [], {}, [])
+    return onchip, placement
+
+
+def schedule_inputs(onchip, rasters, t):
+    """The schedule's input at step t: each group's fired channel, and as `updated` the
+    element's own work (the recorded `extra`)."""
+    return {g: rasters[g].chan[t] for g in onchip.groups}, {g: rasters[g].extra[t] for g in onchip.groups}
+
+
+def assert_equal_to_oracle(onchip, placement, profile, steps):
+    acc = mesh.Accounting(onchip, placement, profile, 1)
+    oracle = reference.StepSchedule(onchip, placement, profile)
+    phase_of = acc.phase_of_core.tolist()
+    checked = 0
+    for chans, updated in steps:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(2)
+        try:
+            whole, parts = acc.schedule.spans(chans, updated)      # samples in parallel
+            torch.set_num_threads(1)
+            one_thread = acc.schedule.spans(chans, updated)
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(one_thread[0], whole) and torch.equal(one_thread[1], parts)
+        for b in range(len(whole)):
+            w, ps = oracle.spans({g: c[b].tolist() for g, c in chans.items()},
+                                 {g: u[b].tolist() for g, u in updated.items()}, phase_of, onchip.phases)
+            assert float(whole[b]) == w
+            assert parts[b].tolist() == [0.0 if p is None else p for p in ps]
+            checked += w > 0
+    return checked
+
+
+@pytest.mark.parametrize("form", ["channels", "element"])
+@pytest.mark.parametrize("loaded", [True, False])
+def test_tiny_vit_schedule_equals_the_python_schedule_bit_for_bit(tiny_vit, form, loaded):
+    graph, x = tiny_vit
+    profile = load_profile("loihi-sanafe")
+    profile = element(profile) if form == "element" else profile
+    profile = profile if loaded else unloaded(profile)
+    onchip = mesh.extract(graph, profile)
+    assert onchip.phases > 1                                 # host round trips: several phases
+    placement = mesh.place(onchip, profile)
+    rasters = mesh.record(graph, x, 3, onchip)
+    assert assert_equal_to_oracle(onchip, placement, profile, [schedule_inputs(onchip, rasters, t)
+                                                               for t in range(3)]) == 9
+
+
+@pytest.mark.slow
+def test_demo_cnn_schedule_equals_the_python_schedule_bit_for_bit(demo_cnn):
+    """The demo CNN (element form, 437 cores on 4 chips, a congested network)."""
+    graph, x = demo_cnn
+    profile = element(load_profile("loihi-sanafe"))
+    onchip = mesh.extract(graph, profile)
+    placement = mesh.place(onchip, profile)
+    assert placement.chips > 1
+    rasters = mesh.record(graph, x, 2, onchip)
+    assert assert_equal_to_oracle(onchip, placement, profile, [schedule_inputs(onchip, rasters, 1)]) == 1
+
+
+@pytest.mark.parametrize("loaded", [True, False])
+def test_ties_are_broken_as_the_python_heap_breaks_them(loaded):
+    profile = load_profile("loihi-sanafe")
+    profile = profile if loaded else unloaded(profile)
+    onchip, placement = tied()
+    g = torch.Generator().manual_seed(4)
+    steps = []
+    for p_fire in (1.0, 0.7, 0.3):
+        chans = {n: torch.where(torch.rand(5, 6, generator=g) < p_fire, 0, -1).to(torch.int16) for n in onchip.groups}
+        updated = {n: torch.rand(5, 6, generator=g) < 0.5 for n in onchip.groups}
+        steps.append((chans, updated))
+    assert assert_equal_to_oracle(onchip, placement, profile, steps) == 15
+
+
+def test_destinations_and_routes_equal_the_synapse_list_and_the_xy_walk(demo_cnn, tiny_vit):
+    """fanout (per element: destination cores and synapses, from the ops' adjoints) against
+    the synapse list counted pair by pair; xy_routes (vectorized) against the X-then-Y walk,
+    on every pair of cores of a two-chip placement."""
+    profile = element(load_profile("loihi-sanafe"))
+    for graph, _ in (demo_cnn, tiny_vit):
+        onchip = mesh.extract(graph, profile)
+        placement = mesh.place(onchip, profile)
+        oracle = reference.StepSchedule(onchip, placement, profile)
+        found = mesh.fanout(onchip, placement)
+        assert set(found) == set(oracle.dests)
+        for name, f in found.items():
+            start, cores, procs = oracle.dests[name]
+            assert f.start.tolist() == start and f.core.tolist() == cores
+            assert schedule.Timing.of(profile).processing(f.synapses).tolist() == procs
+    cores = 2 * 128 + 5
+    src, dst = torch.meshgrid(torch.arange(0, cores, 7), torch.arange(0, cores, 5), indexing="ij")
+    src, dst = src.reshape(-1), dst.reshape(-1)
+    routes = mesh.xy_routes(profile, cores)(src, dst)
+    oracle = reference.StepSchedule(mesh.OnChip({}, [], 0), mesh.Placement({}, cores, 3, 0, [], {}, []), profile)
+    assert routes.count == oracle.inputs
+    for r, (s, d) in enumerate(zip(src.tolist(), dst.tolist())):
+        delay, links, inputs = oracle._route(s, d)
+        got = routes.inputs[routes.start[r]:routes.start[r + 1]].tolist()
+        assert (float(routes.delay[r]), int(routes.links[r]), got) == (delay, links, list(inputs)), (s, d)
+
+
+def test_without_a_compiler_the_schedule_says_what_is_missing(tmp_path, monkeypatch, tiny_vit):
+    """No slow fallback: the schedule refuses before any work, naming the source and the
+    compiler; the histogram (which has a torch fallback) warns and counts on."""
+    graph, _ = tiny_vit
+    profile = load_profile("loihi-sanafe")
+    onchip = mesh.extract(graph, profile)
+    placement = mesh.place(onchip, profile)
+    monkeypatch.setenv("CC", "no-such-cc")
+    monkeypatch.setenv("ECMT_CACHE", str(tmp_path / "cache"))
+    schedule._library.cache_clear()
+    histogram._library.cache_clear()
+    try:
+        with pytest.raises(native.NativeBuildError, match=r"schedule\.c needs a C compiler, and 'no-such-cc' "
+                                                          r"is not on PATH") as err:
+            mesh.Accounting(onchip, placement, profile, 2)
+        assert "CC" in err.value.hint
+        with pytest.warns(RuntimeWarning, match="histogram.c"):
+            counts = histogram.histogram(torch.tensor([1, 1, 3], dtype=torch.uint8), 4)
+        assert counts.tolist() == [0, 2, 0, 1]
+        assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    finally:
+        schedule._library.cache_clear()
+        histogram._library.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monkeypatch.undo()
+        assert mesh.Accounting(onchip, placement, profile, 2).schedule is not None

@@ -43,6 +43,18 @@ class SanafeError(EcmtError):
     """SANA-FE's environment is missing or its run failed."""
 
 
+def sanafe_view(profile):
+    """`profile` as SANA-FE models a system of chips (its loihi_large: one mesh of tiles): every
+    chip in one row, chip boundaries free (no link energy or delay), and the barrier its tile
+    table gives (at 256 chips no more than at 29+ tiles).  hw_sim's own multi-chip figures
+    (links, the multi-chip barrier) are what it adds to SANA-FE's model."""
+    table = [int(k.split("_")[1]) for k in profile.constants["mesh"] if k.startswith("barrier_")
+             and k.split("_")[1].isdigit()]
+    top = profile[f"mesh.barrier_{max(table)}"]
+    view = profile.with_value("chips.columns", 1 << 20).with_value("chips.e_link", 0.0)
+    return view.with_value("chips.t_link", 0.0).with_value("chips.barrier_256", top)
+
+
 def describe(onchip: OnChip, placement: Placement, rasters: dict[str, Raster], profile, sample: int = 0,
              tiles: int = 32) -> dict:
     """`tiles`: the tiles of the SANA-FE architecture it will run on (32: the wheel's one-chip

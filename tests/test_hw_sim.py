@@ -188,22 +188,23 @@ def test_reports_are_byte_identical_for_the_same_inputs(demo_graph, tmp_path, fa
         texts.append((tmp_path / str(run) / "report.json").read_bytes())
     assert texts[0] == texts[1]
     data_ = json.loads(texts[0])
-    assert data_["schema"] == "ecmt.hw_sim.report" and data_["version"] == 2
+    assert data_["schema"] == "ecmt.hw_sim.report" and data_["version"] == 3
     # no mode given: full everywhere, the paper's formula on the CMOS profile only
     assert [(r["profile"]["name"], r["mode"]) for r in data_["hardware"]] == [
         ("cmos45-fp32", "full"), ("loihi", "full"), ("cmos45-fp32", "paper")]
     loihi = [r for r in data_["hardware"] if r["profile"]["name"] == "loihi" and r["mode"] == "full"][0]
-    # By hand, per block of the demo ViT (50 tokens x 64, MT levels 8: 16 binary channels feed
-    # each synapse; 1024 compartments, 131072 synapses per core): MT neurons norm1, q, k, v,
-    # attention output, norm2 (3200 each: 4 cores), softmax (10000: 10), GELU (6400: 7);
-    # linears qkv 50*192*64*16 synapses = 75 cores, proj 50*64*64*16 = 25, fc1 50*128*64*16 = 50,
-    # fc2 50*64*128*16 = 50.  6*4 + 10 + 7 + 75 + 25 + 50 + 50 = 241 per block, 964 in 4 blocks.
-    assert (loihi["cores_used"], loihi["chips"]) == (964, 8)
-    # a step is the slowest core, the host's share and one barrier (465 ns) per step
+    # the mesh engine's mapping (derived by hand in tests/test_sanafe.py): 3140 cores, 25 chips
+    assert (loihi["cores_used"], loihi["chips"]) == (3140, 25)
+    assert all("cores" in m and "limiting_resource" in m for m in loihi["mapping"])
+    mesh = loihi["mesh"]
+    assert mesh["scheduled_samples"] == mesh["samples"] == 16
+    # a step is its chip phases' schedules, one barrier per phase, the chip links and the host
     phases = loihi["latency_by_phase_s"]
-    assert phases["barrier"] == pytest.approx(3 * 465e-9, rel=1e-9)
+    assert set(phases) == {"cores", "chip_links", "barrier", "host"}
+    assert phases["barrier"] == pytest.approx(3 * mesh["phases"] * mesh["barrier_s"], rel=1e-9)
     assert loihi["latency_s"] == pytest.approx(sum(loihi["latency_per_step_s"]), rel=1e-12)
     assert loihi["latency_s"] == pytest.approx(sum(phases.values()), rel=1e-12)
+    assert loihi["static_j"] == pytest.approx(0.104 * 25 * loihi["latency_s"], rel=1e-9)
     assert all(c["source"] and c["status"] in ("silicon", "pre-silicon", "assumption")
                for c in loihi["profile"]["constants"].values())
     html = (tmp_path / "0" / "report.html").read_text()

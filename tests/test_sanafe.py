@@ -35,7 +35,7 @@ def variant(tmp_path, replace: dict, name="variant", **head):
         text = "\n".join(lines) + "\n"
     path = tmp_path / f"{name}.toml"
     path.write_text(text)
-    return load_profile(path)
+    return sx.sanafe_view(load_profile(path))
 
 
 def mlp(seed=0, sizes=(12, 10, 6, 4), levels=3):

@@ -15,6 +15,7 @@ from ecmt.zoo import load_model
 from hw_sim import histogram, load_profile, native
 from hw_sim.engine import mesh
 from hw_sim.engine.mesh import schedule
+from hw_sim.sanafe_export import sanafe_view
 from models import randomize
 
 
@@ -88,7 +89,7 @@ def assert_equal_to_oracle(onchip, placement, profile, steps):
 @pytest.mark.parametrize("loaded", [True, False])
 def test_tiny_vit_schedule_equals_the_python_schedule_bit_for_bit(tiny_vit, form, loaded):
     graph, x = tiny_vit
-    profile = load_profile("loihi-sanafe")
+    profile = sanafe_view(load_profile("loihi"))
     profile = element(profile) if form == "element" else profile
     profile = profile if loaded else unloaded(profile)
     onchip = mesh.extract(graph, profile)
@@ -103,7 +104,7 @@ def test_tiny_vit_schedule_equals_the_python_schedule_bit_for_bit(tiny_vit, form
 def test_demo_cnn_schedule_equals_the_python_schedule_bit_for_bit(demo_cnn):
     """The demo CNN (element form, 437 cores on 4 chips, a congested network)."""
     graph, x = demo_cnn
-    profile = element(load_profile("loihi-sanafe"))
+    profile = element(sanafe_view(load_profile("loihi")))
     onchip = mesh.extract(graph, profile)
     placement = mesh.place(onchip, profile)
     assert placement.chips > 1
@@ -113,7 +114,7 @@ def test_demo_cnn_schedule_equals_the_python_schedule_bit_for_bit(demo_cnn):
 
 @pytest.mark.parametrize("loaded", [True, False])
 def test_ties_are_broken_as_the_python_heap_breaks_them(loaded):
-    profile = load_profile("loihi-sanafe")
+    profile = sanafe_view(load_profile("loihi"))
     profile = profile if loaded else unloaded(profile)
     onchip, placement = tied()
     g = torch.Generator().manual_seed(4)
@@ -127,9 +128,9 @@ def test_ties_are_broken_as_the_python_heap_breaks_them(loaded):
 
 def test_destinations_and_routes_equal_the_synapse_list_and_the_xy_walk(demo_cnn, tiny_vit):
     """fanout (per element: destination cores and synapses, from the ops' adjoints) against
-    the synapse list counted pair by pair; xy_routes (vectorized) against the X-then-Y walk,
+    the synapse list counted pair by pair; topology.routes (vectorized) against the X-then-Y walk,
     on every pair of cores of a two-chip placement."""
-    profile = element(load_profile("loihi-sanafe"))
+    profile = element(sanafe_view(load_profile("loihi")))
     for graph, _ in (demo_cnn, tiny_vit):
         onchip = mesh.extract(graph, profile)
         placement = mesh.place(onchip, profile)
@@ -143,7 +144,7 @@ def test_destinations_and_routes_equal_the_synapse_list_and_the_xy_walk(demo_cnn
     cores = 2 * 128 + 5
     src, dst = torch.meshgrid(torch.arange(0, cores, 7), torch.arange(0, cores, 5), indexing="ij")
     src, dst = src.reshape(-1), dst.reshape(-1)
-    routes = mesh.xy_routes(profile, cores)(src, dst)
+    routes = mesh.routes(profile, cores)(src, dst)
     oracle = reference.StepSchedule(mesh.OnChip({}, [], 0), mesh.Placement({}, cores, 3, 0, [], {}, []), profile)
     assert routes.count == oracle.inputs
     for r, (s, d) in enumerate(zip(src.tolist(), dst.tolist())):
@@ -156,7 +157,7 @@ def test_without_a_compiler_the_schedule_says_what_is_missing(tmp_path, monkeypa
     """No slow fallback: the schedule refuses before any work, naming the source and the
     compiler; the histogram (which has a torch fallback) warns and counts on."""
     graph, _ = tiny_vit
-    profile = load_profile("loihi-sanafe")
+    profile = sanafe_view(load_profile("loihi"))
     onchip = mesh.extract(graph, profile)
     placement = mesh.place(onchip, profile)
     monkeypatch.setenv("CC", "no-such-cc")

@@ -19,13 +19,13 @@ Per step and inference:
   the host's results of the phase before, and the host the phase's spikes.  A profile with
   a ``tick`` (TrueNorth, SpiNNaker 2) gives every phase at least one tick.
 """
-from .account import Accounting
+from .account import Accounting, without_link_delay, without_network_load
 from .extract import Connection, Group, MappingError, OnChip, extract
 from .model import LINEAR, RETIME_SAMPLES, MeshModel
 from .place import LayerMapping, Placement, place
 from .record import Raster, Recorder, record
 from .topology import barrier, chip_distance, core_chip, core_xy, fanout, routes
 
-__all__ = ["Accounting", "Connection", "Group", "LINEAR", "LayerMapping", "MappingError", "MeshModel", "OnChip",
+__all__ = ["Accounting", "without_link_delay", "without_network_load", "Connection", "Group", "LINEAR", "LayerMapping", "MappingError", "MeshModel", "OnChip",
            "Placement", "RETIME_SAMPLES", "Raster", "Recorder", "barrier", "chip_distance", "core_chip", "core_xy",
            "extract", "fanout", "place", "record", "routes"]

@@ -114,7 +114,8 @@ def routes(profile, cores: int) -> RouteBuilder:
     cpt = int(profile["mesh.cores_per_tile"])
     t_hop_x, t_hop_y, t_link = profile["mesh.t_hop_x"], profile["mesh.t_hop_y"], profile["chips.t_link"]
     x, y = core_xy(profile, cores)
-    height = int(y.max()) + 1 if cores else 1              # rows of routers over the whole system
+    h = int(profile["mesh.height"])
+    height = (int(y.max()) // h + 1) * h if cores else h   # rows of routers over the chip rows in use
     chip = core_chip(profile, cores)
     crossings = chip_distance(profile, int(chip.max()) + 1 if cores else 1)
     ports = 4 + cpt

@@ -100,13 +100,16 @@ def interval(model: HardwareModel, counts: EventCounts, mode: str, nominal: Pric
             spikes += fields["spikes"].double().sum(1)
     total_spikes = sum(counts.total(n.name, "spikes") for n in model.graph.of_kind(ir.MTNeuron))
     s = _half(spikes)
-    latency = None
+    latency, basis = None, spread.latency_basis
     if spread.latency is not None and len(spread.latency) >= 2:
-        h = _half(spread.latency)
-        latency = [nominal.latency_s - h, nominal.latency_s + h]
+        if bool((spread.latency == spread.latency[0]).all()):
+            basis = f"fixed: every sample takes the same time ({basis})"
+        else:
+            h = _half(spread.latency)
+            latency = [nominal.latency_s - h, nominal.latency_s + h]
     return {"energy_j": per_t[-1], "energy_per_t_j": per_t,
             "spikes": [total_spikes - s, total_spikes + s],
-            "latency_s": latency, "latency_basis": spread.latency_basis}
+            "latency_s": latency, "latency_basis": basis}
 
 
 def _cumulative(values: list[float]) -> list[float]:

@@ -10,7 +10,7 @@ What is written (hw_sim/engine/mesh defines the model):
 * one group per on-chip group (MT neuron or accumulator), ``elements x channels``
   neurons, element-major (element e's channel j is neuron e * channels + j), placed
   on the cores hw_sim's mapping chose (tile id and core index within the tile);
-* ``spikes[t]``: the neuron of the channel that fired; ``updates[t]``: channel 0 of
+* ``spikes[t]``: the neurons of the channels that fired; ``updates[t]``: channel 0 of
   every element with work of its own (non-zero input or membrane) that did not fire
   on channel 0; SANA-FE adds the updates of neurons that received a synaptic event at
   t - 1 itself;
@@ -65,7 +65,7 @@ def describe(onchip: OnChip, placement: Placement, rasters: dict[str, Raster], p
     if needed > tiles:
         raise SanafeError(f"the mapping needs {needed} tiles ({placement.chips} chips); the SANA-FE architecture "
                           f"has {tiles}", hint="run SANA-FE's loihi_large (tiles=1024), or map a smaller network")
-    T = next(iter(rasters.values())).chan.shape[0]
+    T = next(iter(rasters.values())).fired.shape[0]
     groups, fired_neurons = [], {}
     for name, g in onchip.groups.items():
         cores = placement.core_of[name]
@@ -78,17 +78,12 @@ def describe(onchip: OnChip, placement: Placement, rasters: dict[str, Raster], p
             else:
                 runs.append({"tile": tile, "core": core, "count": 1})
         r = rasters[name]
-        chan, extra = r.chan[:, sample].long(), r.extra[:, sample]
-        base = torch.arange(g.elements) * g.channels
-        spikes, updates = [], []
-        for t in range(T):
-            f = chan[t] >= 0
-            spikes.append(sorted((base[f] + chan[t][f]).tolist()))
-            u = extra[t] & (chan[t] != 0)
-            updates.append(sorted(base[u].tolist()))
-        fired = chan >= 0
-        neurons = (base.unsqueeze(0) + chan.clamp(min=0))[fired]
-        fired_neurons[name] = torch.unique(neurons)
+        mask, extra = r.fired[:, sample].long(), r.extra[:, sample]
+        bits = (mask.unsqueeze(-1) >> torch.arange(g.channels)) & 1          # [T, elements, channels]
+        neuron = torch.arange(g.neurons).view(g.elements, g.channels)       # element-major
+        spikes = [sorted(neuron[bits[t] != 0].tolist()) for t in range(T)]
+        updates = [sorted(neuron[:, 0][extra[t] & (bits[t, :, 0] == 0)].tolist()) for t in range(T)]
+        fired_neurons[name] = torch.unique(neuron.expand(T, -1, -1)[bits != 0])
         entry = {"name": name, "count": g.neurons, "placement": runs, "spikes": spikes}
         if any(updates):
             entry["updates"] = updates

@@ -149,21 +149,22 @@ class StepSchedule:
             self.routes[key] = (0.0 + hx * self.t_hop[0] + hy * self.t_hop[1], hx + hy + 1, tuple(inputs))
         return self.routes[key]
 
-    def queues(self, chan: dict[str, list], updated: dict[str, list]) -> dict[int, list]:
+    def queues(self, fired: dict[str, list], updated: dict[str, list]) -> dict[int, list]:
         """Per core, its send queue for one sample and step: (generation time, destination core
-        or -1 for the send-free slot, processing time, route).  chan[group][e]: the channel that
-        fired (-1 none); updated[group][e]: channel 0 updates without firing."""
+        or -1 for the send-free slot, processing time, route).  fired[group][e]: the channels
+        that fired, as bits (bit j: channel j); updated[group][e]: channel 0 updates without
+        firing."""
         t_idle, t_upd, t_fire, t_out = self.t_idle, self.t_update, self.t_fire, self.t_out
         out = {}
         for core, runs in self.runs.items():
             acc, q = 0.0, []
             for name, elems, L in runs:
-                ch, up = chan[name], updated[name]
+                ch, up = fired[name], updated[name]
                 start, dst, proc = self.dests.get(name, (None, None, None))
                 for e in elems:
                     c = ch[e]
                     for j in range(L):
-                        if j == c:
+                        if (c >> j) & 1:
                             acc += t_fire
                             if start is not None and start[e] < start[e + 1]:
                                 for k in range(start[e], start[e + 1]):
@@ -241,10 +242,10 @@ class StepSchedule:
                     last = msg.sent
         return last
 
-    def spans(self, chan: dict[str, list], updated: dict[str, list], phase_of: list[int], phases: int):
+    def spans(self, fired: dict[str, list], updated: dict[str, list], phase_of: list[int], phases: int):
         """(the span over every core, [the span of each phase's cores alone, None for a phase
-        without cores]), as hw_sim/mesh.py's Accounting computed them before schedule.c."""
-        queues = self.queues(chan, updated)
+        without cores]), as hw_sim's mesh Accounting computed them before schedule.c."""
+        queues = self.queues(fired, updated)
         whole = self.run(queues)
         parts = []
         for p in range(1, phases + 1):

@@ -75,9 +75,10 @@ def test_lava_simulator(graph, x):
     assert result.max_rel_diff <= 1e-5, result
 
 
-def documented_price(node, field: str, p) -> float:
+def documented_price(node, field: str, p, on_chip: bool = False) -> float:
     """Joules of one counted event of `field` at `node` in full mode, as docs/energy.md states
-    the rules (written out here, not read from hw_sim)."""
+    the rules (written out here, not read from hw_sim); on a neuromorphic profile the host's
+    share, `on_chip` saying whether the chip's cores hold the node."""
     mt = isinstance(node, ir.MTNeuron)
     if p.kind == "cmos":
         word = p.value_bits / 64 * p["energy.sram_read_64b"]         # one value from a 64-bit SRAM read
@@ -85,19 +86,19 @@ def documented_price(node, field: str, p) -> float:
         return {"sops": word, "level_sops": p["energy.add"], "macs": p["energy.mac"] + word,
                 "adds": p["energy.add"], "mults": p["energy.mult"], "specials": 8 * p["energy.mac"],
                 "state_rw": word, "neuron_updates": adds_per_update * p["energy.add"] if mt else 0.0}.get(field, 0.0)
-    price = {"macs": p["energy.host_mac"], "adds": p["energy.host_add"], "mults": p["energy.host_mult"],
-             "specials": 8 * p["energy.host_mac"]}
-    binary = p.spikes == "binary"
-    if isinstance(node, ir.ProductECM):          # its weights change every step: the host adds
-        price["level_sops"] = p["energy.host_add"]
-    else:
-        price["level_sops" if binary else "sops"] = p["energy.sop"]
+    # neuromorphic: the host cores' share (the mesh model prices what the chip's cores do)
+    h = lambda k: p[f"host.{k}"]
+    price = {"macs": h("e_mac"), "adds": h("e_add"), "mults": h("e_mult"), "specials": 8 * h("e_mac")}
+    word = 4 / 8 * h("e_sram_read_64b")                          # fp32 state in host SRAM
     if mt:
-        price["neuron_updates"] = p["energy.neuron_update_inactive"]
-        price["active_updates"] = p["energy.neuron_update_active"] - p["energy.neuron_update_inactive"]
-        price["level_spikes" if binary else "spikes"] = p["energy.spike_route"]
+        if not on_chip:
+            levels = node.levels
+            price["neuron_updates"] = (levels + 2 if node.spikes_per_step == 1 else 2 * levels + 2) * h("e_add")
+            price["state_rw"] = word
     else:
-        price["state_rw"] = 4 / 8 * p["energy.host_sram_read_64b"]  # fp32 state in host SRAM
+        price["state_rw"] = word
+        if isinstance(node, ir.ProductECM) or not on_chip:   # a product's weights change every step
+            price["level_sops"] = h("e_add")
     return price.get(field, 0.0)
 
 
@@ -110,26 +111,37 @@ def observed(graph, x):
     return seen
 
 
-@pytest.mark.parametrize("profile", ["cmos45-fp32", "loihi", "loihi-sanafe"])
+@pytest.mark.parametrize("profile", ["cmos45-fp32", "loihi", "loihi2"])
 def test_hw_sim_counts_and_prices_every_node(graph, x, observed, profile):
     """Every node is in the report, priced as docs/energy.md states (each layer's energy is its
-    counts at the documented rates), and the data-driven counts equal brute force over the
-    executor's tensors: spikes (non-zero MT outputs), neuron updates, synaptic ops of layers
-    fed by spikes (non-zero inputs times their fan-out), and a static layer's MACs once."""
+    counts at the documented rates, plus on a neuromorphic chip the mesh accounting of the
+    groups its cores hold), and the data-driven counts equal brute force over the executor's
+    tensors: spikes (non-zero MT outputs), neuron updates, synaptic ops of layers fed by spikes
+    (non-zero inputs times their fan-out), and a static layer's MACs once."""
+    from hw_sim.engine import mesh
     report = hw_sim.simulate(graph, x, T, profile, progress=False)
     r = report.result(profile)
     p = hw_sim.load_profile(profile)
     layers = {layer["name"]: layer for layer in r["layers"]}
     counts = {c["name"]: c for c in report.data["counts"]["layers"]}
     assert set(layers) == set(counts) == {n.name for n in graph}
+    groups, on_chip = {}, set()
+    if p.kind == "neuromorphic":
+        onchip = mesh.extract(graph, p)
+        on_chip = set(onchip.groups) | {c.node for c in onchip.connections}
+        groups = r["mesh"]["groups"]
+        assert set(groups) == set(onchip.groups) and groups
     for n in graph:
-        expected = sum(documented_price(n, f, p) * v for f, v in counts[n.name].items()
+        expected = sum(documented_price(n, f, p, n.name in on_chip) * v for f, v in counts[n.name].items()
                        if isinstance(v, (int, float)))
+        if n.name in groups:
+            expected += sum(groups[n.name][k] for k in ("synapse_j", "neuron_j", "network_j", "link_j"))
         assert layers[n.name]["energy_j"] == pytest.approx(expected, rel=1e-9, abs=1e-30), (profile, n.name)
-    # every node with work of its own is priced (constants, outputs of shape ops may cost nothing)
+    # every node with work of its own is priced (constants, outputs of shape ops may cost nothing;
+    # a layer on the cores is priced as its source neuron's synaptic events)
     for n in graph:
         if isinstance(n, (ir.Linear, ir.Conv2d, ir.NonlinearityECM, ir.ProductECM, ir.MaxPool2d,
-                          ir.AvgPool2d, ir.Mean)):
+                          ir.AvgPool2d, ir.Mean)) and n.name not in on_chip:
             assert layers[n.name]["energy_j"] > 0, (profile, n.name, n.KIND)
     assert r["energy_j"] > 0 and all(math.isfinite(v) for v in r["latency_per_step_s"])
     samples = len(x)

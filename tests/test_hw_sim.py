@@ -542,34 +542,31 @@ def test_mt_counts_equal_brute_force_native_and_fallback(monkeypatch):
             hist_mod._library.cache_clear()
 
 
-def _price_both(graph, x, T, profile):
-    """Full-mode energy of the same counts on `profile` as it is and with the other spike format."""
-    import dataclasses
-    from hw_sim.counting import event_counts
-    from hw_sim.energy import snn_energy
-    executor = GraphExecutor(graph, record_levels=True)
-    counter = Counter(executor, T)
-    executor.run(x, T, observer=counter)
-    counts = event_counts(counter)
-    other = dataclasses.replace(profile, spikes="binary" if profile.spikes == "graded" else "graded")
-    total = lambda p: sum(sum(sum(v) for v in per.values()) for per in snn_energy(graph, counts, p, "full").values())
-    return counts, total(profile), total(other)
-
-
 @pytest.mark.parametrize("k", [1, 3])
-def test_binary_profiles_pay_each_fired_level_graded_ones_one_event(k):
-    """On the same counts and constants, a binary chip pays E_sop per extra level event per weight
-    and E_route per extra level event, and nothing more; with k = 1 the two formats cost the same."""
+def test_binary_chips_send_each_fired_level_graded_ones_one_event(k, tmp_path):
+    """The same run on Loihi's binary level channels and on the same chip with graded spikes
+    (one element per neuron): binary sends one spike per fired level, each with its synaptic
+    events, graded one event per spike; the synaptic events of the layer on the cores are
+    the counter's level_sops and sops (one per level, or per spike, and weight).  With k = 1
+    the spike and event counts are the same in both formats."""
     graph = k_level_graph(k)
     x = 2 * torch.randn(3, 2, 4, 6, generator=torch.Generator().manual_seed(15))
-    graded = load_profile("loihi2")
-    counts, e_graded, e_binary = _price_both(graph, x, 4, graded)
-    core = ("fc",)                                     # the product runs on the host: the same in both
-    extra = (graded["energy.sop"] * sum(counts.total(n, "level_sops") - counts.total(n, "sops") for n in core)
-             + graded["energy.spike_route"] * sum(counts.total(n, "level_spikes") - counts.total(n, "spikes")
-                                                  for n in ("mt", "mb")))
-    assert e_binary - e_graded == pytest.approx(extra, rel=1e-9, abs=1e-24)
-    assert (extra > 0) == (k > 1)
+    text = open(load_profile("loihi").path).read()
+    for old, new in (('name = "loihi"', 'name = "loihi-graded"'), ('spikes = "binary"', 'spikes = "graded"'),
+                     ('mt_form = "channels"', 'mt_form = "element"')):
+        assert old in text
+        text = text.replace(old, new)
+    (tmp_path / "graded.toml").write_text(text)
+    report = hw_sim.simulate(graph, x, 4, ["loihi", str(tmp_path / "graded.toml")], progress=False)
+    counts = {c["name"]: c for c in report.data["counts"]["layers"]}
+    (b, g) = report.data["hardware"]
+    events = lambda r: sum(r["mesh"]["per_step"]["synaptic_events"])
+    fired = lambda r: sum(r["mesh"]["groups"][n]["fired"] for n in ("mt", "mb"))
+    assert events(b) == pytest.approx(counts["fc"]["level_sops"], rel=1e-12)
+    assert events(g) == pytest.approx(counts["fc"]["sops"], rel=1e-12)
+    assert fired(b) == pytest.approx(counts["mt"]["level_spikes"] + counts["mb"]["level_spikes"], rel=1e-12)
+    assert fired(g) == pytest.approx(counts["mt"]["spikes"] + counts["mb"]["spikes"], rel=1e-12)
+    assert (events(b) > events(g)) == (k > 1) and (fired(b) > fired(g)) == (k > 1)
 
 
 def test_cmos_prices_a_k_level_spike_as_one_weight_read_and_an_add_per_level():
@@ -656,14 +653,21 @@ def test_report_states_the_spike_format_of_each_profile():
     assert "5-bit payload" in report.to_markdown()
 
 
-def test_mesh_model_refuses_k_levels_on_binary_channels_and_rasters_graded_ones():
+def test_mesh_rasters_hold_every_level_channel_and_graded_spikes():
+    """Binary level channels: 32 signed levels (the IR's most) are 64 channels, the raster's
+    64 bits, the top level's negative spike on bit 63; graded spikes: one bit per element."""
     import dataclasses
     from hw_sim.engine import mesh
+    loihi = load_profile("loihi")
+    wide = SpikingGraph([ir.Input("input", (), shape=(4,)),
+                         ir.MTNeuron("mt", ("input",), th_pos=torch.tensor(1.0), th_neg=torch.tensor(1.0), levels=32),
+                         ir.Output("output", ("mt",))])
+    v = torch.tensor([[2.0 ** 31, -(2.0 ** 31), 1.0, -1.0]])
+    rasters = mesh.record(wide, v, 1, mesh.extract(wide, loihi))
+    assert rasters["mt"].fired[0, 0].tolist() == [1 << 31, -(1 << 63), 1, 1 << 32]
+    assert mesh.account.popcount(rasters["mt"].fired[0]).tolist() == [[1, 1, 1, 1]]
     graph = k_level_graph(3)
-    sanafe = load_profile("loihi-sanafe")
-    with pytest.raises(mesh.MappingError, match="profile loihi-sanafe: layer 'mt': spikes_per_step 3"):
-        mesh.extract(graph, sanafe)
-    graded = dataclasses.replace(sanafe, spikes="graded")
+    graded = dataclasses.replace(loihi, spikes="graded")
     onchip = mesh.extract(graph, graded)
     x = 2 * torch.randn(2, 2, 4, 6, generator=torch.Generator().manual_seed(18))
     executor = GraphExecutor(graph, record_levels=True)
@@ -674,4 +678,4 @@ def test_mesh_model_refuses_k_levels_on_binary_channels_and_rasters_graded_ones(
     rasters = recorder.take()
     for t in range(1, 4):
         s = spikes[("mt", t)].reshape(2, -1)
-        assert torch.equal(rasters["mt"].chan[t - 1].long(), torch.where(s != 0, 0, -1))
+        assert torch.equal(rasters["mt"].fired[t - 1], (s != 0).long())

@@ -190,7 +190,7 @@ def test_intervals_shrink_as_the_same_samples_repeat(small):
     the mean is unchanged and each half-width shrinks by sqrt((n - 1) / (2n - 1)), the
     standard error's factor, on every profile kind and at every t."""
     graph, x, y = small
-    hw = ["cmos45-fp32", "loihi", "loihi-sanafe"]
+    hw = ["cmos45-fp32", "loihi", "loihi2"]
     once = hw_sim.simulate(graph, x, 3, hw, mode="full", batch_size=24, progress=False)
     twice = hw_sim.simulate(graph, torch.cat([x, x]), 3, hw, mode="full", batch_size=24, progress=False)
     n = len(x)
@@ -208,9 +208,9 @@ def test_intervals_shrink_as_the_same_samples_repeat(small):
 
 
 def test_latency_interval_says_fixed_where_the_latency_does_not_depend_on_the_data(small):
-    """TrueNorth's flat model: events take no time within its fixed tick, and this graph's
-    host work does not depend on the data, so there is no latency interval, and the report
-    says why; the energy still has one."""
+    """TrueNorth: every phase of this small graph fits in its fixed 1 ms tick, and the graph's
+    host work does not depend on the data, so every sample takes the same time: there is no
+    latency interval, and the report says why; the energy still has one."""
     report = run(small, hw=("truenorth",), mode="full")
     r = report.hardware[0]
     assert r["interval95"]["latency_s"] is None and r["interval95"]["latency_basis"].startswith("fixed")
@@ -257,15 +257,15 @@ def test_operating_point_is_the_first_t_within_one_point_of_the_ann(report):
 
 
 def test_mesh_energy_constants_reprice_as_the_mesh_model_prices_them(small):
-    from hw_sim.simulate import MESH_LINEAR
-    report = run(small, hw=("loihi-sanafe",), mode="full")
-    r = report.result("loihi-sanafe")
-    ps, p = r["mesh"]["per_step"], load_profile("loihi-sanafe")
-    # the per-step energies are the counts times the constants, as MESH_LINEAR states
-    for field in ("synapse_j", "neuron_j", "network_j", "host_transfer_j"):
+    from hw_sim.engine.mesh import LINEAR
+    report = run(small, hw=("loihi",), mode="full")
+    r = report.result("loihi")
+    ps, p = r["mesh"]["per_step"], load_profile("loihi")
+    # the per-step energies are the counts times the constants, as LINEAR states
+    for field in ("synapse_j", "neuron_j", "network_j", "link_j", "host_transfer_j"):
         for t in range(report.data["T"]):
             rebuilt = sum(p[key] * (ps[count][t] if count else r["mesh"]["mapped_neurons"])
-                          for key, (f, count) in MESH_LINEAR.items() if f == field)
+                          for key, (f, count) in LINEAR.items() if f == field)
             assert rebuilt == pytest.approx(ps[field][t], rel=1e-9, abs=1e-18), (field, t)
     s = next(s for s in r["sensitivity"] if s["constant"] == "mesh.e_synaptic_event")
     c = p.constants["mesh"]["e_synaptic_event"]
@@ -285,10 +285,10 @@ def test_mesh_timing_constants_reprice_as_a_run_with_the_changed_profile(small, 
     import re
     import sys
 
-    monkeypatch.setattr(sys.modules["hw_sim.simulate"], "RETIME_SAMPLES", 1000)
-    report = run(small, hw=("loihi-sanafe",), mode="full")
-    r = report.result("loihi-sanafe")
-    p = load_profile("loihi-sanafe")
+    monkeypatch.setattr(sys.modules["hw_sim.engine.mesh.model"], "RETIME_SAMPLES", 1000)
+    report = run(small, hw=("loihi",), mode="full")
+    r = report.result("loihi")
+    p = load_profile("loihi")
     timing = [k for k in p.keys() if k.startswith(("mesh.t_", "mesh.barrier_"))
               and p.constants["mesh"][k[5:]].low < p.constants["mesh"][k[5:]].high]
     assert timing and not set(timing) & set(r["sensitivity_not_covered"])
@@ -315,7 +315,7 @@ def test_mesh_timing_constants_reprice_as_a_run_with_the_changed_profile(small, 
 def test_mesh_retime_at_the_nominal_profile_is_the_run_chip_latency(small):
     from hw_sim.engine import mesh
     graph, x, _ = small
-    p = load_profile("loihi-sanafe")
+    p = load_profile("loihi")
     onchip = mesh.extract(graph, p)
     placement = mesh.place(onchip, p)
     acc = mesh.Accounting(onchip, placement, p, 3)

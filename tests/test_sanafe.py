@@ -103,11 +103,11 @@ def test_weight_sharing_is_per_profile(tmp_path):
 def brute_force(onchip, placement, rasters, profile):
     """Per step: synaptic events, messages, hops, straight from the synapse list."""
     x, y = mesh.core_xy(profile, placement.cores)
-    T = next(iter(rasters.values())).chan.shape[0]
+    T = next(iter(rasters.values())).fired.shape[0]
     out = {"synaptic_events": [0] * T, "messages": [0] * T, "hops": [0] * T}
     for t in range(T):
         for name, g in onchip.groups.items():
-            fired = [e for e in range(g.elements) if int(rasters[name].chan[t, 0, e]) >= 0]
+            fired = [e for e in range(g.elements) if int(rasters[name].fired[t, 0, e]) != 0]
             for e in fired:
                 cores, events = set(), 0
                 for c in onchip.outgoing(name):
@@ -159,10 +159,10 @@ def hand_built(sizes: dict, cores: dict, links: list, fired: list):
     T = len(fired)
     rasters = {}
     for n, k in sizes.items():
-        chan = torch.full((T, 1, k), -1, dtype=torch.int16)
+        mask = torch.zeros(T, 1, k, dtype=torch.int64)
         for t, step in enumerate(fired):
-            chan[t, 0, step.get(n, [])] = 0
-        rasters[n] = mesh.Raster(chan, torch.zeros(T, 1, k, dtype=torch.bool))
+            mask[t, 0, step.get(n, [])] = 1
+        rasters[n] = mesh.Raster(mask, torch.zeros(T, 1, k, dtype=torch.bool))
     return onchip, placement, rasters
 
 
@@ -327,8 +327,8 @@ def test_every_sample_is_scheduled_whatever_the_batches(tmp_path):
     T = 4
     rasters = mesh.record(graph, x, T, onchip)
     split = mesh.Accounting(onchip, placement, profile, T, retime_samples=2)
-    split.add({n: dataclasses.replace(r, chan=r.chan[:, :2], extra=r.extra[:, :2]) for n, r in rasters.items()})
-    split.add({n: dataclasses.replace(r, chan=r.chan[:, 2:], extra=r.extra[:, 2:]) for n, r in rasters.items()})
+    split.add({n: dataclasses.replace(r, fired=r.fired[:, :2], extra=r.extra[:, :2]) for n, r in rasters.items()})
+    split.add({n: dataclasses.replace(r, fired=r.fired[:, 2:], extra=r.extra[:, 2:]) for n, r in rasters.items()})
     every = mesh.Accounting(onchip, placement, profile, T)
     every.add(rasters)
     got, full = split.result(), every.result()

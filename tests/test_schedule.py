@@ -56,9 +56,9 @@ def tied():
 
 
 def schedule_inputs(onchip, rasters, t):
-    """The schedule's input at step t: each group's fired channel, and as `updated` the
+    """The schedule's input at step t: each group's fired channels, and as `updated` the
     element's own work (the recorded `extra`)."""
-    return {g: rasters[g].chan[t] for g in onchip.groups}, {g: rasters[g].extra[t] for g in onchip.groups}
+    return {g: rasters[g].fired[t] for g in onchip.groups}, {g: rasters[g].extra[t] for g in onchip.groups}
 
 
 def assert_equal_to_oracle(onchip, placement, profile, steps):
@@ -100,6 +100,42 @@ def test_tiny_vit_schedule_equals_the_python_schedule_bit_for_bit(tiny_vit, form
                                                                for t in range(3)]) == 9
 
 
+def test_k_level_spikes_fire_one_level_channel_per_level(tiny_vit):
+    """k = 3 levels per step on binary level channels: each element's recorded mask has one bit
+    per level of its spike (|s| / th's binary digits, on channels n..2n-1 when negative), and
+    the schedule of those several spikes per element still equals the Python one."""
+    _, x = tiny_vit
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=8, patch_size=4, in_chans=1,
+                              num_classes=10, depth=1, embed_dim=32, num_heads=2)
+    graph = ecmt.convert(randomize(model), torch.randn(16, 1, 8, 8), progress=False, spikes_per_step=3).graph
+    profile = sanafe_view(load_profile("loihi"))
+    onchip = mesh.extract(graph, profile)
+    placement = mesh.place(onchip, profile)
+    ex = ecmt.runtime.GraphExecutor(graph, record_levels=True)
+    recorder, spikes = mesh.Recorder(ex, onchip, 3), {}
+    ex.run(x, 3, observer=lambda node, inputs, out, t: (recorder(node, inputs, out, t),
+                                                        spikes.__setitem__((node.name, t), out.clone())))
+    rasters = recorder.take()
+    several = 0
+    for name, g in onchip.groups.items():
+        node = graph[name]
+        if g.kind != "mt":                      # an accumulator's outputs go to the host: no spikes
+            assert not rasters[name].fired.any()
+            continue
+        for t in range(3):
+            s = spikes[(name, t + 1)]
+            th = node.th_pos if node.th_neg is None else torch.where(s < 0, node.th_neg, node.th_pos)
+            m = torch.round(s.abs() / th).long().reshape(len(x), -1)
+            s = s.reshape(len(x), -1)
+            expected = torch.where(s < 0, m << node.levels, m) if node.signed else m
+            assert torch.equal(rasters[name].fired[t], expected), (name, t)
+            several += int((mesh.account.popcount(expected) > 1).sum())
+    assert several > 0
+    assert assert_equal_to_oracle(onchip, placement, profile, [schedule_inputs(onchip, rasters, t)
+                                                               for t in range(3)]) == 9
+
+
 @pytest.mark.slow
 def test_demo_cnn_schedule_equals_the_python_schedule_bit_for_bit(demo_cnn):
     """The demo CNN (element form, 437 cores on 4 chips, a congested network)."""
@@ -120,7 +156,7 @@ def test_ties_are_broken_as_the_python_heap_breaks_them(loaded):
     g = torch.Generator().manual_seed(4)
     steps = []
     for p_fire in (1.0, 0.7, 0.3):
-        chans = {n: torch.where(torch.rand(5, 6, generator=g) < p_fire, 0, -1).to(torch.int16) for n in onchip.groups}
+        chans = {n: (torch.rand(5, 6, generator=g) < p_fire).long() for n in onchip.groups}
         updated = {n: torch.rand(5, 6, generator=g) < 0.5 for n in onchip.groups}
         steps.append((chans, updated))
     assert assert_equal_to_oracle(onchip, placement, profile, steps) == 15

@@ -70,10 +70,7 @@ class CmosModel(HardwareModel):
         seconds = ops / (self.profile["timing.ops_per_cycle"] * self.profile["timing.clock_hz"])
         power = self.profile["energy.static_power"] if mode == "full" else 0.0
         energy += power * seconds                   # static energy follows each sample's latency
-        latency = seconds.sum(1) if bool(seconds.any()) else None
-        basis = ("per sample, the operations over the throughput" if latency is not None
-                 else "fixed: on this profile the latency does not depend on the data")
-        return Interval(energy, latency, basis)
+        return Interval(energy, seconds.sum(1), "per sample, the operations over the throughput")
 
     def describe(self) -> dict:
         return {"cores": None, "chips": None, "mapping": []}

@@ -45,17 +45,28 @@ GROUP_FIELDS = ("fired", "updated", "synaptic_events_out", "messages_out", "hops
                 "neuron_j", "network_j", "link_j")
 
 
-def _per_core(fired: torch.Tensor, fan: Fanout, C: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample and core, the synapses and the messages that the fired elements
-    (fired [B, n] bool) reach there: two [B, C] float64."""
-    b, e = torch.nonzero(fired, as_tuple=True)
+_BITS_IN_BYTE = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.uint8)
+
+
+def popcount(mask: torch.Tensor) -> torch.Tensor:
+    """The set bits of each int64 in `mask` (a raster's fired channels): int64, same shape."""
+    byte = mask.to(torch.int64).contiguous().view(torch.uint8).reshape(*mask.shape, 8).long()
+    return _BITS_IN_BYTE[byte].sum(-1, dtype=torch.int64)
+
+
+def _per_core(spikes: torch.Tensor, fan: Fanout, C: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample and core, the synapses and the messages that the elements' spikes
+    (spikes [B, n]: channels fired, each with its own messages) reach there: two [B, C]
+    float64."""
+    b, e = torch.nonzero(spikes, as_tuple=True)
     lens = fan.start[e + 1] - fan.start[e]
     first = torch.repeat_interleave(fan.start[e] - (lens.cumsum(0) - lens), lens)
-    at = first + torch.arange(len(first))                      # each fired element's entries
+    at = first + torch.arange(len(first))                      # each firing element's entries
     where = torch.repeat_interleave(b, lens) * C + fan.core[at]
-    synapses = torch.zeros(fired.shape[0] * C, dtype=torch.float64).index_add_(0, where, fan.synapses[at].double())
-    messages = torch.zeros(fired.shape[0] * C, dtype=torch.float64).index_add_(
-        0, where, torch.ones(len(where), dtype=torch.float64))
+    times = torch.repeat_interleave(spikes[b, e].double(), lens)
+    synapses = torch.zeros(spikes.shape[0] * C, dtype=torch.float64).index_add_(
+        0, where, fan.synapses[at].double() * times)
+    messages = torch.zeros(spikes.shape[0] * C, dtype=torch.float64).index_add_(0, where, times)
     return synapses.view(-1, C), messages.view(-1, C)
 
 
@@ -118,7 +129,7 @@ class Accounting:
         self.sample_j: list[torch.Tensor] = []      # per batch, each sample's on-chip energy over T [B]
         self.sample_t_j: list[torch.Tensor] = []    # per batch, the same up to each step t [B, T]
         self.sample_chip_s: list[torch.Tensor] = []  # per batch, each sample's detailed chip latency [B, T]
-        self.kept: list[tuple] = []     # per batch and step: (first sample, t, chans, updated), for retime
+        self.kept: list[tuple] = []     # per batch and step: (first sample, t, masks, updated), for retime
         self._spans: dict = {}          # retime's phase spans, by timing constants
         self.step = {f: [0.0] * T for f in STEP_FIELDS}
         self.group = {name: {f: 0.0 for f in GROUP_FIELDS} for name in onchip.groups}
@@ -137,7 +148,7 @@ class Accounting:
 
     def add(self, rasters: dict[str, Raster]) -> None:
         k, T, C = self.k, self.T, self.placement.cores
-        B = next(iter(rasters.values())).chan.shape[1]
+        B = next(iter(rasters.values())).fired.shape[1]
         first = self.samples
         self.samples += B
         keep = B if self.retime_samples is None else max(0, min(B, self.retime_samples - first))
@@ -150,15 +161,15 @@ class Accounting:
             proc = torch.zeros(B, C, dtype=torch.float64)
             nxt = {name: torch.zeros(B, g.elements, dtype=torch.bool) for name, g in self.onchip.groups.items()}
             st = {f: 0.0 for f in STEP_FIELDS}
-            chans, updated = {}, {}
+            masks, updated = {}, {}
             for name, g in self.onchip.groups.items():
                 r = rasters[name]
-                chan, extra = r.chan[t], r.extra[t]
-                fired = chan >= 0
-                S = fired.double()
-                f0 = chan == 0
+                mask, extra = r.fired[t], r.extra[t]
+                spikes = popcount(mask)                 # channels fired: each one spike
+                S = spikes.double()
+                f0 = (mask & 1) != 0
                 upd = (extra | recv[name]) & ~f0
-                chans[name], updated[name] = chan, upd
+                masks[name], updated[name] = mask, upd
                 cores = self.placement.core_of[name]
                 nf, nu = float(S.sum()), float(S.sum() + upd.sum())
                 gen.index_add_(1, cores, S * (k["t_spike_out"] + k["t_neuron_update"])
@@ -184,7 +195,7 @@ class Accounting:
                 tab = self.tables.get(name)
                 if tab is None:
                     continue
-                synapses, messages = _per_core(fired, self.fanout[name], C)
+                synapses, messages = _per_core(spikes, self.fanout[name], C)
                 proc += synapses * k["t_synaptic_event"] + messages * k["t_message_in"]
                 gen.index_add_(1, cores, S * tab["msgs"] * k["t_message_out"])
                 ev, msgs = float((S @ tab["fanout"]).sum()), float((S @ tab["msgs"]).sum())
@@ -214,7 +225,7 @@ class Accounting:
             recv = nxt
             up_to_t.append(sample_j.clone())
             if keep:             # kept for re-timing (retime): the schedule's input, per sample
-                self.kept.append((first, t, {n: c[:keep].clone() for n, c in chans.items()},
+                self.kept.append((first, t, {n: c[:keep].clone() for n, c in masks.items()},
                                   {n: u[:keep].clone() for n, u in updated.items()}))
             # Latency per sample, over all cores (one step, one barrier: SANA-FE's view) and
             # per phase (each chip segment of the step with its own barrier): the detailed
@@ -228,13 +239,13 @@ class Accounting:
                     chip += torch.maximum(gen[:, sel].max(1).values, proc[:, sel].max(1).values) + self.barrier
             st["onchip_latency_simple_s"] = float(onchip.sum())
             st["chip_latency_simple_s"] = float(chip.sum())
-            whole, parts = self.schedule.spans(chans, updated)
+            whole, parts = self.schedule.spans(masks, updated)
             chip_s[:, t] = self._chip(parts, self.barrier)
             st["onchip_latency_s"] = float((whole + self.barrier).sum())
             st["chip_latency_s"] = float(chip_s[:, t].sum())
             if self.linked:
                 st["link_latency_s"] = st["chip_latency_s"] - float(
-                    self._chip(self.unlinked.spans(chans, updated)[1], self.barrier).sum())
+                    self._chip(self.unlinked.spans(masks, updated)[1], self.barrier).sum())
             st["host_transfer_j"] = st["host_transfers"] * k["e_host_transfer"]
             st["host_transfer_s"] = st["host_transfers"] * k["t_host_transfer"]
             for f in STEP_FIELDS:
@@ -272,10 +283,10 @@ class Accounting:
         if key not in self._spans:
             schedule = self._schedule(profile)
             parts = torch.zeros(n, self.T, self.onchip.phases, dtype=torch.float64)
-            for first, t, chans, updated in self.kept:
-                m = min(next(iter(chans.values())).shape[0], n - first)
+            for first, t, masks, updated in self.kept:
+                m = min(next(iter(masks.values())).shape[0], n - first)
                 if m > 0:
-                    parts[first:first + m, t] = schedule.spans({g: c[:m] for g, c in chans.items()},
+                    parts[first:first + m, t] = schedule.spans({g: c[:m] for g, c in masks.items()},
                                                                {g: u[:m] for g, u in updated.items()})[1]
             self._spans[key] = parts
         return self._chip(self._spans[key], bar, profile.get("chips.tick") or 0.0)

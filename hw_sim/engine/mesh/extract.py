@@ -14,7 +14,8 @@ The input synapses of an MT element land on its first compartment (channel 0, it
 membrane); the fan-out of its input to the level channels is the core's dendritic tree
 (no synapse, no message).  Each source channel has its own synapses (the scaled copies
 lambda_j W), so stored synapses grow by the source's channel count, synaptic events per
-spike do not.
+spike do not.  A k-level spike on binary level channels fires one channel per level: k
+spikes, each with its messages and synaptic events.
 """
 from __future__ import annotations
 
@@ -190,14 +191,6 @@ def extract(graph: ir.SpikingGraph, profile) -> OnChip:
     binary = profile.spikes == "binary" and profile.mt_form == "channels"
     groups: dict[str, Group] = {}
     for n in mts:
-        if binary and n.spikes_per_step > 1:
-            # a raster holds one channel per element and step; k levels would need up to k
-            raise MappingError(
-                f"profile {profile.name}: layer {n.name!r}: spikes_per_step {n.spikes_per_step} sends up to "
-                f"{n.spikes_per_step} binary events per element and step on its level channels, which the mesh "
-                "model's rasters (one channel per element and step) cannot hold yet",
-                hint="price it on a profile without [mesh] (loihi: the same binary rule, flat model), or on a "
-                     "graded or mt_form = \"element\" mesh profile")
         L = (2 * n.levels if n.signed else n.levels) if binary else 1
         groups[n.name] = Group(n.name, "mt", tuple(graph.shapes[n.name]), L, int(n.levels), n.signed)
     conns: list[Connection] = []

@@ -128,7 +128,7 @@ static int append(scratch *s, double gen, int32_t dst, double processing, int32_
 /* Each core's send queue for sample b: its neurons in mapping order, adding up their soma
  * times; a neuron that fires sends one message per destination core, the first carrying
  * the time added up since the core's previous message. */
-static int build_queues(const layout *L, scratch *s, int64_t b, const int16_t *const *chan,
+static int build_queues(const layout *L, scratch *s, int64_t b, const int64_t *const *fired,
                         const uint8_t *const *updated) {
     s->size = 0;
     for (int64_t core = 0; core < L->cores; core++) {
@@ -137,9 +137,10 @@ static int build_queues(const layout *L, scratch *s, int64_t b, const int16_t *c
         for (int64_t i = L->core_start[core]; i < L->core_start[core + 1]; i++) {
             int32_t g = L->entry_group[i];
             int64_t e = L->entry_element[i], row = b * L->elements[g] + e;
-            int32_t fired = chan[g][row], channels = L->channels[g];
+            int64_t mask = fired[g][row];
+            int32_t channels = L->channels[g];
             for (int32_t j = 0; j < channels; j++) {
-                if (j == fired) {
+                if ((mask >> j) & 1) {
                     acc += L->t_fire;
                     int64_t at = L->first_element[g] + e;
                     for (int64_t k = L->dest_start[at]; k < L->dest_start[at + 1]; k++) {
@@ -251,10 +252,10 @@ static int run(const layout *L, scratch *s, int32_t phase, double *span) {
 
 /* Per sample b of the batch: whole[b], the span over every core, and parts[b, p], the
  * span of phase p's cores alone (the whole span where the phase holds every core with
- * neurons, 0 where it holds none).  chan[g] / updated[g]: group g's [batch, elements]
- * fired channel (-1 none) and whether channel 0 updates without firing.
+ * neurons, 0 where it holds none).  fired[g] / updated[g]: group g's [batch, elements]
+ * fired channels (bit j: channel j) and whether channel 0 updates without firing.
  * Returns 0, or -1 when memory ran out. */
-int schedule_batch(const layout *L, int64_t batch, const int16_t *const *chan, const uint8_t *const *updated,
+int schedule_batch(const layout *L, int64_t batch, const int64_t *const *fired, const uint8_t *const *updated,
                    double *whole, double *parts, int threads) {
     int failed = 0;
     int64_t used = 0, *in_phase = calloc(L->phases ? L->phases : 1, sizeof(int64_t));
@@ -279,7 +280,7 @@ int schedule_batch(const layout *L, int64_t batch, const int16_t *const *chan, c
         #pragma omp for schedule(dynamic)
         for (int64_t b = 0; b < batch; b++) {
             if (!ok || failed) continue;
-            if (build_queues(L, &s, b, chan, updated) || run(L, &s, -1, &whole[b])) {
+            if (build_queues(L, &s, b, fired, updated) || run(L, &s, -1, &whole[b])) {
                 ok = 0;
                 continue;
             }

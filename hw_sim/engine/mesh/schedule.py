@@ -194,27 +194,28 @@ class StepSchedule:
                                0.0 if t.link_buffer is None else t.link_buffer, t.link_buffer is not None)
         self._lib = lib
 
-    def spans(self, chan: dict[str, torch.Tensor], updated: dict[str, torch.Tensor]
+    def spans(self, fired: dict[str, torch.Tensor], updated: dict[str, torch.Tensor]
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per sample of a batch, the time from the step's start to its last event (no
         barrier) over every core [B], and over each phase's cores alone [B, phases] (0 for
-        a phase without cores).  chan[group] [B, elements] int16: the channel that fired
-        (-1 none); updated[group] [B, elements] bool: channel 0 updates without firing."""
-        B = chan[self.groups[0]].shape[0] if self.groups else 0
-        chans, ups = [], []
+        a phase without cores).  fired[group] [B, elements] int64: the channels that fired,
+        as bits (record.Raster); updated[group] [B, elements] bool: channel 0 updates
+        without firing."""
+        B = fired[self.groups[0]].shape[0] if self.groups else 0
+        masks, ups = [], []
         for g, k in zip(self.groups, self._keep["elements"].tolist()):
-            c, u = chan[g], updated[g]
+            c, u = fired[g], updated[g]
             if tuple(c.shape) != (B, k) or tuple(u.shape) != (B, k):
-                raise ValueError(f"group {g!r}: chan and updated must be [{B}, {k}], got {tuple(c.shape)} "
+                raise ValueError(f"group {g!r}: fired and updated must be [{B}, {k}], got {tuple(c.shape)} "
                                  f"and {tuple(u.shape)}")
-            chans.append(c.to(torch.int16).contiguous())
+            masks.append(c.to(torch.int64).contiguous())
             ups.append(u.to(torch.bool).contiguous())
         whole = torch.zeros(B, dtype=torch.float64)
         parts = torch.zeros(B, self.phases, dtype=torch.float64)
         if B == 0:
             return whole, parts
         pointers = lambda ts: (ctypes.c_void_p * len(ts))(*(t.data_ptr() for t in ts))
-        rc = self._lib.schedule_batch(ctypes.byref(self._layout), B, pointers(chans), pointers(ups),
+        rc = self._lib.schedule_batch(ctypes.byref(self._layout), B, pointers(masks), pointers(ups),
                                       whole.data_ptr(), parts.data_ptr(), torch.get_num_threads())
         if rc != 0:
             raise MemoryError("hw_sim schedule: out of memory for the send queues")

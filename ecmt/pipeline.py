@@ -283,6 +283,10 @@ class Stages:
         if not self.quiet:
             print(f"pipeline [{name}] {text}", file=sys.stderr, flush=True)
 
+    def warn(self, name: str, text: str) -> None:
+        """Said even when quiet: what the user asked for and will not get."""
+        print(f"pipeline [{name}] warning: {text}", file=sys.stderr, flush=True)
+
     def run(self, name: str, stage: str, fn, *args, **kwargs):
         self.say(name, f"{stage} ...")
         t0 = time.time()
@@ -423,13 +427,25 @@ def run_model(job: ModelJob, out: Path, stages: Stages, quiet: bool) -> dict:
             entry["exports"][fmt]["speck"] = speck
 
     if job.hardware:
-        energy_split = test.take(job.energy_samples)
-        report = stages.run(job.name, f"energy on {len(energy_split)} images ({', '.join(job.hardware)})",
-                            hw_sim.simulate, graph, energy_split.images, job.T, job.hardware, mode=None,
-                            labels=energy_split.labels, progress=False, device=job.device)
-        paths = report.write(folder / "energy")
-        entry["energy"] = {"report": str(folder / "energy"), "profiles": job.hardware,
-                           "files": {str(p): sha256_file(p) for p in paths}}
+        # A chip the network does not fit is no failure of the pipeline: the manifest says why
+        # (layer, resource, by how much, what would fit) and the report covers the others.
+        fitting, refused = [], {}
+        for h in job.hardware:
+            try:
+                hw_sim.check_fit(graph, hw_sim.load_profile(h))
+                fitting.append(h)
+            except hw_sim.MappingError as err:
+                refused[h] = str(err) + (f" ({err.hint})" if err.hint else "")
+                stages.warn(job.name, f"energy on {h}: the network does not fit: {refused[h]}")
+        entry["energy"] = {"profiles": fitting, "refused": refused}
+        if fitting:
+            energy_split = test.take(job.energy_samples)
+            report = stages.run(job.name, f"energy on {len(energy_split)} images ({', '.join(fitting)})",
+                                hw_sim.simulate, graph, energy_split.images, job.T, fitting, mode=None,
+                                labels=energy_split.labels, progress=False, device=job.device)
+            paths = report.write(folder / "energy")
+            entry["energy"].update({"report": str(folder / "energy"),
+                                    "files": {str(p): sha256_file(p) for p in paths}})
     return entry
 
 

@@ -11,9 +11,10 @@ each step) -> engine.Priced (energy by category, latency by phase, per step); pr
 adds ranges, sensitivity and intervals; report.py writes JSON, Markdown and HTML.
 """
 from .counting import EventCounts
+from .engine import MappingError, check_fit
 from .profile import HardwareProfile, ProfileError, available_profiles, load_profile
 from .report import Report
 from .simulate import MODES, EnergyRatio, ModeError, plan, simulate
 
-__all__ = ["EnergyRatio", "EventCounts", "HardwareProfile", "MODES", "ModeError", "ProfileError", "Report", "available_profiles",
-           "load_profile", "plan", "simulate"]
+__all__ = ["EnergyRatio", "EventCounts", "HardwareProfile", "MODES", "MappingError", "ModeError", "ProfileError",
+           "Report", "available_profiles", "check_fit", "load_profile", "plan", "simulate"]

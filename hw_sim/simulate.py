@@ -71,10 +71,6 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
     for p in profiles:                   # every ANN baseline is read and checked before any work
         _baseline(p)
     models = {p.name: engine.model(graph, p, T) for p in profiles}
-    if distributed.world() > 1 and any(m.records for m in models.values()):
-        raise EcmtError(f"hw_sim: profile(s) {', '.join(n for n, m in models.items() if m.records)} "
-                        "(neuromorphic mesh model) cannot run under torchrun yet",
-                        hint="run `ecmt energy` with these profiles in one process")
     executor = GraphExecutor(graph, device, record_levels=True)
     counter = Counter(executor, T)
     observers = [counter] + [o for m in models.values() if (o := m.observer(executor)) is not None]
@@ -105,6 +101,9 @@ def simulate(graph: ir.SpikingGraph, inputs: torch.Tensor, T: int, hardware: str
                 deployed_correct[f] += (ex.run(x.to(ex.device), T).argmax(-1) == y.unsqueeze(0)).sum(dim=1).cpu()
     # Per-sample totals stay on each rank: intervals are given for one process only.
     one = distributed.world() == 1
+    if not one:
+        for m in models.values():
+            m.reduce(distributed.all_reduce_tree)
     counts = EventCounts(to_lists(distributed.all_reduce_tree(counter.result())), n,
                          counter.per_sample_totals() if one else None,
                          counter.per_sample_totals(steps=True) if one else None)

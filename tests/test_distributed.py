@@ -61,6 +61,14 @@ def test_energy_counts_equal_one_process(graphs):
     assert r1.returncode == 0 and r2.returncode == 0, r2.stderr
     a, b = (json.loads((graphs / r / "report.json").read_text()) for r in ("r1", "r2"))
     assert a["counts"] == b["counts"] and a["accuracy"] == b["accuracy"]
+    # every profile's energy, the mesh model's included (its event sums are reduced over ranks)
+    assert [h["profile"]["name"] for h in a["hardware"]] == [h["profile"]["name"] for h in b["hardware"]]
+    assert any(h["profile"]["kind"] == "neuromorphic" for h in b["hardware"])
+    for x, y in zip(a["hardware"], b["hardware"]):
+        assert y["total_j"] == pytest.approx(x["total_j"], rel=1e-9), x["profile"]["name"]
+        assert y["latency_s"] == pytest.approx(x["latency_s"], rel=1e-9), x["profile"]["name"]
+        if "mesh" in x:
+            assert y["mesh"]["scheduled_samples"] == x["mesh"]["scheduled_samples"] == 300
 
 
 def test_a_failing_rank_stops_the_run_with_its_error(graphs):

@@ -89,6 +89,13 @@ T = 2
         assert len(entry["accuracy"]["snn_accuracy"]) == entry["options"]["T"]
         for path, digest in entry["energy"]["files"].items():
             assert digest == sha256(path)
+    # the demo CNN at 8 levels does not fit a Loihi core in channel form: the manifest and a
+    # warning say why, the report covers the CMOS profile
+    energy = manifest["models"]["cnn"]["energy"]
+    assert energy["profiles"] == ["cmos45-fp32"] and set(energy["refused"]) == {"loihi"}
+    assert "input axons" in energy["refused"]["loihi"] and "over" in energy["refused"]["loihi"]
+    assert "warning: energy on loihi: the network does not fit" in capsys.readouterr().err
+    assert manifest["models"]["vit"]["energy"]["refused"] == {}
     assert manifest["models"]["cnn"]["inputs"]["checkpoint"]["sha256"]       # the packaged demo CNN
     lava = {c["export"]: c for c in manifest["models"]["cnn"]["exports"]["lava"]["verification"]}["lava"]
     assert lava["samples"] == 1 and lava["decisions"] > 0

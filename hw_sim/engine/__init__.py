@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .base import HardwareModel, Interval, Priced
 from .cmos import CmosModel
-from .mesh import MeshModel
+from .mesh import MappingError, MeshModel, extract, place
 
 MODELS = {"cmos": CmosModel, "neuromorphic": MeshModel}
 
@@ -15,4 +15,12 @@ def model(graph, profile, T: int) -> HardwareModel:
     return MODELS[profile.kind](graph, profile, T)
 
 
-__all__ = ["CmosModel", "HardwareModel", "Interval", "MODELS", "MeshModel", "Priced", "model"]
+def check_fit(graph, profile) -> None:
+    """Raise MappingError (naming the layer, the resource, by how much it is over and what
+    would make it fit) where `graph` does not fit `profile`'s hardware; CMOS always fits."""
+    if profile.kind == "neuromorphic":
+        place(extract(graph, profile), profile)
+
+
+__all__ = ["CmosModel", "HardwareModel", "Interval", "MODELS", "MappingError", "MeshModel", "Priced", "check_fit",
+           "model"]

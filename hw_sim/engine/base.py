@@ -63,7 +63,7 @@ class HardwareModel(abc.ABC):
     """A hardware model for one profile and one graph run for T steps."""
 
     kind = ""
-    records = False         # whether it records the run (observer); simulate() then needs one process
+    records = False         # whether it records the run (observer)
 
     def __init__(self, graph: ir.SpikingGraph, profile: HardwareProfile, T: int):
         self.graph, self.profile, self.T = graph, profile, T
@@ -74,6 +74,10 @@ class HardwareModel(abc.ABC):
 
     def add_batch(self) -> None:
         """Take what the observer recorded of the batch just run."""
+
+    def reduce(self, sum_over_ranks) -> None:
+        """Under torchrun, after the last batch: combine what each rank recorded of its share of
+        the batches (`sum_over_ranks`: ecmt.distributed.all_reduce_tree)."""
 
     @abc.abstractmethod
     def price(self, counts: EventCounts, profile: HardwareProfile, mode: str) -> Priced:

@@ -125,6 +125,7 @@ class Accounting:
         self.linked = placement.chips > 1 and profile["chips.t_link"] > 0
         self.unlinked = self._schedule(without_link_delay(profile)) if self.linked else None
         self.samples = 0
+        self.local_samples = 0          # this process's (under torchrun, samples is every rank's)
         self.retime_samples = retime_samples
         self.sample_j: list[torch.Tensor] = []      # per batch, each sample's on-chip energy over T [B]
         self.sample_t_j: list[torch.Tensor] = []    # per batch, the same up to each step t [B, T]
@@ -149,8 +150,9 @@ class Accounting:
     def add(self, rasters: dict[str, Raster]) -> None:
         k, T, C = self.k, self.T, self.placement.cores
         B = next(iter(rasters.values())).fired.shape[1]
-        first = self.samples
+        first = self.local_samples
         self.samples += B
+        self.local_samples += B
         keep = B if self.retime_samples is None else max(0, min(B, self.retime_samples - first))
         recv = {name: torch.zeros(B, g.elements, dtype=torch.bool) for name, g in self.onchip.groups.items()}
         sample_j = torch.zeros(B, dtype=torch.float64)
@@ -254,6 +256,20 @@ class Accounting:
         self.sample_t_j.append(torch.stack(up_to_t, 1))
         self.sample_chip_s.append(chip_s)
 
+    def reduce(self, sum_over_ranks) -> None:
+        """The per-step and per-group sums and the sample count over every rank's batches
+        (under torchrun).  Per-sample figures and the spikes kept for re-timing stay each
+        rank's own: intervals are not given under torchrun, and re-timing scales the
+        nominal latency by the ratio on this rank's kept samples."""
+        names = list(self.group)
+        step = torch.tensor([self.step[f] for f in STEP_FIELDS], dtype=torch.float64)
+        group = torch.tensor([[self.group[n][f] for f in GROUP_FIELDS] for n in names], dtype=torch.float64)
+        samples = torch.tensor([self.samples], dtype=torch.float64)
+        step, group, samples = sum_over_ranks((step, group, samples))
+        self.step = {f: row.tolist() for f, row in zip(STEP_FIELDS, step)}
+        self.group = {n: dict(zip(GROUP_FIELDS, row.tolist())) for n, row in zip(names, group)}
+        self.samples = int(samples.item())
+
     def sample_energy(self) -> torch.Tensor:
         """Each sample's on-chip energy (synapse, neuron, network, chip-host transfers)
         over the T steps, in the order the samples ran [samples]."""
@@ -270,7 +286,8 @@ class Accounting:
 
     def kept_samples(self) -> int:
         """How many samples' spikes retime() has."""
-        return self.samples if self.retime_samples is None else min(self.samples, self.retime_samples)
+        n = self.local_samples
+        return n if self.retime_samples is None else min(n, self.retime_samples)
 
     def retime(self, profile, samples: int | None = None) -> torch.Tensor:
         """sample_chip_latency of the first `samples` kept samples (None: all kept), re-timed

@@ -66,6 +66,10 @@ class MeshModel(HardwareModel):
         self.accounting.add(self._recorder.take())
         self._result = None
 
+    def reduce(self, sum_over_ranks) -> None:
+        self.accounting.reduce(sum_over_ranks)
+        self._result = None
+
     def result(self) -> dict:
         if self._result is None:
             self._result = self.accounting.result()

@@ -45,13 +45,21 @@ GROUP_FIELDS = ("fired", "updated", "synaptic_events_out", "messages_out", "hops
                 "neuron_j", "network_j", "link_j")
 
 
-_BITS_IN_BYTE = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.uint8)
+def as_int64(mask: torch.Tensor) -> torch.Tensor:
+    """A raster mask (record.mask_dtype) as int64 with the same bits (an int64 mask's sign
+    bit is channel 63; the narrower types never set theirs)."""
+    return mask.to(torch.int64)
 
 
 def popcount(mask: torch.Tensor) -> torch.Tensor:
-    """The set bits of each int64 in `mask` (a raster's fired channels): int64, same shape."""
-    byte = mask.to(torch.int64).contiguous().view(torch.uint8).reshape(*mask.shape, 8).long()
-    return _BITS_IN_BYTE[byte].sum(-1, dtype=torch.int64)
+    """The set bits of each value of a raster mask (its fired channels): int64, same shape
+    (the parallel bit count, in int64 arithmetic: each mask keeps the arithmetic shift's
+    sign copies out of the sums)."""
+    x = as_int64(mask)
+    x = x - ((x >> 1) & 0x5555555555555555)
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
+    return (x * 0x0101010101010101) >> 56
 
 
 def _per_core(spikes: torch.Tensor, fan: Fanout, C: int) -> tuple[torch.Tensor, torch.Tensor]:

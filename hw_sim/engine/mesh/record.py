@@ -11,12 +11,20 @@ from .extract import OnChip
 
 @dataclasses.dataclass
 class Raster:
-    """One group's events in a run: fired [T, B, n] int64, a bit mask of the channels that
-    fired (bit j: channel j; 0: none; a k-level spike on binary level channels sets one bit
-    per level; 2 x 32 levels, the IR's most, fill the 64 bits), and extra [T, B, n] (the element's own work: non-zero input or non-zero
+    """One group's events in a run: fired [T, B, n], a bit mask of the channels that fired
+    (bit j: channel j; 0: none; a k-level spike on binary level channels sets one bit per
+    level), in the narrowest integer type that holds the group's channels without its sign
+    bit (``mask_dtype``; 2 x 32 levels, the IR's most, take an int64), and extra [T, B, n] (the element's own work: non-zero input or non-zero
     membrane)."""
     fired: torch.Tensor
     extra: torch.Tensor
+
+
+def mask_dtype(channels: int) -> torch.dtype:
+    """The narrowest integer type whose non-negative values hold `channels` bits (int64: all
+    64, its sign bit included, which only bit operations read)."""
+    return torch.uint8 if channels <= 8 else torch.int16 if channels <= 15 else \
+        torch.int32 if channels <= 31 else torch.int64
 
 
 class Recorder:
@@ -25,20 +33,21 @@ class Recorder:
 
     def __init__(self, executor, onchip: OnChip, T: int):
         self.executor, self.onchip, self.T = executor, onchip, T
-        self._steps: dict[str, list] = {}
+        self._rasters: dict[str, Raster] = {}
         self._vnz: dict[str, torch.Tensor] = {}
 
     def __call__(self, node, inputs, out, t):
         g = self.onchip.groups.get(node.name)
         if g is None:
             return
-        if t == 1:
-            self._steps[node.name] = []
-            self._vnz.pop(node.name, None)
         B = out.shape[0]
+        if t == 1:                # the batch's rasters, written step by step (no copy at the end)
+            self._rasters[node.name] = Raster(torch.zeros(self.T, B, g.elements, dtype=mask_dtype(g.channels)),
+                                              torch.zeros(self.T, B, g.elements, dtype=torch.bool))
+            self._vnz.pop(node.name, None)
+        raster = self._rasters[node.name]
         if g.kind == "accumulator":
-            fired = torch.zeros(B, g.elements, dtype=torch.int64)
-            extra = (out.reshape(B, -1) != 0).cpu()
+            raster.extra[t - 1] = (out.reshape(B, -1) != 0).cpu()
         else:
             state = self.executor.state(node.name)
             n = g.levels
@@ -54,19 +63,14 @@ class Recorder:
                 active = code >= 2 * n + 1
                 p = torch.where(active, code - (2 * n + 1), code) - n
                 m = p.sign() * torch.where(p != 0, 1 << (p.abs() - 1).clamp(min=0), 0)
-            if g.channels > 1:
-                fired = torch.where(m < 0, m.abs() << n, m)
-            else:
-                fired = (m != 0).long()
+            fired = torch.where(m < 0, m.abs() << n, m) if g.channels > 1 else (m != 0).long()
+            raster.fired[t - 1] = fired.to(raster.fired.dtype)
             prev = self._vnz.get(node.name)
-            extra = active if prev is None else active | prev
+            raster.extra[t - 1] = active if prev is None else active | prev
             self._vnz[node.name] = (state.v.reshape(B, -1) != 0).cpu()
-        self._steps[node.name].append((fired, extra))
 
     def take(self) -> dict[str, Raster]:
-        out = {name: Raster(torch.stack([f for f, _ in steps]), torch.stack([e for _, e in steps]))
-               for name, steps in self._steps.items()}
-        self._steps, self._vnz = {}, {}
+        out, self._rasters, self._vnz = self._rasters, {}, {}
         return out
 
 

@@ -6,7 +6,7 @@ an ECM fused with the MT neuron after it are one pass over memory each, with no
 compilation at run time (the C library is built once per machine, in about a
 second).  On CUDA they run the reference's own eager kernel functions
 (kernels.py), and the whole step is recorded once as a CUDA graph and replayed.
-Either way (`Kernels` below), the step keeps the state of some node chains
+Either way (NativeKernels or TorchKernels below), the step keeps the state of some node chains
 shared, since what a step costs beyond an ANN forward is mostly the state it
 reads and writes; in exact arithmetic:
 
@@ -22,11 +22,12 @@ reads and writes; in exact arithmetic:
 
 The numbers are the node-by-node executor's up to rounding (a rounding
 difference can flip a spike whose membrane sits on a threshold), which
-tests/test_fast_step.py checks.  With an observer (hw_sim's counting) nothing is
-shared: every node emits its increment and the observer sees what it sees
-node by node, MT event codes included.  Nodes the kernels do not cover (state
-objects replaced after construction, as hw_sim.deployed does) run their own
-step function in place.
+tests/test_fast_step.py checks.  With an observer nothing is shared: every node
+emits its increment and the observer sees what it sees node by node, MT event
+codes included; hw_sim's Counter, which reads no ECM output, gets the shared
+chains with the MT events counted in the kernels (Program's `count`).  Nodes the
+kernels do not cover (state objects replaced after construction, as
+hw_sim.deployed does) run their own step function in place.
 """
 from __future__ import annotations
 

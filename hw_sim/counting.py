@@ -218,8 +218,8 @@ class Counter:
 
     It reads an MT neuron's events from its state (``counts``, the per-sample histogram
     the fast step's kernels count, else ``code``), never the neuron's input, and no ECM's
-    output: so the fast step may keep its chains shared while it counts
-    (``counts_in_kernels``, runtime/program.py)."""
+    output, and keeps none of the tensors it is given: so the fast step may keep its chains
+    shared while it counts and hand it its buffers (``counts_in_kernels``, runtime/program.py)."""
     counts_in_kernels = True
 
     def __init__(self, executor: GraphExecutor, T: int):

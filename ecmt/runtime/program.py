@@ -258,6 +258,8 @@ class Program:
         self.buffers: list[torch.Tensor] = []            # everything _empty gave: back to POOL on release
         self.ops = [self._build(i) for i in range(len(steps))]
         self.active = [op for op in self.ops if op is not None]
+        # steps whose value is a buffer of this program (not a node's own step function's result)
+        self.buffered = {i for i, op in enumerate(self.ops) if op is not None and op.__name__ != "hosted"}
         self.graph = None                                # CUDA: the recorded step (False: not recordable)
 
     # -- what runs where -------------------------------------------------------------
@@ -483,7 +485,8 @@ class Program:
                 self.values[i] = step.fn([self.values[j] for j in step.srcs] if step.srcs else [x], 1)
 
     def step(self, t: int, observer=None, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Step t's output increment; `observer` (observe mode) sees every node as node by node."""
+        """Step t's output increment; `observer` sees every node as node by node (observe mode:
+        tensors it may keep; count mode: hw_sim's Counter, which keeps none, sees the buffers)."""
         self.kernels.set_t(t)
         for k in self.torch_kernels:
             k.set_t(t)
@@ -494,6 +497,10 @@ class Program:
             for i, (step, op) in enumerate(zip(self.steps, self.ops)):
                 if op is not None:
                     op(t)
+                    if self.observe and i in self.buffered:
+                        # the buffer is overwritten next step: the observer gets this step's values
+                        # to keep, as node by node (NeuroBench's hooks and a running mean keep them)
+                        self.values[i] = self.values[i].clone()
                 observer(step.node, [self.values[j] for j in step.srcs] if step.srcs else [x], self.values[i], t)
         return self.values[self.output_index]
 

@@ -440,14 +440,20 @@ def cmd_demo(args):
             save_graph(spiking.graph, out / f"{name}.ecmt")
     say(f"demo: wrote {', '.join(str(out / f'{name}.ecmt') for name in graphs)}")
     split = data.fashion_mnist("test", args.data_root).take(args.limit)
-    results = {name: evaluate(spiking, split, args.T, 256, args.quiet, args.device)
-               for name, spiking in graphs.items()}
+    from .evaluate import ann_accuracy, snn_accuracy
+    t0 = time.time()
+    ann = ann_accuracy(paper, split, 256, progress=not args.quiet, device=device)
+    results = {"samples": len(split), "T": args.T, "ann_accuracy": ann, "processes": distributed.world()}
+    for name, spiking in graphs.items():
+        results[name] = {"snn_accuracy": snn_accuracy(spiking, split, args.T, 256, progress=not args.quiet,
+                                                      device=device)}
+    results["seconds"] = round(time.time() - t0, 1)
     columns = {"SNN, paper": results["demo_vit"]["snn_accuracy"],
                "SNN, multi-level": results["demo_vit_multilevel"]["snn_accuracy"]}
     say(f"demo: Fashion-MNIST test, {len(split)} images; SNN accuracy after t steps\n"
         f"  paper: the paper's MT neuron (quantile thresholds, {args.levels} levels, one level per step)\n"
         f"  multi-level: {multi_name} (up to {MULTI_LEVEL['spikes_per_step']} levels in one graded spike)\n"
-        + demo_table(results["demo_vit"]["ann_accuracy"], columns))
+        + demo_table(ann, columns))
     if distributed.is_main():
         write_text(out / "accuracy.json", json.dumps(results, indent=2) + "\n")
     say(f"demo: wrote {out / 'accuracy.json'}")
@@ -481,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train-or-load the demo ViT, convert it with the paper's neuron and at "
                                     "the multi-level operating point, evaluate per step, export, energy reports")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("-T", type=count, default=16, help="time steps (default 16)")
+    p.add_argument("-T", type=count, default=8, help="time steps (default 8)")
     p.add_argument("--limit", type=count, default=None, help="evaluate on the first N test images")
     p.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files")
     p.add_argument("--calib-samples", type=count, default=512, help="calibration images (default 512)")

@@ -31,9 +31,11 @@ analog ops, state traffic) is computed once per node from the graph and
 multiplied by the number of samples.  What depends on the data is counted
 from the run: each MT neuron's kernel writes a one-byte event code per element
 (MTState.record; two bytes for k > 1), and one histogram of it gives the spikes by level and the
-active updates; a linear layer fed by an MT neuron (through reshapes) gets its
-synaptic operations from that neuron's spike count; products and convolutions
-count non-zero pairs in fused kernels.
+active updates (the fast step's kernels count that histogram per sample themselves for
+k = 1, MTState.counts); a linear layer fed by an MT neuron (through reshapes) gets its
+synaptic operations from that neuron's spike count; products count non-zero pairs from
+their operands' non-zero counts along each axis (one native pass each), convolutions
+from a fan-out weighted sum.
 
 Per sample, the counts that depend on the data (spikes, active updates, SOPs,
 paper SOPs) are also kept as totals over the T steps (``Counter.per_sample``),
@@ -53,8 +55,7 @@ from ecmt.errors import GraphError
 from ecmt.ir import analysis
 from ecmt.ir.dispatch import KindTable
 from ecmt.memory import run_bytes
-from ecmt.runtime import GraphExecutor
-from ecmt.runtime.kernels import fused
+from ecmt.runtime import GraphExecutor, native
 
 from .costs import ECM_BOOKKEEPING, PRODUCT_BOOKKEEPING, forward_work
 from .histogram import histogram, mt_counts
@@ -76,30 +77,34 @@ def energy_bytes(graph: ir.SpikingGraph, batch: int, T: int) -> int:
     return run_bytes(graph, batch, T) + T * (8 * histograms + 32 * len(FIELDS) * len(graph))
 
 
-@fused
+# The counting kernels run eagerly (no compilation wait on the first count); the operands of
+# products are counted along their axes by the fast step's native kernels where they can.
 def count_nonzero(x: torch.Tensor) -> torch.Tensor:
     """Non-zero elements per sample (dimension 0)."""
-    return (x != 0).flatten(1).sum(1)
+    return torch.count_nonzero(x.reshape(x.shape[0], -1), dim=1)
 
 
-@fused
 def weighted_nonzero(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Per sample, the sum of `weight` (int64, broadcast over the batch) where x is non-zero."""
     return torch.where(x != 0, weight, 0).flatten(1).sum(1)
 
 
-@fused
+def _along(z: torch.Tensor, dim: int, th: tuple | None = None) -> torch.Tensor:
+    """z's non-zero elements counted along dim (or, with an MT neuron's thresholds th, the
+    levels they carry), as float64: native.count_along where it runs, else torch."""
+    got = native.count_along(z, dim, *(th or ()))
+    if got is None:
+        got = (z != 0).sum(dim=dim) if th is None else fired_levels(z, *th, 32).sum(dim=dim)
+    return got.to(torch.float64)
+
+
 def product_pairs(x, y, a_now, b_now, ca_prev, cb_prev):
     """Non-zero pairs of the spiking form (x B_{t-1} + A_{t-1} y + x y) and of
     the reference's count (x B_t + A_t y + x y), per sample as a [batch, 2] tensor, from the
-    increments x, y and the updated sums A_t, B_t (all as multiplied,
-    contiguous); with the non-zero counts of A_t's columns and B_t's rows, the
-    next step's ca_prev, cb_prev.  Counts are summed in float32 (exact: a
-    column has < 2^24 rows) and their products in float64 (exact below 2^53)."""
-    def nonzero(z, dim):
-        return (z != 0).to(torch.float32).sum(dim=dim).to(torch.float64)
-
-    cx, cy, ca, cb = nonzero(x, -2), nonzero(y, -1), nonzero(a_now, -2), nonzero(b_now, -1)
+    increments x, y and the updated sums A_t, B_t (all as multiplied); with the non-zero
+    counts of A_t's columns and B_t's rows, the next step's ca_prev, cb_prev.  Counts are
+    exact integers in float64 (below 2^53)."""
+    cx, cy, ca, cb = _along(x, -2), _along(y, -1), _along(a_now, -2), _along(b_now, -1)
     per_sample = lambda z: z.flatten(1).sum(1)
     xy = per_sample(cx * cy)
     full = xy + per_sample(cx * cb_prev) + per_sample(ca_prev * cy)
@@ -107,32 +112,27 @@ def product_pairs(x, y, a_now, b_now, ca_prev, cb_prev):
     return torch.stack([full, paper], dim=1).to(torch.int64), ca, cb
 
 
-@fused
 def fired_levels(x: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor | None, levels: int) -> torch.Tensor:
     """Per element of a spike tensor x of an MT neuron (thresholds broadcast against x),
     how many levels its spike carries: the binary digits of m = |x| / th (x = sign th m;
     rounding makes m exact, x being a sum of th 2^j)."""
     th = th_pos if th_neg is None else torch.where(x >= 0, th_pos, th_neg)
-    m = torch.round(x.abs() / th)
-    count = torch.zeros_like(x)
-    for j in range(levels):                   # unrolled when compiled
-        count = count + torch.remainder(torch.floor(m / float(2 ** j)), 2.0)
-    return count
+    m = torch.round(x.abs() / th).to(torch.int64)
+    count = torch.zeros_like(m)
+    for j in range(levels):
+        count += (m >> j) & 1
+    return count.to(x.dtype)
 
 
-@fused
 def weighted_sum(w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Per sample, the sum of w * weight (weight broadcast over the batch), as int64."""
     return (w.to(torch.int64) * weight).flatten(1).sum(1)
 
 
-@fused
-def product_level_pairs(px, py, ca_prev, cb_prev):
-    """product_pairs' spiking count with each spike input weighted by its levels:
-    px, py are the levels per element of x, y (1 per non-zero element for an operand
-    of k = 1 spikes), as multiplied; a pair of two spikes counts their product."""
-    wx = px.sum(dim=-2).to(torch.float64)
-    wy = py.sum(dim=-1).to(torch.float64)
+def product_level_pairs(wx, wy, ca_prev, cb_prev):
+    """product_pairs' spiking count with each spike input weighted by its levels: wx, wy are
+    the levels carried along x's columns and y's rows (the non-zero counts for an operand of
+    k = 1 spikes), as float64; a pair of two spikes counts their product."""
     per_sample = lambda z: z.flatten(1).sum(1)
     return (per_sample(wx * wy) + per_sample(wx * cb_prev) + per_sample(ca_prev * wy)).to(torch.int64)
 
@@ -214,7 +214,13 @@ def _forward_work(graph, node, f, out, spiking_in):
 class Counter:
     """Counts the events of runs of `executor` (made with record_levels=True):
     pass it as the observer of ``executor.run``, for any number of batches.
-    ``result()`` gives the per-step totals as tensors."""
+    ``result()`` gives the per-step totals as tensors.
+
+    It reads an MT neuron's events from its state (``counts``, the per-sample histogram
+    the fast step's kernels count, else ``code``), never the neuron's input, and no ECM's
+    output, and keeps none of the tensors it is given: so the fast step may keep its chains
+    shared while it counts and hand it its buffers (``counts_in_kernels``, runtime/program.py)."""
+    counts_in_kernels = True
 
     def __init__(self, executor: GraphExecutor, T: int):
         if not executor.record_levels:
@@ -291,7 +297,8 @@ class Counter:
 
     def _measure_neuron(self, node: ir.MTNeuron, inputs, out: torch.Tensor, i: int) -> None:
         hist = self.histograms[node.name][i]
-        code, bins = self.executor.state(node.name).code, 2 * (2 * node.levels + 1)
+        state = self.executor.state(node.name)
+        code, counts, bins = state.code, state.counts, 2 * (2 * node.levels + 1)
         if node.name in self.multi:
             # int16 codes over (sign, m): one pass gives the histogram and, per sample,
             # (spikes, active updates, levels fired)
@@ -303,10 +310,13 @@ class Counter:
             return
         if node.name in self.constant:
             hist.zero_()                    # the same every run: kept per sample
-            histogram(code, bins, out=hist)
+            if counts is not None:
+                hist.view(-1).add_(counts.view(-1))
+            else:
+                histogram(code, bins, out=hist)
             return
         # one histogram per sample: [batch, input zero / non-zero, level -n..n]
-        per = histogram(code, bins, rows=out.shape[0]).view(out.shape[0], 2, -1)
+        per = (counts if counts is not None else histogram(code, bins, rows=out.shape[0])).view(out.shape[0], 2, -1)
         hist.add_(per.sum(0))
         levels = per.sum(1)
         spikes = levels.sum(1) - levels[:, node.levels]
@@ -358,9 +368,9 @@ class Counter:
         self.previous[node.name] = (ca, cb)
         leveled = self.leveled.get(node.name)
         if leveled:
-            px, py = (self._fired(z, leveled[j]) if j in leveled else (z != 0).to(z.dtype)
-                      for j, z in enumerate((state.x, state.y)))
-            level = product_level_pairs(px, py, *previous)
+            wx, wy = (_along(z, dim, self._thresholds(leveled[j]) if j in leveled else None)
+                      for j, (z, dim) in enumerate(((state.x, -2), (state.y, -1))))
+            level = product_level_pairs(wx, wy, *previous)
         else:
             level = pairs[:, 0]
         pairs = torch.cat([pairs, level.unsqueeze(1)], dim=1)
@@ -368,11 +378,15 @@ class Counter:
             pairs[:, 0] = pairs[:, 2] = 0        # analog operands: MACs, counted from shapes
         return pairs
 
-    def _fired(self, x: torch.Tensor, mt: ir.MTNeuron) -> torch.Tensor:
-        """The levels each element of x (spikes of the k > 1 neuron `mt`) carries."""
+    def _thresholds(self, mt: ir.MTNeuron) -> tuple:
+        """The k > 1 neuron `mt`'s thresholds, as its spikes' levels are read against them."""
         st = self.executor.state(mt.name)
         flat = lambda th: None if th is None else (th.reshape(1) if th.numel() == 1 else th)
-        return fired_levels(x, flat(st.th_pos), flat(st.th_neg), mt.levels)
+        return flat(st.th_pos), flat(st.th_neg)
+
+    def _fired(self, x: torch.Tensor, mt: ir.MTNeuron) -> torch.Tensor:
+        """The levels each element of x (spikes of the k > 1 neuron `mt`) carries."""
+        return fired_levels(x, *self._thresholds(mt), mt.levels)
 
     # -- results -----------------------------------------------------------------------
     def result(self) -> dict[str, dict[str, torch.Tensor]]:

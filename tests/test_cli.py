@@ -86,11 +86,18 @@ def test_demo_runs_end_to_end(tmp_path, fashion_mnist):
     r = ecmt_cli("demo", "--out", str(tmp_path), "-T", "2", "--limit", "64", "--energy-samples", "8",
                  "--calib-samples", "64")
     assert r.returncode == 0, r.stderr
-    for name in ("demo_vit.ecmt", "accuracy.json", "demo_vit.onnx", "demo_vit.nir", "demo_vit.h5",
-                 "energy/report.json", "energy/report.md", "energy/report.html"):
+    for name in ("demo_vit.ecmt", "demo_vit_multilevel.ecmt", "accuracy.json", "demo_vit.onnx", "demo_vit.nir",
+                 "demo_vit.h5", "energy/report.json", "energy/report.md", "energy/report.html",
+                 "energy_multi-level/report.json"):
         assert (tmp_path / name).stat().st_size > 0, name
-    assert len(json.loads((tmp_path / "accuracy.json").read_text())["snn_accuracy"]) == 2
+    result = json.loads((tmp_path / "accuracy.json").read_text())
+    assert [len(result[g]["snn_accuracy"]) for g in ("demo_vit", "demo_vit_multilevel")] == [2, 2]
     assert "onnx export" in r.stdout and "lava export" in r.stdout
+    # both SNN columns, the multi-level point's k and thresholds named, an operating point each
+    assert "SNN, paper" in r.stdout and "SNN, multi-level" in r.stdout
+    assert "thresholds x 0.0625, 12 levels, k = 4" in r.stdout
+    points = r.stdout.split("demo: operating points")[1]
+    assert "paper:" in points and "multi-level:" in points
 
 
 USER_ERRORS = [

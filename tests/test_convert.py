@@ -209,6 +209,41 @@ def test_fixed_thresholds_by_role():
     assert soft.th_pos.item() == pytest.approx(0.0125)
 
 
+def test_threshold_scale_and_the_multi_level_point():
+    """threshold_scale multiplies every calibrated threshold (not the fixed ones), exactly;
+    ecmt.MULTI_LEVEL is thresholds / 16, 12 levels, k = 4; a bad scale is refused first."""
+    model = timm_model("vit_tiny_patch16_224", depth=1, img_size=32, patch_size=8)
+    calib = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    base = ecmt.convert(model, calib, progress=False).graph
+    fixed = {"softmax": (0.0125, 0.0125)}
+    multi = ecmt.convert(model, calib, progress=False, fixed_thresholds=fixed, **ecmt.MULTI_LEVEL).graph
+    assert ecmt.MULTI_LEVEL == {"threshold_scale": 1 / 16, "levels": 12, "spikes_per_step": 4}
+    for b, m in zip(base.of_kind(ir.MTNeuron), multi.of_kind(ir.MTNeuron)):
+        assert (m.levels, m.spikes_per_step) == (12, 4)
+        if m.meta["role"] == "softmax":
+            assert m.th_pos.item() == pytest.approx(0.0125)
+        else:
+            assert torch.equal(m.th_pos, b.th_pos / 16), m.name
+            assert (m.th_neg is None) == (b.th_neg is None)
+            assert m.th_neg is None or torch.equal(m.th_neg, b.th_neg / 16), m.name
+    assert multi.meta["calibration"]["threshold_scale"] == 1 / 16
+    for bad in (0, -1.0, float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ecmt.EcmtError, match="threshold_scale must be a number > 0"):
+            ecmt.convert(model, calib, progress=False, threshold_scale=bad)
+
+
+@pytest.mark.parametrize("n", [1_000, 300_001, 2_000_000])
+@pytest.mark.parametrize("q", [0.99, 0.01, 0.999, 0.5, 1.0])
+def test_calibration_quantiles_are_exact(n, q):
+    """A long row's quantile (cut at a sample's quantile, then selected) is torch.quantile's."""
+    from ecmt.convert.calibrate import quantile_rows
+    g = torch.Generator().manual_seed(n)
+    for x in (torch.randn(1, n, generator=g), torch.randn(1, n, generator=g).clamp(min=0),
+              torch.ones(1, n).index_fill_(1, torch.arange(10), 5.0)):
+        ref = torch.quantile(x[0].double(), q).float().reshape(1)
+        torch.testing.assert_close(quantile_rows(x, q), ref, rtol=1e-6, atol=0)
+
+
 def test_calibration_reads_only_the_iterable_it_is_given():
     seen = []
 

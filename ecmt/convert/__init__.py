@@ -76,8 +76,9 @@ def convert(model: torch.nn.Module, calib, *, levels: int = 8, spikes_per_step: 
         levels=12 puts 16x finer steps under the same largest level
         (MULTI_LEVEL = {"threshold_scale": 1/16, "levels": 12, "spikes_per_step": 4}
         is the multi-level operating point: ``convert(model, calib, **MULTI_LEVEL)``).
-        per_channel: one threshold per channel instead of per tensor.  fixed_thresholds: {role: (th_pos, th_neg)} overrides
-        for neurons by role ("softmax", "gelu", "layernorm", "linear", "product", "relu").
+        per_channel: one threshold per channel instead of per tensor.
+        fixed_thresholds: {role: (th_pos, th_neg)} overrides for neurons by role
+        ("softmax", "gelu", "layernorm", "linear", "product", "relu"); not scaled.
     spiking: False stops before neurons and calibration: the analog graph, in
         which every nonlinearity is an ECM (what sigma-delta hardware runs).
     target_T: after the quantile calibration, search every neuron's threshold

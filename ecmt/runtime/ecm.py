@@ -19,6 +19,10 @@ class NonlinearityECMState:
     def reset(self):
         self.sum = self.out_sum = None
 
+    def analog(self, x: torch.Tensor) -> torch.Tensor:
+        """f(x): what the ECM computes in the ANN (no state kept)."""
+        return self.f(x, *self.params)
+
     def step(self, x: torch.Tensor, t: int) -> torch.Tensor:
         if t == 1:
             self.sum = x.clone(memory_format=torch.contiguous_format)
@@ -47,6 +51,12 @@ class ProductECMState:
 
     def reset(self):
         self.a = self.b = self.prod = self.out_sum = self.x = self.y = None
+
+    def analog(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """scale x @ y: what the product computes in the ANN (no state kept)."""
+        x = x.transpose(-1, -2) if self.ta else x
+        y = y.transpose(-1, -2) if self.tb else y
+        return torch.matmul(x, y) * self.scale
 
     def step(self, x: torch.Tensor, y: torch.Tensor, t: int) -> torch.Tensor:
         if self.ta:

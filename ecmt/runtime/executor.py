@@ -245,13 +245,31 @@ class GraphExecutor:
         """Whether runs take the fast step (capture=True and it can run here)."""
         return self.capture and not self.overrides and program.kernels_for(self.device) is not None
 
-    def _fast_program(self, batch: int, observe: bool) -> program.Program:
+    def _fast_program(self, batch: int, observer) -> program.Program:
+        """The fast step for this batch size, in the mode the observer needs: shared chains
+        without one; hw_sim's Counter (``counts_in_kernels``) gets its MT event counts from
+        the kernels with the chains still shared; any other observer sees every node's
+        increment (no sharing)."""
+        kernels = program.kernels_for(self.device)
+        count = (self.record_levels and isinstance(kernels, program.NativeKernels)
+                 and (observer is None or getattr(observer, "counts_in_kernels", False)))
+        observe = not count and (observer is not None or self.record_levels)
         p = self._program
-        if p is None or p.batch != batch or p.observe != observe:
-            p = self._program = None            # release the old buffers first
-            p = self._program = program.Program(self, batch, program.kernels_for(self.device), observe=observe,
-                                                record=self.record_levels)
+        if p is None or p.batch != batch or p.observe != observe or p.count != count:
+            self.release()                      # the old buffers first, to the pool the new one takes from
+            p = self._program = program.Program(self, batch, kernels, observe=observe, record=self.record_levels,
+                                                count=count)
         return p
+
+    def release(self) -> None:
+        """Give the fast step's buffers back (to program.POOL, for the next executor of these
+        shapes); the next run allocates again."""
+        if self._program is not None:
+            self._program.release()
+            self._program = None
+
+    def __del__(self):
+        self.release()
 
     @torch.no_grad()
     def run(self, x: torch.Tensor, T: int, observer: Observer | None = None,
@@ -266,8 +284,7 @@ class GraphExecutor:
         estimates = []
         out_sum = None
         if intervene is None and self.fast():
-            observe = observer is not None or self.record_levels
-            fast = self._fast_program(x.shape[0], observe)
+            fast = self._fast_program(x.shape[0], observer)
             for t, inc in enumerate(fast.run(x, T, observer), start=1):
                 out_sum = inc.clone() if out_sum is None else out_sum.add_(inc)
                 estimates.append(out_sum / t)
@@ -302,8 +319,8 @@ class GraphExecutor:
         values: list[torch.Tensor | None] = [None] * len(self.steps)
         for i, step in enumerate(self.steps):
             inputs = self._inputs(step, values, x)
-            if isinstance(step.node, ir.MTNeuron):
-                values[i] = step.state.analog(inputs[0])
+            if isinstance(step.node, ir.MTNeuron) or isinstance(step.state, (NonlinearityECMState, ProductECMState)):
+                values[i] = step.state.analog(*inputs)      # identity / ReLU; an ECM's f, keeping no state
             else:
                 values[i] = step.fn(inputs, 1)
             if observer is not None:

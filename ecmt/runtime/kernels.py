@@ -1,10 +1,12 @@
-"""Per-step state updates, written as pure tensor functions.
+"""Per-step state updates of the node-by-node reference executor, written as pure
+tensor functions.
 
 Each one is what a node does from step 2 on (step 1 initializes state).  With
-torch.compile (the default; ECMT_COMPILE=0 turns it off) every update becomes
-one fused kernel instead of a chain of elementwise passes, which is what makes
-a spiking step cost about as much as an ANN forward.  The time step comes in as
-a 0-d tensor so that one compiled kernel serves every t.
+torch.compile (ECMT_COMPILE=0 turns it off) every update becomes one fused
+kernel instead of a chain of elementwise passes; the time step comes in as a
+0-d tensor so that one compiled kernel serves every t.  The fast step (the
+default, program.py) runs native.c's kernels on the CPU and these functions'
+eager forms (`.eager`) on CUDA, where a CUDA graph removes the launches.
 """
 from __future__ import annotations
 

@@ -164,32 +164,64 @@ INLINE void fire(const mt_rule *r, const float *v, int64_t len, int64_t first, f
 #undef FIRE_LOOP
 }
 
-/* The event code of spikes (hw_sim's counting; kernels.mt_update_coded and
- * mt_multi_update_coded define them): uint8 for k = 1, int16 for k > 1. */
-INLINE void put_codes(void *code, int64_t len, const int32_t *m, const float *x, int levels, int k)
+/* What hw_sim counts of each spike (kernels.mt_update_coded and mt_multi_update_coded
+ * define the codes): the level number m plus levels, plus 2 levels + 1 where the update
+ * was active (its input non-zero); uint8 for k = 1, and for k > 1 int16 over the fired
+ * levels' binary digits.  Either written per element (code) or, for k = 1, counted per
+ * sample (counts: the sample's 2 (2 levels + 1) bins, added to atomically where `shared`:
+ * several threads work on one sample). */
+typedef struct {
+    void *code;             /* per element, or NULL */
+    int64_t *counts;        /* [batch, 2 (2 levels + 1)] (k = 1), or NULL */
+} events;
+
+INLINE void put_events(const events *ev, int64_t at, int64_t sample, int64_t len, const int32_t *m,
+                       const int8_t *active, int levels, int k, int shared)
 {
-    if (k == 1) {
-        uint8_t *c = code;
+    if (ev->code && k == 1) {
+        uint8_t *c = (uint8_t *)ev->code + at;
         #pragma omp simd
         for (int64_t i = 0; i < len; i++)
-            c[i] = (uint8_t)(m[i] + levels + (x[i] != 0.0f ? 2 * levels + 1 : 0));
-    } else {
-        int16_t *c = code;
+            c[i] = (uint8_t)(m[i] + levels + (active[i] ? 2 * levels + 1 : 0));
+    } else if (ev->code) {
+        int16_t *c = (int16_t *)ev->code + at;
         const int span = (1 << levels) - 1;
         #pragma omp simd
         for (int64_t i = 0; i < len; i++)
-            c[i] = (int16_t)(m[i] + span + (x[i] != 0.0f ? 2 * span + 1 : 0));
+            c[i] = (int16_t)(m[i] + span + (active[i] ? 2 * span + 1 : 0));
+    }
+    if (ev->counts && k == 1) {
+        const int bins = 2 * (2 * levels + 1);
+        int32_t local[4][bins];
+        memset(local, 0, sizeof local);
+        int64_t i = 0;
+        for (; i + 4 <= len; i += 4)            /* four sub-histograms: no wait on the last increment */
+            for (int u = 0; u < 4; u++)
+                local[u][m[i + u] + levels + (active[i + u] ? 2 * levels + 1 : 0)]++;
+        for (; i < len; i++)
+            local[0][m[i] + levels + (active[i] ? 2 * levels + 1 : 0)]++;
+        int64_t *out = ev->counts + sample * bins;
+        for (int c = 0; c < bins; c++) {
+            const int64_t n = (int64_t)local[0][c] + local[1][c] + local[2][c] + local[3][c];
+            if (n && shared) {
+                #pragma omp atomic
+                out[c] += n;
+            } else if (n) {
+                out[c] += n;
+            }
+        }
     }
 }
 
-/* One sample's row of an MT neuron's step; pair and scalar are constants where it is
- * inlined, so that each combination compiles to its own vectorized loops. */
+/* One sample's row of an MT neuron's step; pair is a constant where it is inlined, so
+ * that each case compiles to its own vectorized loops. */
 INLINE void mt_row(int64_t n, const float *x, float *st, float *s_out, const mt_rule *r, const int pair,
-                   void *code)
+                   const events *ev, int64_t sample)
 {
     float v[CHUNK];
     int32_t m[CHUNK];
-    const int64_t code_size = r->k == 1 ? 1 : 2;
+    int8_t active[CHUNK];
+    const int record = ev != NULL && (ev->code || ev->counts);
     for (int64_t start = 0; start < n; start += CHUNK) {
         const int64_t len = n - start < CHUNK ? n - start : CHUNK;
         const float *xc = x + start;
@@ -197,30 +229,33 @@ INLINE void mt_row(int64_t n, const float *x, float *st, float *s_out, const mt_
         #pragma omp simd
         for (int64_t i = 0; i < len; i++)
             v[i] = pair ? xc[i] - sc[i] : sc[i] + xc[i];
-        fire(r, v, len, start, out, code ? m : NULL);
+        fire(r, v, len, start, out, record ? m : NULL);
         #pragma omp simd
         for (int64_t i = 0; i < len; i++)
             sc[i] = pair ? sc[i] + out[i] : v[i] - out[i];
-        if (code)
-            put_codes((char *)code + start * code_size, len, m, xc, r->levels, r->k);
+        if (record) {
+            #pragma omp simd
+            for (int64_t i = 0; i < len; i++)
+                active[i] = xc[i] != 0.0f;
+            put_events(ev, sample * n + start, sample, len, m, active, r->levels, r->k, 0);
+        }
     }
 }
 
 /* An MT neuron's step.  pair = 0: state is the membrane v; v += x, s = fire(v), v -= s.
  * pair = 1: state is the spike sum C and x the running output of the ECM before it
  * (runtime/program.py: the membrane is x - C); s = fire(x - C), C += s.
- * code (may be NULL, pair = 0 only): each element's event code. */
+ * ev (pair = 0 only; its fields may be NULL): the event codes or counts. */
 void mt_step(int64_t batch, int64_t n, const float *x, float *state, float *s_out, mt_rule r, int pair,
-             void *code, int threads)
+             events ev, int threads)
 {
-    const int64_t code_size = r.k == 1 ? 1 : 2;
     #pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (batch * n > 16384)
     for (int64_t b = 0; b < batch; b++) {
         const int64_t o = b * n;
         if (pair)
-            mt_row(n, x + o, state + o, s_out + o, &r, 1, NULL);
+            mt_row(n, x + o, state + o, s_out + o, &r, 1, NULL, b);
         else
-            mt_row(n, x + o, state + o, s_out + o, &r, 0, code ? (char *)code + o * code_size : NULL);
+            mt_row(n, x + o, state + o, s_out + o, &r, 0, &ev, b);
     }
 }
 
@@ -245,7 +280,8 @@ INLINE void map_function(int f, float *u, int64_t len, float t)
  * ECM before it, whose running output is the sum).  It computes new = t f(S_t / t), then
  * either emits the increment new - out_sum into out (mt == NULL; out_sum keeps new), or
  * hands new to the MT neuron after it (mt != NULL: spikes = fire(new - C) into out,
- * C (spike_sum) += spikes). */
+ * C (spike_sum) += spikes; where out_sum is given too, it keeps new, and the neuron's
+ * update was active where new differs from the last step's: its events go to ev). */
 typedef struct {
     const float *x;
     float *sum;
@@ -253,6 +289,8 @@ typedef struct {
     float *out_sum, *out;
     const mt_rule *mt;
     float *spike_sum;
+    events ev;              /* with mt and out_sum: the neuron's events (active: new != out_sum) */
+    int64_t sample_size;    /* elements per sample (the sample of an element, for ev.counts) */
 } ecm_io;
 
 /* u[j] <- S_t / t for the elements base .. base + len - 1 (as S_t times 1 / t: a division per
@@ -278,7 +316,7 @@ INLINE void ecm_average(const ecm_io *io, int64_t base, int64_t len, float t, fl
 
 /* new (in u) -> the ECM's output at elements base .. base + len - 1, which are elements
  * first .. first + len - 1 of their sample (the thresholds' index). */
-INLINE void ecm_emit(const ecm_io *io, int64_t base, int64_t first, int64_t len, const float *u)
+INLINE void ecm_emit(const ecm_io *io, int64_t base, int64_t first, int64_t len, const float *u, int shared)
 {
     float *out = io->out + base;
     if (io->mt == NULL) {
@@ -291,16 +329,30 @@ INLINE void ecm_emit(const ecm_io *io, int64_t base, int64_t first, int64_t len,
         return;
     }
     float v[CHUNK];
+    int32_t m[CHUNK];
+    int8_t active[CHUNK];
+    const int record = io->out_sum != NULL;
     for (int64_t start = 0; start < len; start += CHUNK) {
         const int64_t part = len - start < CHUNK ? len - start : CHUNK;
         float *c = io->spike_sum + base + start, *s = out + start;
+        const float *uc = u + start;
         #pragma omp simd
         for (int64_t j = 0; j < part; j++)
-            v[j] = u[start + j] - c[j];
-        fire(io->mt, v, part, first + start, s, NULL);
+            v[j] = uc[j] - c[j];
+        fire(io->mt, v, part, first + start, s, record ? m : NULL);
         #pragma omp simd
         for (int64_t j = 0; j < part; j++)
             c[j] += s[j];
+        if (record) {
+            float *last = io->out_sum + base + start;
+            #pragma omp simd
+            for (int64_t j = 0; j < part; j++) {
+                active[j] = uc[j] != last[j];
+                last[j] = uc[j];
+            }
+            put_events(&io->ev, base + start, (base + start) / io->sample_size, part, m, active, io->mt->levels,
+                       io->mt->k, shared);
+        }
     }
 }
 
@@ -314,7 +366,7 @@ void ecm_map(int64_t batch, int64_t n, int f, float t, ecm_io io, int threads)
             const int64_t len = n - start < CHUNK ? n - start : CHUNK, base = b * n + start;
             ecm_average(&io, base, len, t, u);
             map_function(f, u, len, t);
-            ecm_emit(&io, base, start, len, u);
+            ecm_emit(&io, base, start, len, u, 0);
         }
     }
 }
@@ -376,7 +428,7 @@ void ecm_rows(int64_t batch, int64_t rows, int64_t len, int f, const float *weig
             ecm_average(&io, base, count, t, u);
             for (int64_t j = 0; j < count; j += len)
                 row_function(f, u + j, len, weight, bias, eps, t);
-            ecm_emit(&io, base, r0 * len, count, u);
+            ecm_emit(&io, base, r0 * len, count, u, 1);
         }
         free(u);
     }
@@ -391,5 +443,59 @@ void scaled_increment(int64_t count, const float *p, float scale_t, float *out_s
         const float value = p[i] * scale_t;
         out[i] = value - out_sum[i];
         out_sum[i] = value;
+    }
+}
+
+/* Counts along one axis of a [P, N, K] float tensor with strides (sp, sn, sk): axis 1
+ * counts over N into out [P, K], axis 2 over K into out [P, N] (int64, overwritten).  Each
+ * element counts 1 where it is non-zero, or, with a threshold th (spikes of an MT neuron
+ * whose levels are th 2^j: th_neg for negative values, NULL for th_pos), the number of
+ * levels its value carries: the binary digits of round(|x| / th).  hw_sim's counting of
+ * product ECMs' non-zero pairs reads these of the operands. */
+INLINE int64_t weight_of(float v, const float *th_pos, const float *th_neg)
+{
+    if (th_pos == NULL)
+        return v != 0.0f;
+    const float th = (v < 0.0f && th_neg) ? th_neg[0] : th_pos[0];
+    return __builtin_popcountll((unsigned long long)llrintf(fabsf(v) / th));
+}
+
+void count_along(int64_t P, int64_t N, int64_t K, const float *x, int64_t sp, int64_t sn, int64_t sk, int axis,
+                 const float *th_pos, const float *th_neg, int64_t *out, int threads)
+{
+    #pragma omp parallel for num_threads(threads) schedule(static) if (P * N * K > 65536)
+    for (int64_t p = 0; p < P; p++) {
+        const float *xp = x + p * sp;
+        if (axis == 1) {
+            int64_t *o = out + p * K;
+            for (int64_t k = 0; k < K; k++)
+                o[k] = 0;
+            for (int64_t n = 0; n < N; n++) {
+                const float *row = xp + n * sn;
+                if (th_pos == NULL) {
+                    #pragma omp simd
+                    for (int64_t k = 0; k < K; k++)
+                        o[k] += row[k * sk] != 0.0f;
+                } else {
+                    for (int64_t k = 0; k < K; k++)
+                        o[k] += weight_of(row[k * sk], th_pos, th_neg);
+                }
+            }
+        } else {
+            int64_t *o = out + p * N;
+            for (int64_t n = 0; n < N; n++) {
+                const float *row = xp + n * sn;
+                int64_t c = 0;
+                if (th_pos == NULL) {
+                    #pragma omp simd reduction(+ : c)
+                    for (int64_t k = 0; k < K; k++)
+                        c += row[k * sk] != 0.0f;
+                } else {
+                    for (int64_t k = 0; k < K; k++)
+                        c += weight_of(row[k * sk], th_pos, th_neg);
+                }
+                o[n] = c;
+            }
+        }
     }
 }

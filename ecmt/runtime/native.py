@@ -43,11 +43,16 @@ class MTRule(ctypes.Structure):
                 ("levels", ctypes.c_int32), ("k", ctypes.c_int32)]
 
 
+class Events(ctypes.Structure):
+    """native.c's events: where an MT neuron's event codes or per-sample counts go (either may be NULL)."""
+    _fields_ = [("code", ctypes.c_void_p), ("counts", ctypes.c_void_p)]
+
+
 class ECMIO(ctypes.Structure):
     """native.c's ecm_io: where an ECM's step reads and writes."""
     _fields_ = [("x", ctypes.c_void_p), ("sum", ctypes.c_void_p), ("scale_t", ctypes.c_float),
                 ("out_sum", ctypes.c_void_p), ("out", ctypes.c_void_p), ("mt", ctypes.POINTER(MTRule)),
-                ("spike_sum", ctypes.c_void_p)]
+                ("spike_sum", ctypes.c_void_p), ("ev", Events), ("sample_size", ctypes.c_int64)]
 
 
 def cache_dir() -> Path:
@@ -110,12 +115,33 @@ def unavailable() -> str | None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
-    lib.mt_step.argtypes = [i64, i64, ptr, ptr, ptr, MTRule, i32, ptr, i32]
+    lib.mt_step.argtypes = [i64, i64, ptr, ptr, ptr, MTRule, i32, Events, i32]
     lib.ecm_map.argtypes = [i64, i64, i32, f32, ECMIO, i32]
     lib.ecm_rows.argtypes = [i64, i64, i64, i32, ptr, ptr, f32, f32, ECMIO, i32]
     lib.scaled_increment.argtypes = [i64, ptr, f32, ptr, ptr, i32]
-    for fn in (lib.mt_step, lib.ecm_map, lib.ecm_rows, lib.scaled_increment):
+    lib.count_along.argtypes = [i64, i64, i64, ptr, i64, i64, i64, i32, ptr, ptr, ptr, i32]
+    for fn in (lib.mt_step, lib.ecm_map, lib.ecm_rows, lib.scaled_increment, lib.count_along):
         fn.restype = None
+
+
+def count_along(x: torch.Tensor, dim: int, th_pos: torch.Tensor | None = None,
+                th_neg: torch.Tensor | None = None) -> torch.Tensor | None:
+    """For a float32 CPU tensor of 3 or more dimensions and dim -2 or -1, in one pass over x
+    as it lies (strided, e.g. transposed): (x != 0).sum(dim) as int64, or with scalar
+    thresholds (spikes of an MT neuron) the levels each value carries, summed (the binary
+    digits of round(|x| / th), th_neg below zero).  None where the kernels cannot run."""
+    lib = library()
+    if lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() < 3 or dim not in (-2, -1):
+        return None
+    lead = x.shape[:-2]
+    flat = x.reshape(-1, *x.shape[-2:]) if x.dim() > 3 else x    # a view where strides allow
+    P, N, K = flat.shape
+    out = torch.empty(P, K if dim == -2 else N, dtype=torch.int64)
+    scalar = lambda th: None if th is None else th.reshape(1).float().contiguous()
+    tp, tn = scalar(th_pos), scalar(th_neg)
+    lib.count_along(P, N, K, flat.data_ptr(), *flat.stride(), 1 if dim == -2 else 2, ptr(tp), ptr(tn),
+                    out.data_ptr(), torch.get_num_threads())
+    return out.view(*lead, out.shape[-1])
 
 
 def ptr(t: torch.Tensor | None) -> int | None:

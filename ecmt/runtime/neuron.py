@@ -86,6 +86,9 @@ class MTState:
         self._record = False
         self.v: torch.Tensor | None = None
         self.code: torch.Tensor | None = None
+        # the fast step's per-sample histogram of the codes ([batch, 2 (2 levels + 1)], k = 1), where
+        # it counts in its kernels instead of writing codes (runtime/program.py, count mode)
+        self.counts: torch.Tensor | None = None
 
     @property
     def record(self) -> bool:
@@ -103,7 +106,7 @@ class MTState:
         self._record = bool(on)
 
     def reset(self):
-        self.v = self.code = None
+        self.v = self.code = self.counts = None
 
     def step(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous()

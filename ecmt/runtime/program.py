@@ -6,7 +6,7 @@ an ECM fused with the MT neuron after it are one pass over memory each, with no
 compilation at run time (the C library is built once per machine, in about a
 second).  On CUDA they run the reference's own eager kernel functions
 (kernels.py), and the whole step is recorded once as a CUDA graph and replayed.
-Either way (`Kernels` below), the step keeps the state of some node chains
+Either way (NativeKernels or TorchKernels below), the step keeps the state of some node chains
 shared, since what a step costs beyond an ANN forward is mostly the state it
 reads and writes; in exact arithmetic:
 
@@ -22,11 +22,12 @@ reads and writes; in exact arithmetic:
 
 The numbers are the node-by-node executor's up to rounding (a rounding
 difference can flip a spike whose membrane sits on a threshold), which
-tests/test_fast_step.py checks.  With an observer (hw_sim's counting) nothing is
-shared: every node emits its increment and the observer sees what it sees
-node by node, MT event codes included.  Nodes the kernels do not cover (state
-objects replaced after construction, as hw_sim.deployed does) run their own
-step function in place.
+tests/test_fast_step.py checks.  With an observer nothing is shared: every node
+emits its increment and the observer sees what it sees node by node, MT event
+codes included; hw_sim's Counter, which reads no ECM output, gets the shared
+chains with the MT events counted in the kernels (Program's `count`).  Nodes the
+kernels do not cover (state objects replaced after construction, as
+hw_sim.deployed does) run their own step function in place.
 """
 from __future__ import annotations
 
@@ -127,15 +128,16 @@ class NativeKernels:
     def scale_t(self, scale: float) -> float:
         return scale / self.t          # rounded to float32 by ctypes, as torch's .float()
 
-    def mt(self, mt: _MT, x, state, out, pair: bool, code=None):
+    def mt(self, mt: _MT, x, state, out, pair: bool, code=None, counts=None):
         self.lib.mt_step(out.shape[0], out[0].numel(), x.data_ptr(), state.data_ptr(), out.data_ptr(), mt.rule,
-                         int(pair), native.ptr(code), self.threads)
+                         int(pair), native.Events(native.ptr(code), native.ptr(counts)), self.threads)
 
     def ecm(self, spec: "_ECMSpec", x, total, scale: float | None, out_sum, out, mt: _MT | None = None,
-            spike_sum=None):
+            spike_sum=None, code=None, counts=None):
         io = native.ECMIO(x.data_ptr(), native.ptr(total), 0.0 if scale is None else self.scale_t(scale),
                           native.ptr(out_sum), out.data_ptr(), None if mt is None else mt.pointer,
-                          native.ptr(spike_sum))
+                          native.ptr(spike_sum), native.Events(native.ptr(code), native.ptr(counts)),
+                          out[0].numel())
         batch, n = out.shape[0], out[0].numel()
         if spec.rows:
             self.lib.ecm_rows(batch, n // spec.len, spec.len, native.FUNCTIONS[spec.function],
@@ -166,7 +168,9 @@ class TorchKernels:
     def _args(mt: _MT):
         return (mt.state.th_pos, mt.state.th_neg, mt.levels, *mt.state._k)
 
-    def mt(self, mt: _MT, x, state, out, pair: bool, code=None):
+    def mt(self, mt: _MT, x, state, out, pair: bool, code=None, counts=None):
+        if counts is not None:
+            raise ValueError("torch's kernels write event codes; they do not count them")
         if pair:
             s, _ = mt_update.eager(-state, x, *self._args(mt))
             state.add_(s)
@@ -180,7 +184,9 @@ class TorchKernels:
         out.copy_(s)
 
     def ecm(self, spec: "_ECMSpec", x, total, scale: float | None, out_sum, out, mt: _MT | None = None,
-            spike_sum=None):
+            spike_sum=None, code=None, counts=None):
+        if mt is not None and (out_sum is not None or code is not None or counts is not None):
+            raise ValueError("torch's kernels run an ECM -> MT pair without events (count mode is native)")
         tf = self.t_tensor.float()
         if total is None:
             s_t = x * self.scale_t(scale)
@@ -215,11 +221,20 @@ class _ECMSpec:
 class Program:
     """The fast step of `executor`'s graph for inputs of `batch` samples: `run(x, T)`
     gives the output increments of steps 1..T.  `observe`: no shared state (every node
-    emits its increment, for an observer); `record`: MT neurons write event codes."""
+    emits its increment, for an observer); `record`: MT neurons write event codes.
+    `count` (native kernels; hw_sim's Counter): the chains stay shared and MT neurons with
+    k = 1 count their events per sample inside their kernel (``state.counts``, the
+    histogram of the codes an ``observe`` run writes; an ECM -> MT pair keeps the ECM's
+    running output, to tell an active update); the observer is called for every node, with
+    None for the values a chain does not materialize (the ECM of a pair)."""
 
-    def __init__(self, executor, batch: int, kernels, observe: bool = False, record: bool = False):
-        self.executor, self.batch, self.kernels = executor, batch, kernels
-        self.device, self.observe, self.record = executor.device, observe, record
+    def __init__(self, executor, batch: int, kernels, observe: bool = False, record: bool = False,
+                 count: bool = False):
+        # (no reference to the executor: its end hands this program's buffers back, see release)
+        self.batch, self.kernels, self.output_index = batch, kernels, executor.output_index
+        self.device, self.observe, self.record, self.count = executor.device, observe, record, count
+        if count and (observe or not isinstance(kernels, NativeKernels)):
+            raise ValueError("count mode runs shared chains on the native kernels")
         steps = self.steps = executor.steps
         self.shapes = [tuple(executor.graph.shapes[s.node.name]) for s in steps]
         # nodes computed from constants only run with batch 1 (as node by node)
@@ -240,8 +255,11 @@ class Program:
         self.state_buffers: list[torch.Tensor] = []     # zeroed before every run
         self.spike_sums: dict[int, torch.Tensor] = {}    # MT pair -> its spike sum C
         self.torch_kernels: list[TorchKernels] = []      # ECMs the native kernels do not cover
+        self.buffers: list[torch.Tensor] = []            # everything _empty gave: back to POOL on release
         self.ops = [self._build(i) for i in range(len(steps))]
         self.active = [op for op in self.ops if op is not None]
+        # steps whose value is a buffer of this program (not a node's own step function's result)
+        self.buffered = {i for i, op in enumerate(self.ops) if op is not None and op.__name__ != "hosted"}
         self.graph = None                                # CUDA: the recorded step (False: not recordable)
 
     # -- what runs where -------------------------------------------------------------
@@ -264,8 +282,9 @@ class Program:
             return self.specs[i].function is not None or not native_ok
         return type(state) in (MTState, ProductECMState)
 
-    def _zeros(self, i: int, shape=None):
-        return torch.zeros(self.rows[i], *(self.shapes[i] if shape is None else shape), device=self.device)
+    def _state(self, i: int, shape=None):
+        """A state buffer of node i (its shape, or `shape`) for its batch; start() zeroes it."""
+        return self._empty((self.rows[i], *(self.shapes[i] if shape is None else shape)))
 
     def _input(self, i: int, pos: int = 0):
         return self.values[self.steps[i].srcs[pos]]
@@ -295,7 +314,7 @@ class Program:
         node = self.steps[i].node
         w = node.weight.to(self.device).t()
         b = None if node.bias is None else node.bias.to(self.device)
-        out = torch.empty(self.rows[i], *self.shapes[i], device=self.device)
+        out = self._empty((self.rows[i], *self.shapes[i]))
         flat = out.view(-1, w.shape[1])
 
         def linear(t):
@@ -309,21 +328,29 @@ class Program:
 
     def _mt(self, i: int):
         mt, kernels = self.mts[i], self.kernels
-        v = self._zeros(i, self.shapes[self.steps[i].srcs[0]])
+        v = self._state(i, self.shapes[self.steps[i].srcs[0]])
         s = torch.empty_like(v)
-        code = None
-        if self.record:
-            code = torch.empty(v.numel(), dtype=torch.uint8 if mt.k == 1 else torch.int16, device=self.device)
+        code, counts = self._events(mt, v)
         state = mt.state
         ppn = type(state) is PPNState
         self._track(v)
 
         def neuron(t):
-            kernels.mt(mt, self._input(i).contiguous(), v, s, False, code)
-            if self.observe:
-                state.v, state.code = v, code
+            if counts is not None:
+                counts.zero_()
+            kernels.mt(mt, self._input(i).contiguous(), v, s, False, code, counts)
+            if self.observe or self.count:
+                state.v, state.code, state.counts = v, code, counts
             self.values[i] = state._channels(lambda j, lam: (s == lam).to(s.dtype)) if ppn else s
         return neuron
+
+    def _events(self, mt: _MT, like: torch.Tensor):
+        """An MT neuron's event codes and per-sample counts buffers (None where not kept)."""
+        if self.count and mt.k == 1:
+            return None, self._empty((like.shape[0], 2 * (2 * mt.levels + 1)), torch.int64)
+        if self.record or self.count:
+            return self._empty((like.numel(),), torch.uint8 if mt.k == 1 else torch.int16), None
+        return None, None
 
     def _pair(self, i: int):
         """The MT neuron of an ECM -> MT pair: the ECM's step and the neuron's, fused."""
@@ -331,15 +358,22 @@ class Program:
         spec, mt, kernels = self.specs[e], self.mts[i], self.kernels
         from_total = self.roles[e].from_total
         src = self.steps[e].srcs[0]
-        total = None if from_total else self._zeros(e, self.shapes[src])
+        total = None if from_total else self._state(e, self.shapes[src])
         scale = self.steps[src].state.scale if from_total else None
-        c = self._zeros(i)
+        c = self._state(i)
         s = torch.empty_like(c)
-        self._track(total, c)
+        running = self._state(i) if self.count else None       # to tell an active update
+        code, counts = self._events(mt, c)
+        self._track(total, c, running)
         self.spike_sums[i] = c
+        state = mt.state
 
         def pair(t):
-            kernels.ecm(spec, self.values[src].contiguous(), total, scale, None, s, mt, c)
+            if counts is not None:
+                counts.zero_()
+            kernels.ecm(spec, self.values[src].contiguous(), total, scale, running, s, mt, c, code, counts)
+            if self.count:
+                state.code, state.counts = code, counts
             self.values[i] = s
         return pair
 
@@ -351,9 +385,9 @@ class Program:
             kernels = TorchKernels(self.device) if spec.function is None else kernels
             if kernels is not self.kernels:
                 self.torch_kernels.append(kernels)
-        total = None if role.from_total else self._zeros(i, self.shapes[src])
+        total = None if role.from_total else self._state(i, self.shapes[src])
         scale = self.steps[src].state.scale if role.from_total else None
-        out_sum = self._zeros(i)
+        out_sum = self._state(i)
         out = torch.empty_like(out_sum)
         self._track(total, out_sum)
 
@@ -372,13 +406,13 @@ class Program:
             if flags[pos]:
                 shape[-2:] = shape[-1], shape[-2]
             shapes.append((self.rows[j], *shape))
-        sums = [None if pos in role.shared else torch.zeros(*shape, device=self.device)
+        sums = [None if pos in role.shared else self._empty(shape)
                 for pos, shape in enumerate(shapes)]
         self._track(*sums)
-        out_sum = None if role.total else self._zeros(i)
+        out_sum = None if role.total else self._state(i)
         out = None if role.total else torch.empty_like(out_sum)
         self._track(out_sum)
-        raw = torch.empty(self.rows[i], *self.shapes[i], device=self.device)
+        raw = self._empty((self.rows[i], *self.shapes[i]))
         kernels = self.kernels
         incremental = state.form == "incremental"
 
@@ -388,6 +422,9 @@ class Program:
                 if pos in role.shared:                  # the MT pair's spike sum is the running operand
                     c = self.spike_sums[j]
                     operands.append(c.transpose(-1, -2) if flags[pos] else c)
+                    if self.count:
+                        x = self.values[j]
+                        increments.append(x.transpose(-1, -2) if flags[pos] else x)
                     continue
                 x = self.values[j]
                 x = x.transpose(-1, -2) if flags[pos] else x
@@ -403,9 +440,9 @@ class Program:
                 raw.add_(torch.matmul(x, b)).add_(torch.matmul(a, y)).add_(torch.matmul(x, y))
             else:
                 torch.matmul(*operands, out=raw)
-            if self.observe:                            # what hw_sim's counting reads, as node by node
+            if self.observe or self.count:              # what hw_sim's counting reads, as node by node
                 state.x, state.y = (z.contiguous() for z in increments)
-                state.a, state.b = sums
+                state.a, state.b = (sums[pos] if sums[pos] is not None else operands[pos] for pos in range(2))
             if role.total:
                 self.values[i] = raw                    # the ECM after it scales it
                 return
@@ -415,9 +452,26 @@ class Program:
             self._track(raw)
         return product
 
+    def _empty(self, shape: tuple, dtype=torch.float32) -> torch.Tensor:
+        """A buffer, from those of programs that are gone where one of this shape is free
+        (a new executor for the same graph and batch, as hw_sim builds for every call, then
+        touches no fresh memory)."""
+        t = POOL.take(shape, dtype, self.device)
+        self.buffers.append(t)
+        return t
+
     def _track(self, *buffers):
         """Buffers that hold state: zeroed before every run."""
         self.state_buffers.extend(b for b in buffers if b is not None)
+
+    def release(self) -> None:
+        """Hand the buffers to the pool (the executor drops this program: a new batch size,
+        or its own end); the program cannot run after."""
+        self.ops = self.active = None
+        self.values = [None] * len(self.values)
+        self.spike_sums.clear()
+        POOL.give(self.buffers)
+        self.buffers = []
 
     # -- running -----------------------------------------------------------------------
     def start(self, x: torch.Tensor) -> None:
@@ -431,7 +485,8 @@ class Program:
                 self.values[i] = step.fn([self.values[j] for j in step.srcs] if step.srcs else [x], 1)
 
     def step(self, t: int, observer=None, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Step t's output increment; `observer` (observe mode) sees every node as node by node."""
+        """Step t's output increment; `observer` sees every node as node by node (observe mode:
+        tensors it may keep; count mode: hw_sim's Counter, which keeps none, sees the buffers)."""
         self.kernels.set_t(t)
         for k in self.torch_kernels:
             k.set_t(t)
@@ -442,8 +497,12 @@ class Program:
             for i, (step, op) in enumerate(zip(self.steps, self.ops)):
                 if op is not None:
                     op(t)
+                    if self.observe and i in self.buffered:
+                        # the buffer is overwritten next step: the observer gets this step's values
+                        # to keep, as node by node (NeuroBench's hooks and a running mean keep them)
+                        self.values[i] = self.values[i].clone()
                 observer(step.node, [self.values[j] for j in step.srcs] if step.srcs else [x], self.values[i], t)
-        return self.values[self.executor.output_index]
+        return self.values[self.output_index]
 
     def run(self, x: torch.Tensor, T: int, observer=None):
         """The output increments of steps 1..T on x (a generator)."""
@@ -482,7 +541,7 @@ class Program:
                 with torch.cuda.graph(graph):
                     for op in self.active:
                         op(1)
-                self.graph, self.graph_out = graph, self.values[self.executor.output_index]
+                self.graph, self.graph_out = graph, self.values[self.output_index]
             except Exception as err:  # noqa: BLE001 - any failure to record: run the same ops unrecorded
                 warn_once(f"ecmt: could not record the step as a CUDA graph ({type(err).__name__}: {err}); "
                           "running it op by op")
@@ -507,6 +566,34 @@ class Program:
             b.zero_()
 
 
+class _Pool:
+    """Buffers of programs that are gone, by shape, dtype and device, for the next program:
+    at most LIMIT bytes, the oldest dropped first."""
+    LIMIT = 4 << 30
+
+    def __init__(self):
+        self.free: dict[tuple, list[torch.Tensor]] = {}
+        self.bytes = 0
+
+    def take(self, shape: tuple, dtype, device) -> torch.Tensor:
+        stack = self.free.get((tuple(shape), dtype, torch.device(device)))
+        if stack:
+            t = stack.pop()
+            self.bytes -= t.numel() * t.element_size()
+            return t
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    def give(self, buffers: list[torch.Tensor]) -> None:
+        for t in buffers:
+            self.free.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
+            self.bytes += t.numel() * t.element_size()
+        while self.bytes > self.LIMIT:
+            key = next(iter(self.free))
+            for t in self.free.pop(key):
+                self.bytes -= t.numel() * t.element_size()
+
+
+POOL = _Pool()
 _warned: set[str] = set()
 
 

@@ -96,7 +96,12 @@ class Accounting:
     (hw_sim/schedule.py, compiled).  The spikes of the first `retime_samples` samples
     (None: all) are kept for retime()."""
 
-    def __init__(self, onchip: OnChip, placement: Placement, profile, T: int, retime_samples: int | None = None):
+    def __init__(self, onchip: OnChip, placement: Placement, profile, T: int, retime_samples: int | None = None,
+                 single_step_view: bool = True):
+        """`retime_samples`: how many samples' spikes to keep for retime() and for the chip
+        links' share of the latency (None: all); `single_step_view`: also schedule every core
+        as one step with one barrier (``onchip_latency_s``, SANA-FE's view; costs as much
+        again as the phases' schedules)."""
         if retime_samples is not None and retime_samples < 0:
             raise ValueError(f"retime_samples must be >= 0 or None, got {retime_samples}")
         self.onchip, self.placement, self.profile, self.T = onchip, placement, profile, T
@@ -129,9 +134,12 @@ class Accounting:
         self.barrier = barrier(profile, placement.tiles_in_use, placement.chips)
         self.tick = profile.get("chips.tick") or 0.0
         self.schedule = self._schedule(profile)
-        # the chip links' share of the latency: the schedule again without their delays
+        # the chip links' share of the latency: the kept samples' schedule again without their
+        # delays, that share of the chip latency (exact where every sample is kept)
         self.linked = placement.chips > 1 and profile["chips.t_link"] > 0
         self.unlinked = self._schedule(without_link_delay(profile)) if self.linked else None
+        self.link_share = {"linked": [0.0] * T, "unlinked": [0.0] * T}
+        self.single_step_view = single_step_view
         self.samples = 0
         self.local_samples = 0          # this process's (under torchrun, samples is every rank's)
         self.retime_samples = retime_samples
@@ -249,13 +257,15 @@ class Accounting:
                     chip += torch.maximum(gen[:, sel].max(1).values, proc[:, sel].max(1).values) + self.barrier
             st["onchip_latency_simple_s"] = float(onchip.sum())
             st["chip_latency_simple_s"] = float(chip.sum())
-            whole, parts = self.schedule.spans(masks, updated)
+            whole, parts = self.schedule.spans(masks, updated, self.single_step_view)
             chip_s[:, t] = self._chip(parts, self.barrier)
             st["onchip_latency_s"] = float((whole + self.barrier).sum())
             st["chip_latency_s"] = float(chip_s[:, t].sum())
-            if self.linked:
-                st["link_latency_s"] = st["chip_latency_s"] - float(
-                    self._chip(self.unlinked.spans(masks, updated)[1], self.barrier).sum())
+            if self.linked and keep:
+                unlinked = self.unlinked.spans({n: c[:keep] for n, c in masks.items()},
+                                               {n: u[:keep] for n, u in updated.items()}, False)[1]
+                self.link_share["linked"][t] += float(chip_s[:keep, t].sum())
+                self.link_share["unlinked"][t] += float(self._chip(unlinked, self.barrier).sum())
             st["host_transfer_j"] = st["host_transfers"] * k["e_host_transfer"]
             st["host_transfer_s"] = st["host_transfers"] * k["t_host_transfer"]
             for f in STEP_FIELDS:
@@ -312,14 +322,20 @@ class Accounting:
                 m = min(next(iter(masks.values())).shape[0], n - first)
                 if m > 0:
                     parts[first:first + m, t] = schedule.spans({g: c[:m] for g, c in masks.items()},
-                                                               {g: u[:m] for g, u in updated.items()})[1]
+                                                               {g: u[:m] for g, u in updated.items()}, False)[1]
             self._spans[key] = parts
         return self._chip(self._spans[key], bar, profile.get("chips.tick") or 0.0)
 
     def result(self) -> dict:
         """Per-inference figures (sums divided by samples)."""
         n = max(self.samples, 1)
-        return {"per_step": {f: [v / n for v in vals] for f, vals in self.step.items()},
+        per_step = {f: [v / n for v in vals] for f, vals in self.step.items()}
+        share = self.link_share
+        per_step["link_latency_s"] = [c * (1 - u / k) if k else 0.0 for c, u, k in
+                                      zip(per_step["chip_latency_s"], share["unlinked"], share["linked"])]
+        if not self.single_step_view:
+            del per_step["onchip_latency_s"]
+        return {"per_step": per_step,
                 "groups": {name: {f: v / n for f, v in d.items()} for name, d in self.group.items()},
                 "barrier_s": self.barrier, "phases": self.onchip.phases, "mapped_neurons": self.neurons,
                 "cores": self.placement.cores, "tiles": self.placement.tiles_in_use, "chips": self.placement.chips,

@@ -250,13 +250,13 @@ static int run(const layout *L, scratch *s, int32_t phase, double *span) {
     return 0;
 }
 
-/* Per sample b of the batch: whole[b], the span over every core, and parts[b, p], the
- * span of phase p's cores alone (the whole span where the phase holds every core with
- * neurons, 0 where it holds none).  fired[g] / updated[g]: group g's [batch, elements]
+/* Per sample b of the batch: whole[b], the span over every core (only where whole_too:
+ * SANA-FE's single-step view, else 0), and parts[b, p], the span of phase p's cores alone
+ * (the whole span where the phase holds every core with neurons, 0 where it holds none).  fired[g] / updated[g]: group g's [batch, elements]
  * fired channels (bit j: channel j) and whether channel 0 updates without firing.
  * Returns 0, or -1 when memory ran out. */
 int schedule_batch(const layout *L, int64_t batch, const int64_t *const *fired, const uint8_t *const *updated,
-                   double *whole, double *parts, int threads) {
+                   double *whole, double *parts, int whole_too, int threads) {
     int failed = 0;
     int64_t used = 0, *in_phase = calloc(L->phases ? L->phases : 1, sizeof(int64_t));
     if (in_phase == NULL) return -1;
@@ -280,14 +280,14 @@ int schedule_batch(const layout *L, int64_t batch, const int64_t *const *fired, 
         #pragma omp for schedule(dynamic)
         for (int64_t b = 0; b < batch; b++) {
             if (!ok || failed) continue;
-            if (build_queues(L, &s, b, fired, updated) || run(L, &s, -1, &whole[b])) {
+            if (build_queues(L, &s, b, fired, updated) || (whole_too && run(L, &s, -1, &whole[b]))) {
                 ok = 0;
                 continue;
             }
             for (int32_t p = 0; p < L->phases; p++) {
                 double *part = &parts[b * L->phases + p];
                 if (in_phase[p] == 0) *part = 0.0;
-                else if (in_phase[p] == used) *part = whole[b];
+                else if (in_phase[p] == used && whole_too) *part = whole[b];
                 else if (run(L, &s, p, part)) ok = 0;
             }
         }

@@ -125,7 +125,7 @@ class _Layout(ctypes.Structure):
 def _library() -> ctypes.CDLL:
     lib = native.load(SOURCE)
     lib.schedule_batch.argtypes = [ctypes.POINTER(_Layout), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+                                   ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.schedule_batch.restype = ctypes.c_int
     return lib
 
@@ -194,13 +194,14 @@ class StepSchedule:
                                0.0 if t.link_buffer is None else t.link_buffer, t.link_buffer is not None)
         self._lib = lib
 
-    def spans(self, fired: dict[str, torch.Tensor], updated: dict[str, torch.Tensor]
+    def spans(self, fired: dict[str, torch.Tensor], updated: dict[str, torch.Tensor], whole: bool = True
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per sample of a batch, the time from the step's start to its last event (no
-        barrier) over every core [B], and over each phase's cores alone [B, phases] (0 for
-        a phase without cores).  fired[group] [B, elements] int64: the channels that fired,
-        as bits (record.Raster); updated[group] [B, elements] bool: channel 0 updates
-        without firing."""
+        barrier) over every core [B] (SANA-FE's single-step view; with `whole` False not
+        scheduled, zeros), and over each phase's cores alone [B, phases] (0 for a phase
+        without cores).  fired[group] [B, elements]: the channels that fired, as bits
+        (record.Raster); updated[group] [B, elements] bool: channel 0 updates without
+        firing."""
         B = fired[self.groups[0]].shape[0] if self.groups else 0
         masks, ups = [], []
         for g, k in zip(self.groups, self._keep["elements"].tolist()):
@@ -210,13 +211,13 @@ class StepSchedule:
                                  f"and {tuple(u.shape)}")
             masks.append(c.to(torch.int64).contiguous())
             ups.append(u.to(torch.bool).contiguous())
-        whole = torch.zeros(B, dtype=torch.float64)
+        spans = torch.zeros(B, dtype=torch.float64)
         parts = torch.zeros(B, self.phases, dtype=torch.float64)
         if B == 0:
-            return whole, parts
+            return spans, parts
         pointers = lambda ts: (ctypes.c_void_p * len(ts))(*(t.data_ptr() for t in ts))
         rc = self._lib.schedule_batch(ctypes.byref(self._layout), B, pointers(masks), pointers(ups),
-                                      whole.data_ptr(), parts.data_ptr(), torch.get_num_threads())
+                                      spans.data_ptr(), parts.data_ptr(), int(whole), torch.get_num_threads())
         if rc != 0:
             raise MemoryError("hw_sim schedule: out of memory for the send queues")
-        return whole, parts
+        return spans, parts

@@ -295,8 +295,9 @@ def trimmed_arch(arch_path: str, folder: str) -> str:
 
 
 def resized_arch(arch_path: str, tiles: int, folder: str) -> str:
-    """A copy of a one-tile-type architecture with `tiles` tiles, written to `folder` (a
-    temporary folder; never into the repository)."""
+    """A copy of a one-tile-type architecture with `tiles` tiles, its NoC `width` grown to hold
+    them (SANA-FE refuses or corrupts memory on a message beyond the width), written to
+    `folder` (a temporary folder; never into the repository)."""
     import yaml
     with open(arch_path) as f:
         doc = yaml.safe_load(f)
@@ -305,6 +306,8 @@ def resized_arch(arch_path: str, tiles: int, folder: str) -> str:
     if m is None or tiles < 1:
         raise BadInput(f"--tiles {tiles}: needs N >= 1 and an architecture with one tile type named name[a..b]")
     entries[0]["name"] = f"{m.group(1)}[0..{tiles - 1}]"
+    attrs = doc["architecture"]["attributes"]          # the mesh grows along x: a strip of tiles
+    attrs["width"] = -(-tiles // int(attrs["height"]))
     out = os.path.join(folder, "arch-resized.yaml")
     with open(out, "w") as f:
         yaml.safe_dump(doc, f, sort_keys=False)

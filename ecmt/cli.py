@@ -491,8 +491,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=count, default=None, help="evaluate on the first N test images")
     p.add_argument("--data-root", help="folder with the Fashion-MNIST IDX files")
     p.add_argument("--calib-samples", type=count, default=512, help="calibration images (default 512)")
-    p.add_argument("--energy-samples", type=count, default=256,
-                   help="test images replayed for the energy report (default 256)")
+    # 64: Loihi's mesh model schedules every sample in detail (about 30 ms per image and
+    # step for the demo ViT on 25 chips), and the demo should end in about two minutes
+    p.add_argument("--energy-samples", type=count, default=64,
+                   help="test images replayed for the energy reports (default 64)")
     _add_convert_args(p)
     _add_device_arg(p)
     p.set_defaults(func=cmd_demo)

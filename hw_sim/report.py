@@ -307,7 +307,7 @@ class Report:
             ax.set_xlabel("step t")
             ax.set_ylabel("uJ per inference in step t")
             ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)
-        fig.suptitle("Dynamic energy by category, per step")
+        fig.suptitle("Energy by category, per step (static power included)")
         out.append(("categories", _png(fig, plt)))
         fig, ax = plt.subplots(figsize=(10, 5.2))
         for r in entries:

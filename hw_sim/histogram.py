@@ -2,7 +2,7 @@
 that PyTorch has no fast form of (torch.bincount runs on one thread and stalls
 on long runs of one value, which MT event codes are full of).
 
-histogram.c is compiled on first use (hw_sim/native.py: the system C compiler,
+histogram.c is compiled on first use (ecmt/runtime/cbuild.py: the system C compiler,
 cached by the source's hash).  Without a compiler, or with ECMT_NATIVE=0, or
 for tensors off the CPU, torch.bincount gives the same counts, more slowly.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import native
+from ecmt.runtime import cbuild
 
 SOURCE = Path(__file__).with_name("histogram.c")
 
@@ -26,8 +26,8 @@ def _library() -> ctypes.CDLL | None:
     if os.environ.get("ECMT_NATIVE", "1") == "0":
         return None
     try:
-        lib = native.load(SOURCE)
-    except native.NativeBuildError as e:
+        lib = cbuild.build(SOURCE, cbuild.PORTABLE)
+    except cbuild.BuildError as e:
         warnings.warn(f"{e}; counting with torch.bincount (same counts, slower)", RuntimeWarning, stacklevel=3)
         return None
     lib.histogram_u8.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]

@@ -12,7 +12,8 @@ import torch
 import ecmt
 import reference
 from ecmt.zoo import load_model
-from hw_sim import histogram, load_profile, native
+from ecmt.runtime import cbuild
+from hw_sim import histogram, load_profile
 from hw_sim.engine import mesh
 from hw_sim.engine.mesh import schedule
 from hw_sim.sanafe_export import sanafe_view
@@ -201,8 +202,8 @@ def test_without_a_compiler_the_schedule_says_what_is_missing(tmp_path, monkeypa
     schedule._library.cache_clear()
     histogram._library.cache_clear()
     try:
-        with pytest.raises(native.NativeBuildError, match=r"schedule\.c needs a C compiler, and 'no-such-cc' "
-                                                          r"is not on PATH") as err:
+        with pytest.raises(cbuild.BuildError, match=r"building hw_sim/engine/mesh/schedule\.c needs a C compiler, "
+                                                     r"and 'no-such-cc' is not on PATH") as err:
             mesh.Accounting(onchip, placement, profile, 2)
         assert "CC" in err.value.hint
         with pytest.warns(RuntimeWarning, match="histogram.c"):

@@ -2,26 +2,22 @@
 compiler, loaded with ctypes.
 
 The library is compiled on first use (about a second; `tools/bootstrap.sh` builds
-it ahead) into a cache directory ($ECMT_CACHE, else ~/.cache/ecmt), keyed by the
-source, the compiler and the CPU (it is built for the CPU it runs on), and
-replaced atomically, so concurrent processes share one build.  The flags fall
-back step by step: OpenMP and libmvec's vectorized exp / erf / tanh where the
-toolchain has them, plain C where not.  Where no build works, `library()` is
-None and `unavailable()` says why, in one line.
+it ahead) by cbuild.py, the package's one C builder (cached by source, compiler,
+flags and CPU: it is built for the CPU it runs on).  The flags fall back step by
+step: OpenMP and libmvec's vectorized exp / erf / tanh where the toolchain has
+them, plain C where not.  Where no build works, `library()` is None and
+`unavailable()` says why, in one line.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from functools import cache
 from pathlib import Path
 
 import torch
+
+from . import cbuild
 
 SOURCE = Path(__file__).with_name("native.c")
 # ECM functions by name, as native.c numbers them (F_RELU ...).
@@ -55,18 +51,6 @@ class ECMIO(ctypes.Structure):
                 ("spike_sum", ctypes.c_void_p), ("ev", Events), ("sample_size", ctypes.c_int64)]
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("ECMT_CACHE") or Path.home() / ".cache" / "ecmt")
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "".join(line for line in f if line.startswith(("model name", "flags"))).split("\n\n")[0]
-    except OSError:
-        return platform.processor()
-
-
 _reason: str | None = None
 
 
@@ -77,35 +61,13 @@ def library() -> ctypes.CDLL | None:
     if os.environ.get("ECMT_FAST", "1") == "0":
         _reason = "ECMT_FAST=0"
         return None
-    compiler = os.environ.get("CC", "cc")
-    if shutil.which(compiler) is None:
-        _reason = f"no C compiler {compiler!r} on PATH"
+    try:
+        lib = cbuild.build(SOURCE, FLAG_SETS)
+    except cbuild.BuildError as err:
+        _reason = str(err)
         return None
-    source = SOURCE.read_bytes()
-    errors = []
-    for flags in FLAG_SETS:
-        key = hashlib.sha256(b"\0".join([source, compiler.encode(), " ".join(flags).encode(), platform.machine()
-                                         .encode(), _cpu().encode()])).hexdigest()[:16]
-        path = cache_dir() / f"ecmt-step-{key}.so"
-        try:
-            if not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-                    built = Path(tmp) / path.name
-                    cmd = [compiler, str(SOURCE), "-o", str(built), *flags]
-                    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
-                    os.replace(built, path)   # atomic: a concurrent process sees all of it or nothing
-            lib = ctypes.CDLL(str(path))
-        except subprocess.CalledProcessError as err:
-            errors.append((err.stderr or "").strip().splitlines()[-1:] or ["failed"])
-            continue
-        except (OSError, subprocess.TimeoutExpired) as err:
-            errors.append([str(err)])
-            continue
-        _declare(lib)
-        return lib
-    _reason = f"{compiler} could not build {SOURCE.name}: {errors[-1][0] if errors else 'no flags tried'}"
-    return None
+    _declare(lib)
+    return lib
 
 
 def unavailable() -> str | None:
@@ -152,4 +114,4 @@ def ptr(t: torch.Tensor | None) -> int | None:
 def build_report() -> str:
     """Build the kernels now (tools/bootstrap.sh: ahead of the first run) and say how it went."""
     return ("the fast step's kernels are "
-            + (f"built ({cache_dir()})" if library() is not None else f"unavailable: {unavailable()}"))
+            + (f"built ({cbuild.cache_dir()})" if library() is not None else f"unavailable: {unavailable()}"))

@@ -24,7 +24,7 @@ schedule.cpp and chip.cpp, rewritten here):
 
 Without a `link_buffer` the network is never loaded (every trip takes its hop delays).
 
-The schedule runs in C (schedule.c, built on first use by hw_sim/native.py), every sample
+The schedule runs in C (schedule.c, built on first use by ecmt/runtime/cbuild.py), every sample
 of a batch in parallel.  It reproduces the Python schedule that was checked message by
 message against SANA-FE (kept as the test oracle, tests/reference.py) bit for bit: the
 same additions in the same order, and the same heap order for messages that leave at the
@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from ... import native
+from ecmt.runtime import cbuild
 
 SOURCE = Path(__file__).with_name("schedule.c")
 
@@ -123,7 +123,7 @@ class _Layout(ctypes.Structure):
 
 @cache
 def _library() -> ctypes.CDLL:
-    lib = native.load(SOURCE)
+    lib = cbuild.build(SOURCE, cbuild.PORTABLE)
     lib.schedule_batch.argtypes = [ctypes.POINTER(_Layout), ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                    ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
     lib.schedule_batch.restype = ctypes.c_int

@@ -11,6 +11,7 @@ the same graph on the same batch, in the same process (median of repeats).
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import subprocess
 import tempfile
@@ -75,7 +76,7 @@ def main():
                                                                           for iv in r["interval95"]["energy_per_t_j"]]
                                 for r in report.hardware if r["interval95"]},
               "ratios": {f"{r['profile']['name']} ({r['mode']})": r["energy_ratio_per_t"] for r in report.hardware},
-              "energy_uj": {f"{r['profile']['name']} ({r['mode']})": [1e6 * e for e in _cumulative(r)]
+              "energy_uj": {f"{r['profile']['name']} ({r['mode']})": [1e6 * e for e in itertools.accumulate(r["energy_per_step_j"])]
                             for r in report.hardware},
               "ann_uj": {f"{r['profile']['name']} ({r['mode']})": 1e6 * r["ann"]["energy_j"] for r in report.hardware},
               "firing_rate": report.data["paper"]["firing_rate"]}
@@ -110,14 +111,6 @@ def histogram_cost(recording: GraphExecutor, x, T: int, repeats: int) -> dict:
         raise AssertionError("hw_sim histogram and torch.bincount disagree")
     times = interleaved_medians({"histogram_s": native, "bincount_s": bincount}, repeats)
     return {"calls": len(codes), "bytes": sum(c.numel() for c, _ in codes), **times}
-
-
-def _cumulative(r):
-    out, total = [], 0.0
-    for e in r["energy_per_step_j"]:
-        total += e
-        out.append(total)
-    return out
 
 
 def render(r):

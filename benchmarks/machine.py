@@ -48,18 +48,25 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def interleaved_medians(fns: dict, repeats: int) -> dict:
-    """Median wall time of each fn, timed in turn within every repeat (after one
-    warm-up round), so that drifts of the machine affect all of them alike."""
-    for fn in fns.values():
-        fn()
+def interleaved_times(fns: dict, repeats: int, warm_up: bool = True) -> dict:
+    """Every repeat's wall time of each fn, timed in turn within every repeat (after one
+    warm-up round unless the caller did its own), so that drifts of the machine affect
+    all of them alike."""
+    if warm_up:
+        for fn in fns.values():
+            fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def interleaved_medians(fns: dict, repeats: int) -> dict:
+    """The median of interleaved_times for each fn."""
+    return {name: statistics.median(ts) for name, ts in interleaved_times(fns, repeats).items()}
 
 
 def write_result(out: Path, name: str, result: dict, markdown: str, indent: int = 2) -> None:

@@ -42,6 +42,7 @@ import dataclasses
 import gc
 import importlib.metadata
 import io
+import itertools
 import math
 import os
 import statistics
@@ -185,11 +186,7 @@ def first_within(acc: list[float], ann: float, gap: float) -> int | None:
 
 
 def cumulative(per_step: list[float]) -> list[float]:
-    out, s = [], 0.0
-    for v in per_step:
-        s += v
-        out.append(s)
-    return out
+    return list(itertools.accumulate(per_step))
 
 
 # ---------------------------------------------------------------------------------------------

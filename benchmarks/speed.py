@@ -23,7 +23,7 @@ from pathlib import Path
 import timm
 import torch
 
-from machine import machine_info, machine_markdown, write_result
+from machine import interleaved_times, machine_info, machine_markdown, write_result
 
 import ecmt
 import hw_sim
@@ -93,14 +93,7 @@ def main():
     plain = GraphExecutor(graph)
     fns = {"plain": lambda: plain.run(x, T),
            "simulate": lambda: hw_sim.simulate(graph, x, T, "cmos45-fp32", mode=None, progress=False)}
-    for fn in fns.values():
-        fn()
-    times = {name: [] for name in fns}
-    for _ in range(args.repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    times = interleaved_times(fns, args.repeats)
     med = {name: statistics.median(ts) for name, ts in times.items()}
     result["counting"] = {"batch": len(x), "T": T, "repeats": args.repeats,
                           "plain_s": med["plain"], "simulate_s": med["simulate"],

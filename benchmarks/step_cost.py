@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from machine import machine_info, machine_markdown, write_result
+from machine import interleaved_times, machine_info, machine_markdown, write_result
 
 import ecmt
 from ecmt import data, ir
@@ -119,12 +119,7 @@ def main():
             t0 = time.time()
             fn()
             result["compile_seconds"][f"{name}, batch {batch}"] = time.time() - t0
-        times = {name: [] for name in fns}
-        for _ in range(args.repeats):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+        times = interleaved_times(fns, args.repeats, warm_up=False)     # warmed up just above
         med = {name: statistics.median(ts) for name, ts in times.items()}
         ann = med["ANN forward"]
         row = {"batch": batch, "ann_forward_ms": 1e3 * ann, "step_ms": {}, "x_ann": {}, "x_sta": {},

@@ -48,24 +48,22 @@ def quantile(value: str) -> float:
     return q
 
 
-def positive(value: str) -> float:
+def _finite_positive(value: str, what: str) -> float:
     try:
         x = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
     if not 0 < x < float("inf"):       # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value}")
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
     return x
 
 
+def positive(value: str) -> float:
+    return _finite_positive(value, "a number > 0")
+
+
 def budget(value: str) -> float:
-    try:
-        b = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
-    if not 0 < b < float("inf"):       # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be > 0 (SNN energy over one ANN forward), got {value}")
-    return b
+    return _finite_positive(value, "> 0 (SNN energy over one ANN forward)")
 
 
 def device(value: str) -> str:

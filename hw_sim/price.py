@@ -16,6 +16,7 @@ module does not know what kind of hardware it prices:
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -88,7 +89,7 @@ def interval(model: HardwareModel, counts: EventCounts, mode: str, nominal: Pric
     if not per_sample or samples < 2:
         return None
     spread = model.interval(counts, mode, nominal)
-    cumulative = _cumulative(nominal.energy_per_step)
+    cumulative = list(itertools.accumulate(nominal.energy_per_step))
     if spread.energy is not None:
         upto = spread.energy.cumsum(1)
         per_t = [[c - _half(upto[:, t]), c + _half(upto[:, t])] for t, c in enumerate(cumulative)]
@@ -111,10 +112,3 @@ def interval(model: HardwareModel, counts: EventCounts, mode: str, nominal: Pric
             "spikes": [total_spikes - s, total_spikes + s],
             "latency_s": latency, "latency_basis": basis}
 
-
-def _cumulative(values: list[float]) -> list[float]:
-    out, acc = [], 0.0
-    for v in values:
-        acc += v
-        out.append(acc)
-    return out

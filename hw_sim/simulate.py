@@ -5,6 +5,7 @@ run (counting.Counter, and each model's recorder) -> each model prices (price.en
 report.  Nothing here asks what kind of hardware a profile describes."""
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -220,7 +221,7 @@ def _entry(graph, counts: EventCounts, model, mode: str) -> dict:
     static = sum(p.energy.get("static", []))
     total = p.total_j
     by_category = {c: sum(v) for c, v in p.energy.items()}
-    cumulative = price_mod._cumulative(p.energy_per_step)
+    cumulative = list(itertools.accumulate(p.energy_per_step))
     described = model.describe()
     return {
         "mode": mode,

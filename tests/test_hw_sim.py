@@ -31,6 +31,15 @@ def run_counts(graph, x, T):
     return to_lists(counter.result()), seen
 
 
+def event_counts_of(graph, x, T):
+    """hw_sim's EventCounts of one run of `graph` on x (its own counter on a recording executor)."""
+    from hw_sim.counting import event_counts
+    executor = GraphExecutor(graph, record_levels=True)
+    counter = Counter(executor, T)
+    executor.run(x, T, observer=counter)
+    return event_counts(counter)
+
+
 def brute_linear(x, out_features):
     return sum(out_features for v in x.flatten().tolist() if v != 0)
 
@@ -571,13 +580,9 @@ def test_binary_chips_send_each_fired_level_graded_ones_one_event(k, tmp_path):
 
 def test_cmos_prices_a_k_level_spike_as_one_weight_read_and_an_add_per_level():
     from hw_sim.energy import snn_energy
-    from hw_sim.counting import event_counts
     graph = k_level_graph(3)
     x = 2 * torch.randn(3, 2, 4, 6, generator=torch.Generator().manual_seed(16))
-    executor = GraphExecutor(graph, record_levels=True)
-    counter = Counter(executor, 4)
-    executor.run(x, 4, observer=counter)
-    counts = event_counts(counter)
+    counts = event_counts_of(graph, x, 4)
     p = load_profile("cmos45-fp32")
     energy = snn_energy(graph, counts, p, "full")
     word = p.value_bits / 8 / 8 * p["energy.sram_read_64b"]
@@ -593,14 +598,11 @@ def test_pricing_chosen_fields_partitions_the_full_energy():
     """snn_energy with `fields` prices exactly the chosen count fields of the chosen kinds: one
     field at a time, the parts add up to the full energy; the neuron updates alone are what
     costs.mt_update_ops charges (2 levels + 2 adds with k > 1)."""
-    from hw_sim.counting import FIELDS, event_counts
+    from hw_sim.counting import FIELDS
     from hw_sim.energy import snn_energy
     graph = k_level_graph(3)
     x = 2 * torch.randn(3, 2, 4, 6, generator=torch.Generator().manual_seed(19))
-    executor = GraphExecutor(graph, record_levels=True)
-    counter = Counter(executor, 4)
-    executor.run(x, 4, observer=counter)
-    counts = event_counts(counter)
+    counts = event_counts_of(graph, x, 4)
     p = load_profile("cmos45-fp32")
     total = lambda energy: sum(sum(map(sum, per.values())) for per in energy.values())
     full = total(snn_energy(graph, counts, p, "full"))

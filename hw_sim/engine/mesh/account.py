@@ -131,6 +131,7 @@ class Accounting:
             self.phase_of_core[placement.core_of[name]] = g.phase
         # the phases that hold cores: each is scheduled alone and has its barrier
         self.present = torch.bincount(self.phase_of_core, minlength=onchip.phases + 1)[1:] > 0
+        self.phase_cores = [self.phase_of_core == p for p in range(1, onchip.phases + 1) if self.present[p - 1]]
         self.barrier = barrier(profile, placement.tiles_in_use, placement.chips)
         self.tick = profile.get("chips.tick") or 0.0
         self.schedule = self._schedule(profile)
@@ -251,10 +252,8 @@ class Accounting:
             # message-side serial work; over the whole step a lower bound of the schedule).
             onchip = torch.maximum(gen.max(1).values, proc.max(1).values) + self.barrier
             chip = torch.zeros(B, dtype=torch.float64)
-            for p in range(1, self.onchip.phases + 1):
-                sel = self.phase_of_core == p
-                if bool(sel.any()):
-                    chip += torch.maximum(gen[:, sel].max(1).values, proc[:, sel].max(1).values) + self.barrier
+            for sel in self.phase_cores:
+                chip += torch.maximum(gen[:, sel].max(1).values, proc[:, sel].max(1).values) + self.barrier
             st["onchip_latency_simple_s"] = float(onchip.sum())
             st["chip_latency_simple_s"] = float(chip.sum())
             whole, parts = self.schedule.spans(masks, updated, self.single_step_view)

@@ -2,7 +2,7 @@
 chips, each a mesh of tiles of cores, the rest run on the host cores, everything priced
 and timed from the run.  The stages, one module each, each consuming the one before:
 extract (graph -> OnChip), place (OnChip -> Placement), topology (where cores sit, what
-each element reaches, routes, barrier), record (the run's spikes -> Rasters), schedule
+each element reaches, barrier), record (the run's spikes -> Rasters), schedule
 (the detailed step schedule, compiled), account (energy and latency per step), model
 (MeshModel: the HardwareModel interface).
 
@@ -24,8 +24,8 @@ from .extract import Connection, Group, MappingError, OnChip, extract
 from .model import LINEAR, RETIME_SAMPLES, MeshModel
 from .place import LayerMapping, Placement, place
 from .record import Raster, Recorder, record
-from .topology import barrier, chip_distance, core_chip, core_xy, fanout, routes
+from .topology import barrier, chip_distance, core_chip, core_xy, fanout, geometry
 
 __all__ = ["Accounting", "without_link_delay", "without_network_load", "Connection", "Group", "LINEAR", "LayerMapping", "MappingError", "MeshModel", "OnChip",
            "Placement", "RETIME_SAMPLES", "Raster", "Recorder", "barrier", "chip_distance", "core_chip", "core_xy",
-           "extract", "fanout", "place", "record", "routes"]
+           "extract", "fanout", "geometry", "place", "record"]

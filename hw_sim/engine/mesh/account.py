@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
 from .extract import OnChip
 from .place import Placement
 from .record import Raster
-from .schedule import Fanout, StepSchedule, Timing
-from .topology import barrier, chip_distance, core_chip, core_xy, fanout, routes
+from .schedule import StepSchedule, Timing
+from .topology import barrier, chip_distance, core_chip, core_xy, fanout, geometry
 
 # The per-event constants of a core, as [mesh] names them (energy e_*, latency t_*).
 EVENTS = ("synaptic_event", "neuron_access", "neuron_update", "spike_out", "message_out", "message_in",
@@ -45,37 +46,11 @@ GROUP_FIELDS = ("fired", "updated", "synaptic_events_out", "messages_out", "hops
                 "neuron_j", "network_j", "link_j")
 
 
-def as_int64(mask: torch.Tensor) -> torch.Tensor:
-    """A raster mask (record.mask_dtype) as int64 with the same bits (an int64 mask's sign
-    bit is channel 63; the narrower types never set theirs)."""
-    return mask.to(torch.int64)
-
-
 def popcount(mask: torch.Tensor) -> torch.Tensor:
-    """The set bits of each value of a raster mask (its fired channels): int64, same shape
-    (the parallel bit count, in int64 arithmetic: each mask keeps the arithmetic shift's
-    sign copies out of the sums)."""
-    x = as_int64(mask)
-    x = x - ((x >> 1) & 0x5555555555555555)
-    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
-    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
-    return (x * 0x0101010101010101) >> 56
-
-
-def _per_core(spikes: torch.Tensor, fan: Fanout, C: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample and core, the synapses and the messages that the elements' spikes
-    (spikes [B, n]: channels fired, each with its own messages) reach there: two [B, C]
-    float64."""
-    b, e = torch.nonzero(spikes, as_tuple=True)
-    lens = fan.start[e + 1] - fan.start[e]
-    first = torch.repeat_interleave(fan.start[e] - (lens.cumsum(0) - lens), lens)
-    at = first + torch.arange(len(first))                      # each firing element's entries
-    where = torch.repeat_interleave(b, lens) * C + fan.core[at]
-    times = torch.repeat_interleave(spikes[b, e].double(), lens)
-    synapses = torch.zeros(spikes.shape[0] * C, dtype=torch.float64).index_add_(
-        0, where, fan.synapses[at].double() * times)
-    messages = torch.zeros(spikes.shape[0] * C, dtype=torch.float64).index_add_(0, where, times)
-    return synapses.view(-1, C), messages.view(-1, C)
+    """The set bits of each value of a raster mask (its fired channels), uint8, same shape."""
+    a = mask.contiguous().numpy()
+    # numpy counts a signed value's magnitude: an int64 mask's sign bit is channel 63
+    return torch.from_numpy(np.bitwise_count(a.view(np.uint64) if a.dtype == np.int64 else a))
 
 
 def without_network_load(profile):
@@ -112,33 +87,34 @@ class Accounting:
         x, y = core_xy(profile, C)
         chip = core_chip(profile, C)
         crossings = chip_distance(profile, placement.chips)
-        self.fanout = fanout(onchip, placement)
-        # per source element: messages, synaptic events and hops per spike
+        fan = fanout(onchip, placement)
+        # per source element, per spike: messages, synaptic events, hops in x and y, links
         self.tables = {}
-        for name, f in self.fanout.items():
+        for name, f in fan.items():
             n, rows = onchip.groups[name].elements, f.rows()
             src = placement.core_of[name][rows]
             per = lambda v: torch.zeros(n, dtype=torch.float64).index_add_(0, rows, v.double())
-            self.tables[name] = {"msgs": f.per_element().double(), "fanout": per(f.synapses),
-                                 "hx": per((x[f.core] - x[src]).abs()), "hy": per((y[f.core] - y[src]).abs()),
-                                 "links": per(crossings[chip[src], chip[f.core]])}
+            self.tables[name] = torch.stack([f.per_element().double(), per(f.synapses), per((x[f.core] - x[src]).abs()),
+                                             per((y[f.core] - y[src]).abs()),
+                                             per(crossings[chip[src], chip[f.core.long()]])], 1)
+            del rows, src
         self.neurons = sum(g.neurons for g in onchip.groups.values())
-        self.neurons_per_core = torch.zeros(C, dtype=torch.float64)
         self.phase_of_core = torch.zeros(C, dtype=torch.long)
         for name, g in onchip.groups.items():
-            self.neurons_per_core.index_add_(0, placement.core_of[name],
-                                             torch.full((g.elements,), float(g.channels), dtype=torch.float64))
             self.phase_of_core[placement.core_of[name]] = g.phase
         # the phases that hold cores: each is scheduled alone and has its barrier
         self.present = torch.bincount(self.phase_of_core, minlength=onchip.phases + 1)[1:] > 0
-        self.phase_cores = [self.phase_of_core == p for p in range(1, onchip.phases + 1) if self.present[p - 1]]
         self.barrier = barrier(profile, placement.tiles_in_use, placement.chips)
         self.tick = profile.get("chips.tick") or 0.0
-        self.schedule = self._schedule(profile)
+        # the schedule's tables, built once: re-timing changes only its constants
+        self.schedule = StepSchedule(placement.core_of, {n: g.channels for n, g in onchip.groups.items()}, fan,
+                                     self.phase_of_core, onchip.phases, geometry(profile, C))
+        del fan
+        self.timing = Timing.of(profile)
         # the chip links' share of the latency: the kept samples' schedule again without their
         # delays, that share of the chip latency (exact where every sample is kept)
         self.linked = placement.chips > 1 and profile["chips.t_link"] > 0
-        self.unlinked = self._schedule(without_link_delay(profile)) if self.linked else None
+        self.unlinked = Timing.of(without_link_delay(profile)) if self.linked else None
         self.link_share = {"linked": [0.0] * T, "unlinked": [0.0] * T}
         self.single_step_view = single_step_view
         self.samples = 0
@@ -147,16 +123,10 @@ class Accounting:
         self.sample_j: list[torch.Tensor] = []      # per batch, each sample's on-chip energy over T [B]
         self.sample_t_j: list[torch.Tensor] = []    # per batch, the same up to each step t [B, T]
         self.sample_chip_s: list[torch.Tensor] = []  # per batch, each sample's detailed chip latency [B, T]
-        self.kept: list[tuple] = []     # per batch and step: (first sample, t, masks, updated), for retime
+        self.kept: list[tuple] = []     # per batch: (first sample, masks, updated [T, kept, n]), for retime
         self._spans: dict = {}          # retime's phase spans, by timing constants
         self.step = {f: [0.0] * T for f in STEP_FIELDS}
         self.group = {name: {f: 0.0 for f in GROUP_FIELDS} for name in onchip.groups}
-
-    def _schedule(self, profile) -> StepSchedule:
-        groups = self.onchip.groups
-        return StepSchedule(self.placement.core_of, {n: g.channels for n, g in groups.items()}, self.fanout,
-                            self.phase_of_core, self.onchip.phases, Timing.of(profile),
-                            routes(profile, self.placement.cores))
 
     def _chip(self, parts: torch.Tensor, bar: float, tick: float | None = None) -> torch.Tensor:
         """Chip latency from per-phase spans [..., phases]: each phase with cores, plus its barrier,
@@ -164,114 +134,101 @@ class Accounting:
         tick = self.tick if tick is None else tick
         return (parts[..., self.present] + bar).clamp(min=tick).sum(-1)
 
+    def _kept_parts(self, masks: dict, updated: dict, timing: Timing) -> torch.Tensor:
+        """The phase spans [T, n, phases] of kept spikes (masks, updated: [T, n, elements])."""
+        T, n = next(iter(masks.values())).shape[:2]
+        flat = lambda d: {g: v.reshape(T * n, -1) for g, v in d.items()}
+        return self.schedule.spans(flat(masks), flat(updated), timing, False).parts.view(T, n, -1)
+
     def add(self, rasters: dict[str, Raster]) -> None:
-        k, T, C = self.k, self.T, self.placement.cores
+        k, T = self.k, self.T
         B = next(iter(rasters.values())).fired.shape[1]
         first = self.local_samples
         self.samples += B
         self.local_samples += B
         keep = B if self.retime_samples is None else max(0, min(B, self.retime_samples - first))
-        recv = {name: torch.zeros(B, g.elements, dtype=torch.bool) for name, g in self.onchip.groups.items()}
-        sample_j = torch.zeros(B, dtype=torch.float64)
-        up_to_t, chip_s = [], torch.zeros(B, T, dtype=torch.float64)
-        for t in range(T):
-            gen = self.neurons_per_core.unsqueeze(0).expand(B, C) * k["t_neuron_access"]
-            gen = gen.clone()
-            proc = torch.zeros(B, C, dtype=torch.float64)
-            nxt = {name: torch.zeros(B, g.elements, dtype=torch.bool) for name, g in self.onchip.groups.items()}
-            st = {f: 0.0 for f in STEP_FIELDS}
-            masks, updated = {}, {}
-            for name, g in self.onchip.groups.items():
-                r = rasters[name]
-                mask, extra = r.fired[t], r.extra[t]
-                spikes = popcount(mask)                 # channels fired: each one spike
-                S = spikes.double()
-                f0 = (mask & 1) != 0
-                upd = (extra | recv[name]) & ~f0
-                masks[name], updated[name] = mask, upd
-                cores = self.placement.core_of[name]
-                nf, nu = float(S.sum()), float(S.sum() + upd.sum())
-                gen.index_add_(1, cores, S * (k["t_spike_out"] + k["t_neuron_update"])
-                               + upd.double() * k["t_neuron_update"])
-                e_neuron = nu * k["e_neuron_update"] + nf * k["e_spike_out"] \
-                    + B * g.neurons * k["e_neuron_access"]
-                sample_j += ((S.sum(1) + upd.sum(1)) * k["e_neuron_update"] + S.sum(1) * k["e_spike_out"]
-                             + g.neurons * k["e_neuron_access"])
-                st["neurons_fired"] += nf
-                st["neurons_updated"] += nu
-                st["neuron_j"] += e_neuron
-                gs = self.group[name]
-                gs["fired"] += nf
-                gs["updated"] += nu
-                gs["neuron_j"] += e_neuron
-                transfers = torch.zeros(B, dtype=torch.float64)
-                if g.fed_by_host:
-                    transfers += extra.sum(1)
-                if g.to_host:
-                    transfers += S.sum(1) if g.kind == "mt" else extra.sum(1)
-                st["host_transfers"] += float(transfers.sum())
-                sample_j += transfers * k["e_host_transfer"]
-                tab = self.tables.get(name)
-                if tab is None:
-                    continue
-                synapses, messages = _per_core(spikes, self.fanout[name], C)
-                proc += synapses * k["t_synaptic_event"] + messages * k["t_message_in"]
-                gen.index_add_(1, cores, S * tab["msgs"] * k["t_message_out"])
-                ev, msgs = float((S @ tab["fanout"]).sum()), float((S @ tab["msgs"]).sum())
-                hx, hy = float((S @ tab["hx"]).sum()), float((S @ tab["hy"]).sum())
-                lk = float((S @ tab["links"]).sum())
-                e_syn = ev * k["e_synaptic_event"]
-                e_net = msgs * (k["e_message_out"] + k["e_message_in"]) + hx * k["e_hop_x"] + hy * k["e_hop_y"]
-                e_link = lk * k["e_link"]
-                sample_j += S @ (tab["fanout"] * k["e_synaptic_event"]
-                                 + tab["msgs"] * (k["e_message_out"] + k["e_message_in"])
-                                 + tab["hx"] * k["e_hop_x"] + tab["hy"] * k["e_hop_y"] + tab["links"] * k["e_link"])
-                for f, v in (("synaptic_events", ev), ("messages", msgs), ("hops", hx + hy), ("hops_x", hx),
-                             ("hops_y", hy), ("links", lk), ("synapse_j", e_syn), ("network_j", e_net),
-                             ("link_j", e_link)):
-                    st[f] += v
-                gs["synaptic_events_out"] += ev
-                gs["messages_out"] += msgs
-                gs["hops_out"] += hx + hy
-                gs["links_out"] += lk
-                gs["synapse_j"] += e_syn
-                gs["network_j"] += e_net
-                gs["link_j"] += e_link
-                for c in self.onchip.outgoing(name):
-                    y = c.forward(S[:, c.src_index].float()) > 0
-                    valid = c.dst_index >= 0
-                    nxt[c.dst][:, c.dst_index[valid]] |= y[:, valid]
-            recv = nxt
-            up_to_t.append(sample_j.clone())
-            if keep:             # kept for re-timing (retime): the schedule's input, per sample
-                self.kept.append((first, t, {n: c[:keep].clone() for n, c in masks.items()},
-                                  {n: u[:keep].clone() for n, u in updated.items()}))
-            # Latency per sample, over all cores (one step, one barrier: SANA-FE's view) and
-            # per phase (each chip segment of the step with its own barrier): the detailed
-            # schedule, and SANA-FE's "simple" model (max over cores of neuron-side and
-            # message-side serial work; over the whole step a lower bound of the schedule).
-            onchip = torch.maximum(gen.max(1).values, proc.max(1).values) + self.barrier
-            chip = torch.zeros(B, dtype=torch.float64)
-            for sel in self.phase_cores:
-                chip += torch.maximum(gen[:, sel].max(1).values, proc[:, sel].max(1).values) + self.barrier
-            st["onchip_latency_simple_s"] = float(onchip.sum())
-            st["chip_latency_simple_s"] = float(chip.sum())
-            whole, parts = self.schedule.spans(masks, updated, self.single_step_view)
-            chip_s[:, t] = self._chip(parts, self.barrier)
-            st["onchip_latency_s"] = float((whole + self.barrier).sum())
-            st["chip_latency_s"] = float(chip_s[:, t].sum())
-            if self.linked and keep:
-                unlinked = self.unlinked.spans({n: c[:keep] for n, c in masks.items()},
-                                               {n: u[:keep] for n, u in updated.items()}, False)[1]
-                self.link_share["linked"][t] += float(chip_s[:keep, t].sum())
-                self.link_share["unlinked"][t] += float(self._chip(unlinked, self.barrier).sum())
-            st["host_transfer_j"] = st["host_transfers"] * k["e_host_transfer"]
-            st["host_transfer_s"] = st["host_transfers"] * k["t_host_transfer"]
-            for f in STEP_FIELDS:
-                self.step[f][t] += st[f]
-        self.sample_j.append(sample_j)
-        self.sample_t_j.append(torch.stack(up_to_t, 1))
-        self.sample_chip_s.append(chip_s)
+        groups = self.onchip.groups
+        spikes = {name: popcount(rasters[name].fired) for name in groups}     # [T, B, n]: each one spike
+        # a neuron updates when it has work of its own or received a synaptic event at t - 1,
+        # and did not fire on channel 0
+        updated = {name: rasters[name].extra.clone() for name in groups}
+        for name in groups:
+            for c in self.onchip.outgoing(name):
+                valid = c.dst_index >= 0
+                for t in range(T - 1):
+                    y = c.forward(spikes[name][t][:, c.src_index].float()) > 0
+                    updated[c.dst][t + 1][:, c.dst_index[valid]] |= y[:, valid]
+        for name in groups:
+            updated[name] &= (rasters[name].fired & 1) == 0
+        st = {f: torch.zeros(T, dtype=torch.float64) for f in STEP_FIELDS}
+        sample_j = torch.zeros(T, B, dtype=torch.float64)              # each sample's energy at each step
+        for name, g in groups.items():
+            fired_b = spikes[name].sum(2, dtype=torch.float64)                  # [T, B]
+            updated_b = updated[name].sum(2, dtype=torch.float64)
+            nf, nu = fired_b.sum(1), fired_b.sum(1) + updated_b.sum(1)
+            e_neuron = nu * k["e_neuron_update"] + nf * k["e_spike_out"] + B * g.neurons * k["e_neuron_access"]
+            sample_j += ((fired_b + updated_b) * k["e_neuron_update"] + fired_b * k["e_spike_out"]
+                         + g.neurons * k["e_neuron_access"])
+            st["neurons_fired"] += nf
+            st["neurons_updated"] += nu
+            st["neuron_j"] += e_neuron
+            gs = self.group[name]
+            gs["fired"] += float(nf.sum())
+            gs["updated"] += float(nu.sum())
+            gs["neuron_j"] += float(e_neuron.sum())
+            transfers = torch.zeros(T, B, dtype=torch.float64)
+            if g.fed_by_host or (g.to_host and g.kind != "mt"):
+                own = rasters[name].extra.sum(2, dtype=torch.float64)
+                transfers += own * (int(g.fed_by_host) + int(g.to_host and g.kind != "mt"))
+            if g.to_host and g.kind == "mt":
+                transfers += fired_b
+            st["host_transfers"] += transfers.sum(1)
+            sample_j += transfers * k["e_host_transfer"]
+            tab = self.tables.get(name)
+            if tab is None:
+                continue
+            # per spike: messages, synaptic events, hops x, hops y, links; summed [T, B, 5]
+            per = (spikes[name].reshape(T * B, -1).double() @ tab).view(T, B, 5)
+            msgs, ev, hx, hy, lk = per.unbind(2)
+            energy = {"synapse_j": ev * k["e_synaptic_event"],
+                      "network_j": msgs * (k["e_message_out"] + k["e_message_in"]) + hx * k["e_hop_x"]
+                      + hy * k["e_hop_y"], "link_j": lk * k["e_link"]}
+            sample_j += energy["synapse_j"] + energy["network_j"] + energy["link_j"]
+            for f, v in (("synaptic_events", ev), ("messages", msgs), ("hops", hx + hy), ("hops_x", hx),
+                         ("hops_y", hy), ("links", lk), *energy.items()):
+                st[f] += v.sum(1)
+            for f, v in (("synaptic_events_out", ev), ("messages_out", msgs), ("hops_out", hx + hy),
+                         ("links_out", lk), *energy.items()):
+                gs[f] += float(v.sum())
+        # Latency per sample and step, every phase (each chip segment of the step with its own
+        # barrier) and, for SANA-FE's view, every core as one step with one barrier: the
+        # detailed schedule and SANA-FE's "simple" model (over the whole step a lower bound of
+        # the schedule), every sample-step of the batch in one call.
+        masks = {name: rasters[name].fired.reshape(T * B, -1) for name in groups}
+        spans = self.schedule.spans(masks, {n: u.reshape(T * B, -1) for n, u in updated.items()}, self.timing,
+                                    self.single_step_view)
+        chip_s = self._chip(spans.parts.view(T, B, -1), self.barrier)                   # [T, B]
+        st["onchip_latency_simple_s"] += (spans.simple_whole.view(T, B) + self.barrier).sum(1)
+        st["chip_latency_simple_s"] += (spans.simple_parts.view(T, B, -1)[..., self.present] + self.barrier).sum((1, 2))
+        st["onchip_latency_s"] += (spans.whole.view(T, B) + self.barrier).sum(1)
+        st["chip_latency_s"] += chip_s.sum(1)
+        if keep:                 # kept for re-timing (retime): the schedule's input, per sample
+            kept = ({n: rasters[n].fired[:, :keep].clone() for n in groups},
+                    {n: u[:, :keep].clone() for n, u in updated.items()})
+            self.kept.append((first, *kept))
+            if self.linked:
+                unlinked = self._kept_parts(*kept, self.unlinked)
+                self.link_share["linked"] = [a + float(b) for a, b in zip(self.link_share["linked"],
+                                                                          chip_s[:, :keep].sum(1))]
+                self.link_share["unlinked"] = [a + float(b) for a, b in zip(self.link_share["unlinked"],
+                                                                            self._chip(unlinked, self.barrier).sum(1))]
+        st["host_transfer_j"] = st["host_transfers"] * k["e_host_transfer"]
+        st["host_transfer_s"] = st["host_transfers"] * k["t_host_transfer"]
+        for f in STEP_FIELDS:
+            self.step[f] = [a + float(b) for a, b in zip(self.step[f], st[f])]
+        self.sample_j.append(sample_j.sum(0))
+        self.sample_t_j.append(sample_j.cumsum(0).T.contiguous())
+        self.sample_chip_s.append(chip_s.T.contiguous())
 
     def reduce(self, sum_over_ranks) -> None:
         """The per-step and per-group sums and the sample count over every rank's batches
@@ -315,13 +272,14 @@ class Accounting:
         # the spans do not depend on the barrier: scheduled once per set of the other constants
         key = (n, tuple(profile.get(k) for k in SCHEDULE_CONSTANTS))
         if key not in self._spans:
-            schedule = self._schedule(profile)
+            timing = Timing.of(profile)
             parts = torch.zeros(n, self.T, self.onchip.phases, dtype=torch.float64)
-            for first, t, masks, updated in self.kept:
-                m = min(next(iter(masks.values())).shape[0], n - first)
+            for first, masks, updated in self.kept:
+                m = min(next(iter(masks.values())).shape[1], n - first)
                 if m > 0:
-                    parts[first:first + m, t] = schedule.spans({g: c[:m] for g, c in masks.items()},
-                                                               {g: u[:m] for g, u in updated.items()}, False)[1]
+                    parts[first:first + m] = self._kept_parts({g: c[:, :m] for g, c in masks.items()},
+                                                              {g: u[:, :m] for g, u in updated.items()},
+                                                              timing).transpose(0, 1)
             self._spans[key] = parts
         return self._chip(self._spans[key], bar, profile.get("chips.tick") or 0.0)
 

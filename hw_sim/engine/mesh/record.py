@@ -27,14 +27,47 @@ def mask_dtype(channels: int) -> torch.dtype:
         torch.int32 if channels <= 31 else torch.int64
 
 
+def decode(code: torch.Tensor, levels: int, k: int, channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An MT neuron's recorded codes (GraphExecutor(..., record_levels=True)) as (fired
+    channels as a bit mask, int64; active: the neuron had input or membrane this step)."""
+    n, code = levels, code.long()
+    if k > 1:
+        # int16 codes sign * m + 2^n - 1 (+ an offset when active): m's binary digits are the
+        # levels fired, level i on channel i (n + i when negative)
+        values = 2 ** (n + 1) - 1
+        active = code >= values
+        m = torch.where(active, code - values, code) - (2 ** n - 1)
+    else:
+        # uint8 codes: the level number p (+- 1..n: the spike th 2^(|p| - 1)) + n
+        active = code >= 2 * n + 1
+        p = torch.where(active, code - (2 * n + 1), code) - n
+        m = p.sign() * torch.where(p != 0, 1 << (p.abs() - 1).clamp(min=0), 0)
+    fired = torch.where(m < 0, m.abs() << n, m) if channels > 1 else (m != 0).long()
+    return fired, active
+
+
+def codes(levels: int, k: int) -> int:
+    """How many codes an MT neuron of `levels` levels and k levels per step records."""
+    return 2 * (2 ** (levels + 1) - 1) if k > 1 else 2 * (2 * levels + 1)
+
+
 class Recorder:
     """Executor observer (GraphExecutor(..., record_levels=True)) that keeps the rasters of
-    the on-chip groups for one batch; ``take()`` returns and clears them."""
+    the on-chip groups for one batch; ``take()`` returns and clears them.  Codes are decoded
+    by table (one per group: every code's mask and activity)."""
 
     def __init__(self, executor, onchip: OnChip, T: int):
         self.executor, self.onchip, self.T = executor, onchip, T
         self._rasters: dict[str, Raster] = {}
         self._vnz: dict[str, torch.Tensor] = {}
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _table(self, g, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (g.name, k)
+        if key not in self._tables:
+            fired, active = decode(torch.arange(codes(g.levels, k)), g.levels, k, g.channels)
+            self._tables[key] = fired.to(mask_dtype(g.channels)), active
+        return self._tables[key]
 
     def __call__(self, node, inputs, out, t):
         g = self.onchip.groups.get(node.name)
@@ -50,24 +83,15 @@ class Recorder:
             raster.extra[t - 1] = (out.reshape(B, -1) != 0).cpu()
         else:
             state = self.executor.state(node.name)
-            n = g.levels
-            code = state.code.reshape(B, -1).long().cpu()
-            if state.k > 1:
-                # int16 codes sign * m + 2^n - 1 (+ an offset when active): m's binary digits
-                # are the levels fired, level i on channel i (n + i when negative)
-                values = 2 ** (n + 1) - 1
-                active = code >= values
-                m = torch.where(active, code - values, code) - (2 ** n - 1)
-            else:
-                # uint8 codes: the level number p (+- 1..n: the spike th 2^(|p| - 1)) + n
-                active = code >= 2 * n + 1
-                p = torch.where(active, code - (2 * n + 1), code) - n
-                m = p.sign() * torch.where(p != 0, 1 << (p.abs() - 1).clamp(min=0), 0)
-            fired = torch.where(m < 0, m.abs() << n, m) if g.channels > 1 else (m != 0).long()
-            raster.fired[t - 1] = fired.to(raster.fired.dtype)
+            fired, active = self._table(g, state.k)
+            code = state.code.reshape(-1).cpu().to(torch.int32)
+            torch.index_select(fired, 0, code, out=raster.fired[t - 1].view(-1))
             prev = self._vnz.get(node.name)
-            raster.extra[t - 1] = active if prev is None else active | prev
-            self._vnz[node.name] = (state.v.reshape(B, -1) != 0).cpu()
+            now = raster.extra[t - 1].view(-1)
+            torch.index_select(active, 0, code, out=now)
+            if prev is not None:
+                now |= prev
+            self._vnz[node.name] = (state.v.reshape(-1) != 0).cpu()
 
     def take(self) -> dict[str, Raster]:
         out, self._rasters, self._vnz = self._rasters, {}, {}

@@ -1,47 +1,55 @@
-/* The detailed step schedule of the mesh model (hw_sim/schedule.py describes the model),
- * for every sample of a batch, in parallel over samples.
+/* The detailed step schedule of the mesh model (schedule.py describes the model), and
+ * SANA-FE's simple model beside it, for a batch of sample-steps in parallel.
  *
- * It reproduces tests/reference.py's Python StepSchedule bit for bit: every time is added
- * up in the same order, and the queue of messages ready to leave is a binary heap with
- * heapq's push and pop (the same sift steps, comparing departure times with < only), so
- * that messages leaving at the same time are taken in the same order.  Compile without
- * floating-point contraction (hw_sim/native.py does). */
+ * It reproduces tests/reference.py's Python StepSchedule bit for bit: every time is
+ * computed by the same formula in the same order, and the queue of messages ready to leave
+ * is a binary heap with heapq's push and pop (the same sift steps, comparing departure
+ * times with < only), so that messages leaving at the same time are taken in the same
+ * order.  Compile without floating-point contraction (ecmt/runtime/cbuild.py does).
+ *
+ * Routes are X then Y over the system's tile mesh, walked here from the cores' positions:
+ * no table per (source, destination) pair, which ViT-B's mapping on hundreds of chips
+ * could not hold. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* What does not change from sample to sample: built once per placement and timing. */
+/* What does not change from sample to sample: built once per placement. */
 typedef struct {
     int64_t cores, phases;
-    const int64_t *core_start;      /* [cores + 1]: each core's neurons in mapping order, in entry_* */
-    const int32_t *entry_group;     /* per entry: its group */
-    const int64_t *entry_element;   /* per entry: its element in the group */
-    const int32_t *phase_of_core;   /* [cores]: 0 .. phases - 1 */
+    const int64_t *run_start;       /* [cores + 1]: each core's runs of elements, in mapping order */
+    const int32_t *run_group;       /* per run: its group */
+    const int64_t *run_first;       /* per run: its first element (the run's are consecutive) */
+    const int64_t *run_length;      /* per run: its elements */
+    const int32_t *phase_of_core;   /* [cores]: 0 .. phases - 1 (-1: no neurons) */
     const int32_t *channels;        /* per group: neurons per element */
-    const int64_t *elements;        /* per group: elements (the row length of its spikes) */
-    const int64_t *first_element;   /* per group: its first element in dest_start's numbering */
-    const int64_t *dest_start;      /* [all elements + 1]: each element's destinations */
-    const int32_t *dest_core;       /* per destination: the core, ascending per element */
-    const double *dest_processing;  /* per destination: message-in + synapses x synaptic event */
-    const int32_t *dest_route;      /* per destination: its route */
-    const double *route_delay;      /* per route: the hop delays */
-    const int32_t *route_links;     /* per route: hops + 1 */
-    const int64_t *route_start;     /* [routes + 1]: the router inputs it loads, in route_input */
-    const int32_t *route_input;
-    int64_t inputs;                 /* router inputs in all */
-    double t_idle, t_update, t_fire, t_out;
-    double buffer;                  /* link buffer (messages per router input) */
-    int32_t loaded;                 /* 0: no network load (every trip takes its hop delays) */
+    const int32_t *width;           /* per group: bytes of one fired mask (1, 2, 4 or 8) */
+    const int64_t *elements;        /* per group: elements (the row length of its masks) */
+    const int64_t *const *dest_start;   /* per group: [elements + 1], each element's destinations */
+    const int32_t *const *dest_core;    /* per group: per destination, the core (ascending per element) */
+    const int32_t *const *dest_synapses; /* per group: per destination, its synapses there */
+    const int32_t *x, *y;           /* [cores]: the core's tile on the system's tile mesh */
+    const int32_t *chip;            /* [cores] */
+    const int32_t *crossings;       /* [chips x chips]: chip-to-chip links between two chips */
+    int64_t chips, height, cores_per_tile, inputs;  /* inputs: router inputs (routers x (4 + cpt)) */
 } layout;
 
-/* A message in a core's send queue: the time to generate it since the core's previous
- * one, its processing time at the destination, its destination core (-1: the send-free
- * slot at the queue's end) and route. */
-typedef struct { double gen, processing; int32_t dst, route; } message_t;
+/* The timing constants of one run of the schedule. */
+typedef struct {
+    const double *processing;       /* [most synapses + 1]: message-in + synapses x synaptic event */
+    double t_idle, t_update, t_fire, t_out;     /* soma times: access; + update; + spike out */
+    double t_hop_x, t_hop_y, t_link;
+    double buffer;                  /* link buffer (messages per router input) */
+    int32_t loaded;                 /* 0: no network load (every trip takes its hop delays) */
+} timing;
+
+/* A message in a core's send queue: the time to generate it since the core's previous one,
+ * its destination core (-1: the send-free slot at the queue's end) and synapses there. */
+typedef struct { double gen; int32_t dst, synapses; } message_t;
 /* A core whose next message is ready to leave at `sent`. */
 typedef struct { double sent; int64_t core; } ready_t;
 /* A message in flight (numbered in the order sent), taken in by its destination at `taken`. */
-typedef struct { double taken, share, processing; int64_t seq; int32_t route; } flight_t;
+typedef struct { double taken, share, processing; int64_t seq; int32_t src, dst; } flight_t;
 /* The messages in flight to one destination, in the order sent: a growable FIFO. */
 typedef struct { flight_t *item; int64_t head, tail, cap; } inbox_t;
 /* The first message in flight to one destination.  Per destination, messages are taken in
@@ -106,6 +114,7 @@ typedef struct {
     head_t *heads;                  /* [cores] */
     inbox_t *inbox;                 /* [cores] */
     double *free_at, *load;         /* [cores], [inputs]: zero at a run's start */
+    double *gen, *proc;             /* [cores]: the simple model's serial work per core */
 } scratch;
 
 static int grow(void **p, int64_t n, size_t item) {
@@ -115,60 +124,128 @@ static int grow(void **p, int64_t n, size_t item) {
     return 0;
 }
 
-static int append(scratch *s, double gen, int32_t dst, double processing, int32_t route) {
+static int append(scratch *s, double gen, int32_t dst, int32_t synapses) {
     if (s->size == s->cap) {
         int64_t cap = s->cap ? 2 * s->cap : 1024;
         if (grow((void **)&s->queue, cap, sizeof(message_t))) return -1;
         s->cap = cap;
     }
-    s->queue[s->size++] = (message_t){gen, processing, dst, route};
+    s->queue[s->size++] = (message_t){gen, dst, synapses};
     return 0;
 }
 
-/* Each core's send queue for sample b: its neurons in mapping order, adding up their soma
- * times; a neuron that fires sends one message per destination core, the first carrying
- * the time added up since the core's previous message. */
-static int build_queues(const layout *L, scratch *s, int64_t b, const int64_t *const *fired,
+static inline int64_t mask_at(const void *row, int32_t width, int64_t e) {
+    switch (width) {
+    case 1: return ((const uint8_t *)row)[e];
+    case 2: return ((const int16_t *)row)[e];
+    case 4: return ((const int32_t *)row)[e];
+    default: return ((const int64_t *)row)[e];
+    }
+}
+
+/* The soma time of idle, updating and firing neurons, in one formula (so that equal counts
+ * give equal times). */
+static inline double soma(const timing *K, int64_t idle, int64_t updates, int64_t fires) {
+    return (double)idle * K->t_idle + (double)updates * K->t_update + (double)fires * K->t_fire;
+}
+
+/* Each core's send queue for sample-step n: its neurons in mapping order; a neuron that
+ * fires sends one message per destination core, the first carrying the soma time of the
+ * neurons since the core's previous message plus a message-out time, each further one a
+ * message-out time.  Also each core's serial work for the simple model: gen (soma and
+ * message-out times) and proc (its incoming messages' processing). */
+static int build_queues(const layout *L, const timing *K, scratch *s, int64_t n, const void *const *fired,
                         const uint8_t *const *updated) {
     s->size = 0;
+    memset(s->proc, 0, L->cores * sizeof(double));
     for (int64_t core = 0; core < L->cores; core++) {
-        double acc = 0.0;
+        int64_t idle = 0, updates = 0, fires = 0;           /* since the core's previous message */
+        int64_t all_updates = 0, all_fires = 0, all_idle = 0, messages = 0;
         s->q_start[core] = s->size;
-        for (int64_t i = L->core_start[core]; i < L->core_start[core + 1]; i++) {
-            int32_t g = L->entry_group[i];
-            int64_t e = L->entry_element[i], row = b * L->elements[g] + e;
-            int64_t mask = fired[g][row];
-            int32_t channels = L->channels[g];
-            for (int32_t j = 0; j < channels; j++) {
-                if ((mask >> j) & 1) {
-                    acc += L->t_fire;
-                    int64_t at = L->first_element[g] + e;
-                    for (int64_t k = L->dest_start[at]; k < L->dest_start[at + 1]; k++) {
-                        if (append(s, acc + L->t_out, L->dest_core[k], L->dest_processing[k], L->dest_route[k]))
-                            return -1;
-                        acc = 0.0;
+        for (int64_t r = L->run_start[core]; r < L->run_start[core + 1]; r++) {
+            int32_t g = L->run_group[r], channels = L->channels[g], width = L->width[g];
+            int64_t first = L->run_first[r], end = first + L->run_length[r];
+            const void *masks = (const char *)fired[g] + (size_t)(n * L->elements[g]) * width;
+            const uint8_t *upd = updated[g] + n * L->elements[g];
+            const int64_t *start = L->dest_start[g];
+            for (int64_t e = first; e < end; e++) {
+                int64_t mask = mask_at(masks, width, e);
+                if (mask == 0) {                            /* the common case: nothing fired */
+                    int u = upd[e] != 0;
+                    updates += u;
+                    idle += channels - u;
+                    continue;
+                }
+                for (int32_t j = 0; j < channels; j++) {
+                    if ((mask >> j) & 1) {
+                        fires++;
+                        if (start == NULL) continue;
+                        for (int64_t k = start[e]; k < start[e + 1]; k++) {
+                            int32_t dst = L->dest_core[g][k], syn = L->dest_synapses[g][k];
+                            if (append(s, soma(K, idle, updates, fires) + K->t_out, dst, syn)) return -1;
+                            s->proc[dst] += K->processing[syn];
+                            all_idle += idle; all_updates += updates; all_fires += fires;
+                            idle = updates = fires = 0;
+                            messages++;
+                        }
+                    } else if (j == 0 && upd[e]) {
+                        updates++;
+                    } else {
+                        idle++;
                     }
-                } else if (j == 0) {
-                    acc += updated[g][row] ? L->t_update : L->t_idle;
-                } else {
-                    acc += L->t_idle;
                 }
             }
         }
-        if (acc != 0.0 && append(s, acc, -1, 0.0, -1))
+        double rest = soma(K, idle, updates, fires);
+        if (rest != 0.0 && append(s, rest, -1, 0))
             return -1;
         s->q_end[core] = s->size;
+        s->gen[core] = soma(K, all_idle + idle, all_updates + updates, all_fires + fires) + (double)messages * K->t_out;
     }
     return 0;
 }
 
+/* The hop delays of the route src -> dst (X then Y, each chip boundary one link). */
+static inline double trip_delay(const layout *L, const timing *K, int32_t src, int32_t dst) {
+    double d = 0.0 + (double)abs(L->x[dst] - L->x[src]) * K->t_hop_x + (double)abs(L->y[dst] - L->y[src]) * K->t_hop_y;
+    if (K->t_link != 0.0)
+        d += (double)L->crossings[L->chip[src] * L->chips + L->chip[dst]] * K->t_link;
+    return d;
+}
+
+/* Walk the router inputs of the route src -> dst: the sending core's port of the first
+ * router, then on each later router the port facing where the message came from; router
+ * input = router x (4 + cores per tile) + port, ports 0-3 facing west, east, south, north,
+ * 4 + k core k's.  BODY runs with `in` set to each input, in route order. */
+#define ROUTE_INPUTS(L, src, dst, BODY)                                                   \
+    do {                                                                                  \
+        int64_t ports_ = 4 + (L)->cores_per_tile, h_ = (L)->height;                       \
+        int64_t x0_ = (L)->x[src], y0_ = (L)->y[src], x1_ = (L)->x[dst], y1_ = (L)->y[dst]; \
+        int64_t in = (x0_ * h_ + y0_) * ports_ + 4 + (src) % (L)->cores_per_tile;         \
+        BODY;                                                                             \
+        if (x1_ != x0_) {                                                                 \
+            int64_t sx_ = x1_ > x0_ ? 1 : -1, port_ = sx_ > 0 ? 0 : 1;                    \
+            for (int64_t xx_ = x0_ + sx_; xx_ != x1_ + sx_; xx_ += sx_) {                  \
+                in = (xx_ * h_ + y0_) * ports_ + port_;                                   \
+                BODY;                                                                     \
+            }                                                                             \
+        }                                                                                 \
+        if (y1_ != y0_) {                                                                 \
+            int64_t sy_ = y1_ > y0_ ? 1 : -1, port_ = sy_ > 0 ? 2 : 3;                    \
+            for (int64_t yy_ = y0_ + sy_; yy_ != y1_ + sy_; yy_ += sy_) {                  \
+                in = (x1_ * h_ + yy_) * ports_ + port_;                                   \
+                BODY;                                                                     \
+            }                                                                             \
+        }                                                                                 \
+    } while (0)
+
 /* The time from the step's start to its last event, for the queues of the cores in phase
  * `phase` (-1: every core). */
-static int run(const layout *L, scratch *s, int32_t phase, double *span) {
+static int run(const layout *L, const timing *K, scratch *s, int32_t phase, double *span) {
     int64_t n_ready = 0, n_heads = 0, n_flight = 0, seq = 0;
     double sum_processing = 0.0, last = 0.0;
     memset(s->free_at, 0, L->cores * sizeof(double));
-    if (L->loaded) memset(s->load, 0, L->inputs * sizeof(double));
+    if (K->loaded) memset(s->load, 0, L->inputs * sizeof(double));
     for (int64_t core = 0; core < L->cores; core++) {
         s->inbox[core].head = s->inbox[core].tail = 0;
         s->next_at[core] = s->q_start[core];
@@ -181,63 +258,64 @@ static int run(const layout *L, scratch *s, int32_t phase, double *span) {
         if (sent > last) last = sent;
         while (n_heads && s->heads[0].taken <= sent) {         /* taken in by now: off the network */
             head_t *h = &s->heads[0];
-            inbox_t *in = &s->inbox[h->dst];
-            const flight_t *f = &in->item[in->head++];
-            for (int64_t k = L->route_start[f->route]; k < L->route_start[f->route + 1]; k++)
-                s->load[L->route_input[k]] -= f->share;
+            inbox_t *in_box = &s->inbox[h->dst];
+            const flight_t *f = &in_box->item[in_box->head++];
+            double share = f->share;
+            ROUTE_INPUTS(L, f->src, f->dst, s->load[in] -= share);
             n_flight--;
             sum_processing = n_flight ? sum_processing - f->processing : 0.0;
-            if (in->head < in->tail) {      /* the destination's next message takes its place */
-                h->taken = in->item[in->head].taken;
-                h->seq = in->item[in->head].seq;
+            if (in_box->head < in_box->tail) {      /* the destination's next message takes its place */
+                h->taken = in_box->item[in_box->head].taken;
+                h->seq = in_box->item[in_box->head].seq;
                 head_siftup(s->heads, n_heads, 0);
             } else {
-                in->head = in->tail = 0;
+                in_box->head = in_box->tail = 0;
                 head_pop(s->heads, &n_heads);
             }
         }
         const message_t *m = &s->queue[s->next_at[msg.core]++];
-        int32_t dst = m->dst, route = m->route;
+        int32_t dst = m->dst, src = (int32_t)msg.core;
         if (dst >= 0) {
-            double processing = m->processing, trip = L->route_delay[route];
-            int32_t links = L->route_links[route];
-            if (L->loaded) {
-                double rho = 0.0;
-                for (int64_t k = L->route_start[route]; k < L->route_start[route + 1]; k++)
-                    rho += s->load[L->route_input[k]];
+            double processing = K->processing[m->synapses], trip = trip_delay(L, K, src, dst);
+            if (K->loaded) {
+                /* rho: the load along the route before this message; then the message's share
+                 * is added to the same inputs (each once: a route visits an input once) */
+                int64_t links = (int64_t)abs(L->x[dst] - L->x[src]) + abs(L->y[dst] - L->y[src]) + 1;
+                double rho = 0.0, share = 1.0 / (double)(links + 1);
+                ROUTE_INPUTS(L, src, dst, (rho += s->load[in], s->load[in] += share));
                 double mu = n_flight ? sum_processing / (double)n_flight : 0.0;
-                double excess = rho - (double)links * L->buffer;
+                double excess = rho - (double)links * K->buffer;
                 if (excess > 0) sent += excess * mu;
                 double crowd = rho * mu / (double)links;
                 if (crowd > trip) trip = crowd;
-            }
-            double arrive = sent + trip, f = s->free_at[dst], done = f + processing;
-            if (arrive + processing > done) done = arrive + processing;
-            s->free_at[dst] = done;
-            if (done > last) last = done;
-            if (L->loaded) {
-                double share = 1.0 / (double)(links + 1);
-                for (int64_t k = L->route_start[route]; k < L->route_start[route + 1]; k++)
-                    s->load[L->route_input[k]] += share;
-                inbox_t *in = &s->inbox[dst];
-                if (in->tail == in->cap) {
-                    if (2 * in->head >= in->cap && in->head > 0) {     /* room at the front */
-                        memmove(in->item, in->item + in->head, (in->tail - in->head) * sizeof(flight_t));
-                        in->tail -= in->head;
-                        in->head = 0;
+                double arrive = sent + trip, f = s->free_at[dst], done = f + processing;
+                if (arrive + processing > done) done = arrive + processing;
+                s->free_at[dst] = done;
+                if (done > last) last = done;
+                inbox_t *in_box = &s->inbox[dst];
+                if (in_box->tail == in_box->cap) {
+                    if (2 * in_box->head >= in_box->cap && in_box->head > 0) {     /* room at the front */
+                        memmove(in_box->item, in_box->item + in_box->head, (in_box->tail - in_box->head) * sizeof(flight_t));
+                        in_box->tail -= in_box->head;
+                        in_box->head = 0;
                     } else {
-                        int64_t cap = in->cap ? 2 * in->cap : 16;
-                        if (grow((void **)&in->item, cap, sizeof(flight_t))) return -1;
-                        in->cap = cap;
+                        int64_t cap = in_box->cap ? 2 * in_box->cap : 16;
+                        if (grow((void **)&in_box->item, cap, sizeof(flight_t))) return -1;
+                        in_box->cap = cap;
                     }
                 }
                 double taken = arrive > f ? arrive : f;
-                if (in->head == in->tail)
+                if (in_box->head == in_box->tail)
                     head_push(s->heads, &n_heads, (head_t){taken, seq, dst});
-                in->item[in->tail++] = (flight_t){taken, share, processing, seq, route};
+                in_box->item[in_box->tail++] = (flight_t){taken, share, processing, seq, src, dst};
                 seq++;
                 n_flight++;
                 sum_processing += processing;
+            } else {
+                double arrive = sent + trip, f = s->free_at[dst], done = f + processing;
+                if (arrive + processing > done) done = arrive + processing;
+                s->free_at[dst] = done;
+                if (done > last) last = done;
             }
         }
         if (s->next_at[msg.core] < s->q_end[msg.core]) {
@@ -250,45 +328,63 @@ static int run(const layout *L, scratch *s, int32_t phase, double *span) {
     return 0;
 }
 
-/* Per sample b of the batch: whole[b], the span over every core (only where whole_too:
- * SANA-FE's single-step view, else 0), and parts[b, p], the span of phase p's cores alone
- * (the whole span where the phase holds every core with neurons, 0 where it holds none).  fired[g] / updated[g]: group g's [batch, elements]
- * fired channels (bit j: channel j) and whether channel 0 updates without firing.
+/* Per sample-step n of the batch (its rows in fired / updated):
+ *   whole[n]: the detailed span over every core (only where whole_too: SANA-FE's single-step
+ *     view, else 0), parts[n, p]: the span of phase p's cores alone (the whole span where
+ *     the phase holds every core with neurons, 0 where it holds none);
+ *   simple_whole[n], simple_parts[n, p]: SANA-FE's simple model, the largest serial work of
+ *     one core (gen or proc) over every core and over each phase's cores.
+ * fired[g]: group g's [N, elements] fired channels (bit j: channel j, `width` bytes each);
+ * updated[g]: [N, elements] whether channel 0 updates without firing.
  * Returns 0, or -1 when memory ran out. */
-int schedule_batch(const layout *L, int64_t batch, const int64_t *const *fired, const uint8_t *const *updated,
-                   double *whole, double *parts, int whole_too, int threads) {
+int schedule_batch(const layout *L, const timing *K, int64_t batch, const void *const *fired,
+                   const uint8_t *const *updated, double *whole, double *parts, double *simple_whole,
+                   double *simple_parts, int whole_too, int threads) {
     int failed = 0;
     int64_t used = 0, *in_phase = calloc(L->phases ? L->phases : 1, sizeof(int64_t));
     if (in_phase == NULL) return -1;
     for (int64_t core = 0; core < L->cores; core++)
-        if (L->core_start[core] < L->core_start[core + 1]) {
+        if (L->phase_of_core[core] >= 0) {
             used++;
             in_phase[L->phase_of_core[core]]++;
         }
     #pragma omp parallel num_threads(threads)
     {
         scratch s = {0};
-        s.q_start = malloc(L->cores * sizeof(int64_t));
-        s.q_end = malloc(L->cores * sizeof(int64_t));
-        s.next_at = malloc(L->cores * sizeof(int64_t));
-        s.ready = calloc(L->cores + 1, sizeof(ready_t));      /* + 1: read, not used, past a heap's end */
-        s.heads = calloc(L->cores + 1, sizeof(head_t));
-        s.inbox = calloc(L->cores, sizeof(inbox_t));
-        s.free_at = malloc(L->cores * sizeof(double));
-        s.load = malloc((L->inputs ? L->inputs : 1) * sizeof(double));
-        int ok = L->cores == 0 || (s.q_start && s.q_end && s.next_at && s.ready && s.heads && s.inbox && s.free_at && s.load);
+        int64_t C = L->cores;
+        s.q_start = malloc(C * sizeof(int64_t));
+        s.q_end = malloc(C * sizeof(int64_t));
+        s.next_at = malloc(C * sizeof(int64_t));
+        s.ready = calloc(C + 1, sizeof(ready_t));      /* + 1: read, not used, past a heap's end */
+        s.heads = calloc(C + 1, sizeof(head_t));
+        s.inbox = calloc(C, sizeof(inbox_t));
+        s.free_at = malloc(C * sizeof(double));
+        s.gen = malloc(C * sizeof(double));
+        s.proc = malloc(C * sizeof(double));
+        s.load = malloc((K->loaded && L->inputs ? L->inputs : 1) * sizeof(double));
+        int ok = C == 0 || (s.q_start && s.q_end && s.next_at && s.ready && s.heads && s.inbox && s.free_at
+                            && s.gen && s.proc && s.load);
         #pragma omp for schedule(dynamic)
-        for (int64_t b = 0; b < batch; b++) {
+        for (int64_t n = 0; n < batch; n++) {
             if (!ok || failed) continue;
-            if (build_queues(L, &s, b, fired, updated) || (whole_too && run(L, &s, -1, &whole[b]))) {
+            if (build_queues(L, K, &s, n, fired, updated) || (whole_too && run(L, K, &s, -1, &whole[n]))) {
                 ok = 0;
                 continue;
             }
+            double top = 0.0;
+            for (int32_t p = 0; p < L->phases; p++) simple_parts[n * L->phases + p] = 0.0;
+            for (int64_t core = 0; core < C; core++) {
+                double w = s.gen[core] > s.proc[core] ? s.gen[core] : s.proc[core];
+                int32_t p = L->phase_of_core[core];
+                if (w > top) top = w;
+                if (p >= 0 && w > simple_parts[n * L->phases + p]) simple_parts[n * L->phases + p] = w;
+            }
+            simple_whole[n] = top;
             for (int32_t p = 0; p < L->phases; p++) {
-                double *part = &parts[b * L->phases + p];
+                double *part = &parts[n * L->phases + p];
                 if (in_phase[p] == 0) *part = 0.0;
-                else if (in_phase[p] == used && whole_too) *part = whole[b];
-                else if (run(L, &s, p, part)) ok = 0;
+                else if (in_phase[p] == used && whole_too) *part = whole[n];
+                else if (run(L, K, &s, p, part)) ok = 0;
             }
         }
         if (!ok) {
@@ -296,9 +392,9 @@ int schedule_batch(const layout *L, int64_t batch, const int64_t *const *fired, 
             failed = 1;
         }
         free(s.queue); free(s.q_start); free(s.q_end); free(s.next_at); free(s.ready); free(s.heads);
-        for (int64_t core = 0; s.inbox && core < L->cores; core++) free(s.inbox[core].item);
+        for (int64_t core = 0; s.inbox && core < C; core++) free(s.inbox[core].item);
         free(s.inbox);
-        free(s.free_at); free(s.load);
+        free(s.free_at); free(s.load); free(s.gen); free(s.proc);
     }
     free(in_phase);
     return failed ? -1 : 0;

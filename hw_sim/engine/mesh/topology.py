@@ -1,6 +1,6 @@
 """The system's geometry: chips on a grid (or joined by listed links), tiles on each chip,
-cores on each tile; where each core sits, which cores each source element reaches, the
-route of a message and the barrier of a step."""
+cores on each tile; where each core sits, which cores each source element reaches and the
+barrier of a step."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import math
 import torch
 
 from .extract import OnChip
-from .schedule import Fanout, Routes, RouteBuilder
+from .schedule import Fanout, Geometry
 
 
 def tiles_per_chip(profile) -> int:
@@ -101,46 +101,19 @@ def fanout(onchip: OnChip, placement: "Placement", chunk: int = 64) -> dict[str,
         pair, inverse = torch.unique(key, return_inverse=True)       # sorted: by element, then core
         synapses = torch.zeros(len(pair), dtype=torch.long).index_add_(0, inverse, torch.cat([s for _, _, s in found]))
         start = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(pair // C, minlength=n).cumsum(0)])
-        out[name] = Fanout(start, pair % C, synapses)
+        out[name] = Fanout(start, (pair % C).to(torch.int32), synapses.to(torch.int32))
     return out
 
 
-def routes(profile, cores: int) -> RouteBuilder:
-    """The route builder of the profile's system: X then Y over the system's tile mesh, each hop
-    with its delay, and every chip boundary crossed one chip-to-chip link (`t_link`).  A route
-    loads the sending core's port of the first router, then on each later router the port
-    facing where the message came from; router input = router x (4 + cores per tile) + port:
-    ports 0-3 face west, east, south, north, 4 + k is core k's."""
-    cpt = int(profile["mesh.cores_per_tile"])
-    t_hop_x, t_hop_y, t_link = profile["mesh.t_hop_x"], profile["mesh.t_hop_y"], profile["chips.t_link"]
+def geometry(profile, cores: int) -> Geometry:
+    """Where the profile's system puts `cores` cores (the schedule walks its routes X then Y
+    over the system's tile mesh, every chip boundary one chip-to-chip link)."""
     x, y = core_xy(profile, cores)
     h = int(profile["mesh.height"])
-    height = (int(y.max()) // h + 1) * h if cores else h   # rows of routers over the chip rows in use
     chip = core_chip(profile, cores)
-    crossings = chip_distance(profile, int(chip.max()) + 1 if cores else 1)
-    ports = 4 + cpt
-    count = (int(x.max()) + 1 if cores else 1) * height * ports
-
-    def build(src: torch.Tensor, dst: torch.Tensor) -> Routes:
-        x0, y0, x1, y1 = x[src], y[src], x[dst], y[dst]
-        hx, hy = (x1 - x0).abs(), (y1 - y0).abs()
-        links = hx + hy + 1
-        start = torch.cat([torch.zeros(1, dtype=torch.long), links.cumsum(0)])
-        route = torch.repeat_interleave(torch.arange(len(src)), links)
-        k = torch.arange(int(start[-1])) - start[route]                  # position along the route
-        sx, sy = torch.sign(x1 - x0)[route], torch.sign(y1 - y0)[route]
-        along_x = (k >= 1) & (k <= hx[route])
-        j = (k - hx[route]).clamp(min=0)
-        rx = torch.where(k <= hx[route], x0[route] + sx * k, x1[route])
-        ry = torch.where(k <= hx[route], y0[route], y0[route] + sy * j)
-        port = torch.where(k == 0, 4 + src[route] % cpt,
-                           torch.where(along_x, torch.where(sx > 0, 0, 1), torch.where(sy > 0, 2, 3)))
-        delay = 0.0 + hx.double() * t_hop_x + hy.double() * t_hop_y
-        between = crossings[chip[src], chip[dst]]
-        if t_link and bool(between.any()):
-            delay = delay + between.double() * t_link
-        return Routes(delay, links, start, (rx * height + ry) * ports + port, count)
-    return build
+    return Geometry(x, y, chip, chip_distance(profile, int(chip.max()) + 1 if cores else 1),
+                    (int(y.max()) // h + 1) * h if cores else h,      # rows of routers over the chip rows in use
+                    int(profile["mesh.cores_per_tile"]))
 
 
 def barrier(profile, tiles: int, chips: int) -> float:

@@ -69,6 +69,18 @@ def mt_multi_reference(xs, th_pos: float, th_neg: float | None, levels: int, k: 
 # -- the mesh model's detailed step schedule (hw_sim/schedule.py), in pure Python ------------
 # The version checked message by message against SANA-FE 2.2.9's detailed timing model
 # (docs/benchmarks/sanafe.md); hw_sim/schedule.c must reproduce it bit for bit.
+def lane_sum(values: list[float]) -> float:
+    """A sum in schedule.c's order: four interleaved lanes over the first multiple of 4,
+    combined as (l0 + l1) + (l2 + l3), then the rest in order."""
+    lanes, whole = [0.0] * 4, len(values) // 4 * 4
+    for i in range(whole):
+        lanes[i % 4] += values[i]
+    total = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+    for v in values[whole:]:
+        total += v
+    return total
+
+
 class _Sent:
     """A message at the head of its core's send queue, ordered by departure time only: ties
     then fall to heap order, as in the C++ priority queue this follows."""
@@ -129,24 +141,25 @@ class StepSchedule:
             t += self.t_syn
         return t
 
-    def _route(self, src: int, dst: int) -> tuple[float, int, tuple[int, ...]]:
-        """(hop delays, hops + 1, the router inputs it loads) of the X-then-Y route src -> dst.
-        A router input is numbered router x (4 + cores per tile) + port: ports 0-3 face
-        west, east, south, north (where the message came from), 4 + k is core k's port."""
+    def _route(self, src: int, dst: int) -> tuple[float, int, tuple[tuple[int, ...], ...]]:
+        """(hop delays, hops + 1, the router inputs it loads) of the X-then-Y route src -> dst,
+        the inputs in three pieces: the sending core's port, the routers along X, along Y
+        (each piece ascending in x or y: the order its load is added up in).  A router input
+        is numbered router x (4 + cores per tile) + port: ports 0-3 face west, east, south,
+        north (where the message came from), 4 + k is core k's port."""
         key = (src, dst)
         if key not in self.routes:
             ports = 4 + self.cpt
             x0, y0, x1, y1 = self.x[src], self.y[src], self.x[dst], self.y[dst]
             router = lambda x, y: (x * self.height + y) * ports
-            inputs = [router(x0, y0) + 4 + src % self.cpt]
+            port = (router(x0, y0) + 4 + src % self.cpt,)
             sx = 1 if x1 > x0 else -1
-            for x in range(x0 + sx, x1 + sx, sx) if x1 != x0 else ():
-                inputs.append(router(x, y0) + (0 if sx > 0 else 1))
+            along_x = [(x, router(x, y0) + (0 if sx > 0 else 1)) for x in range(x0 + sx, x1 + sx, sx)] if x1 != x0 else []
             sy = 1 if y1 > y0 else -1
-            for y in range(y0 + sy, y1 + sy, sy) if y1 != y0 else ():
-                inputs.append(router(x1, y) + (2 if sy > 0 else 3))
+            along_y = [(y, router(x1, y) + (2 if sy > 0 else 3)) for y in range(y0 + sy, y1 + sy, sy)] if y1 != y0 else []
+            pieces = (port, tuple(i for _, i in sorted(along_x)), tuple(i for _, i in sorted(along_y)))
             hx, hy = abs(x1 - x0), abs(y1 - y0)
-            self.routes[key] = (0.0 + hx * self.t_hop[0] + hy * self.t_hop[1], hx + hy + 1, tuple(inputs))
+            self.routes[key] = (0.0 + hx * self.t_hop[0] + hy * self.t_hop[1], hx + hy + 1, pieces)
         return self.routes[key]
 
     def queues(self, fired: dict[str, list], updated: dict[str, list]) -> dict[int, list]:
@@ -201,19 +214,20 @@ class StepSchedule:
             if sent > last:
                 last = sent
             while inflight and inflight[0][0] <= sent:
-                _, _, inputs, share, proc = pop(inflight)
-                for i in inputs:
-                    load[i] -= share
+                _, _, pieces, share, proc = pop(inflight)
+                for piece in pieces:
+                    for i in piece:
+                        load[i] -= share
                 n_flight -= 1
                 sum_proc = sum_proc - proc if n_flight else 0.0
             q = queues[msg.core]
             _, dst, proc, route = q[msg.i]
             if dst >= 0:
-                trip, links, inputs = route
+                trip, links, pieces = route
                 if buffer is not None:
-                    rho = 0.0
-                    for i in inputs:
-                        rho += load[i]
+                    rho = load[pieces[0][0]]
+                    for piece in pieces[1:]:
+                        rho += lane_sum([load[i] for i in piece])
                     mu = sum_proc / n_flight if n_flight else 0.0
                     excess = rho - links * buffer
                     if excess > 0:
@@ -231,9 +245,10 @@ class StepSchedule:
                     last = done
                 if buffer is not None:
                     share = 1.0 / (links + 1)
-                    for i in inputs:
-                        load[i] += share
-                    push(inflight, (arrive if arrive > f else f, seq, inputs, share, proc))
+                    for piece in pieces:
+                        for i in piece:
+                            load[i] += share
+                    push(inflight, (arrive if arrive > f else f, seq, pieces, share, proc))
                     seq += 1
                     n_flight += 1
                     sum_proc += proc

@@ -7,9 +7,10 @@
  * times with < only), so that messages leaving at the same time are taken in the same
  * order.  Compile without floating-point contraction (ecmt/runtime/cbuild.py does).
  *
- * Routes are X then Y over the system's tile mesh, walked here from the cores' positions:
+ * Routes are X then Y over the system's tile mesh, found here from the cores' positions:
  * no table per (source, destination) pair, which ViT-B's mapping on hundreds of chips
- * could not hold. */
+ * could not hold; the load they carry is laid out so that each route is three contiguous
+ * pieces of memory. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +24,7 @@ typedef struct {
     const int64_t *run_length;      /* per run: its elements */
     const int32_t *phase_of_core;   /* [cores]: 0 .. phases - 1 (-1: no neurons) */
     const int32_t *channels;        /* per group: neurons per element */
-    const int32_t *width;           /* per group: bytes of one fired mask (1, 2, 4 or 8) */
+    const int32_t *mask_width;      /* per group: bytes of one fired mask (1, 2, 4 or 8) */
     const int64_t *elements;        /* per group: elements (the row length of its masks) */
     const int64_t *const *dest_start;   /* per group: [elements + 1], each element's destinations */
     const int32_t *const *dest_core;    /* per group: per destination, the core (ascending per element) */
@@ -31,7 +32,7 @@ typedef struct {
     const int32_t *x, *y;           /* [cores]: the core's tile on the system's tile mesh */
     const int32_t *chip;            /* [cores] */
     const int32_t *crossings;       /* [chips x chips]: chip-to-chip links between two chips */
-    int64_t chips, height, cores_per_tile, inputs;  /* inputs: router inputs (routers x (4 + cpt)) */
+    int64_t chips, mesh_width, mesh_height;     /* the router grid's columns and rows */
 } layout;
 
 /* The timing constants of one run of the schedule. */
@@ -163,7 +164,7 @@ static int build_queues(const layout *L, const timing *K, scratch *s, int64_t n,
         int64_t all_updates = 0, all_fires = 0, all_idle = 0, messages = 0;
         s->q_start[core] = s->size;
         for (int64_t r = L->run_start[core]; r < L->run_start[core + 1]; r++) {
-            int32_t g = L->run_group[r], channels = L->channels[g], width = L->width[g];
+            int32_t g = L->run_group[r], channels = L->channels[g], width = L->mask_width[g];
             int64_t first = L->run_first[r], end = first + L->run_length[r];
             const void *masks = (const char *)fired[g] + (size_t)(n * L->elements[g]) * width;
             const uint8_t *upd = updated[g] + n * L->elements[g];
@@ -213,31 +214,58 @@ static inline double trip_delay(const layout *L, const timing *K, int32_t src, i
     return d;
 }
 
-/* Walk the router inputs of the route src -> dst: the sending core's port of the first
- * router, then on each later router the port facing where the message came from; router
- * input = router x (4 + cores per tile) + port, ports 0-3 facing west, east, south, north,
- * 4 + k core k's.  BODY runs with `in` set to each input, in route order. */
-#define ROUTE_INPUTS(L, src, dst, BODY)                                                   \
-    do {                                                                                  \
-        int64_t ports_ = 4 + (L)->cores_per_tile, h_ = (L)->height;                       \
-        int64_t x0_ = (L)->x[src], y0_ = (L)->y[src], x1_ = (L)->x[dst], y1_ = (L)->y[dst]; \
-        int64_t in = (x0_ * h_ + y0_) * ports_ + 4 + (src) % (L)->cores_per_tile;         \
-        BODY;                                                                             \
-        if (x1_ != x0_) {                                                                 \
-            int64_t sx_ = x1_ > x0_ ? 1 : -1, port_ = sx_ > 0 ? 0 : 1;                    \
-            for (int64_t xx_ = x0_ + sx_; xx_ != x1_ + sx_; xx_ += sx_) {                  \
-                in = (xx_ * h_ + y0_) * ports_ + port_;                                   \
-                BODY;                                                                     \
-            }                                                                             \
-        }                                                                                 \
-        if (y1_ != y0_) {                                                                 \
-            int64_t sy_ = y1_ > y0_ ? 1 : -1, port_ = sy_ > 0 ? 2 : 3;                    \
-            for (int64_t yy_ = y0_ + sy_; yy_ != y1_ + sy_; yy_ += sy_) {                  \
-                in = (x1_ * h_ + yy_) * ports_ + port_;                                   \
-                BODY;                                                                     \
-            }                                                                             \
-        }                                                                                 \
-    } while (0)
+/* The network's load, one value per router input, laid out so that every route is three
+ * contiguous pieces: the sending core's port of its first router (one per core, numbered by
+ * core), then the routers along X on the source's row, then along Y on the destination's
+ * column.  A router's input facing where the message came from is one of four: moving
+ * east, west (rows: [2][height][width], x contiguous) or north, south (columns:
+ * [2][width][height], y contiguous).  A route's pieces as (first input, length). */
+/* Router inputs in all: each core's port, and four per router. */
+static inline int64_t inputs(const layout *L) { return L->cores + 4 * L->mesh_width * L->mesh_height; }
+
+typedef struct { int64_t port, x_at, x_len, y_at, y_len; } route_t;
+
+static inline route_t route_of(const layout *L, int32_t src, int32_t dst) {
+    int64_t W = L->mesh_width, H = L->mesh_height;
+    int64_t x0 = L->x[src], y0 = L->y[src], x1 = L->x[dst], y1 = L->y[dst];
+    route_t r = {src, 0, 0, 0, 0};
+    int64_t rows = L->cores, cols = L->cores + 2 * W * H;
+    if (x1 > x0) { r.x_at = rows + (0 * H + y0) * W + x0 + 1; r.x_len = x1 - x0; }
+    else if (x1 < x0) { r.x_at = rows + (1 * H + y0) * W + x1; r.x_len = x0 - x1; }
+    if (y1 > y0) { r.y_at = cols + (0 * W + x1) * H + y0 + 1; r.y_len = y1 - y0; }
+    else if (y1 < y0) { r.y_at = cols + (1 * W + x1) * H + y1; r.y_len = y0 - y1; }
+    return r;
+}
+
+/* The sum of a[0..n) in four interleaved lanes, combined as (l0 + l1) + (l2 + l3), then
+ * the rest in order: a fixed order (tests/reference.py adds the same way) that vectorizes. */
+static inline double lane_sum(const double *a, int64_t n) {
+    double l[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++) l[k] += a[i + k];
+    double sum = (l[0] + l[1]) + (l[2] + l[3]);
+    for (; i < n; i++) sum += a[i];
+    return sum;
+}
+
+static inline void add_to(double *a, int64_t n, double v) {
+    for (int64_t i = 0; i < n; i++) a[i] += v;
+}
+
+/* The load along a route: its port, plus its X piece, plus its Y piece. */
+static inline double route_load(const double *load, route_t r) {
+    double rho = load[r.port];
+    rho += lane_sum(load + r.x_at, r.x_len);
+    rho += lane_sum(load + r.y_at, r.y_len);
+    return rho;
+}
+
+static inline void load_route(double *load, route_t r, double v) {
+    load[r.port] += v;
+    add_to(load + r.x_at, r.x_len, v);
+    add_to(load + r.y_at, r.y_len, v);
+}
 
 /* The time from the step's start to its last event, for the queues of the cores in phase
  * `phase` (-1: every core). */
@@ -245,7 +273,7 @@ static int run(const layout *L, const timing *K, scratch *s, int32_t phase, doub
     int64_t n_ready = 0, n_heads = 0, n_flight = 0, seq = 0;
     double sum_processing = 0.0, last = 0.0;
     memset(s->free_at, 0, L->cores * sizeof(double));
-    if (K->loaded) memset(s->load, 0, L->inputs * sizeof(double));
+    if (K->loaded) memset(s->load, 0, inputs(L) * sizeof(double));
     for (int64_t core = 0; core < L->cores; core++) {
         s->inbox[core].head = s->inbox[core].tail = 0;
         s->next_at[core] = s->q_start[core];
@@ -260,8 +288,7 @@ static int run(const layout *L, const timing *K, scratch *s, int32_t phase, doub
             head_t *h = &s->heads[0];
             inbox_t *in_box = &s->inbox[h->dst];
             const flight_t *f = &in_box->item[in_box->head++];
-            double share = f->share;
-            ROUTE_INPUTS(L, f->src, f->dst, s->load[in] -= share);
+            load_route(s->load, route_of(L, f->src, f->dst), -f->share);
             n_flight--;
             sum_processing = n_flight ? sum_processing - f->processing : 0.0;
             if (in_box->head < in_box->tail) {      /* the destination's next message takes its place */
@@ -278,11 +305,11 @@ static int run(const layout *L, const timing *K, scratch *s, int32_t phase, doub
         if (dst >= 0) {
             double processing = K->processing[m->synapses], trip = trip_delay(L, K, src, dst);
             if (K->loaded) {
-                /* rho: the load along the route before this message; then the message's share
-                 * is added to the same inputs (each once: a route visits an input once) */
-                int64_t links = (int64_t)abs(L->x[dst] - L->x[src]) + abs(L->y[dst] - L->y[src]) + 1;
-                double rho = 0.0, share = 1.0 / (double)(links + 1);
-                ROUTE_INPUTS(L, src, dst, (rho += s->load[in], s->load[in] += share));
+                /* rho: the load along the route before this message; then its share is added */
+                route_t r = route_of(L, src, dst);
+                int64_t links = 1 + r.x_len + r.y_len;
+                double rho = route_load(s->load, r), share = 1.0 / (double)(links + 1);
+                load_route(s->load, r, share);
                 double mu = n_flight ? sum_processing / (double)n_flight : 0.0;
                 double excess = rho - (double)links * K->buffer;
                 if (excess > 0) sent += excess * mu;
@@ -361,7 +388,7 @@ int schedule_batch(const layout *L, const timing *K, int64_t batch, const void *
         s.free_at = malloc(C * sizeof(double));
         s.gen = malloc(C * sizeof(double));
         s.proc = malloc(C * sizeof(double));
-        s.load = malloc((K->loaded && L->inputs ? L->inputs : 1) * sizeof(double));
+        s.load = malloc((K->loaded ? inputs(L) : 1) * sizeof(double));
         int ok = C == 0 || (s.q_start && s.q_end && s.next_at && s.ready && s.heads && s.inbox && s.free_at
                             && s.gen && s.proc && s.load);
         #pragma omp for schedule(dynamic)

@@ -74,18 +74,12 @@ class Fanout:
 class Geometry:
     """Where the cores sit: each core's tile (x, y) on the system's tile mesh and its chip,
     the chip-to-chip links between any two chips, and the router grid's height (rows of
-    routers) and cores per tile."""
+    routers; its width is the cores' largest x + 1)."""
     x: torch.Tensor           # [cores]
     y: torch.Tensor           # [cores]
     chip: torch.Tensor        # [cores]
     crossings: torch.Tensor   # [chips, chips]
     height: int
-    cores_per_tile: int
-
-    @property
-    def inputs(self) -> int:
-        """Router inputs in the network: routers x (4 + cores per tile)."""
-        return ((int(self.x.max()) + 1) * self.height if len(self.x) else 0) * (4 + self.cores_per_tile)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,9 +120,9 @@ class _Layout(ctypes.Structure):
     """schedule.c's `layout`, field for field."""
     _fields_ = [("cores", ctypes.c_int64), ("phases", ctypes.c_int64)] + [
         (name, ctypes.c_void_p) for name in (
-            "run_start", "run_group", "run_first", "run_length", "phase_of_core", "channels", "width",
+            "run_start", "run_group", "run_first", "run_length", "phase_of_core", "channels", "mask_width",
             "elements", "dest_start", "dest_core", "dest_synapses", "x", "y", "chip", "crossings")] + [
-        (name, ctypes.c_int64) for name in ("chips", "height", "cores_per_tile", "inputs")]
+        (name, ctypes.c_int64) for name in ("chips", "mesh_width", "mesh_height")]
 
 
 class _Timing(ctypes.Structure):
@@ -203,7 +197,7 @@ class StepSchedule:
             run_start=torch.cat([torch.zeros(1, dtype=torch.int64), torch.bincount(run_core, minlength=C).cumsum(0)]),
             run_group=group[first].to(torch.int32), run_first=element[first].contiguous(), run_length=length,
             phase_of_core=phase, channels=torch.tensor([channels[g] for g in self.groups], dtype=torch.int32),
-            width=torch.tensor([mask_dtype(channels[g]).itemsize for g in self.groups], dtype=torch.int32),
+            mask_width=torch.tensor([mask_dtype(channels[g]).itemsize for g in self.groups], dtype=torch.int32),
             elements=n,
             x=geometry.x.to(torch.int32), y=geometry.y.to(torch.int32), chip=geometry.chip.to(torch.int32),
             crossings=geometry.crossings.to(torch.int32).contiguous())
@@ -214,9 +208,9 @@ class StepSchedule:
         v = {k: t.data_ptr() for k, t in keep.items()}
         self._layout = _Layout(
             C, phases, v["run_start"], v["run_group"], v["run_first"], v["run_length"], v["phase_of_core"],
-            v["channels"], v["width"], v["elements"], *(ctypes.cast(t, ctypes.c_void_p) for t in tables),
-            v["x"], v["y"], v["chip"], v["crossings"], len(geometry.crossings), geometry.height,
-            geometry.cores_per_tile, geometry.inputs)
+            v["channels"], v["mask_width"], v["elements"], *(ctypes.cast(t, ctypes.c_void_p) for t in tables),
+            v["x"], v["y"], v["chip"], v["crossings"], len(geometry.crossings),
+            int(geometry.x.max()) + 1 if C else 0, geometry.height)
         self._lib = lib
 
     def timing(self, timing: Timing) -> tuple[_Timing, torch.Tensor]:

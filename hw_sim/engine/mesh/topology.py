@@ -112,8 +112,7 @@ def geometry(profile, cores: int) -> Geometry:
     h = int(profile["mesh.height"])
     chip = core_chip(profile, cores)
     return Geometry(x, y, chip, chip_distance(profile, int(chip.max()) + 1 if cores else 1),
-                    (int(y.max()) // h + 1) * h if cores else h,      # rows of routers over the chip rows in use
-                    int(profile["mesh.cores_per_tile"]))
+                    (int(y.max()) // h + 1) * h if cores else h)      # rows of routers over the chip rows in use
 
 
 def barrier(profile, tiles: int, chips: int) -> float:

@@ -34,7 +34,9 @@ samples is prepared once per placement here (StepSchedule), with torch: per core
 elements in mapping order, per source element its destination cores with their synapses,
 every core's tile position and chip; what a set of timing constants changes is small
 (Timing), so re-timing builds nothing large.  Routes are X then Y over the system's tile
-mesh, walked in C from the cores' positions.
+mesh, found in C from the cores' positions (no table per pair of cores); the load along a
+route is three contiguous pieces of memory (the core's port, the X run, the Y run), each
+added up in four lanes: a fixed order, the oracle's too.
 """
 from __future__ import annotations
 

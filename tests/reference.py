@@ -168,12 +168,9 @@ class StepSchedule:
         that fired, as bits (bit j: channel j); updated[group][e]: channel 0 updates without
         firing."""
         t_idle, t_upd, t_fire, t_out = self.t_idle, self.t_update, self.t_fire, self.t_out
-        # soma time from counts of idle, updating and firing neurons, in one formula (so that
-        # equal counts give equal times)
-        soma = lambda n: n[0] * t_idle + n[1] * t_upd + n[2] * t_fire
         out = {}
         for core, runs in self.runs.items():
-            n, q = [0, 0, 0], []              # since the core's previous message
+            acc, q = 0.0, []
             for name, elems, L in runs:
                 ch, up = fired[name], updated[name]
                 start, dst, proc = self.dests.get(name, (None, None, None))
@@ -181,17 +178,17 @@ class StepSchedule:
                     c = ch[e]
                     for j in range(L):
                         if (c >> j) & 1:
-                            n[2] += 1
+                            acc += t_fire
                             if start is not None and start[e] < start[e + 1]:
                                 for k in range(start[e], start[e + 1]):
-                                    q.append((soma(n) + t_out, dst[k], proc[k], self._route(core, dst[k])))
-                                    n = [0, 0, 0]
-                        elif j == 0 and up[e]:
-                            n[1] += 1
+                                    q.append((acc + t_out, dst[k], proc[k], self._route(core, dst[k])))
+                                    acc = 0.0
+                        elif j == 0:
+                            acc += t_upd if up[e] else t_idle
                         else:
-                            n[0] += 1
-            if soma(n) != 0.0:
-                q.append((soma(n), -1, 0.0, None))
+                            acc += t_idle
+            if acc != 0.0:
+                q.append((acc, -1, 0.0, None))
             out[core] = q
         return out
 

@@ -1,8 +1,8 @@
 /* The detailed step schedule of the mesh model (schedule.py describes the model), and
  * SANA-FE's simple model beside it, for a batch of sample-steps in parallel.
  *
- * It reproduces tests/reference.py's Python StepSchedule bit for bit: every time is
- * computed by the same formula in the same order, and the queue of messages ready to leave
+ * It reproduces tests/reference.py's Python StepSchedule bit for bit: every time is added
+ * up in the same order, and the queue of messages ready to leave
  * is a binary heap with heapq's push and pop (the same sift steps, comparing departure
  * times with < only), so that messages leaving at the same time are taken in the same
  * order.  Compile without floating-point contraction (ecmt/runtime/cbuild.py does).
@@ -144,24 +144,26 @@ static inline int64_t mask_at(const void *row, int32_t width, int64_t e) {
     }
 }
 
-/* The soma time of idle, updating and firing neurons, in one formula (so that equal counts
- * give equal times). */
+/* The soma time of idle, updating and firing neurons, from their counts (the simple model's
+ * serial work of a core). */
 static inline double soma(const timing *K, int64_t idle, int64_t updates, int64_t fires) {
     return (double)idle * K->t_idle + (double)updates * K->t_update + (double)fires * K->t_fire;
 }
 
-/* Each core's send queue for sample-step n: its neurons in mapping order; a neuron that
- * fires sends one message per destination core, the first carrying the soma time of the
- * neurons since the core's previous message plus a message-out time, each further one a
- * message-out time.  Also each core's serial work for the simple model: gen (soma and
- * message-out times) and proc (its incoming messages' processing). */
+/* Each core's send queue for sample-step n: its neurons in mapping order, adding up their
+ * soma times one by one as SANA-FE does (so that the departure times, and the order of
+ * messages that leave at the same time, are SANA-FE's); a neuron that fires sends one
+ * message per destination core, the first carrying the time added up since the core's
+ * previous message plus a message-out time, each further one a message-out time.  Also
+ * each core's serial work for the simple model: gen (soma and message-out times) and proc
+ * (its incoming messages' processing). */
 static int build_queues(const layout *L, const timing *K, scratch *s, int64_t n, const void *const *fired,
                         const uint8_t *const *updated) {
     s->size = 0;
     memset(s->proc, 0, L->cores * sizeof(double));
     for (int64_t core = 0; core < L->cores; core++) {
-        int64_t idle = 0, updates = 0, fires = 0;           /* since the core's previous message */
-        int64_t all_updates = 0, all_fires = 0, all_idle = 0, messages = 0;
+        double acc = 0.0;
+        int64_t idle = 0, updates = 0, fires = 0, messages = 0;
         s->q_start[core] = s->size;
         for (int64_t r = L->run_start[core]; r < L->run_start[core + 1]; r++) {
             int32_t g = L->run_group[r], channels = L->channels[g], width = L->mask_width[g];
@@ -173,35 +175,38 @@ static int build_queues(const layout *L, const timing *K, scratch *s, int64_t n,
                 int64_t mask = mask_at(masks, width, e);
                 if (mask == 0) {                            /* the common case: nothing fired */
                     int u = upd[e] != 0;
+                    acc += u ? K->t_update : K->t_idle;
+                    for (int32_t j = 1; j < channels; j++) acc += K->t_idle;
                     updates += u;
                     idle += channels - u;
                     continue;
                 }
                 for (int32_t j = 0; j < channels; j++) {
                     if ((mask >> j) & 1) {
+                        acc += K->t_fire;
                         fires++;
                         if (start == NULL) continue;
                         for (int64_t k = start[e]; k < start[e + 1]; k++) {
                             int32_t dst = L->dest_core[g][k], syn = L->dest_synapses[g][k];
-                            if (append(s, soma(K, idle, updates, fires) + K->t_out, dst, syn)) return -1;
+                            if (append(s, acc + K->t_out, dst, syn)) return -1;
                             s->proc[dst] += K->processing[syn];
-                            all_idle += idle; all_updates += updates; all_fires += fires;
-                            idle = updates = fires = 0;
+                            acc = 0.0;
                             messages++;
                         }
                     } else if (j == 0 && upd[e]) {
+                        acc += K->t_update;
                         updates++;
                     } else {
+                        acc += K->t_idle;
                         idle++;
                     }
                 }
             }
         }
-        double rest = soma(K, idle, updates, fires);
-        if (rest != 0.0 && append(s, rest, -1, 0))
+        if (acc != 0.0 && append(s, acc, -1, 0))
             return -1;
         s->q_end[core] = s->size;
-        s->gen[core] = soma(K, all_idle + idle, all_updates + updates, all_fires + fires) + (double)messages * K->t_out;
+        s->gen[core] = soma(K, idle, updates, fires) + (double)messages * K->t_out;
     }
     return 0;
 }

@@ -27,9 +27,10 @@ Without a `link_buffer` the network is never loaded (every trip takes its hop de
 The schedule runs in C (schedule.c, built on first use by ecmt/runtime/cbuild.py), every
 sample-step of a batch in parallel, with SANA-FE's simple model beside it.  It reproduces the
 Python schedule that was checked message by message against SANA-FE (kept as the test
-oracle, tests/reference.py) bit for bit: the same formulas in the same order (soma times
-from counts of idle, updating and firing neurons, so equal counts give equal times), and the
-same heap order for messages that leave at the same time.  What does not change between
+oracle, tests/reference.py) bit for bit: every time added up in the same order (soma times
+neuron by neuron, as SANA-FE adds them: a formula over counts rounds differently, and on
+the congested demo CNN that reorders messages that leave at nearly the same time and moves
+the step by 0.2 %), and the same heap order for messages that leave at the same time.  What does not change between
 samples is prepared once per placement here (StepSchedule), with torch: per core its runs of
 elements in mapping order, per source element its destination cores with their synapses,
 every core's tile position and chip; what a set of timing constants changes is small

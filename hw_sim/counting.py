@@ -72,9 +72,10 @@ SOP_SAMPLE = ("sops", "paper_sops", "level_sops")
 def energy_bytes(graph: ir.SpikingGraph, batch: int, T: int) -> int:
     """Bytes of hw_sim.simulate, for ecmt.memory.check: the run, plus the per-step
     counts it keeps for every node and counted quantity (MT level histograms as
-    int64 tensors, then Python lists for the report at about 32 bytes an entry)."""
+    int64 tensors, per sample for the batch running (Counter.pending), then Python lists
+    for the report at about 32 bytes an entry)."""
     histograms = sum(2 * (2 * n.levels + 1) for n in graph.of_kind(ir.MTNeuron))
-    return run_bytes(graph, batch, T) + T * (8 * histograms + 32 * len(FIELDS) * len(graph))
+    return run_bytes(graph, batch, T) + T * (8 * (batch + 1) * histograms + 32 * len(FIELDS) * len(graph))
 
 
 # The counting kernels run eagerly (no compilation wait on the first count); a product's pairs

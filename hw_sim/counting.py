@@ -72,13 +72,15 @@ SOP_SAMPLE = ("sops", "paper_sops", "level_sops")
 def energy_bytes(graph: ir.SpikingGraph, batch: int, T: int) -> int:
     """Bytes of hw_sim.simulate, for ecmt.memory.check: the run, plus the per-step
     counts it keeps for every node and counted quantity (MT level histograms as
-    int64 tensors, then Python lists for the report at about 32 bytes an entry)."""
+    int64 tensors, per sample for the batch running (Counter.pending), then Python lists
+    for the report at about 32 bytes an entry)."""
     histograms = sum(2 * (2 * n.levels + 1) for n in graph.of_kind(ir.MTNeuron))
-    return run_bytes(graph, batch, T) + T * (8 * histograms + 32 * len(FIELDS) * len(graph))
+    return run_bytes(graph, batch, T) + T * (8 * (batch + 1) * histograms + 32 * len(FIELDS) * len(graph))
 
 
-# The counting kernels run eagerly (no compilation wait on the first count); the operands of
-# products are counted along their axes by the fast step's native kernels where they can.
+# The counting kernels run eagerly (no compilation wait on the first count); a product's pairs
+# are counted by the fast step's native kernels where they can (native.product_counts), else by
+# product_pairs below.
 def count_nonzero(x: torch.Tensor) -> torch.Tensor:
     """Non-zero elements per sample (dimension 0)."""
     return torch.count_nonzero(x.reshape(x.shape[0], -1), dim=1)
@@ -91,25 +93,22 @@ def weighted_nonzero(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 def _along(z: torch.Tensor, dim: int, th: tuple | None = None) -> torch.Tensor:
     """z's non-zero elements counted along dim (or, with an MT neuron's thresholds th, the
-    levels they carry), as float64: native.count_along where it runs, else torch."""
-    got = native.count_along(z, dim, *(th or ()))
-    if got is None:
-        got = (z != 0).sum(dim=dim) if th is None else fired_levels(z, *th, 32).sum(dim=dim)
-    return got.to(torch.float64)
+    levels they carry), as int64."""
+    return (z != 0).sum(dim=dim) if th is None else fired_levels(z, *th, 32).to(torch.int64).sum(dim=dim)
 
 
 def product_pairs(x, y, a_now, b_now, ca_prev, cb_prev):
     """Non-zero pairs of the spiking form (x B_{t-1} + A_{t-1} y + x y) and of
-    the reference's count (x B_t + A_t y + x y), per sample as a [batch, 2] tensor, from the
-    increments x, y and the updated sums A_t, B_t (all as multiplied); with the non-zero
-    counts of A_t's columns and B_t's rows, the next step's ca_prev, cb_prev.  Counts are
-    exact integers in float64 (below 2^53)."""
+    the reference's count (x B_t + A_t y + x y), per sample as a [batch, 2] int64 tensor, from
+    the increments x, y and the updated sums A_t, B_t (all as multiplied); with the non-zero
+    counts of A_t's columns and B_t's rows, the next step's ca_prev, cb_prev (what
+    native.product_counts computes in one pass)."""
     cx, cy, ca, cb = _along(x, -2), _along(y, -1), _along(a_now, -2), _along(b_now, -1)
     per_sample = lambda z: z.flatten(1).sum(1)
     xy = per_sample(cx * cy)
     full = xy + per_sample(cx * cb_prev) + per_sample(ca_prev * cy)
     paper = xy + per_sample(cx * cb) + per_sample(ca * cy)
-    return torch.stack([full, paper], dim=1).to(torch.int64), ca, cb
+    return torch.stack([full, paper], dim=1), ca, cb
 
 
 def fired_levels(x: torch.Tensor, th_pos: torch.Tensor, th_neg: torch.Tensor | None, levels: int) -> torch.Tensor:
@@ -132,9 +131,9 @@ def weighted_sum(w: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 def product_level_pairs(wx, wy, ca_prev, cb_prev):
     """product_pairs' spiking count with each spike input weighted by its levels: wx, wy are
     the levels carried along x's columns and y's rows (the non-zero counts for an operand of
-    k = 1 spikes), as float64; a pair of two spikes counts their product."""
+    k = 1 spikes), as int64; a pair of two spikes counts their product."""
     per_sample = lambda z: z.flatten(1).sum(1)
-    return (per_sample(wx * wy) + per_sample(wx * cb_prev) + per_sample(ca_prev * wy)).to(torch.int64)
+    return per_sample(wx * wy) + per_sample(wx * cb_prev) + per_sample(ca_prev * wy)
 
 
 def level_tables(levels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,25 +237,31 @@ class Counter:
         self.multi = {n.name for n in graph.of_kind(ir.MTNeuron) if n.spikes_per_step > 1}
         self.histograms = {n.name: zeros(T, 2, 2 ** (n.levels + 1) - 1 if n.name in self.multi else 2 * n.levels + 1)
                            for n in graph.of_kind(ir.MTNeuron)}
-        # Per node and step, counts that need the data and no histogram: [sops, paper_sops].
-        self.measured: dict[str, torch.Tensor] = {}       # [T, 3]: sops, paper_sops, level_sops
+        # Nodes whose SOPs are counted from the data (their per-step totals: the sum of the batches'
+        # per-sample counts, or per_sample for nodes computed from constants).
+        self.measured: set[str] = set()
         self.sources: dict[str, str] = {}       # linear layer -> the MT neuron its spike count comes from
         self.fanout: dict[str, torch.Tensor] = {}
-        self.previous: dict[str, tuple] = {}    # product ECM -> last step's (ca, cb)
+        self.previous: dict[str, tuple] = {}    # product ECM -> last step's (ca, cb), int64
         # Nodes computed from constants only run with batch 1 but stand for every
         # sample: their data-dependent counts are kept per sample, once.
         self.constant = analysis.constant_nodes(graph)
         self.per_sample: dict[str, torch.Tensor] = {}
-        # Per node computed from the data, per batch: [batch, 3] totals over the steps of
+        # Per node computed from the data, per batch: [batch, T, 3] counts per step of
         # MT_SAMPLE for MT neurons, SOP_SAMPLE for measured nodes.
         self.batches: list[dict[str, torch.Tensor]] = []
+        # An MT neuron with k = 1's per-sample histograms of each step of the batch running,
+        # [T, batch, bins], reduced once the batch is done (_finish): one copy per step, not a
+        # dozen small reductions.
+        self.pending: dict[str, torch.Tensor] = {}
+        self.unfinished = False
         for n in graph:
             src = analysis.spike_source(graph, n.inputs[0]) if n.inputs else None
             if isinstance(n, ir.Linear) and src is not None and src.keeps_all:
                 self.sources[n.name] = src.neuron.name
             elif isinstance(n, (ir.Linear, ir.ProductECM)) or (
                     isinstance(n, ir.Conv2d) and graph.spiking[n.inputs[0]]):
-                self.measured[n.name] = zeros(T, 3)
+                self.measured.add(n.name)
             if isinstance(n, ir.Conv2d) and graph.spiking[n.inputs[0]]:
                 self.fanout[n.name] = conv_fanout(n, graph.shapes[n.inputs[0]]).to(self.device)
         # Convolutions and products fed by k > 1 spikes weigh each input by its levels (level_sops),
@@ -291,9 +296,29 @@ class Counter:
     # -- what each kind measures from the data at step i + 1 (KINDS) ------------------------
     def _new_run(self, node: ir.Input, inputs, out: torch.Tensor, i: int) -> None:
         if i == 0:
+            self._finish()
             self.samples += out.shape[0]
             self.previous.clear()               # a new run: the products' sums start at zero
             self.batches.append({})
+            self.unfinished = True
+            for per in self.pending.values():
+                per.zero_()
+
+    def _finish(self) -> None:
+        """The batch that ran last: its MT neurons' pending histograms into the per-step
+        histograms and the per-sample counts (in graph order, as the nodes ran)."""
+        if not self.unfinished:
+            return
+        self.unfinished = False
+        batch = self.batches[-1]
+        for name, per in self.pending.items():
+            n = self.graph[name].levels
+            per = per.view(*per.shape[:2], 2, -1)            # [T, batch, input zero / non-zero, level]
+            self.histograms[name].add_(per.sum(1))
+            levels = per.sum(2)
+            spikes = levels.sum(2) - levels[..., n]
+            batch[name] = torch.stack([spikes, per[:, :, 1].sum(2), spikes], 2).transpose(0, 1)
+        self.batches[-1] = {n.name: batch[n.name] for n in self.graph if n.name in batch}
 
     def _measure_neuron(self, node: ir.MTNeuron, inputs, out: torch.Tensor, i: int) -> None:
         hist = self.histograms[node.name][i]
@@ -306,7 +331,7 @@ class Counter:
                 hist.zero_()
                 mt_counts(code, node.levels, hist)
                 return
-            self._add_sample(node.name, mt_counts(code, node.levels, hist, rows=out.shape[0]), i)
+            self._slot(node.name, out.shape[0])[:, i] = mt_counts(code, node.levels, hist, rows=out.shape[0])
             return
         if node.name in self.constant:
             hist.zero_()                    # the same every run: kept per sample
@@ -315,16 +340,23 @@ class Counter:
             else:
                 histogram(code, bins, out=hist)
             return
-        # one histogram per sample: [batch, input zero / non-zero, level -n..n]
-        per = (counts if counts is not None else histogram(code, bins, rows=out.shape[0])).view(out.shape[0], 2, -1)
-        hist.add_(per.sum(0))
-        levels = per.sum(1)
-        spikes = levels.sum(1) - levels[:, node.levels]
-        self._add_sample(node.name, torch.stack([spikes, per[:, 1].sum(1), spikes], 1), i)
+        # one histogram per sample: [batch, (input zero / non-zero) x level -n..n], reduced by _finish
+        rows = out.shape[0]
+        per = self.pending.get(node.name)
+        if per is None or per.shape[1] != rows:
+            per = self.pending[node.name] = torch.zeros(self.T, rows, bins, dtype=torch.int64, device=self.device)
+        if counts is not None:
+            per[i].copy_(counts)
+        else:
+            histogram(code, bins, out=per[i], rows=rows)
 
     def _measure_product(self, node: ir.ProductECM, inputs, out, i: int) -> None:
-        if node.name in self.measured:
-            self._add_pairs(node, self._count_product(node), i)
+        if node.name in self.constant:
+            pairs = torch.zeros(out.shape[0], 3, dtype=torch.int64, device=self.device)
+            self._count_product(node, pairs)
+            self.per_sample[node.name] = pairs.sum(0)
+        else:
+            self._count_product(node, self._slot(node.name, out.shape[0])[:, i])
 
     def _measure_conv(self, node: ir.Conv2d, inputs, out, i: int) -> None:
         if node.name not in self.measured:              # fed by analog values: MACs, from shapes
@@ -344,39 +376,40 @@ class Counter:
 
     def _add_pairs(self, node: ir.Node, pairs: torch.Tensor, i: int) -> None:
         """A measured node's [batch, (sops, paper_sops, level_sops)] of step i + 1."""
-        row = pairs.sum(0)
         if node.name in self.constant:
-            self.per_sample[node.name] = row
+            self.per_sample[node.name] = pairs.sum(0)
         else:
-            self.measured[node.name][i].add_(row)
-            self._add_sample(node.name, pairs, i)
+            self._slot(node.name, pairs.shape[0])[:, i] = pairs
 
-    def _add_sample(self, name: str, pairs: torch.Tensor, i: int) -> None:
+    def _slot(self, name: str, rows: int) -> torch.Tensor:
+        """This batch's per-sample counts of `name` per step, [rows, T, 3] (the reports' intervals at
+        every t; the per-step totals are their sums)."""
         batch = self.batches[-1]
-        if name not in batch:         # per sample and step: the reports' intervals at every t
-            batch[name] = torch.zeros(*pairs.shape[:1], self.T, pairs.shape[1], dtype=torch.int64,
-                                      device=pairs.device)
-        batch[name][:, i].add_(pairs)
+        if name not in batch:
+            batch[name] = torch.zeros(rows, self.T, 3, dtype=torch.int64, device=self.device)
+        return batch[name]
 
-    def _count_product(self, node: ir.ProductECM) -> torch.Tensor:
+    def _count_product(self, node: ir.ProductECM, out: torch.Tensor) -> None:
+        """This step's [batch, (sops, paper_sops, level_sops)] of a product ECM, into out."""
         state = self.executor.state(node.name)      # this step's x, y and A_t, B_t, transposed as multiplied
+        x, y, a, b = state.x, state.y, state.a, state.b
         if node.name not in self.previous:
-            self.previous[node.name] = (torch.zeros_like(state.a[..., 0, :], dtype=torch.float64),
-                                        torch.zeros_like(state.b[..., :, 0], dtype=torch.float64))
+            self.previous[node.name] = (torch.zeros(*a.shape[:-2], a.shape[-1], dtype=torch.int64, device=a.device),
+                                        torch.zeros(*b.shape[:-1], dtype=torch.int64, device=b.device))
         previous = self.previous[node.name]
-        pairs, ca, cb = product_pairs(state.x, state.y, state.a, state.b, *previous)
-        self.previous[node.name] = (ca, cb)
-        leveled = self.leveled.get(node.name)
-        if leveled:
-            wx, wy = (_along(z, dim, self._thresholds(leveled[j]) if j in leveled else None)
-                      for j, (z, dim) in enumerate(((state.x, -2), (state.y, -1))))
-            level = product_level_pairs(wx, wy, *previous)
-        else:
-            level = pairs[:, 0]
-        pairs = torch.cat([pairs, level.unsqueeze(1)], dim=1)
+        leveled = self.leveled.get(node.name, {})
+        th = [self._thresholds(leveled[j]) if j in leveled else None for j in (0, 1)]
+        if not native.product_counts(x, a, y, b, *previous, out, *th):
+            pairs, ca, cb = product_pairs(x, y, a, b, *previous)
+            if leveled:
+                wx, wy = _along(x, -2, th[0]), _along(y, -1, th[1])
+                level = product_level_pairs(wx, wy, *previous)
+            else:
+                level = pairs[:, 0]
+            self.previous[node.name] = (ca, cb)
+            out.copy_(torch.cat([pairs, level.unsqueeze(1)], dim=1))
         if not all(self.graph.spiking[s] for s in node.inputs):
-            pairs[:, 0] = pairs[:, 2] = 0        # analog operands: MACs, counted from shapes
-        return pairs
+            out[:, 0] = out[:, 2] = 0            # analog operands: MACs, counted from shapes
 
     def _thresholds(self, mt: ir.MTNeuron) -> tuple:
         """The k > 1 neuron `mt`'s thresholds, as its spikes' levels are read against them."""
@@ -392,6 +425,7 @@ class Counter:
     def result(self) -> dict[str, dict[str, torch.Tensor]]:
         """Per node and field, an int64 tensor [T] of per-step totals over all
         samples seen; MT neurons also have ``levels`` [T, 2n], most negative first."""
+        self._finish()
         steps = torch.ones(self.T, dtype=torch.int64, device=self.device)
         first = torch.zeros_like(steps)
         first[0] = 1
@@ -417,9 +451,12 @@ class Counter:
                 c["level_spikes"] = c["levels"].sum(dim=1)
                 c["active_updates"] = hist[:, 1].sum(dim=1)
             if n.name in self.measured:
-                measured = self.measured[n.name]
                 if n.name in self.per_sample:
                     measured = first.unsqueeze(1) * (self.per_sample[n.name] * self.samples)
+                else:
+                    measured = torch.zeros(self.T, 3, dtype=torch.int64, device=self.device)
+                    for batch in self.batches:
+                        measured += batch[n.name].sum(0)
                 c["sops"], c["paper_sops"], c["level_sops"] = (v.contiguous() for v in measured.unbind(dim=1))
             out[n.name] = c
         for name, src in self.sources.items():      # linear layers fed by an MT neuron's spikes
@@ -434,6 +471,7 @@ class Counter:
         """Per node computed from the data, per field of SAMPLE_FIELDS it has: an int64
         tensor [samples] of per-sample totals over the T steps (with `steps`, [samples, T]:
         per step), in the order the samples ran."""
+        self._finish()
         out: dict[str, dict[str, torch.Tensor]] = {}
         for name in self.batches[0] if self.batches else ():
             both = torch.cat([b[name] for b in self.batches]).cpu()

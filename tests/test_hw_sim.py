@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import hw_sim
 from ecmt import SpikingGraph, SpikingModel, ir
-from ecmt.runtime import GraphExecutor
+from ecmt.runtime import GraphExecutor, native
 from hw_sim.counting import Counter, to_lists
 from ecmt.errors import EcmtError
 from hw_sim.profile import ProfileError, load_profile
@@ -377,6 +377,44 @@ def test_histogram_equals_bincount(native, monkeypatch):
             hist_mod.histogram(random.long(), 34)
     finally:
         hist_mod._library.cache_clear()
+
+
+def _spikes(shape, th, levels, g, density=0.3):
+    """Signed spikes of an MT neuron: sums of distinct levels th 2^j, zero where silent."""
+    m = torch.randint(-(2 ** levels - 1), 2 ** levels, shape, generator=g)
+    return torch.where(torch.rand(shape, generator=g) < density, m * th, torch.zeros(())).float()
+
+
+@pytest.mark.skipif(native.library() is None, reason="the fast step's kernels cannot be built here")
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "no heads"])
+@pytest.mark.parametrize("leveled", [None, 0, 1])
+def test_native_product_counts_equal_torchs(layout, leveled):
+    """native.product_counts (one pass over a product's operands as they lie) gives the torch
+    count's pairs (product_pairs, product_level_pairs) and next-step column / row counts, over
+    two steps, for transposed views and with either operand's spikes weighed by their levels."""
+    from hw_sim.counting import _along, product_level_pairs, product_pairs
+    g = torch.Generator().manual_seed(21)
+    lead = (3,) if layout == "no heads" else (3, 2)
+    th = {0: (torch.tensor(0.25), torch.tensor(0.5)), 1: (torch.tensor(0.75), None)}
+    th = {j: v for j, v in th.items() if j == leveled}
+    n, k, m = 5, 7, 6
+    ca, cb = torch.zeros(*lead, k, dtype=torch.int64), torch.zeros(*lead, k, dtype=torch.int64)
+    ref_prev = (ca.clone(), cb.clone())
+    a_sum = b_sum = 0
+    for _ in range(2):
+        x = _spikes((*lead, n, k), 0.25, 3, g)
+        y = _spikes((*lead, m, k), 0.75, 3, g).transpose(-1, -2) if layout == "transposed" else \
+            _spikes((*lead, k, m), 0.75, 3, g)
+        a_sum, b_sum = a_sum + x, b_sum + y
+        b_now = b_sum if layout != "transposed" else b_sum.transpose(-1, -2).contiguous().transpose(-1, -2)
+        out = torch.full((lead[0], 3), -1, dtype=torch.int64)
+        assert native.product_counts(x, a_sum, y, b_now, ca, cb, out, th.get(0), th.get(1))
+        pairs, ref_ca, ref_cb = product_pairs(x, y, a_sum, b_now, *ref_prev)
+        level = product_level_pairs(_along(x, -2, th.get(0)), _along(y, -1, th.get(1)), *ref_prev)
+        assert torch.equal(out, torch.cat([pairs, level.unsqueeze(1)], 1))
+        assert torch.equal(ca, ref_ca) and torch.equal(cb, ref_cb)
+        ref_prev = (ref_ca, ref_cb)
+        assert (leveled is None) == bool((out[:, 0] == out[:, 2]).all())    # the levels weigh in where asked
 
 
 def test_nodes_computed_from_constants_count_for_every_sample():

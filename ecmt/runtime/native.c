@@ -446,56 +446,115 @@ void scaled_increment(int64_t count, const float *p, float scale_t, float *out_s
     }
 }
 
-/* Counts along one axis of a [P, N, K] float tensor with strides (sp, sn, sk): axis 1
- * counts over N into out [P, K], axis 2 over K into out [P, N] (int64, overwritten).  Each
- * element counts 1 where it is non-zero, or, with a threshold th (spikes of an MT neuron
- * whose levels are th 2^j: th_neg for negative values, NULL for th_pos), the number of
- * levels its value carries: the binary digits of round(|x| / th).  hw_sim's counting of
- * product ECMs' non-zero pairs reads these of the operands. */
-INLINE int64_t weight_of(float v, const float *th_pos, const float *th_neg)
+/* hw_sim's counting of a product ECM's non-zero pairs (hw_sim/counting.py: product_pairs), one
+ * sample per iteration.  Operands as multiplied: the increments x [P, N, K] and y [P, K, M], the
+ * running sums A_t (as x) and B_t (as y), each with strides (sample, p, row, column) in elements,
+ * any layout (transposed views included).  Per p, x's and A_t's non-zero elements are counted
+ * per column k (over n), y's and B_t's per row k (over m); where an operand carries spikes of an
+ * MT neuron with k > 1 (th_pos not NULL), its elements are also weighed by the levels they carry
+ * (the binary digits of round(|v| / th), th_neg below zero).  The sample's three counts go to
+ * out[0..2] (strided by out_stride per sample): the spiking form's pairs
+ * sum_k cx cy + cx cb' + ca' cy with ca', cb' the previous step's counts of A and B (ca, cb,
+ * [samples, P, K], replaced by this step's), the reference's sum_k cx cy + cx cb + ca cy,
+ * and the spiking form's pairs with each spike weighed by its levels. */
+typedef struct {
+    const float *data;
+    int64_t ss, sp, sr, sc;             /* strides: sample, p, row, column */
+    const float *th_pos, *th_neg;       /* the spikes' thresholds (scalars), or NULL: count 1 per non-zero */
+} operand;
+
+INLINE int64_t levels_of(float v, const float *th_pos, const float *th_neg)
 {
-    if (th_pos == NULL)
-        return v != 0.0f;
     const float th = (v < 0.0f && th_neg) ? th_neg[0] : th_pos[0];
-    return __builtin_popcountll((unsigned long long)llrintf(fabsf(v) / th));
+    return v == 0.0f ? 0 : __builtin_popcountll((unsigned long long)llrintf(fabsf(v) / th));
 }
 
-void count_along(int64_t P, int64_t N, int64_t K, const float *x, int64_t sp, int64_t sn, int64_t sk, int axis,
-                 const float *th_pos, const float *th_neg, int64_t *out, int threads)
+/* Per index k of the kept axis (columns: along = 0 counts over rows; rows: along = 1 counts over
+ * columns) of one [rows, cols] matrix at base: non-zero counts into c, level weights into w (where
+ * o->th_pos). The inner loop runs along the unit stride where there is one. */
+static void count_matrix(const operand *o, const float *base, int64_t rows, int64_t cols, int along, int64_t *c,
+                         int64_t *w)
 {
-    #pragma omp parallel for num_threads(threads) schedule(static) if (P * N * K > 65536)
-    for (int64_t p = 0; p < P; p++) {
-        const float *xp = x + p * sp;
-        if (axis == 1) {
-            int64_t *o = out + p * K;
-            for (int64_t k = 0; k < K; k++)
-                o[k] = 0;
-            for (int64_t n = 0; n < N; n++) {
-                const float *row = xp + n * sn;
-                if (th_pos == NULL) {
-                    #pragma omp simd
-                    for (int64_t k = 0; k < K; k++)
-                        o[k] += row[k * sk] != 0.0f;
-                } else {
-                    for (int64_t k = 0; k < K; k++)
-                        o[k] += weight_of(row[k * sk], th_pos, th_neg);
-                }
+    const int64_t sr = o->sr, sc = o->sc, kept = along ? rows : cols;
+    for (int64_t k = 0; k < kept; k++)
+        c[k] = 0;
+    if (o->th_pos) {
+        for (int64_t k = 0; k < kept; k++)
+            w[k] = 0;
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t q = 0; q < cols; q++) {
+                const float v = base[r * sr + q * sc];
+                const int64_t k = along ? r : q;
+                c[k] += v != 0.0f;
+                w[k] += levels_of(v, o->th_pos, o->th_neg);
             }
-        } else {
-            int64_t *o = out + p * N;
-            for (int64_t n = 0; n < N; n++) {
-                const float *row = xp + n * sn;
-                int64_t c = 0;
-                if (th_pos == NULL) {
-                    #pragma omp simd reduction(+ : c)
-                    for (int64_t k = 0; k < K; k++)
-                        c += row[k * sk] != 0.0f;
-                } else {
-                    for (int64_t k = 0; k < K; k++)
-                        c += weight_of(row[k * sk], th_pos, th_neg);
-                }
-                o[n] = c;
-            }
+        return;
+    }
+    if (along == 0 && sc == 1) {                /* per column, rows contiguous: add row by row */
+        for (int64_t r = 0; r < rows; r++) {
+            const float *row = base + r * sr;
+            #pragma omp simd
+            for (int64_t q = 0; q < cols; q++)
+                c[q] += row[q] != 0.0f;
         }
+    } else if (along == 1 && sc != 1 && sr == 1) {  /* per row, columns strided: add column by column */
+        for (int64_t q = 0; q < cols; q++) {
+            const float *col = base + q * sc;
+            #pragma omp simd
+            for (int64_t r = 0; r < rows; r++)
+                c[r] += col[r] != 0.0f;
+        }
+    } else if (along == 1) {                    /* per row: a reduction along the row */
+        for (int64_t r = 0; r < rows; r++) {
+            const float *row = base + r * sr;
+            int64_t n = 0;
+            #pragma omp simd reduction(+ : n)
+            for (int64_t q = 0; q < cols; q++)
+                n += row[q * sc] != 0.0f;
+            c[r] = n;
+        }
+    } else {                                    /* per column, reduced down the column */
+        for (int64_t q = 0; q < cols; q++) {
+            const float *col = base + q * sc;
+            int64_t n = 0;
+            #pragma omp simd reduction(+ : n)
+            for (int64_t r = 0; r < rows; r++)
+                n += col[r * sr] != 0.0f;
+            c[q] = n;
+        }
+    }
+}
+
+void product_counts(int64_t samples, int64_t P, int64_t N, int64_t K, int64_t M, operand x, operand a, operand y,
+                    operand b, int64_t *ca, int64_t *cb, int64_t *out, int64_t out_stride, int threads)
+{
+    #pragma omp parallel num_threads(threads) if (samples * P * (N + M) * K > 65536)
+    {
+        int64_t *scratch = malloc(sizeof(int64_t) * (size_t)(6 * K));
+        int64_t *cx = scratch, *cy = cx + K, *cax = cy + K, *cby = cax + K, *wx = cby + K, *wy = wx + K;
+        #pragma omp for schedule(static)
+        for (int64_t s = 0; s < samples; s++) {
+            int64_t full = 0, paper = 0, level = 0;
+            for (int64_t p = 0; p < P; p++) {
+                int64_t *ca_prev = ca + (s * P + p) * K, *cb_prev = cb + (s * P + p) * K;
+                count_matrix(&x, x.data + s * x.ss + p * x.sp, N, K, 0, cx, wx);
+                count_matrix(&a, a.data + s * a.ss + p * a.sp, N, K, 0, cax, NULL);
+                count_matrix(&y, y.data + s * y.ss + p * y.sp, K, M, 1, cy, wy);
+                count_matrix(&b, b.data + s * b.ss + p * b.sp, K, M, 1, cby, NULL);
+                const int64_t *lx = x.th_pos ? wx : cx, *ly = y.th_pos ? wy : cy;
+                for (int64_t k = 0; k < K; k++) {
+                    const int64_t both = cx[k] * cy[k];
+                    full += both + cx[k] * cb_prev[k] + ca_prev[k] * cy[k];
+                    paper += both + cx[k] * cby[k] + cax[k] * cy[k];
+                    level += lx[k] * ly[k] + lx[k] * cb_prev[k] + ca_prev[k] * ly[k];
+                    ca_prev[k] = cax[k];
+                    cb_prev[k] = cby[k];
+                }
+            }
+            out[s * out_stride] = full;
+            out[s * out_stride + 1] = paper;
+            out[s * out_stride + 2] = level;
+        }
+        free(scratch);
     }
 }

@@ -11,6 +11,7 @@ them, plain C where not.  Where no build works, `library()` is None and
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 from functools import cache
 from pathlib import Path
@@ -42,6 +43,13 @@ class MTRule(ctypes.Structure):
 class Events(ctypes.Structure):
     """native.c's events: where an MT neuron's event codes or per-sample counts go (either may be NULL)."""
     _fields_ = [("code", ctypes.c_void_p), ("counts", ctypes.c_void_p)]
+
+
+class Operand(ctypes.Structure):
+    """native.c's operand: a product operand's data, strides (sample, p, row, column) and the
+    thresholds its spikes' levels are read against (NULL: counted as non-zero only)."""
+    _fields_ = [("data", ctypes.c_void_p), ("ss", ctypes.c_int64), ("sp", ctypes.c_int64), ("sr", ctypes.c_int64),
+                ("sc", ctypes.c_int64), ("th_pos", ctypes.c_void_p), ("th_neg", ctypes.c_void_p)]
 
 
 class ECMIO(ctypes.Structure):
@@ -81,29 +89,46 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.ecm_map.argtypes = [i64, i64, i32, f32, ECMIO, i32]
     lib.ecm_rows.argtypes = [i64, i64, i64, i32, ptr, ptr, f32, f32, ECMIO, i32]
     lib.scaled_increment.argtypes = [i64, ptr, f32, ptr, ptr, i32]
-    lib.count_along.argtypes = [i64, i64, i64, ptr, i64, i64, i64, i32, ptr, ptr, ptr, i32]
-    for fn in (lib.mt_step, lib.ecm_map, lib.ecm_rows, lib.scaled_increment, lib.count_along):
+    lib.product_counts.argtypes = [i64, i64, i64, i64, i64, Operand, Operand, Operand, Operand, ptr, ptr, ptr,
+                                   i64, i32]
+    for fn in (lib.mt_step, lib.ecm_map, lib.ecm_rows, lib.scaled_increment, lib.product_counts):
         fn.restype = None
 
 
-def count_along(x: torch.Tensor, dim: int, th_pos: torch.Tensor | None = None,
-                th_neg: torch.Tensor | None = None) -> torch.Tensor | None:
-    """For a float32 CPU tensor of 3 or more dimensions and dim -2 or -1, in one pass over x
-    as it lies (strided, e.g. transposed): (x != 0).sum(dim) as int64, or with scalar
-    thresholds (spikes of an MT neuron) the levels each value carries, summed (the binary
-    digits of round(|x| / th), th_neg below zero).  None where the kernels cannot run."""
+def product_counts(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, b: torch.Tensor, ca: torch.Tensor,
+                   cb: torch.Tensor, out: torch.Tensor, th_x: tuple | None = None, th_y: tuple | None = None) -> bool:
+    """hw_sim's counts of a product ECM's non-zero pairs for one step, in one pass over its
+    operands as they lie (strided, e.g. transposed): the increments x [S, ..., N, K], y [S, ..., K, M]
+    and running sums a (as x), b (as y), float32 on the CPU, every operand with the same S samples.
+    ca, cb (int64 [S, ..., K], contiguous): the previous step's non-zero counts of a's columns and
+    b's rows, replaced by this step's.  out (int64 [S, 3], rows `out.stride(0)` apart, unit stride
+    within): per sample, the spiking form's pairs, the reference's, and the spiking form's with
+    each spike of an operand with thresholds th_x / th_y ((th_pos, th_neg), scalars: an MT
+    neuron with k > 1) weighed by the levels it carries (native.c: product_counts).  False
+    where the kernels cannot run (nothing written)."""
     lib = library()
-    if lib is None or x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() < 3 or dim not in (-2, -1):
-        return None
-    lead = x.shape[:-2]
-    flat = x.reshape(-1, *x.shape[-2:]) if x.dim() > 3 else x    # a view where strides allow
-    P, N, K = flat.shape
-    out = torch.empty(P, K if dim == -2 else N, dtype=torch.int64)
-    scalar = lambda th: None if th is None else th.reshape(1).float().contiguous()
-    tp, tn = scalar(th_pos), scalar(th_neg)
-    lib.count_along(P, N, K, flat.data_ptr(), *flat.stride(), 1 if dim == -2 else 2, ptr(tp), ptr(tn),
-                    out.data_ptr(), torch.get_num_threads())
-    return out.view(*lead, out.shape[-1])
+    tensors = (x, a, y, b)
+    if (lib is None or any(t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() < 3 for t in tensors)
+            or x.shape != a.shape or y.shape != b.shape or x.shape[:-2] != y.shape[:-2]
+            or x.shape[-1] != y.shape[-2] or out.stride(1) != 1 or out.dtype != torch.int64
+            or any(c.dtype != torch.int64 or not c.is_contiguous() or c.shape != (*x.shape[:-2], x.shape[-1])
+                   for c in (ca, cb))):
+        return False
+    S, (N, K), M = x.shape[0], x.shape[-2:], y.shape[-1]
+    P = math.prod(x.shape[1:-2])
+    keep = []                                   # the thresholds' tensors, alive through the call
+
+    def operand(t, th=None):
+        t = t.reshape(S, P, *t.shape[-2:])      # a view where the strides allow
+        keep.append(t)
+        tp = tn = None
+        if th is not None:
+            tp, tn = (None if v is None else v.reshape(1).float().contiguous() for v in th)
+            keep.extend((tp, tn))
+        return Operand(t.data_ptr(), *t.stride(), ptr(tp), ptr(tn))
+    lib.product_counts(S, P, N, K, M, operand(x, th_x), operand(a), operand(y, th_y), operand(b),
+                       ca.data_ptr(), cb.data_ptr(), out.data_ptr(), out.stride(0), torch.get_num_threads())
+    return True
 
 
 def ptr(t: torch.Tensor | None) -> int | None:

@@ -441,7 +441,8 @@ class Program:
             else:
                 torch.matmul(*operands, out=raw)
             if self.observe or self.count:              # what hw_sim's counting reads, as node by node
-                state.x, state.y = (z.contiguous() for z in increments)
+                # (the Counter reads views as they lie; an observer that may keep them gets copies)
+                state.x, state.y = increments if self.count else (z.contiguous() for z in increments)
                 state.a, state.b = (sums[pos] if sums[pos] is not None else operands[pos] for pos in range(2))
             if role.total:
                 self.values[i] = raw                    # the ECM after it scales it

@@ -95,7 +95,8 @@ class _Writer:
             for i in n.inputs:
                 self.users[i].append(n)
         self.units: dict[str, np.ndarray | None] = {}    # MT neuron -> its consumer spike's value per channel
-        self.windows: dict[str, int] = {}                # max pool written as its window -> window size K
+        self.windows: dict[str, int] = {}
+        self.head_start: list[tuple[str, np.ndarray]] = []   # (sinabs) IF node, th / 2 per channel                # max pool written as its window -> window size K
         self.recurrent: list[tuple[str, str]] = []       # edges that carry the previous step's value
         self.roles: dict[str, dict] = {}                 # NIR node -> what it is (graph metadata ecmt.nodes)
         self.gain: dict[str, float] = {}                 # NIR node -> its NIR output / its IR value, where not 1
@@ -326,6 +327,10 @@ class _Writer:
             nn = self.nir.Scale(scale=np.ones(lay.shape, np.float32), metadata=meta)
         self.add(node.name, nn, lay, self.feed(x, lay), role="convention", ir_node=node.name)
         self.value_of[node.name] = [node.name]
+        if isinstance(node, ir.MTNeuron) and self.target == "sinabs":
+            half = self.channel_values(th * np.float32(0.5), shape, lay)
+            if half is not None:
+                self.head_start.append((node.name, half))
         if isinstance(node, ir.MTNeuron) and lay == identity(shape) and len(shape) == 3:
             # the value of one consumer spike, per channel (max_chain): u after a size node, else 1 if th is
             unit = size[1] if size is not None else _np(node.th_pos) if bool((node.th_pos == 1).all()) else None
@@ -366,11 +371,11 @@ class _Writer:
         per = full.reshape(full.shape[0], -1) if len(lay.shape) > 1 else full.reshape(-1, 1)
         return per[:, 0].astype(np.float32) if (per == per[:, :1]).all() else None
 
-    def pointwise(self, weight: np.ndarray, lay: Layout):
+    def pointwise(self, weight: np.ndarray, lay: Layout, bias: np.ndarray | None = None):
         """The standard node that maps the channels at every position by weight [out, in]:
         an Affine for vectors, a kernel-1 Conv1d for (C, L), a 1x1 Conv2d for (C, H, W)."""
         w = np.ascontiguousarray(weight, np.float32)
-        zeros, nir = np.zeros(len(w), np.float32), self.nir
+        zeros, nir = np.zeros(len(w), np.float32) if bias is None else np.asarray(bias, np.float32), self.nir
         if len(lay.shape) == 1:
             return nir.Affine(weight=w, bias=zeros)
         if len(lay.shape) == 2:
@@ -461,6 +466,44 @@ class _Writer:
                                              lay, [bits], role="spike")]
         self.summary.computed.append(node.name)
         return False
+
+    def add_head_starts(self) -> None:
+        """(sinabs) An MT neuron fires level 0 from th / 2 on (it rounds); sinabs' IF fires at
+        th (it floors).  Every IF node gets th / 2 at step 1 only: a constant 1 and a constant
+        1 - 2^-10 (a zero-weight node with those biases) each feed an IF with threshold 1;
+        the first fires from step 1 on, the second from step 2 until step 1024, so their
+        difference, times th / 2, is a pulse at step 1.  The chain hangs off the neuron's
+        producer through which a depth-first walk (sinabs' order) reaches the neuron, its
+        edge just before that one, so the walk still meets every node after its producers."""
+        eps = np.float32(2.0 ** -10)
+        parent, seen = {}, set()
+        children = collections.defaultdict(list)
+        for src, dst in self.edges:
+            children[src].append(dst)
+        stack = [(next(n for n, v in self.nodes.items() if type(v).__name__ == "Input"), None)]
+        while stack:
+            name, via = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            parent[name] = via
+            stack.extend((c, name) for c in reversed(children[name]))
+        for name, half in self.head_start:
+            src, lay = parent.get(name), self.layout[name]
+            if src is None or self.layout[src].shape[1:] != lay.shape[1:] or len(lay.shape) > 3:
+                continue
+            ones = np.ones((2, *lay.shape[1:]), np.float32)
+            const = self.add(self.unique(f"{name}.const"),
+                             self.pointwise(np.zeros((2, self.layout[src].shape[0])), self.layout[src],
+                                            bias=np.array([1.0, 1.0 - eps], np.float32)),
+                             Layout(ones.shape), [], role="head_start")
+            self.edges.insert(self.edges.index((src, name)), (src, const))
+            steps = self.add(self.unique(f"{name}.steps"), self.nir.IF(r=ones, v_threshold=ones, v_reset=0 * ones),
+                             Layout(ones.shape), [const], role="head_start")
+            pulse = self.add(self.unique(f"{name}.head_start"),
+                             self.pointwise(np.stack([half, -half], 1), Layout(ones.shape)), lay, [steps],
+                             role="head_start")
+            self.edges.append((pulse, name))
 
     def avg_conv(self, node, shape, in_shapes):
         """(Any target) An average pool as the Conv2d that computes it (weight 1 / k^2 on each
@@ -706,6 +749,7 @@ def to_nir(graph: ir.SpikingGraph, neuron: str = "IF", spike_sizes: bool = False
     w = _Writer(graph, neuron, spike_sizes, target)
     for node in graph:
         w.emit(node)
+    w.add_head_starts()
     desc = graph_to_json(graph)
     desc["convention"] = {"name": CONVENTION, "version": VERSION}
     meta = {"ecmt.description": json.dumps(desc, separators=(",", ":")),

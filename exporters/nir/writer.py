@@ -62,7 +62,7 @@ class ExportSummary:
                      f"{len(self.spike_sizes)} inserted standard nodes (1x1 Conv2d / Affine / Conv1d)")
         if self.target is not None:
             text += (f"\nwritten for {self.target}: {len(self.computed)} MT neurons and max pools as standard "
-                     "subgraphs it computes them with")
+                     "subgraphs that library computes (docs/nir.md)")
         if not self.depth_first_ok:
             text += ("\nnote: consumers that run nodes depth-first from the Input (Norse, sinabs) would read "
                      "some inputs a step late in this graph (docs/nir.md)")
@@ -504,6 +504,7 @@ class _Writer:
                              self.pointwise(np.stack([half, -half], 1), Layout(ones.shape)), lay, [steps],
                              role="head_start")
             self.edges.append((pulse, name))
+            self.summary.computed.append(name)
 
     def avg_conv(self, node, shape, in_shapes):
         """(Any target) An average pool as the Conv2d that computes it (weight 1 / k^2 on each

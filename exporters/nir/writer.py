@@ -94,9 +94,9 @@ class _Writer:
         for n in graph:
             for i in n.inputs:
                 self.users[i].append(n)
-        self.units: dict[str, np.ndarray | None] = {}    # MT neuron -> its consumer spike's value per channel
-        self.windows: dict[str, int] = {}
-        self.head_start: list[tuple[str, np.ndarray]] = []   # (sinabs) IF node, th / 2 per channel                # max pool written as its window -> window size K
+        self.windows: dict[str, int] = {}                # (norse, snntorch) max pool written as its window -> K
+        self.units: dict[str, np.ndarray | None] = {}    # (sinabs) MT neuron -> a spike's value per channel
+        self.head_start: list[tuple[str, np.ndarray]] = []   # (sinabs) IF node, th / 2 per channel
         self.recurrent: list[tuple[str, str]] = []       # edges that carry the previous step's value
         self.roles: dict[str, dict] = {}                 # NIR node -> what it is (graph metadata ecmt.nodes)
         self.gain: dict[str, float] = {}                 # NIR node -> its NIR output / its IR value, where not 1
@@ -331,10 +331,9 @@ class _Writer:
             half = self.channel_values(th * np.float32(0.5), shape, lay)
             if half is not None:
                 self.head_start.append((node.name, half))
-        if isinstance(node, ir.MTNeuron) and lay == identity(shape) and len(shape) == 3:
-            # the value of one consumer spike, per channel (max_chain): u after a size node, else 1 if th is
+            # the value of one of sinabs' spikes, per channel (max_chain): u after a size node, else 1 if th is
             unit = size[1] if size is not None else _np(node.th_pos) if bool((node.th_pos == 1).all()) else None
-            if unit is not None:
+            if unit is not None and lay == identity(shape) and len(shape) == 3:
                 self.units[node.name] = self.channel_values(unit, shape, lay)
         if size is not None:
             self.value_of[node.name] = [self.add(self.unique(f"{node.name}.size"), size[0], lay, [node.name],
@@ -521,6 +520,17 @@ class _Writer:
                              dilation=1, groups=1, bias=np.zeros(C, np.float32))
         return self._standard(node, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
 
+    def window_conv(self, node, in_shape):
+        """The Conv2d that lays each pooling window's K elements out as K channels per
+        channel (channel c K + j, the window read row by row), and K."""
+        C, (kh, kw) = in_shape[0], node.kernel_size
+        K = kh * kw
+        w = np.zeros((C * K, C, kh, kw), np.float32)
+        c, j = np.meshgrid(np.arange(C), np.arange(K), indexing="ij")
+        w[(c * K + j).ravel(), c.ravel(), (j // kw).ravel(), (j % kw).ravel()] = 1.0
+        return self.nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=w, stride=node.stride, padding=0, dilation=1,
+                               groups=1, bias=np.zeros(C * K, np.float32)), K
+
     def max_window(self, node, shape, in_shapes):
         """(Norse, snnTorch) A max pool whose one consumer is an MT neuron: a Conv2d that lays
         each window's K elements out as K channels per channel (channel c K + j), from which
@@ -534,16 +544,9 @@ class _Writer:
         if any(t is not None and self.channel_values(t, shape, identity(shape)) is None
                for t in (mt.th_pos, mt.th_neg)):
             return None
-        C, (kh, kw) = in_shapes[0][0], node.kernel_size
-        K = kh * kw
-        w = np.zeros((C * K, C, kh, kw), np.float32)
-        for c in range(C):
-            for j in range(K):
-                w[c * K + j, c, j // kw, j % kw] = 1.0
-        nn = self.nir.Conv2d(input_shape=tuple(in_shapes[0][1:]), weight=w, stride=node.stride, padding=0,
-                             dilation=1, groups=1, bias=np.zeros(C * K, np.float32))
-        self.add(node.name, nn, Layout((C * K, *shape[1:])), self.feed(node.inputs[0], identity(in_shapes[0])),
-                 role="window", ir_node=node.name)
+        nn, K = self.window_conv(node, in_shapes[0])
+        self.add(node.name, nn, Layout((in_shapes[0][0] * K, *shape[1:])),
+                 self.feed(node.inputs[0], identity(in_shapes[0])), role="window", ir_node=node.name)
         self.windows[node.name] = K
         self.value_of[node.name] = [node.name]
         self.summary.computed.append(node.name)
@@ -562,16 +565,10 @@ class _Writer:
         if (self.target != "sinabs" or any(node.padding) or unit is None
                 or not self.fits(x, identity(in_shapes[0]))):
             return None
-        C, (kh, kw), rest = in_shapes[0][0], node.kernel_size, tuple(shape[1:])
-        K = kh * kw
-        w = np.zeros((C * K, C, kh, kw), np.float32)
-        for c in range(C):
-            for j in range(K):
-                w[c * K + j, c, j // kw, j % kw] = 1.0
-        cur = self.add(self.unique(f"{node.name}.window"),
-                       self.nir.Conv2d(input_shape=tuple(in_shapes[0][1:]), weight=w, stride=node.stride, padding=0,
-                                       dilation=1, groups=1, bias=np.zeros(C * K, np.float32)),
-                       Layout((C * K, *rest)), self.feed(x, identity(in_shapes[0])), role="max")
+        C, rest = in_shapes[0][0], tuple(shape[1:])
+        nn, K = self.window_conv(node, in_shapes[0])
+        cur = self.add(self.unique(f"{node.name}.window"), nn, Layout((C * K, *rest)),
+                       self.feed(x, identity(in_shapes[0])), role="max")
         G, scale, combine = K, np.ones(C, np.float32), np.eye(K, dtype=np.float32)
         block = lambda m, s: np.kron(np.diag(s), m).astype(np.float32)   # noqa: E731  (per channel c: m * s_c)
         while G > 1:
@@ -702,8 +699,8 @@ KINDS = KindTable("NIR", {
 }, error=lambda node, message, hint: NirExportError(f"node {node.name!r} ({node.KIND}): {message}", hint=hint))
 
 NEURONS = ("IF", "LIF")
-# Files for one consumer (docs/nir.md): Norse and snnTorch run recurrent edges one step late,
-# so MT neurons and max pools are written exactly (recurrent_mt, max_window); sinabs runs all
+# Files for one consumer (docs/nir.md): Norse and snnTorch give a recurrent edge the previous
+# step's value, so MT neurons and max pools are written exactly (recurrent_mt, max_window); sinabs runs all
 # steps in one call and no recurrence, so its file has IF neurons, size nodes and max_chain.
 TARGETS = ("norse", "snntorch", "sinabs")
 RECURRENT = ("norse", "snntorch")

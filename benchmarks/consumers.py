@@ -11,7 +11,11 @@ three exports of each:
   consumer's unit spike by the threshold (`--unit-thresholds`), so that its spikes
   have the right size on skip paths and pools too;
 * binary: converted with one level per neuron (levels = 1), unit thresholds:
-  the single-threshold network closest to what IF neurons compute.
+  the single-threshold network closest to what IF neurons compute;
+* target: the file written for each library (`--nir-target LIBRARY`): MT neurons
+  and max pools as standard subgraphs that library computes like the executor
+  (Norse and snnTorch: recurrent edges, exact; sinabs: IF neurons with a th / 2
+  head start and a max pool as a chain of IFs).
 
 each library loads the file with its own import function and runs it with its
 own models (tools/nir_consumer_run.py in the environments of
@@ -43,7 +47,7 @@ ROOT = Path(__file__).parent.parent
 OUT = ROOT / "docs" / "benchmarks"
 CONSUMERS = verify.CONSUMERS     # the NIR neuron each reads (docs/nir.md)
 VARIANTS = {"graded": dict(levels=8, unit=False), "unit": dict(levels=8, unit=True),
-            "binary": dict(levels=1, unit=True)}
+            "binary": dict(levels=1, unit=True), "target": dict(levels=8, unit=False, target=True)}
 
 
 def accuracy_at(outputs: np.ndarray, labels: np.ndarray, ts) -> dict:
@@ -101,6 +105,11 @@ def main():
                 v["unit_thresholds"] = len(summary.unit_thresholds or [])
                 v["spike_sizes"] = len(summary.spike_sizes)
                 v["mt_neurons"] = sum(n for k, n in summary.convention.items() if k.startswith("mt_neuron"))
+                if spec.get("target"):
+                    v["computed"] = {}
+                    for consumer in CONSUMERS:
+                        files[consumer] = tmp / f"{model_name}-{variant}-{consumer}.nir"
+                        v["computed"][consumer] = len(enir.export(graph, files[consumer], target=consumer).computed)
                 if variant == "graded":
                     start = time.time()
                     mapped = node_map_run(files["IF"], test.images, args.T)
@@ -111,8 +120,10 @@ def main():
                         "max_abs_error": float(np.abs(mapped - executor).max()),
                         "seconds": round(time.time() - start, 1)}
                 for consumer, neuron in CONSUMERS.items():
-                    out, seconds, error = run_consumer(consumer, files[neuron], test.images, args.T)
-                    row = {"file": neuron, "seconds": round(seconds, 1)}
+                    which = consumer if spec.get("target") else neuron
+                    out, seconds, error = run_consumer(consumer, files[which], test.images, args.T)
+                    row = {"file": f"--nir-target {consumer}" if spec.get("target") else neuron,
+                           "seconds": round(seconds, 1)}
                     if error:
                         row["error"] = error
                     else:
@@ -137,8 +148,8 @@ def markdown(result: dict, ts) -> str:
                   "| export | runtime | file | " + " | ".join(f"t={t}" for t in ts) + " | agreement t=8 / t=32 | s |",
                   "|---|---|---|" + "---|" * len(ts) + "---|---|"]
         for variant, v in entry["variants"].items():
-            name = (f"{variant} ({v['unit_thresholds']}/{v['mt_neurons']} unit, {v.get('spike_sizes', 0)} size nodes)"
-                    if variant != "graded" else variant)
+            name = (variant if variant in ("graded", "target") else
+                    f"{variant} ({v['unit_thresholds']}/{v['mt_neurons']} unit, {v.get('spike_sizes', 0)} size nodes)")
             lines.append(f"| {name} | ecmt executor | | " + " | ".join(pct(v["executor"]["accuracy"][t]) for t in ts)
                          + " | | |")
             for consumer, row in v["consumers"].items():
@@ -151,6 +162,14 @@ def markdown(result: dict, ts) -> str:
                              + " | ".join(pct(row["accuracy"][t]) for t in ts)
                              + f" | {pct(agree.get(8, 0))} / {pct(agree.get(32, agree[max(agree)]))} | {row['seconds']} |")
         lines.append("")
+        target = entry["variants"].get("target")
+        if target:
+            last = max(ts)
+            ex = target["executor"]["accuracy"][last]
+            gaps = [f"{c} {pct(r['accuracy'][last])} ({100 * (r['accuracy'][last] - ex):+.1f} points, agreement "
+                    f"{pct(r['agreement'][last])})" for c, r in target["consumers"].items() if "accuracy" in r]
+            lines += [f"Files written for each library (`--nir-target`), at t = {last}: executor {pct(ex)}; "
+                      + "; ".join(gaps) + ".", ""]
     return "\n".join(lines) + "\n"
 
 

@@ -304,7 +304,7 @@ def _neurobench(graph, split, T: int, batch: int, report, args) -> Path:
 
 
 def _export(graph, to: str, output, unroll=None, ppn=False, neuron="IF", unit_thresholds=False,
-            lava_layout="auto") -> str:
+            lava_layout="auto", nir_target=None) -> str:
     """Write one export; return what to print about it."""
     if to == "onnx":
         from exporters.onnx import export
@@ -312,7 +312,8 @@ def _export(graph, to: str, output, unroll=None, ppn=False, neuron="IF", unit_th
         return f"wrote {output}"
     if to == "nir":
         from exporters.nir import export
-        return f"{export(graph, output, ppn=ppn, neuron=neuron, unit_thresholds=unit_thresholds)}\nwrote {output}"
+        summary = export(graph, output, ppn=ppn, neuron=neuron, unit_thresholds=unit_thresholds, target=nir_target)
+        return f"{summary}\nwrote {output}"
     from exporters.lava import export
     return f"Lava HDF5 export in the {export(graph, output, lava_layout)} layout (docs/lava.md)\nwrote {output}"
 
@@ -331,9 +332,11 @@ def cmd_export(args):
     if args.unroll is not None and args.to != "onnx":
         raise EcmtError("--unroll applies to --to onnx only")
     for flag, given in (("--ppn", args.ppn), ("--nir-neuron", args.nir_neuron != "IF"),
-                        ("--unit-thresholds", args.unit_thresholds)):
+                        ("--unit-thresholds", args.unit_thresholds), ("--nir-target", args.nir_target)):
         if given and args.to != "nir":
             raise EcmtError(f"{flag} applies to --to nir only")
+    if args.nir_target and (args.ppn or args.nir_neuron != "IF"):
+        raise EcmtError("--nir-target writes the file for one library: it sets the neuron node and has no --ppn form")
     if args.lava_layout != "auto" and args.to != "lava":
         raise EcmtError("--lava-layout applies to --to lava only")
     if Path(args.output).resolve() == Path(args.graph).resolve():
@@ -344,13 +347,14 @@ def cmd_export(args):
     graph = load_graph(args.graph)
     if not args.verify:
         print(_export(graph, args.to, args.output, args.unroll, args.ppn, args.nir_neuron, args.unit_thresholds,
-                      args.lava_layout))
+                      args.lava_layout, args.nir_target))
         return 0
     from . import data
     from .pipeline import export_and_verify, speck_line
     x = data.load(args.data, "test", args.data_root).take(args.verify_samples)
     data.check_shape(x, graph.shapes[graph.input.name], f"--data {args.data}")
-    options = ({"unit_thresholds": args.unit_thresholds, "ppn": args.ppn, "neuron": args.nir_neuron}
+    options = ({"unit_thresholds": args.unit_thresholds, "ppn": args.ppn, "neuron": args.nir_neuron,
+                "target": args.nir_target}
                if args.to == "nir" else {"layout": args.lava_layout} if args.to == "lava" else {})
     speck: dict = {}
     said, checks = export_and_verify(graph, args.to, Path(args.output), x.images, args.T, options,
@@ -553,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nir-neuron", choices=("IF", "LIF"), default="IF",
                    help="NIR: the neuron node that stands for MT neurons in consumers that ignore ecmt's "
                         "metadata (LIF for snnTorch 1.0.0; default IF)")
+    p.add_argument("--nir-target", choices=("norse", "snntorch", "sinabs"),
+                   help="NIR: write the file for one consumer library: MT neurons and max pools as standard "
+                        "subgraphs it computes like the executor (exact in Norse and snnTorch; docs/nir.md)")
     p.add_argument("--lava-layout", choices=("auto", "netx", "extended"), default="auto",
                    help="Lava: netx (lava-dl netx's own sigma-delta blocks; ReLU MLPs and CNNs), extended "
                         "(ecmt's processes, any graph) or auto (netx where it can; default)")

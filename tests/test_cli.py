@@ -168,7 +168,10 @@ def test_export_options_for_another_format_are_refused(capsys):
     from ecmt.cli import main
     for args, expected in ((["--to", "nir", "-o", "x.nir", "--lava-layout", "netx"], "--lava-layout applies to"),
                            (["--to", "lava", "-o", "x.h5", "--unit-thresholds"], "--unit-thresholds applies to"),
-                           (["--to", "onnx", "-o", "x.onnx", "--ppn"], "--ppn applies to")):
+                           (["--to", "onnx", "-o", "x.onnx", "--ppn"], "--ppn applies to"),
+                           (["--to", "onnx", "-o", "x.onnx", "--nir-target", "norse"], "--nir-target applies to"),
+                           (["--to", "nir", "-o", "x.nir", "--nir-target", "sinabs", "--ppn"],
+                            "--nir-target writes the file for one library")):
         assert main(["export", "/nonexistent.ecmt", *args]) == 2
         assert expected in capsys.readouterr().err
 

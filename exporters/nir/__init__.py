@@ -14,14 +14,16 @@ from ecmt.ir.unit import unit_thresholds as unit_threshold_graph
 
 from .reader import NirImportError, load
 from .torch_map import torch_node_map
-from .writer import CONVENTION, NEURONS, VERSION, ExportSummary, NirExportError, to_nir
+from .writer import CONVENTION, NEURONS, TARGETS, VERSION, ExportSummary, NirExportError, to_nir
 
-__all__ = ["CONVENTION", "NEURONS", "VERSION", "ExportSummary", "NirExportError", "NirImportError", "export",
-           "load", "to_nir", "torch_node_map"]
+__all__ = ["CONVENTION", "NEURONS", "TARGETS", "VERSION", "ExportSummary", "NirExportError", "NirImportError",
+           "export", "load", "to_nir", "torch_node_map"]
+
+TARGET_NEURON = {"norse": "IF", "snntorch": "LIF", "sinabs": "IF"}   # for the nodes written as before
 
 
 def export(graph: ir.SpikingGraph, path, *, ppn: bool = False, neuron: str = "IF",
-           unit_thresholds: bool = False, verbose: bool = False) -> ExportSummary:
+           unit_thresholds: bool = False, target: str | None = None, verbose: bool = False) -> ExportSummary:
     """Write `graph` as a NIR file (HDF5).  With ppn=True, MT neurons that feed
     synaptic layers are written in parallel-parameter-normalized binary form
     (ecmt.ir.ppn).  `neuron` ("IF" or "LIF") is the NIR neuron that stands for
@@ -29,15 +31,24 @@ def export(graph: ir.SpikingGraph, path, *, ppn: bool = False, neuron: str = "IF
     1.0.0, docs/nir.md); with unit_thresholds=True the thresholds that can move
     into the weights do (ecmt.ir.unit), and a standard node after every other MT
     neuron multiplies by its threshold, so that those consumers' unit spikes
-    have the right size on skip paths and pools too.  Returns (and with verbose prints) how many nodes are
-    standard and how many use the convention, by kind."""
+    have the right size on skip paths and pools too.  `target` ("norse", "snntorch" or
+    "sinabs") writes the file for that library: MT neurons and max pools as standard
+    subgraphs that it computes like the executor (docs/nir.md, "Files for one consumer");
+    it sets `neuron`, and sinabs' file has unit thresholds.  Returns (and with verbose
+    prints) how many nodes are standard and how many use the convention, by kind."""
     import nir
+    if target is not None:
+        if target not in TARGETS:
+            raise NirExportError(f"target {target!r}: must be one of {', '.join(TARGETS)}")
+        if ppn:
+            raise NirExportError(f"target {target!r}: a file for one consumer has no binary-spike (ppn) form")
+        neuron, unit_thresholds = TARGET_NEURON[target], unit_thresholds or target == "sinabs"
     normalized = None
     if unit_thresholds:
         graph, normalized = unit_threshold_graph(graph)
     if ppn:
         graph = ir.expand_ppn(graph)
-    nir_graph, summary = to_nir(graph, neuron, spike_sizes=unit_thresholds)
+    nir_graph, summary = to_nir(graph, neuron, spike_sizes=unit_thresholds, target=target)
     summary.unit_thresholds = normalized
     with atomic_path(Path(path)) as tmp:
         nir.write(str(tmp), nir_graph)

@@ -144,6 +144,10 @@ def _standard(kind: str, node) -> torch.nn.Module:
 
 def _map(node) -> torch.nn.Module:
     op = _meta(node, "ecmt.op")
+    if op is not None and op.get("target"):
+        raise NirImportError(f"this file is written for {op['target']} (--nir-target): its MT neurons are "
+                             "standard subgraphs that library runs, not ecmt's convention nodes",
+                             hint="export without --nir-target for ecmt's node map")
     if op is not None and not op.get("standard"):
         return _ConventionNode(node, op)
     adapter = _meta(node, "ecmt.adapter")

@@ -48,6 +48,8 @@ class ExportSummary:
     depth_first_ok: bool = True       # Norse / sinabs (depth-first from the Input) run it in order
     unit_thresholds: list[str] | None = None   # MT neurons whose threshold moved into the weights
     spike_sizes: list[str] = dataclasses.field(default_factory=list)   # MT neurons followed by a size node
+    target: str | None = None         # the consumer the file is written for (TARGETS), None: any
+    computed: list[str] = dataclasses.field(default_factory=list)   # IR nodes written as the target computes them
 
     def __str__(self) -> str:
         fmt = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
@@ -58,6 +60,9 @@ class ExportSummary:
             mt = sum(v for k, v in self.convention.items() if k.startswith("mt_neuron"))
             text += (f"\nunit thresholds: {len(self.unit_thresholds)} of {mt} MT neurons; spike sizes restored by "
                      f"{len(self.spike_sizes)} inserted standard nodes (1x1 Conv2d / Affine / Conv1d)")
+        if self.target is not None:
+            text += (f"\nwritten for {self.target}: {len(self.computed)} MT neurons and max pools as standard "
+                     "subgraphs that library computes (docs/nir.md)")
         if not self.depth_first_ok:
             text += ("\nnote: consumers that run nodes depth-first from the Input (Norse, sinabs) would read "
                      "some inputs a step late in this graph (docs/nir.md)")
@@ -81,9 +86,18 @@ def _conv1d_fit(length_in: int, length_out: int) -> tuple[int, int]:
 
 
 class _Writer:
-    def __init__(self, graph: ir.SpikingGraph, neuron: str = "IF", spike_sizes: bool = False):
+    def __init__(self, graph: ir.SpikingGraph, neuron: str = "IF", spike_sizes: bool = False,
+                 target: str | None = None):
         import nir
-        self.nir, self.g, self.neuron, self.spike_sizes = nir, graph, neuron, spike_sizes
+        self.nir, self.g, self.neuron, self.spike_sizes, self.target = nir, graph, neuron, spike_sizes, target
+        self.users: dict[str, list[ir.Node]] = collections.defaultdict(list)
+        for n in graph:
+            for i in n.inputs:
+                self.users[i].append(n)
+        self.windows: dict[str, int] = {}                # (norse, snntorch) max pool written as its window -> K
+        self.units: dict[str, np.ndarray | None] = {}    # (sinabs) MT neuron -> a spike's value per channel
+        self.head_start: list[tuple[str, np.ndarray]] = []   # (sinabs) IF node, th / 2 per channel
+        self.recurrent: list[tuple[str, str]] = []       # edges that carry the previous step's value
         self.roles: dict[str, dict] = {}                 # NIR node -> what it is (graph metadata ecmt.nodes)
         self.gain: dict[str, float] = {}                 # NIR node -> its NIR output / its IR value, where not 1
         self.nodes: dict[str, object] = {}
@@ -313,6 +327,14 @@ class _Writer:
             nn = self.nir.Scale(scale=np.ones(lay.shape, np.float32), metadata=meta)
         self.add(node.name, nn, lay, self.feed(x, lay), role="convention", ir_node=node.name)
         self.value_of[node.name] = [node.name]
+        if isinstance(node, ir.MTNeuron) and self.target == "sinabs":
+            half = self.channel_values(th * np.float32(0.5), shape, lay)
+            if half is not None:
+                self.head_start.append((node.name, half))
+            # the value of one of sinabs' spikes, per channel (max_chain): u after a size node, else 1 if th is
+            unit = size[1] if size is not None else _np(node.th_pos) if bool((node.th_pos == 1).all()) else None
+            if unit is not None and lay == identity(shape) and len(shape) == 3:
+                self.units[node.name] = self.channel_values(unit, shape, lay)
         if size is not None:
             self.value_of[node.name] = [self.add(self.unique(f"{node.name}.size"), size[0], lay, [node.name],
                                                  role="spike_size")]
@@ -332,27 +354,247 @@ class _Writer:
         unit = spike_unit(node)
         if unit is None or bool((unit == 1).all()):
             return None
-        full = np.broadcast_to(unit, shape)
+        per_channel = self.channel_values(unit, shape, lay)
+        if per_channel is None or len(lay.shape) > 3:
+            return None
+        return self.pointwise(np.diag(per_channel), lay), unit
+
+    # -- standard subgraphs for one consumer (target): docs/nir.md, "Files for one consumer" --
+    def channel_values(self, t, shape, lay: Layout) -> np.ndarray | None:
+        """A per-channel tensor (broadcasting to the IR `shape`) as one value per channel of
+        the NIR layout (its first axis; a vector's elements); None if it varies within one."""
+        full = np.broadcast_to(t if isinstance(t, np.ndarray) else _np(t), shape)
         if lay.perm is not None:
             full = full.transpose(lay.perm)
         full = np.ascontiguousarray(full).reshape(lay.shape)
-        per_channel = full.reshape(full.shape[0], -1) if len(lay.shape) > 1 else full.reshape(-1, 1)
-        if not (per_channel == per_channel[:, :1]).all():
-            return None
-        diag = np.diag(per_channel[:, 0]).astype(np.float32)
-        zeros = np.zeros(len(diag), np.float32)
-        nir = self.nir
+        per = full.reshape(full.shape[0], -1) if len(lay.shape) > 1 else full.reshape(-1, 1)
+        return per[:, 0].astype(np.float32) if (per == per[:, :1]).all() else None
+
+    def pointwise(self, weight: np.ndarray, lay: Layout, bias: np.ndarray | None = None):
+        """The standard node that maps the channels at every position by weight [out, in]:
+        an Affine for vectors, a kernel-1 Conv1d for (C, L), a 1x1 Conv2d for (C, H, W)."""
+        w = np.ascontiguousarray(weight, np.float32)
+        zeros, nir = np.zeros(len(w), np.float32) if bias is None else np.asarray(bias, np.float32), self.nir
         if len(lay.shape) == 1:
-            nn = nir.Affine(weight=diag, bias=zeros)
-        elif len(lay.shape) == 2:
-            nn = nir.Conv1d(input_shape=lay.shape[1], weight=diag[:, :, None], stride=1, padding=0, dilation=1,
-                            groups=1, bias=zeros)
-        elif len(lay.shape) == 3:
-            nn = nir.Conv2d(input_shape=tuple(lay.shape[1:]), weight=diag[:, :, None, None], stride=1, padding=0,
-                            dilation=1, groups=1, bias=zeros)
-        else:
+            return nir.Affine(weight=w, bias=zeros)
+        if len(lay.shape) == 2:
+            return nir.Conv1d(input_shape=lay.shape[1], weight=w[:, :, None], stride=1, padding=0, dilation=1,
+                              groups=1, bias=zeros)
+        return nir.Conv2d(input_shape=tuple(lay.shape[1:]), weight=w[:, :, None, None], stride=1, padding=0,
+                          dilation=1, groups=1, bias=zeros)
+
+    def comparator(self, lay: Layout, threshold: float, metadata: dict | None = None):
+        """A stateless comparison x > threshold per element: an LIF whose time constant is the
+        consumer's own step (Norse 1e-3, snnTorch 1e-4), so that it keeps none of its membrane
+        (Norse: v + dt / tau (x - v) = x; snnTorch: beta = 1 - dt / tau = 0)."""
+        ones = np.ones(lay.shape, np.float32)
+        return self.nir.LIF(tau=COMPARATOR_TAU[self.target] * ones, r=ones, v_leak=0 * ones,
+                            v_threshold=np.float32(threshold) * ones, v_reset=0 * ones, metadata=metadata or {})
+
+    def recurrent_mt(self, node, shape, in_shapes):
+        """(Norse, snnTorch) The MT neuron itself, from standard nodes and recurrent edges:
+
+        * membrane: an identity Affine / Conv whose own output (the previous step's) and the
+          reset node's return to it: U_t = U_{t-1} + x_t - s_{t-1}, the MT membrane before
+          the step's spike;
+        * levels: U divided by each level's bound th (2^k - 1/2) (signed neurons: -U by th_neg's);
+        * the comparator (an LIF that keeps no membrane) fires where U reaches a bound; after a
+          max pool written as its window (max_window), U holds every window element and a
+          second comparator takes the OR of the K elements (positive levels: max >= bound) or
+          their AND (negative levels: max <= -bound);
+        * spike: the levels' sum with weights th, th, 2 th, 4 th, ... is th 2^k for the highest
+          level k crossed (the MT neuron's spike), and reset sends its negative back.
+        Exact up to float rounding in the sums; None where this does not fit."""
+        if self.target not in RECURRENT or type(node) is not ir.MTNeuron or node.spikes_per_step != 1:
             return None
-        return nn, unit
+        x = node.inputs[0]
+        K = self.windows.get(x, 1)
+        lay = identity(shape) if K > 1 else self.first_layout(x)
+        if len(lay.shape) > 3:
+            return None
+        signs = [(1.0, self.channel_values(node.th_pos, shape, lay))]
+        if node.signed:
+            signs.append((-1.0, self.channel_values(node.th_neg, shape, lay)))
+        if any(th is None for _, th in signs):
+            return None
+        sources = [x] if K > 1 else self.feed(x, lay)
+        gain = np.float32(self.gain.get(self.value_of[x][0], 1.0))   # a SumPool2d's k^2 (the membrane holds gain U)
+        C, L, rest = lay.shape[0], node.levels, lay.shape[1:]
+        P = L * len(signs)
+        bound, value = np.zeros((C, P), np.float32), np.zeros((C, P), np.float32)
+        sign = np.repeat([s for s, _ in signs], L).astype(np.float32)
+        for i, (s, th) in enumerate(signs):
+            for k in range(L):
+                bound[:, i * L + k] = th * np.float32(2.0 ** k) - th * np.float32(0.5)
+                value[:, i * L + k] = s * th * np.float32(1.0 if k == 0 else 2.0 ** (k - 1))
+        shaped = lambda channels: Layout((channels, *rest))  # noqa: E731
+        meta = self.op_meta(node, lay, lay, target=self.target)
+        membrane = self.unique(f"{node.name}.membrane")
+        self.add(membrane, self.pointwise(np.eye(K * C), shaped(K * C)), shaped(K * C), sources + [membrane],
+                 role="membrane")
+        self.recurrent.append((membrane, membrane))
+        a = np.arange(K * C)
+        fan = np.zeros((K * C * P, K * C), np.float32)
+        fan[(a[:, None] * P + np.arange(P)).ravel(), np.repeat(a, P)] = (sign[None, :] / (bound[a // K] * gain)).ravel()
+        levels = self.add(self.unique(f"{node.name}.levels"), self.pointwise(fan, shaped(K * C)),
+                          shaped(K * C * P), [membrane], role="levels")
+        below_one = float(np.nextafter(np.float32(1), np.float32(0)))     # x > below_one: x >= 1
+        if K == 1:
+            bits = self.add(node.name, self.comparator(shaped(C * P), below_one, meta), shaped(C * P), [levels],
+                            role="convention", ir_node=node.name)
+        else:
+            crossed = self.add(self.unique(f"{node.name}.crossed"), self.comparator(shaped(K * C * P), below_one),
+                               shaped(K * C * P), [levels], role="levels")
+            # OR of the K elements: sum > 1/2; AND: sum / (2K - 1) > 1/2, i.e. sum > K - 1/2
+            join = np.zeros((C * P, K * C * P), np.float32)
+            c, j, q = np.meshgrid(np.arange(C), np.arange(K), np.arange(P), indexing="ij")
+            join[(c * P + q).ravel(), ((c * K + j) * P + q).ravel()] = np.where(sign[q] > 0, 1.0,
+                                                                                1.0 / (2 * K - 1)).ravel()
+            joined = self.add(self.unique(f"{node.name}.window"), self.pointwise(join, shaped(K * C * P)),
+                              shaped(C * P), [crossed], role="levels")
+            bits = self.add(node.name, self.comparator(shaped(C * P), 0.5, meta), shaped(C * P), [joined],
+                            role="convention", ir_node=node.name)
+        spike = np.zeros((C, C * P), np.float32)
+        spike[np.repeat(np.arange(C), P), np.arange(C * P)] = value.ravel()
+        reset = self.add(self.unique(f"{node.name}.reset"), self.pointwise(-gain * np.repeat(spike, K, axis=0),
+                                                                          shaped(C * P)),
+                         shaped(K * C), [bits], role="reset")
+        self.edges.append((reset, membrane))
+        self.recurrent.append((reset, membrane))
+        self.value_of[node.name] = [self.add(self.unique(f"{node.name}.spike"), self.pointwise(spike, shaped(C * P)),
+                                             lay, [bits], role="spike")]
+        self.summary.computed.append(node.name)
+        return False
+
+    def add_head_starts(self) -> None:
+        """(sinabs) An MT neuron fires level 0 from th / 2 on (it rounds); sinabs' IF fires at
+        th (it floors).  Every IF node gets th / 2 at step 1 only: a constant 1 and a constant
+        1 - 2^-10 (a zero-weight node with those biases) each feed an IF with threshold 1;
+        the first fires from step 1 on, the second from step 2 until step 1024, so their
+        difference, times th / 2, is a pulse at step 1.  The chain hangs off the neuron's
+        producer through which a depth-first walk (sinabs' order) reaches the neuron, its
+        edge just before that one, so the walk still meets every node after its producers."""
+        eps = np.float32(2.0 ** -10)
+        parent, seen = {}, set()
+        children = collections.defaultdict(list)
+        for src, dst in self.edges:
+            children[src].append(dst)
+        stack = [(next(n for n, v in self.nodes.items() if type(v).__name__ == "Input"), None)]
+        while stack:
+            name, via = stack.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            parent[name] = via
+            stack.extend((c, name) for c in reversed(children[name]))
+        for name, half in self.head_start:
+            src, lay = parent.get(name), self.layout[name]
+            if src is None or self.layout[src].shape[1:] != lay.shape[1:] or len(lay.shape) > 3:
+                continue
+            ones = np.ones((2, *lay.shape[1:]), np.float32)
+            const = self.add(self.unique(f"{name}.const"),
+                             self.pointwise(np.zeros((2, self.layout[src].shape[0])), self.layout[src],
+                                            bias=np.array([1.0, 1.0 - eps], np.float32)),
+                             Layout(ones.shape), [], role="head_start")
+            self.edges.insert(self.edges.index((src, name)), (src, const))
+            steps = self.add(self.unique(f"{name}.steps"), self.nir.IF(r=ones, v_threshold=ones, v_reset=0 * ones),
+                             Layout(ones.shape), [const], role="head_start")
+            pulse = self.add(self.unique(f"{name}.head_start"),
+                             self.pointwise(np.stack([half, -half], 1), Layout(ones.shape)), lay, [steps],
+                             role="head_start")
+            self.edges.append((pulse, name))
+            self.summary.computed.append(name)
+
+    def avg_conv(self, node, shape, in_shapes):
+        """(Any target) An average pool as the Conv2d that computes it (weight 1 / k^2 on each
+        channel's own window, zero padding counted): every consumer maps Conv2d, and no
+        neuron need fold the SumPool2d's k^2 into its threshold (the demo CNN's last pool
+        feeds the linear classifier, whose bias a k^2 would outweigh)."""
+        x = node.inputs[0]
+        if self.target is None or not self.fits(x, identity(in_shapes[0])):
+            return None
+        C, (kh, kw) = in_shapes[0][0], node.kernel_size
+        w = np.zeros((C, C, kh, kw), np.float32)
+        w[np.arange(C), np.arange(C)] = np.float32(1.0 / (kh * kw))
+        nn = self.nir.Conv2d(input_shape=tuple(in_shapes[0][1:]), weight=w, stride=node.stride, padding=node.padding,
+                             dilation=1, groups=1, bias=np.zeros(C, np.float32))
+        return self._standard(node, nn, identity(shape), self.feed(x, identity(in_shapes[0])))
+
+    def window_conv(self, node, in_shape):
+        """The Conv2d that lays each pooling window's K elements out as K channels per
+        channel (channel c K + j, the window read row by row), and K."""
+        C, (kh, kw) = in_shape[0], node.kernel_size
+        K = kh * kw
+        w = np.zeros((C * K, C, kh, kw), np.float32)
+        c, j = np.meshgrid(np.arange(C), np.arange(K), indexing="ij")
+        w[(c * K + j).ravel(), c.ravel(), (j // kw).ravel(), (j % kw).ravel()] = 1.0
+        return self.nir.Conv2d(input_shape=tuple(in_shape[1:]), weight=w, stride=node.stride, padding=0, dilation=1,
+                               groups=1, bias=np.zeros(C * K, np.float32)), K
+
+    def max_window(self, node, shape, in_shapes):
+        """(Norse, snnTorch) A max pool whose one consumer is an MT neuron: a Conv2d that lays
+        each window's K elements out as K channels per channel (channel c K + j), from which
+        that neuron (recurrent_mt) computes the max's comparisons exactly."""
+        users = self.users[node.name]
+        if (self.target not in RECURRENT or any(node.padding) or len(users) != 1
+                or type(users[0]) is not ir.MTNeuron or users[0].spikes_per_step != 1
+                or not self.fits(node.inputs[0], identity(in_shapes[0]))):
+            return None
+        mt = users[0]
+        if any(t is not None and self.channel_values(t, shape, identity(shape)) is None
+               for t in (mt.th_pos, mt.th_neg)):
+            return None
+        nn, K = self.window_conv(node, in_shapes[0])
+        self.add(node.name, nn, Layout((in_shapes[0][0] * K, *shape[1:])),
+                 self.feed(node.inputs[0], identity(in_shapes[0])), role="window", ir_node=node.name)
+        self.windows[node.name] = K
+        self.value_of[node.name] = [node.name]
+        self.summary.computed.append(node.name)
+        return True
+
+    def max_chain(self, node, shape, in_shapes):
+        """(sinabs, no recurrence) A max pool over a neuron's spikes as a chain of standard
+        nodes: a Conv2d lays each window out as K channels; then, pair by pair,
+        max(l, r) = l + relu(r - l), where an IF fed with the increments of r - l sends
+        relu's increments (its running maximum: an IF cannot take spikes back) and an IF
+        fed with l's increments (multiples of the spike unit u, never negative) sends them
+        on unchanged.  Approximate: the running maximum, and sinabs' IF keeps no membrane
+        below -threshold."""
+        x = node.inputs[0]
+        unit = self.units.get(x)
+        if (self.target != "sinabs" or any(node.padding) or unit is None
+                or not self.fits(x, identity(in_shapes[0]))):
+            return None
+        C, rest = in_shapes[0][0], tuple(shape[1:])
+        nn, K = self.window_conv(node, in_shapes[0])
+        cur = self.add(self.unique(f"{node.name}.window"), nn, Layout((C * K, *rest)),
+                       self.feed(x, identity(in_shapes[0])), role="max")
+        G, scale, combine = K, np.ones(C, np.float32), np.eye(K, dtype=np.float32)
+        block = lambda m, s: np.kron(np.diag(s), m).astype(np.float32)   # noqa: E731  (per channel c: m * s_c)
+        while G > 1:
+            pairs, odd = G // 2, G % 2
+            S = 2 * pairs + odd
+            split = np.zeros((S, G), np.float32)               # values -> [l, r - l, ..., odd]
+            merge = np.zeros((pairs + odd, S), np.float32)     # [l, relu(r - l), ..., odd] -> values
+            for i in range(pairs):
+                split[2 * i, 2 * i] = split[2 * i + 1, 2 * i + 1] = 1.0
+                split[2 * i + 1, 2 * i] = -1.0
+                merge[i, 2 * i] = merge[i, 2 * i + 1] = 1.0
+            if odd:
+                split[S - 1, G - 1] = merge[pairs, S - 1] = 1.0
+            lay = Layout((C * S, *rest))
+            conv = self.add(self.unique(f"{node.name}.pairs"), self.pointwise(block(split @ combine, scale),
+                                                                                self.layout[cur]),
+                            lay, [cur], role="max")
+            th = np.broadcast_to(np.repeat(unit * np.float32(1 - 2.0 ** -16), S).reshape(-1, *[1] * len(rest)),
+                                 lay.shape)
+            cur = self.add(self.unique(f"{node.name}.relu"), self.neuron_node(lay, th, {}), lay, [conv], role="max")
+            G, scale, combine = pairs + odd, unit, merge
+        self.add(node.name, self.pointwise(block(combine, scale), self.layout[cur]), identity(shape), [cur],
+                 role="max", ir_node=node.name)
+        self.value_of[node.name] = [node.name]
+        self.summary.computed.append(node.name)
+        return True
 
     def sum_pool(self, node, shape, in_shapes):
         # Max pooling (an ECM) and average pooling without padding, as a SumPool2d: the
@@ -444,9 +686,9 @@ KINDS = KindTable("NIR", {
     ir.Constant: (_G,),
     ir.Linear: (_Writer.linear, _G),
     ir.Conv2d: (_Writer.conv2d, _G),
-    ir.AvgPool2d: (_Writer.avgpool2d, _Writer.sum_pool, _G),
-    ir.MaxPool2d: (_Writer.sum_pool, _G),
-    ir.MTNeuron: (_Writer.neuron_or_ecm, _G),
+    ir.AvgPool2d: (_Writer.avg_conv, _Writer.avgpool2d, _Writer.sum_pool, _G),
+    ir.MaxPool2d: (_Writer.max_window, _Writer.max_chain, _Writer.sum_pool, _G),
+    ir.MTNeuron: (_Writer.recurrent_mt, _Writer.neuron_or_ecm, _G),
     ir.MTNeuronPPN: (_Writer.ppn_neuron, _G),
     **{ecm: (_Writer.neuron_or_ecm, _G)
        for ecm in (ir.GELUECM, ir.ReLUECM, ir.ElementwiseECM, ir.SoftmaxECM, ir.LayerNormECM)},
@@ -457,6 +699,12 @@ KINDS = KindTable("NIR", {
 }, error=lambda node, message, hint: NirExportError(f"node {node.name!r} ({node.KIND}): {message}", hint=hint))
 
 NEURONS = ("IF", "LIF")
+# Files for one consumer (docs/nir.md): Norse and snnTorch give a recurrent edge the previous
+# step's value, so MT neurons and max pools are written exactly (recurrent_mt, max_window); sinabs runs all
+# steps in one call and no recurrence, so its file has IF neurons, size nodes and max_chain.
+TARGETS = ("norse", "snntorch", "sinabs")
+RECURRENT = ("norse", "snntorch")
+COMPARATOR_TAU = {"norse": 1e-3, "snntorch": 1e-4}      # each library's step dt (norse.from_nir, snntorch's import)
 
 
 def spike_unit(node: ir.MTNeuron) -> np.ndarray | None:
@@ -483,35 +731,45 @@ def spike_unit(node: ir.MTNeuron) -> np.ndarray | None:
     return unit
 
 
-def to_nir(graph: ir.SpikingGraph, neuron: str = "IF", spike_sizes: bool = False):
+def to_nir(graph: ir.SpikingGraph, neuron: str = "IF", spike_sizes: bool = False, target: str | None = None):
     """The NIR graph of `graph`, and the export summary.  `neuron` names the NIR neuron
     that carries MT neurons for consumers that ignore the metadata (see neuron_node);
     with spike_sizes=True a standard node after each MT neuron whose threshold is not
-    1 gives a consumer's unit spike its size (size_node)."""
+    1 gives a consumer's unit spike its size (size_node).  `target` (one of TARGETS)
+    writes MT neurons and max pools as standard subgraphs that library computes them
+    with (recurrent_mt, max_window, max_chain)."""
     import nir
     if neuron not in NEURONS:
         raise NirExportError(f"neuron {neuron!r}: must be one of {', '.join(NEURONS)}")
+    if target is not None and target not in TARGETS:
+        raise NirExportError(f"target {target!r}: must be one of {', '.join(TARGETS)}")
     graph.validate()
-    w = _Writer(graph, neuron, spike_sizes)
+    w = _Writer(graph, neuron, spike_sizes, target)
     for node in graph:
         w.emit(node)
+    w.add_head_starts()
     desc = graph_to_json(graph)
     desc["convention"] = {"name": CONVENTION, "version": VERSION}
     meta = {"ecmt.description": json.dumps(desc, separators=(",", ":")),
             "ecmt.nodes": json.dumps(w.roles, separators=(",", ":"))}
-    w.summary.adapters = sum(r["role"] not in ("standard", "convention", "spike_size") for r in w.roles.values())
-    w.summary.depth_first_ok = depth_first_is_topological(w.nodes, w.edges)
+    if target is not None:
+        meta["ecmt.target"] = target
+    w.summary.adapters = sum(r["role"] in ("layout", "port", "fan_out", "sum") for r in w.roles.values())
+    w.summary.target = target
+    w.summary.depth_first_ok = depth_first_is_topological(w.nodes, w.edges, w.recurrent)
     return nir.NIRGraph(nodes=w.nodes, edges=w.edges, metadata=meta), w.summary
 
 
-def depth_first_is_topological(nodes: dict, edges: list[tuple[str, str]]) -> bool:
+def depth_first_is_topological(nodes: dict, edges: list[tuple[str, str]], recurrent=()) -> bool:
     """Whether a depth-first walk from the Input, children in edge-list order (how
     nirtorch's legacy loader, and so Norse and sinabs, order a graph), meets every
-    node after all its producers and ends at the Output."""
+    node after all its producers and ends at the Output.  `recurrent` edges are meant
+    to carry the previous step's value and do not count."""
     children, producers = collections.defaultdict(list), collections.defaultdict(set)
     for src, dst in edges:
         children[src].append(dst)
-        producers[dst].add(src)
+        if (src, dst) not in recurrent:
+            producers[dst].add(src)
     start = next(n for n, node in nodes.items() if type(node).__name__ == "Input")
     order, seen, stack = [], set(), [start]
     while stack:

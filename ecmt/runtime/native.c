@@ -490,37 +490,24 @@ static void count_matrix(const operand *o, const float *base, int64_t rows, int6
             }
         return;
     }
-    if (along == 0 && sc == 1) {                /* per column, rows contiguous: add row by row */
-        for (int64_t r = 0; r < rows; r++) {
-            const float *row = base + r * sr;
+    /* counting per column over the rows is counting per row of the transpose: one case */
+    const int64_t lines = along ? rows : cols, len = along ? cols : rows;
+    const int64_t s_line = along ? sr : sc, s_len = along ? sc : sr;
+    if (s_line == 1 && s_len != 1) {            /* the lines lie side by side: add across them */
+        for (int64_t i = 0; i < len; i++) {
+            const float *across = base + i * s_len;
             #pragma omp simd
-            for (int64_t q = 0; q < cols; q++)
-                c[q] += row[q] != 0.0f;
+            for (int64_t l = 0; l < lines; l++)
+                c[l] += across[l] != 0.0f;
         }
-    } else if (along == 1 && sc != 1 && sr == 1) {  /* per row, columns strided: add column by column */
-        for (int64_t q = 0; q < cols; q++) {
-            const float *col = base + q * sc;
-            #pragma omp simd
-            for (int64_t r = 0; r < rows; r++)
-                c[r] += col[r] != 0.0f;
-        }
-    } else if (along == 1) {                    /* per row: a reduction along the row */
-        for (int64_t r = 0; r < rows; r++) {
-            const float *row = base + r * sr;
+    } else {                                    /* a reduction along each line */
+        for (int64_t l = 0; l < lines; l++) {
+            const float *line = base + l * s_line;
             int64_t n = 0;
             #pragma omp simd reduction(+ : n)
-            for (int64_t q = 0; q < cols; q++)
-                n += row[q * sc] != 0.0f;
-            c[r] = n;
-        }
-    } else {                                    /* per column, reduced down the column */
-        for (int64_t q = 0; q < cols; q++) {
-            const float *col = base + q * sc;
-            int64_t n = 0;
-            #pragma omp simd reduction(+ : n)
-            for (int64_t r = 0; r < rows; r++)
-                n += col[r * sr] != 0.0f;
-            c[q] = n;
+            for (int64_t i = 0; i < len; i++)
+                n += line[i * s_len] != 0.0f;
+            c[l] = n;
         }
     }
 }

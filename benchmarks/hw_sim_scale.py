@@ -127,7 +127,7 @@ def render(result: dict) -> str:
     lines += ["", "Per image and step, hw_sim takes " + ", ".join(f"{v:.1f} ms on {n}" for n, v in per.items())
               + ", the plain run " + f"{1e3 * min(r['plain_s'] for r in d['profiles'].values()) / (d['samples'] * d['T']):.2f} ms.  "
               "Most of hw_sim's time is the detailed schedule (schedule.c, OpenMP over the sample-steps): per "
-              "sample and step it walks every mapped neuron of every core (the idle ones by count) and runs "
+              "sample and step it adds up every mapped neuron's soma time, core by core in SANA-FE's order, and runs "
               "every message's trip through the event queue with the network load along its route, once per "
               "chip phase, plus the re-timing of the timing constants on 4 samples for the sensitivity.  On "
               "loihi the demo ViT sends about 80 thousand messages per sample and step over routes of about 18 "

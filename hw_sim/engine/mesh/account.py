@@ -152,12 +152,11 @@ class Accounting:
         # a neuron updates when it has work of its own or received a synaptic event at t - 1,
         # and did not fire on channel 0
         updated = {name: rasters[name].extra.clone() for name in groups}
-        for name in groups:
-            for c in self.onchip.outgoing(name):
-                valid = c.dst_index >= 0
-                for t in range(T - 1):
-                    y = c.forward(spikes[name][t][:, c.src_index].float()) > 0
-                    updated[c.dst][t + 1][:, c.dst_index[valid]] |= y[:, valid]
+        for c in self.onchip.connections if T > 1 else ():
+            valid = c.dst_index >= 0
+            sent = spikes[c.src][:-1, :, c.src_index].reshape((T - 1) * B, -1).float()     # steps 0 .. T - 2
+            y = (c.forward(sent) > 0).view(T - 1, B, -1)
+            updated[c.dst][1:, :, c.dst_index[valid]] |= y[:, :, valid]
         for name in groups:
             updated[name] &= (rasters[name].fired & 1) == 0
         st = {f: torch.zeros(T, dtype=torch.float64) for f in STEP_FIELDS}
@@ -176,12 +175,14 @@ class Accounting:
             gs["fired"] += float(nf.sum())
             gs["updated"] += float(nu.sum())
             gs["neuron_j"] += float(e_neuron.sum())
+            # values crossing to or from the host: its inputs, and its outputs (an MT neuron's
+            # spikes, an accumulator's non-zero values)
             transfers = torch.zeros(T, B, dtype=torch.float64)
-            if g.fed_by_host or (g.to_host and g.kind != "mt"):
-                own = rasters[name].extra.sum(2, dtype=torch.float64)
-                transfers += own * (int(g.fed_by_host) + int(g.to_host and g.kind != "mt"))
-            if g.to_host and g.kind == "mt":
-                transfers += fired_b
+            own = rasters[name].extra.sum(2, dtype=torch.float64) if g.fed_by_host or g.to_host else None
+            if g.fed_by_host:
+                transfers += own
+            if g.to_host:
+                transfers += fired_b if g.kind == "mt" else own
             st["host_transfers"] += transfers.sum(1)
             sample_j += transfers * k["e_host_transfer"]
             tab = self.tables.get(name)

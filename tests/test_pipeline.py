@@ -112,6 +112,8 @@ T = 2
     ('name = "m"\nmodel = "demo-mlp"\nhardware = ["loihi", "nope"]', "hardware"),
     ('name = "m"\ngraph = "missing.ecmt"', "graph"),
     ('name = "m"\nmodel = "demo-mlp"\ndata = "missing.pt"', "data"),
+    ('name = "m"\nmodel = "demo-mlp"\nexport = ["nir"]\nnir = { target = "loihi" }', "nir.target"),
+    ('name = "m"\nmodel = "demo-mlp"\nexport = ["nir"]\nnir = { target = "norse", ppn = true }', "nir.target"),
 ])
 def test_hostile_configs_fail_before_any_work_naming_the_key(body, key, tmp_path, capsys):
     config = write_config(tmp_path, f'out = "runs"\n[[model]]\n{body}\n')

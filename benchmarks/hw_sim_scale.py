@@ -27,6 +27,7 @@ from machine import machine_info, machine_markdown, write_result
 
 import ecmt
 import hw_sim
+from hw_sim.engine.mesh import RETIME_SAMPLES
 from ecmt import data
 from ecmt.convert import calibration_batches
 from ecmt.runtime import GraphExecutor
@@ -129,7 +130,8 @@ def render(result: dict) -> str:
               "Most of hw_sim's time is the detailed schedule (schedule.c, OpenMP over the sample-steps): per "
               "sample and step it adds up every mapped neuron's soma time, core by core in SANA-FE's order, and runs "
               "every message's trip through the event queue with the network load along its route, once per "
-              "chip phase, plus the re-timing of the timing constants on 4 samples for the sensitivity.  On "
+              f"chip phase, plus the re-timing of the timing constants on {RETIME_SAMPLES} sample(s) for the "
+              "sensitivity (docs/benchmarks/retime.md).  On "
               "loihi the demo ViT sends about 80 thousand messages per sample and step over routes of about 18 "
               "hops, at roughly 100 ns each on 2 threads: the messages alone cost many times the plain run "
               "(the fast fused step), so the 2x target is not met by an exact message-level schedule; a "
@@ -156,11 +158,12 @@ def render(result: dict) -> str:
         lines += ["", f"Not simulated whole (`--vit-b-simulate` runs it): {b['samples']} samples at T = {b['T']} "
                   f"are {b['samples'] * b['T']} such sample-steps, about {est / 60:.0f} min on 2 threads for the "
                   "nominal schedule alone (later steps carry more spikes than the first), beyond the issue's 10 "
-                  "minutes, and the re-timing of the timing constants for the sensitivity (about 18 variants on "
-                  "4 samples) adds several times that.  What costs: every spike of an element is one message "
+                  "minutes, and the re-timing for the sensitivity adds one schedule of "
+                  f"{RETIME_SAMPLES} sample(s) at every step per timing constant and range end, and per corner of "
+                  "the latency range.  What costs: every spike of an element is one message "
                   "per destination core (Loihi 2 keeps no shared weights, so each token's copy of a layer sits on "
                   "its own cores), and 843 chips in rows of 8 make routes of about 180 hops, each walked three "
-                  "times for the network load.  A budget for the re-timing and a squarer chip grid are left to do."]
+                  "times for the network load.  A squarer chip grid is left to do."]
     lines += ["", "Block 0's layers:", "", "| layer | elements | cores | limited by |", "|---|---|---|---|"]
     lines += [f"| {m['name']} | {m['elements']} | {m['cores']} | {m['limiting_resource']} |" for m in b["block0"]]
     return "\n".join(lines) + "\n"

@@ -53,6 +53,12 @@ def popcount(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.bitwise_count(a.view(np.uint64) if a.dtype == np.int64 else a))
 
 
+def count_last(values: torch.Tensor) -> torch.Tensor:
+    """The sum over the last axis of 8-bit or bool values, float64: numpy reduces them about
+    8x faster than torch, which widens every element first."""
+    return torch.from_numpy(np.add.reduce(values.contiguous().numpy(), axis=-1, dtype=np.int64)).double()
+
+
 def without_network_load(profile):
     """`profile` without its link buffer: the schedule with every trip at its hop delays
     (messages queue only at their destination)."""
@@ -162,8 +168,8 @@ class Accounting:
         st = {f: torch.zeros(T, dtype=torch.float64) for f in STEP_FIELDS}
         sample_j = torch.zeros(T, B, dtype=torch.float64)              # each sample's energy at each step
         for name, g in groups.items():
-            fired_b = spikes[name].sum(2, dtype=torch.float64)                  # [T, B]
-            updated_b = updated[name].sum(2, dtype=torch.float64)
+            fired_b = count_last(spikes[name])                  # [T, B]
+            updated_b = count_last(updated[name])
             nf, nu = fired_b.sum(1), fired_b.sum(1) + updated_b.sum(1)
             e_neuron = nu * k["e_neuron_update"] + nf * k["e_spike_out"] + B * g.neurons * k["e_neuron_access"]
             sample_j += ((fired_b + updated_b) * k["e_neuron_update"] + fired_b * k["e_spike_out"]
@@ -178,7 +184,7 @@ class Accounting:
             # values crossing to or from the host: its inputs, and its outputs (an MT neuron's
             # spikes, an accumulator's non-zero values)
             transfers = torch.zeros(T, B, dtype=torch.float64)
-            own = rasters[name].extra.sum(2, dtype=torch.float64) if g.fed_by_host or g.to_host else None
+            own = count_last(rasters[name].extra) if g.fed_by_host or g.to_host else None
             if g.fed_by_host:
                 transfers += own
             if g.to_host:

@@ -60,6 +60,7 @@ class MeshModel(HardwareModel):
         self.chips = max(1, self.placement.chips)
         self._recorder = None
         self._result = None
+        self._ops_of = (None, [])       # (counts, the host's operations per step): _host_ops
 
     # -- the run --------------------------------------------------------------------------------
     def observer(self, executor):
@@ -100,18 +101,24 @@ class MeshModel(HardwareModel):
             ps["link_latency_s"] = [v * s for v, s in zip(ps["link_latency_s"], scale)]
         return ps
 
-    def _host_seconds(self, counts: EventCounts, profile: HardwareProfile, per_sample=None) -> list[float]:
+    def _host_seconds(self, counts: EventCounts, profile: HardwareProfile) -> list[float]:
         """Per step, the host's operations over the throughput of all its cores."""
         cores = profile["host.cores_per_chip"] * self.chips + profile["host.cores_off_chip"]
         rate = cores * profile["host.ops_per_second"]
-        out = []
-        for t in range(counts.T):
-            ops = 0.0
+        return [ops / counts.samples / rate for ops in self._host_ops(counts)]
+
+    def _host_ops(self, counts: EventCounts) -> list[float]:
+        """Per step, the host's operations over all samples: the same for every profile priced,
+        so counted once per set of counts."""
+        if self._ops_of[0] is not counts:
+            ops = [0.0] * counts.T
             for n in self.graph:
                 c = counts.nodes[n.name]
-                ops += sum(c[f][t] * k for f, k in host_ops(n, n.name in self.on_chip).items() if f in c)
-            out.append(ops / counts.samples / rate)
-        return out
+                terms = [(c[f], k) for f, k in host_ops(n, n.name in self.on_chip).items() if f in c]
+                if terms:
+                    ops = [o + sum(v[t] * k for v, k in terms) for t, o in enumerate(ops)]
+            self._ops_of = (counts, ops)
+        return self._ops_of[1]
 
     def price(self, counts: EventCounts, profile: HardwareProfile, mode: str) -> Priced:
         ps = self._per_step(profile)

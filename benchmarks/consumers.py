@@ -21,7 +21,7 @@ three exports of each:
 * target: the file written for each library (`--nir-target LIBRARY`): MT neurons
   and max pools as standard subgraphs that library computes like the executor
   (Norse and snnTorch: recurrent edges, exact; sinabs: IF neurons with a th / 2
-  head start and a max pool as a chain of IFs).
+  head start and a max pool as unary levels of IFs whose inputs only grow).
 
 each library loads the file with its own import function and runs it with its
 own models (tools/nir_consumer_run.py in the environments of

@@ -17,7 +17,8 @@ maps nodes:
 
 x ([N, *shape], shape as the NIR Input node declares) is fed unchanged at every one of
 the T steps; the state is reset before every batch of --batch-size samples the way the
-library documents (sinabs: fewer, where its batch would hold more than 2 GB, sinabs_batch).  The output at every step is written to --out as float32 [T, N, ...].
+library documents (sinabs: fewer, where its batch would hold more than 2 GB,
+sinabs_batch).  The output at every step is written to --out as float32 [T, N, ...].
 
 With --speck CHIP (sinabs env only; no --inputs / -T / --out) it runs sinabs' own chip-fitness
 check for SynSense Speck instead and prints one JSON line {"fits": ..., "stage": ..., "reason": ...}

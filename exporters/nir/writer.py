@@ -581,7 +581,8 @@ class _Writer:
         full, pooled = Layout((C * K, *in_shapes[0][1:])), Layout((C * K, *shape[1:]))
         c, level = np.repeat(np.arange(C), K), np.tile(np.arange(K), C)       # channel c K + k
         bit = level < K - 1
-        per_channel = lambda v, lay: np.broadcast_to(np.asarray(v, np.float32).reshape(-1, 1, 1), lay.shape)  # noqa: E731
+        def per_channel(v, lay: Layout) -> np.ndarray:
+            return np.broadcast_to(np.asarray(v, np.float32).reshape(-1, 1, 1), lay.shape)
         copy = np.zeros((C * K, C), np.float32)
         copy[np.arange(C * K), c] = np.float32(1) / unit[c]
         levels = self.add(self.unique(f"{node.name}.levels"), self.pointwise(copy, identity(in_shapes[0])), full,
@@ -589,12 +590,13 @@ class _Writer:
         th = np.where(bit, np.float32(BIT_THRESHOLD), np.float32(1)).astype(np.float32)
         bits = self.add(self.unique(f"{node.name}.bits"), self.neuron_node(full, per_channel(th, full), {}), full,
                         [levels], role="max")
-        self.head_start.append((bits, np.where(bit, th - (level + np.float32(0.5)), np.float32(0.5)).astype(np.float32)))
+        charge = np.where(bit, th - (level + np.float32(0.5)), np.float32(0.5))      # step 1
+        self.head_start.append((bits, charge.astype(np.float32)))
         window = self.add(self.unique(f"{node.name}.window"),
                           self.nir.SumPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
                                              padding=np.zeros(2, np.int64)), pooled, [bits], role="max")
-        extra = self.add(self.unique(f"{node.name}.extra"), self.neuron_node(pooled, per_channel(np.ones(C * K), pooled),
-                                                                             {}), pooled, [window], role="max")
+        extra = self.add(self.unique(f"{node.name}.extra"), self.neuron_node(pooled, per_channel(1, pooled), {}),
+                         pooled, [window], role="max")
         self.head_start.append((extra, np.where(bit, np.float32(-1), np.float32(0.5)).astype(np.float32)))
         total = np.zeros((C, C * K), np.float32)
         total[c, np.arange(C * K)] = np.where(bit, -unit[c], unit[c])

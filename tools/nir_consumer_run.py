@@ -17,7 +17,8 @@ maps nodes:
 
 x ([N, *shape], shape as the NIR Input node declares) is fed unchanged at every one of
 the T steps; the state is reset before every batch of --batch-size samples the way the
-library documents.  The output at every step is written to --out as float32 [T, N, ...].
+library documents (sinabs: fewer, where its batch would hold more than 2 GB,
+sinabs_batch).  The output at every step is written to --out as float32 [T, N, ...].
 
 With --speck CHIP (sinabs env only; no --inputs / -T / --out) it runs sinabs' own chip-fitness
 check for SynSense Speck instead and prints one JSON line {"fits": ..., "stage": ..., "reason": ...}
@@ -148,6 +149,20 @@ class Runner:
             self.tuple_output |= was_tuple
             steps.append(y)
         return torch.stack(steps)
+
+
+SINABS_BATCH_BYTES = 2e9
+
+
+def sinabs_batch(graph, T: int) -> int:
+    """How many samples one sinabs call may take: its layers fold all T steps into the
+    batch axis and nirtorch keeps every node's output until the call ends, about 6 float32
+    values per IF neuron and step (its input, the sum of its inputs, the steps it stacks,
+    its output); a batch stays under SINABS_BATCH_BYTES."""
+    import nir
+    import numpy as np
+    neurons = sum(int(np.size(n.v_threshold)) for n in graph.nodes.values() if isinstance(n, nir.IF))
+    return max(1, int(SINABS_BATCH_BYTES // (6 * 4 * T * max(neurons, 1))))
 
 
 # -- Speck fitness (sinabs' dynapcnn backend) ---------------------------------------------------------
@@ -321,11 +336,13 @@ def main(argv=None) -> int:
             runner = Runner(args.consumer, graph, args.T, args.node_map)
     except Exception as err:  # noqa: BLE001
         return fail("fails to load", err)
-    outs = []
+    outs, batch = [], args.batch_size
+    if args.consumer == "sinabs":
+        batch = min(batch, sinabs_batch(graph, args.T))
     try:
         with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
-            for i in range(0, len(x_np), args.batch_size):
-                outs.append(runner.run(torch.from_numpy(x_np[i:i + args.batch_size])).float().cpu())
+            for i in range(0, len(x_np), batch):
+                outs.append(runner.run(torch.from_numpy(x_np[i:i + batch])).float().cpu())
         y = torch.cat(outs, dim=1).numpy()
     except Exception as err:  # noqa: BLE001
         return fail("fails to run", err)

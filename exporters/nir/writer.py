@@ -96,7 +96,7 @@ class _Writer:
                 self.users[i].append(n)
         self.windows: dict[str, int] = {}                # (norse, snntorch) max pool written as its window -> K
         self.units: dict[str, np.ndarray | None] = {}    # (sinabs) MT neuron -> a spike's value per channel
-        self.head_start: list[tuple[str, np.ndarray]] = []   # (sinabs) IF node, th / 2 per channel
+        self.head_start: list[tuple[str, np.ndarray]] = []   # (sinabs) IF node, its charge at step 1 per channel
         self.recurrent: list[tuple[str, str]] = []       # edges that carry the previous step's value
         self.roles: dict[str, dict] = {}                 # NIR node -> what it is (graph metadata ecmt.nodes)
         self.gain: dict[str, float] = {}                 # NIR node -> its NIR output / its IR value, where not 1
@@ -331,7 +331,7 @@ class _Writer:
             half = self.channel_values(th * np.float32(0.5), shape, lay)
             if half is not None:
                 self.head_start.append((node.name, half))
-            # the value of one of sinabs' spikes, per channel (max_chain): u after a size node, else 1 if th is
+            # the value of one of sinabs' spikes, per channel (max_levels): u after a size node, else 1 if th is
             unit = size[1] if size is not None else _np(node.th_pos) if bool((node.th_pos == 1).all()) else None
             if unit is not None and lay == identity(shape) and len(shape) == 3:
                 self.units[node.name] = self.channel_values(unit, shape, lay)
@@ -468,7 +468,8 @@ class _Writer:
 
     def add_head_starts(self) -> None:
         """(sinabs) An MT neuron fires level 0 from th / 2 on (it rounds); sinabs' IF fires at
-        th (it floors).  Every IF node gets th / 2 at step 1 only: a constant 1 and a constant
+        th (it floors).  Every MT neuron's IF node gets th / 2 at step 1 only (max_levels' IFs
+        their own charges, the same way): a constant 1 and a constant
         1 - 2^-10 (a zero-weight node with those biases) each feed an IF with threshold 1;
         the first fires from step 1 on, the second from step 2 until step 1024, so their
         difference, times th / 2, is a pulse at step 1.  The chain hangs off the neuron's
@@ -503,7 +504,8 @@ class _Writer:
                              self.pointwise(np.stack([half, -half], 1), Layout(ones.shape)), lay, [steps],
                              role="head_start")
             self.edges.append((pulse, name))
-            self.summary.computed.append(name)
+            if name in self.g.nodes:
+                self.summary.computed.append(name)
 
     def avg_conv(self, node, shape, in_shapes):
         """(Any target) An average pool as the Conv2d that computes it (weight 1 / k^2 on each
@@ -552,46 +554,53 @@ class _Writer:
         self.summary.computed.append(node.name)
         return True
 
-    def max_chain(self, node, shape, in_shapes):
-        """(sinabs, no recurrence) A max pool over a neuron's spikes as a chain of standard
-        nodes: a Conv2d lays each window out as K channels; then, pair by pair,
-        max(l, r) = l + relu(r - l), where an IF fed with the increments of r - l sends
-        relu's increments (its running maximum: an IF cannot take spikes back) and an IF
-        fed with l's increments (multiples of the spike unit u, never negative) sends them
-        on unchanged.  Approximate: the running maximum, and sinabs' IF keeps no membrane
-        below -threshold."""
+    def max_levels(self, node, shape, in_shapes):
+        """(sinabs, no recurrence) A max pool over a neuron's spikes, from IFs whose inputs
+        only ever grow, so that sinabs' IF computes them exactly (its membrane never goes
+        below -threshold, where sinabs clips it).  Each element's running input is a count n
+        of spike units u, written in unary:
+
+        * `<pool>.levels` (1x1 Conv2d, weight 1 / u) copies n to K channels per channel;
+        * `<pool>.bits`: channel k < K - 1 is an IF with threshold BIT_THRESHOLD, charged at
+          step 1 to BIT_THRESHOLD - (k + 1/2): one spike when n reaches k + 1, none after;
+          channel K - 1 (threshold 1, charged 1/2) sends n itself;
+        * `<pool>.window` (SumPool2d, the pool's window): w_k, how many elements of the window
+          have reached level k + 1, and the window's sum of n;
+        * `<pool>.extra`: an IF with threshold 1 charged to -1 (the clip, exactly) on the level
+          channels sends w_k - 1 once w_k > 0, the elements that reach a level after the first;
+          charged 1/2 on the count channel, it sends the sum of n;
+        * `<pool>` (1x1 Conv2d): u (sum of n - sum_k (w_k - 1)) = u max_j n_j.
+        Exact while at most one element of a window is above level K - 1 (then the sum of
+        what they exceed it by, not the max)."""
         x = node.inputs[0]
         unit = self.units.get(x)
         if (self.target != "sinabs" or any(node.padding) or unit is None
                 or not self.fits(x, identity(in_shapes[0]))):
             return None
-        C, rest = in_shapes[0][0], tuple(shape[1:])
-        nn, K = self.window_conv(node, in_shapes[0])
-        cur = self.add(self.unique(f"{node.name}.window"), nn, Layout((C * K, *rest)),
-                       self.feed(x, identity(in_shapes[0])), role="max")
-        G, scale, combine = K, np.ones(C, np.float32), np.eye(K, dtype=np.float32)
-        block = lambda m, s: np.kron(np.diag(s), m).astype(np.float32)   # noqa: E731  (per channel c: m * s_c)
-        while G > 1:
-            pairs, odd = G // 2, G % 2
-            S = 2 * pairs + odd
-            split = np.zeros((S, G), np.float32)               # values -> [l, r - l, ..., odd]
-            merge = np.zeros((pairs + odd, S), np.float32)     # [l, relu(r - l), ..., odd] -> values
-            for i in range(pairs):
-                split[2 * i, 2 * i] = split[2 * i + 1, 2 * i + 1] = 1.0
-                split[2 * i + 1, 2 * i] = -1.0
-                merge[i, 2 * i] = merge[i, 2 * i + 1] = 1.0
-            if odd:
-                split[S - 1, G - 1] = merge[pairs, S - 1] = 1.0
-            lay = Layout((C * S, *rest))
-            conv = self.add(self.unique(f"{node.name}.pairs"), self.pointwise(block(split @ combine, scale),
-                                                                                self.layout[cur]),
-                            lay, [cur], role="max")
-            th = np.broadcast_to(np.repeat(unit * np.float32(1 - 2.0 ** -16), S).reshape(-1, *[1] * len(rest)),
-                                 lay.shape)
-            cur = self.add(self.unique(f"{node.name}.relu"), self.neuron_node(lay, th, {}), lay, [conv], role="max")
-            G, scale, combine = pairs + odd, unit, merge
-        self.add(node.name, self.pointwise(block(combine, scale), self.layout[cur]), identity(shape), [cur],
-                 role="max", ir_node=node.name)
+        C, K = in_shapes[0][0], POOL_LEVELS
+        full, pooled = Layout((C * K, *in_shapes[0][1:])), Layout((C * K, *shape[1:]))
+        c, level = np.repeat(np.arange(C), K), np.tile(np.arange(K), C)       # channel c K + k
+        bit = level < K - 1
+        def per_channel(v, lay: Layout) -> np.ndarray:
+            return np.broadcast_to(np.asarray(v, np.float32).reshape(-1, 1, 1), lay.shape)
+        copy = np.zeros((C * K, C), np.float32)
+        copy[np.arange(C * K), c] = np.float32(1) / unit[c]
+        levels = self.add(self.unique(f"{node.name}.levels"), self.pointwise(copy, identity(in_shapes[0])), full,
+                          self.feed(x, identity(in_shapes[0])), role="max")
+        th = np.where(bit, np.float32(BIT_THRESHOLD), np.float32(1)).astype(np.float32)
+        bits = self.add(self.unique(f"{node.name}.bits"), self.neuron_node(full, per_channel(th, full), {}), full,
+                        [levels], role="max")
+        charge = np.where(bit, th - (level + np.float32(0.5)), np.float32(0.5))      # step 1
+        self.head_start.append((bits, charge.astype(np.float32)))
+        window = self.add(self.unique(f"{node.name}.window"),
+                          self.nir.SumPool2d(kernel_size=np.array(node.kernel_size), stride=np.array(node.stride),
+                                             padding=np.zeros(2, np.int64)), pooled, [bits], role="max")
+        extra = self.add(self.unique(f"{node.name}.extra"), self.neuron_node(pooled, per_channel(1, pooled), {}),
+                         pooled, [window], role="max")
+        self.head_start.append((extra, np.where(bit, np.float32(-1), np.float32(0.5)).astype(np.float32)))
+        total = np.zeros((C, C * K), np.float32)
+        total[c, np.arange(C * K)] = np.where(bit, -unit[c], unit[c])
+        self.add(node.name, self.pointwise(total, pooled), identity(shape), [extra], role="max", ir_node=node.name)
         self.value_of[node.name] = [node.name]
         self.summary.computed.append(node.name)
         return True
@@ -687,7 +696,7 @@ KINDS = KindTable("NIR", {
     ir.Linear: (_Writer.linear, _G),
     ir.Conv2d: (_Writer.conv2d, _G),
     ir.AvgPool2d: (_Writer.avg_conv, _Writer.avgpool2d, _Writer.sum_pool, _G),
-    ir.MaxPool2d: (_Writer.max_window, _Writer.max_chain, _Writer.sum_pool, _G),
+    ir.MaxPool2d: (_Writer.max_window, _Writer.max_levels, _Writer.sum_pool, _G),
     ir.MTNeuron: (_Writer.recurrent_mt, _Writer.neuron_or_ecm, _G),
     ir.MTNeuronPPN: (_Writer.ppn_neuron, _G),
     **{ecm: (_Writer.neuron_or_ecm, _G)
@@ -701,10 +710,15 @@ KINDS = KindTable("NIR", {
 NEURONS = ("IF", "LIF")
 # Files for one consumer (docs/nir.md): Norse and snnTorch give a recurrent edge the previous
 # step's value, so MT neurons and max pools are written exactly (recurrent_mt, max_window); sinabs runs all
-# steps in one call and no recurrence, so its file has IF neurons, size nodes and max_chain.
+# steps in one call and no recurrence, so its file has IF neurons, size nodes and max_levels.
 TARGETS = ("norse", "snntorch", "sinabs")
 RECURRENT = ("norse", "snntorch")
 COMPARATOR_TAU = {"norse": 1e-3, "snntorch": 1e-4}      # each library's step dt (norse.from_nir, snntorch's import)
+# (sinabs) max_levels: the levels per element (K - 1 unary levels and the count; 32 keep the demo CNN's
+# pool exact at T = 32 on 99.9% of the windows, docs/nir.md), and the threshold of a level's IF, so high
+# that it fires once (2^16 units: T up to 512 at 128 units a step; float32 keeps half-units there).
+POOL_LEVELS = 32
+BIT_THRESHOLD = 2.0 ** 16
 
 
 def spike_unit(node: ir.MTNeuron) -> np.ndarray | None:
@@ -737,7 +751,7 @@ def to_nir(graph: ir.SpikingGraph, neuron: str = "IF", spike_sizes: bool = False
     with spike_sizes=True a standard node after each MT neuron whose threshold is not
     1 gives a consumer's unit spike its size (size_node).  `target` (one of TARGETS)
     writes MT neurons and max pools as standard subgraphs that library computes them
-    with (recurrent_mt, max_window, max_chain)."""
+    with (recurrent_mt, max_window, max_levels)."""
     import nir
     if neuron not in NEURONS:
         raise NirExportError(f"neuron {neuron!r}: must be one of {', '.join(NEURONS)}")

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from machine import machine_info, machine_markdown, write_result
+from retime import recorded_model
 
 import ecmt
 import hw_sim
@@ -82,11 +83,7 @@ def schedule_split(graph, x, T: int, profile_name: str) -> dict:
     phase, the nominal constants) against the same schedule without the network load (every
     trip at its hop delays: no route is walked), ms per sample-step on 2 threads."""
     profile = load_profile(profile_name)
-    hw = engine.model(graph, profile, T)
-    hw.accounting.retime_samples = None                 # keep every sample's spikes for retime()
-    executor = GraphExecutor(graph, record_levels=True)
-    executor.run(x, T, observer=hw.observer(executor))
-    hw.add_batch()
+    hw = recorded_model(graph, x, T, profile)
     out = {"samples": len(x)}
     for name, variant in (("detailed_ms", profile), ("without_network_load_ms", without_network_load(profile))):
         t0 = time.perf_counter()
@@ -97,7 +94,6 @@ def schedule_split(graph, x, T: int, profile_name: str) -> dict:
 
 def vit_b_part(samples: int, T: int, simulate: bool) -> dict:
     import timm
-    from hw_sim import engine
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = timm.create_model("vit_base_patch16_224", pretrained=False).eval()

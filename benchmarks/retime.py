@@ -34,6 +34,17 @@ OUT = Path(__file__).parent.parent / "docs" / "benchmarks"
 TRIED = (1, 2, 4, 8)
 
 
+def recorded_model(graph, x: torch.Tensor, T: int, profile):
+    """`profile`'s mesh model after a run of `graph` on x for T steps, as hw_sim.simulate runs
+    it, with every sample's spikes kept for Accounting.retime()."""
+    hw = engine.model(graph, profile, T)
+    hw.accounting.retime_samples = None
+    executor = GraphExecutor(graph, record_levels=True)
+    executor.run(x, T, observer=hw.observer(executor))
+    hw.add_batch()
+    return hw
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=32)
@@ -44,18 +55,13 @@ def main() -> None:
     train, test = data.fashion_mnist("train"), data.fashion_mnist("test").take(args.samples)
     graph = ecmt.convert(model, calibration_batches(train.sample(512)), progress=False).graph
     profile = load_profile(args.profile)
-    hw = engine.model(graph, profile, args.T)
-    acc = hw.accounting
-    acc.retime_samples = None                       # keep every sample's spikes
-    executor = GraphExecutor(graph, record_levels=True)        # as hw_sim.simulate runs it
-    executor.run(test.images, args.T, observer=hw.observer(executor))
-    hw.add_batch()
+    acc = recorded_model(graph, test.images, args.T, profile).accounting
     nominal = acc.retime(profile)                   # [samples, T], every sample
     rows, worst = [], {n: 0.0 for n in TRIED}
     for key in profile.keys():
         section, name = key.split(".", 1)
         c = profile.constants[section][name]
-        if c.low == c.high or not mesh.model._timing(key):
+        if c.low == c.high or not mesh.model.retimed(key):
             continue
         for end, value in (("low", c.low), ("high", c.high)):
             variant = profile.with_value(key, value)

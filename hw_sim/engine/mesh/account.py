@@ -48,8 +48,8 @@ GROUP_FIELDS = ("fired", "updated", "synaptic_events_out", "messages_out", "hops
 
 # add() takes a batch this many raster values (steps x samples x elements) at a time: its
 # temporaries then stay small enough for the allocator to reuse memory rather than map fresh
-# pages for every operation (the demo ViT, 256 images at T = 16 on loihi2: hw_sim 34.8 s
-# in one piece, 20.6 s in pieces of 4 M values; results equal to the last bit of the latency)
+# pages for every operation (docs/benchmarks/hw_sim_scale.md, the demo ViT on loihi2: 30.1 s
+# with the batch of 256 in one piece, 21.9 s in pieces, the same figures)
 CHUNK_VALUES = 1 << 22
 
 
@@ -61,8 +61,8 @@ def popcount(mask: torch.Tensor) -> torch.Tensor:
 
 
 def count_last(values: torch.Tensor) -> torch.Tensor:
-    """The sum over the last axis of 8-bit or bool values, float64: numpy reduces them about
-    8x faster than torch, which widens every element first."""
+    """The sum over the last axis of 8-bit or bool values, float64 (numpy's reduction, which
+    does not widen every element first as torch's does)."""
     return torch.from_numpy(np.add.reduce(values.contiguous().numpy(), axis=-1, dtype=np.int64)).double()
 
 

@@ -38,7 +38,7 @@ LINEAR = {
 RETIME_SAMPLES = 1
 
 
-def _timing(key: str) -> bool:
+def retimed(key: str) -> bool:
     """A constant the chip latency reads (re-timed by Accounting.retime)."""
     return key not in LINEAR and (key in SCHEDULE_CONSTANTS or key.startswith("mesh.barrier_")
                                   or key in ("chips.barrier_256", "chips.tick"))
@@ -92,7 +92,7 @@ class MeshModel(HardwareModel):
             if delta:
                 per = ps[count] if count else [res["mapped_neurons"]] * len(ps[field])
                 ps[field] = [v + delta * c for v, c in zip(ps[field], per)]
-        if any(_timing(k) and profile[k] != nominal[k] for k in nominal.keys()):
+        if any(retimed(k) and profile[k] != nominal[k] for k in nominal.keys()):
             acc = self.accounting
             new = acc.retime(profile, RETIME_SAMPLES).mean(0).tolist()
             old = acc.retime(nominal, RETIME_SAMPLES).mean(0).tolist()
@@ -149,7 +149,7 @@ class MeshModel(HardwareModel):
 
     def reprices(self, key: str) -> bool:
         section = key.split(".", 1)[0]
-        return key in LINEAR or _timing(key) or section == "host" or key == "chips.static_power"
+        return key in LINEAR or retimed(key) or section == "host" or key == "chips.static_power"
 
     def interval(self, counts: EventCounts, mode: str, priced: Priced) -> Interval:
         """Per sample: its on-chip energy from the accounting, the host's from its counts, static

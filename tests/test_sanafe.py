@@ -4,6 +4,7 @@ itself (run in its own environment, tools/sanafe_env.sh, as a subprocess)."""
 import dataclasses
 import os
 import re
+import sys
 
 import pytest
 import torch
@@ -318,10 +319,11 @@ def test_mlp_against_sanafe(tmp_path, form):
         assert diff[key] <= 1e-9, (key, diff)
 
 
-def test_every_sample_is_scheduled_whatever_the_batches(tmp_path):
+def test_every_sample_is_scheduled_whatever_the_batches(tmp_path, monkeypatch):
     """The detailed schedule runs on every sample: the same per-sample chip latencies and
-    per-step figures from one batch of 3 as from batches of 2 and 1; retime keeps the
-    spikes of the first `retime_samples` only."""
+    per-step figures from one batch of 3 as from batches of 2 and 1, and as from one batch
+    that add() takes a sample at a time (CHUNK_VALUES); retime keeps the spikes of the first
+    `retime_samples` only."""
     profile = variant(tmp_path, {"neurons_per_core": 2, "cores_per_tile": 1}, mt_form='"element"')
     graph = mlp(sizes=(5, 4, 3, 2), levels=3)
     onchip = mesh.extract(graph, profile)
@@ -334,7 +336,12 @@ def test_every_sample_is_scheduled_whatever_the_batches(tmp_path):
     split.add({n: dataclasses.replace(r, fired=r.fired[:, 2:], extra=r.extra[:, 2:]) for n, r in rasters.items()})
     every = mesh.Accounting(onchip, placement, profile, T)
     every.add(rasters)
+    monkeypatch.setattr(sys.modules["hw_sim.engine.mesh.account"], "CHUNK_VALUES", 1)
+    pieces = mesh.Accounting(onchip, placement, profile, T, retime_samples=2)
+    pieces.add(rasters)
     got, full = split.result(), every.result()
+    assert pieces.result() == got
+    assert torch.equal(pieces.sample_energy_per_t(), split.sample_energy_per_t())
     assert (got["samples"], got["scheduled_samples"], full["scheduled_samples"]) == (3, 3, 3)
     assert torch.equal(split.sample_chip_latency(), every.sample_chip_latency())
     assert every.sample_chip_latency().shape == (3, T)

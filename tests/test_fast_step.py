@@ -76,6 +76,43 @@ def test_mt_kernel_is_the_reference_bit_for_bit(levels, k, signed, per_element):
     assert torch.equal(s, s_ref) and torch.equal(c, v0 + s_ref)
 
 
+def views(x: torch.Tensor):
+    """Strided views of x [batch, 2, 3, 4, 5] with 120 elements per sample, each as the
+    kernels meet them: a select of a permute, a transposed last pair, a reshape-free merge
+    of dims, a narrow, a step over a dim, a broadcast batch (stride 0) and a 7-d view."""
+    yield "select of permute", torch.stack([-x, x, 2 * x], dim=1).permute(0, 2, 1, 3, 4, 5).select(2, 1)
+    yield "transposed", x.transpose(-1, -2)
+    yield "permuted", x.permute(0, 3, 1, 4, 2)
+    yield "narrowed", torch.cat([x, x], dim=-1).narrow(-1, 3, 5)
+    yield "every other", torch.stack([x, -x], dim=-1)[..., 0]
+    yield "broadcast batch", x[:1].expand_as(x)
+    yield "seven dims", x.reshape(-1, 1, 2, 1, 3, 2, 2, 5).permute(0, 1, 2, 3, 4, 6, 5, 7)
+
+
+@needs_native
+@pytest.mark.parametrize("k", [1, 3])
+def test_mt_kernel_reads_any_strided_view(k):
+    """An MT neuron reads its input where it lies (its elements per sample in row-major order):
+    every strided view gives the contiguous copy's spikes and membranes bit for bit, and the
+    spike sum it keeps for a product is the sum of those spikes."""
+    shape = (2, 3, 4, 5)
+    node = mt_node(6, k, True, False, shape=shape)
+    state = MTState(node, shape, compiled=False)
+    mt = program._MT(state, shape, "cpu")
+    kernels = program.NativeKernels(native.library())
+    x = torch.randn(5, *shape, generator=torch.Generator().manual_seed(k)) * 2
+    for name, view in views(x):
+        assert view[0].numel() == 120 and not view.is_contiguous(), name
+        flat = view.contiguous().reshape(view.shape[0], *shape)
+        v0 = torch.randn(flat.shape, generator=torch.Generator().manual_seed(7))
+        v_ref, s_ref = v0.clone(), torch.empty_like(v0)
+        kernels.mt(mt, flat, v_ref, s_ref, pair=False)
+        v, c = v0.clone(), torch.full_like(v0, 0.25)
+        kernels.mt(mt, view, v, None, pair=False, spike_sum=c)     # spikes not written, only summed
+        assert torch.equal(v, v_ref) and torch.equal(c, s_ref + 0.25), name
+        assert s_ref.abs().sum() > 0, name
+
+
 ECMS = {
     "gelu": ir.GELUECM("ecm", ("input",)),
     "gelu_tanh": ir.GELUECM("ecm", ("input",), approximate="tanh"),

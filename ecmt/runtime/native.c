@@ -213,19 +213,66 @@ INLINE void put_events(const events *ev, int64_t at, int64_t sample, int64_t len
     }
 }
 
-/* One sample's row of an MT neuron's step; pair is a constant where it is inlined, so
- * that each case compiles to its own vectorized loops. */
-INLINE void mt_row(int64_t n, const float *x, float *st, float *s_out, const mt_rule *r, const int pair,
-                   const events *ev, int64_t sample)
+/* An MT neuron's input as a strided view (a select, permute or reshape of another node's output,
+ * read where it lies instead of copied): per sample, `dims` sizes and strides (in elements), the
+ * elements taken in row-major order, samples `sample` elements apart. */
+#define MAX_DIMS 6
+typedef struct {
+    int32_t dims;
+    int64_t sample, size[MAX_DIMS], stride[MAX_DIMS];
+} strided;
+
+/* Elements first .. first + len - 1 (row-major) of one sample's strided view at base, into out. */
+INLINE void gather(const float *base, const strided *l, int64_t first, int64_t len, float *out)
 {
-    float v[CHUNK];
+    const int last = l->dims - 1;
+    int64_t index[MAX_DIMS], at = 0, rest = first;
+    for (int d = last; d >= 0; d--) {
+        index[d] = rest % l->size[d];
+        rest /= l->size[d];
+        at += index[d] * l->stride[d];
+    }
+    const int64_t inner = l->size[last], step = l->stride[last];
+    for (int64_t i = 0; i < len;) {
+        int64_t run = inner - index[last];
+        run = run < len - i ? run : len - i;
+        const float *p = base + at;
+        if (step == 1) {
+            memcpy(out + i, p, sizeof(float) * (size_t)run);
+        } else {
+            for (int64_t j = 0; j < run; j++)
+                out[i + j] = p[j * step];
+        }
+        i += run;
+        at += run * step;
+        index[last] += run;
+        for (int d = last; d > 0 && index[d] == l->size[d]; d--) {     /* carry into the next axis out */
+            at += l->stride[d - 1] - l->size[d] * l->stride[d];
+            index[d] = 0;
+            index[d - 1]++;
+        }
+    }
+}
+
+/* One sample's row of an MT neuron's step; pair is a constant where it is inlined, so
+ * that each case compiles to its own vectorized loops.  x: the sample's input (contiguous, or
+ * a strided view where xl is given); s_out (NULL: not written) the spikes; spike_sum (NULL:
+ * none) the spikes' running sum, for the product that reads it as its operand. */
+INLINE void mt_row(int64_t n, const float *x, const strided *xl, float *st, float *s_out, float *spike_sum,
+                   const mt_rule *r, const int pair, const events *ev, int64_t sample)
+{
+    float v[CHUNK], gathered[CHUNK], spikes[CHUNK];
     int32_t m[CHUNK];
     int8_t active[CHUNK];
     const int record = ev != NULL && (ev->code || ev->counts);
     for (int64_t start = 0; start < n; start += CHUNK) {
         const int64_t len = n - start < CHUNK ? n - start : CHUNK;
         const float *xc = x + start;
-        float *sc = st + start, *out = s_out + start;
+        if (xl) {
+            gather(x, xl, start, len, gathered);
+            xc = gathered;
+        }
+        float *sc = st + start, *out = s_out ? s_out + start : spikes;
         #pragma omp simd
         for (int64_t i = 0; i < len; i++)
             v[i] = pair ? xc[i] - sc[i] : sc[i] + xc[i];
@@ -233,6 +280,12 @@ INLINE void mt_row(int64_t n, const float *x, float *st, float *s_out, const mt_
         #pragma omp simd
         for (int64_t i = 0; i < len; i++)
             sc[i] = pair ? sc[i] + out[i] : v[i] - out[i];
+        if (spike_sum) {
+            float *c = spike_sum + start;
+            #pragma omp simd
+            for (int64_t i = 0; i < len; i++)
+                c[i] += out[i];
+        }
         if (record) {
             #pragma omp simd
             for (int64_t i = 0; i < len; i++)
@@ -245,17 +298,21 @@ INLINE void mt_row(int64_t n, const float *x, float *st, float *s_out, const mt_
 /* An MT neuron's step.  pair = 0: state is the membrane v; v += x, s = fire(v), v -= s.
  * pair = 1: state is the spike sum C and x the running output of the ECM before it
  * (runtime/program.py: the membrane is x - C); s = fire(x - C), C += s.
+ * x: contiguous [batch, n], or a strided view where xl is not NULL; s_out may be NULL (the
+ * spikes are not written), spike_sum (pair = 0) may be NULL (none kept).
  * ev (pair = 0 only; its fields may be NULL): the event codes or counts. */
-void mt_step(int64_t batch, int64_t n, const float *x, float *state, float *s_out, mt_rule r, int pair,
-             events ev, int threads)
+void mt_step(int64_t batch, int64_t n, const float *x, const strided *xl, float *state, float *s_out,
+             float *spike_sum, mt_rule r, int pair, events ev, int threads)
 {
     #pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (batch * n > 16384)
     for (int64_t b = 0; b < batch; b++) {
         const int64_t o = b * n;
+        const float *xb = x + (xl ? b * xl->sample : o);
+        float *sb = s_out ? s_out + o : NULL, *cb = spike_sum ? spike_sum + o : NULL;
         if (pair)
-            mt_row(n, x + o, state + o, s_out + o, &r, 1, NULL, b);
+            mt_row(n, xb, xl, state + o, sb, NULL, &r, 1, NULL, b);
         else
-            mt_row(n, x + o, state + o, s_out + o, &r, 0, &ev, b);
+            mt_row(n, xb, xl, state + o, sb, cb, &r, 0, &ev, b);
     }
 }
 
@@ -279,7 +336,8 @@ INLINE void map_function(int f, float *u, int64_t len, float t)
  * kept in sum) or scale_t * x (sum == NULL: x is the raw product A_t B_t of the product
  * ECM before it, whose running output is the sum).  It computes new = t f(S_t / t), then
  * either emits the increment new - out_sum into out (mt == NULL; out_sum keeps new), or
- * hands new to the MT neuron after it (mt != NULL: spikes = fire(new - C) into out,
+ * hands new to the MT neuron after it (mt != NULL: spikes = fire(new - C) into out, where
+ * out is not NULL,
  * C (spike_sum) += spikes; where out_sum is given too, it keeps new, and the neuron's
  * update was active where new differs from the last step's: its events go to ev). */
 typedef struct {
@@ -318,7 +376,7 @@ INLINE void ecm_average(const ecm_io *io, int64_t base, int64_t len, float t, fl
  * first .. first + len - 1 of their sample (the thresholds' index). */
 INLINE void ecm_emit(const ecm_io *io, int64_t base, int64_t first, int64_t len, const float *u, int shared)
 {
-    float *out = io->out + base;
+    float *out = io->out ? io->out + base : NULL;    /* NULL (with mt): the spikes are not written */
     if (io->mt == NULL) {
         float *out_sum = io->out_sum + base;
         #pragma omp simd
@@ -328,13 +386,13 @@ INLINE void ecm_emit(const ecm_io *io, int64_t base, int64_t first, int64_t len,
         }
         return;
     }
-    float v[CHUNK];
+    float v[CHUNK], spikes[CHUNK];
     int32_t m[CHUNK];
     int8_t active[CHUNK];
     const int record = io->out_sum != NULL;
     for (int64_t start = 0; start < len; start += CHUNK) {
         const int64_t part = len - start < CHUNK ? len - start : CHUNK;
-        float *c = io->spike_sum + base + start, *s = out + start;
+        float *c = io->spike_sum + base + start, *s = io->out ? out + start : spikes;
         const float *uc = u + start;
         #pragma omp simd
         for (int64_t j = 0; j < part; j++)
@@ -371,27 +429,40 @@ void ecm_map(int64_t batch, int64_t n, int f, float t, ecm_io io, int threads)
     }
 }
 
-/* f along one row of len values in u: u <- t f(u). */
-INLINE void row_function(int f, float *u, int64_t len, const float *weight, const float *bias, float eps, float t)
+/* Softmax along each of the `rows` rows of len values in u: u <- t softmax(u), as torch: exp(u - max),
+ * times 1 / sum.  The exponentials of all rows go in one vectorized pass (rows are often shorter
+ * than a few vectors, whose remainders would otherwise call the scalar expf). */
+INLINE void softmax_rows(float *u, int64_t rows, int64_t len, float t)
 {
-    if (f == F_SOFTMAX) {               /* as torch: exp(u - max), times 1 / sum */
-        float top = u[0];
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = u + r * len, top = row[0];
         #pragma omp simd reduction(max : top)
         for (int64_t j = 0; j < len; j++)
-            top = u[j] > top ? u[j] : top;
-        float z = 0.0f;
+            top = row[j] > top ? row[j] : top;
+        #pragma omp simd
+        for (int64_t j = 0; j < len; j++)
+            row[j] -= top;
+    }
+    const int64_t count = rows * len;
+    #pragma omp simd
+    for (int64_t j = 0; j < count; j++)
+        u[j] = expf(u[j]);
+    for (int64_t r = 0; r < rows; r++) {
+        float *row = u + r * len, z = 0.0f;
         #pragma omp simd reduction(+ : z)
-        for (int64_t j = 0; j < len; j++) {
-            u[j] = expf(u[j] - top);
-            z += u[j];
-        }
+        for (int64_t j = 0; j < len; j++)
+            z += row[j];
         const float inv = 1.0f / z;
         #pragma omp simd
         for (int64_t j = 0; j < len; j++)
-            u[j] = (u[j] * inv) * t;
-        return;
+            row[j] = (row[j] * inv) * t;
     }
-    double mean = 0.0, var = 0.0;       /* F_LAYER_NORM: biased variance, as torch */
+}
+
+/* Layer norm along one row of len values in u: u <- t layer_norm(u). */
+INLINE void layer_norm_row(float *u, int64_t len, const float *weight, const float *bias, float eps, float t)
+{
+    double mean = 0.0, var = 0.0;       /* biased variance, as torch */
     #pragma omp simd reduction(+ : mean)
     for (int64_t j = 0; j < len; j++)
         mean += u[j];
@@ -426,8 +497,11 @@ void ecm_rows(int64_t batch, int64_t rows, int64_t len, int f, const float *weig
             const int64_t b = item / groups, r0 = (item % groups) * per;
             const int64_t count = (rows - r0 < per ? rows - r0 : per) * len, base = (b * rows + r0) * len;
             ecm_average(&io, base, count, t, u);
-            for (int64_t j = 0; j < count; j += len)
-                row_function(f, u + j, len, weight, bias, eps, t);
+            if (f == F_SOFTMAX)
+                softmax_rows(u, count / len, len, t);
+            else
+                for (int64_t j = 0; j < count; j += len)
+                    layer_norm_row(u + j, len, weight, bias, eps, t);
             ecm_emit(&io, base, r0 * len, count, u, 1);
         }
         free(u);

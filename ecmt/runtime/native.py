@@ -45,6 +45,41 @@ class Events(ctypes.Structure):
     _fields_ = [("code", ctypes.c_void_p), ("counts", ctypes.c_void_p)]
 
 
+class Strided(ctypes.Structure):
+    """native.c's strided: an MT neuron's input read where it lies (per sample: sizes and strides
+    in elements, row-major order; samples `sample` elements apart)."""
+    MAX_DIMS = 6
+    _fields_ = [("dims", ctypes.c_int32), ("sample", ctypes.c_int64), ("size", ctypes.c_int64 * MAX_DIMS),
+                ("stride", ctypes.c_int64 * MAX_DIMS)]
+
+
+def strided(t: torch.Tensor) -> Strided | None:
+    """t's layout per sample (dim 0), its dims merged where their strides allow; None where t
+    is contiguous or has more axes than the kernels take (the caller copies it then)."""
+    return _layout(tuple(t.shape), t.stride())
+
+
+@cache
+def _layout(shape: tuple, strides: tuple) -> Strided | None:
+    per_sample = math.prod(shape[1:])
+    dims = []
+    for size, stride in zip(shape[1:], strides[1:]):
+        if size == 1:
+            continue
+        if dims and dims[-1][1] == size * stride:        # the axis before runs over this one's span
+            dims[-1] = (dims[-1][0] * size, stride)
+        else:
+            dims.append((size, stride))
+    if dims in ([], [(per_sample, 1)]) and (shape[0] == 1 or strides[0] == per_sample):
+        return None
+    if len(dims) > Strided.MAX_DIMS or not dims:
+        return None
+    sizes, steps = zip(*dims)
+    pad = (0,) * (Strided.MAX_DIMS - len(dims))
+    return Strided(len(dims), strides[0], (ctypes.c_int64 * Strided.MAX_DIMS)(*sizes, *pad),
+                   (ctypes.c_int64 * Strided.MAX_DIMS)(*steps, *pad))
+
+
 class Operand(ctypes.Structure):
     """native.c's operand: a product operand's data, strides (sample, p, row, column) and the
     thresholds its spikes' levels are read against (NULL: counted as non-zero only)."""
@@ -85,7 +120,7 @@ def unavailable() -> str | None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
-    lib.mt_step.argtypes = [i64, i64, ptr, ptr, ptr, MTRule, i32, Events, i32]
+    lib.mt_step.argtypes = [i64, i64, ptr, ctypes.POINTER(Strided), ptr, ptr, ptr, MTRule, i32, Events, i32]
     lib.ecm_map.argtypes = [i64, i64, i32, f32, ECMIO, i32]
     lib.ecm_rows.argtypes = [i64, i64, i64, i32, ptr, ptr, f32, f32, ECMIO, i32]
     lib.scaled_increment.argtypes = [i64, ptr, f32, ptr, ptr, i32]

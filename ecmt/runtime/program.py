@@ -17,8 +17,12 @@ reads and writes; in exact arithmetic:
 * product -> ECM (a direct-form product ECM whose only consumer is a
   nonlinearity ECM): the ECM's input sum is the product's running output,
   S_t = scale A_t B_t / t.  Neither the product's running output nor S is kept.
-* MT -> product (an MT neuron of such a pair whose only consumer is a
-  direct-form product ECM): the product's running operand is the spike sum C.
+* MT -> product (an MT neuron, of such a pair or not, whose only consumer is a
+  direct-form product ECM): the product's running operand is the neuron's spike
+  sum C, and the spikes themselves are not written where nothing else reads them.
+
+An MT neuron also reads its input where it lies (a select, a permute, a reshape of
+a permuted tensor: strided, no copy).
 
 The numbers are the node-by-node executor's up to rounding (a rounding
 difference can flip a spike whose membrane sits on a threshold), which
@@ -51,11 +55,13 @@ class Role:
     """How one stateful node runs.  pair: an ECM -> MT pair (on both members);
     from_total: an ECM whose input is its product's running output; total: a product
     that emits its running output; shared: a product's operand positions whose running
-    sum is an MT pair's spike sum."""
+    sum is an MT neuron's spike sum; into_product: an MT neuron whose only consumer is such
+    a product (it keeps its spike sum; nothing else reads its spikes)."""
     pair: bool = False
     from_total: bool = False
     total: bool = False
     shared: tuple = ()
+    into_product: bool = False
 
 
 def plan(steps, fused: list[bool]) -> list[Role]:
@@ -78,10 +84,11 @@ def plan(steps, fused: list[bool]) -> list[Role]:
                 if kind(m, MTState) and steps[m].srcs == [i]:
                     roles[i].pair = roles[m].pair = True
     for m, step in enumerate(steps):
-        if roles[m].pair and type(step.state) is MTState and len(consumers[m]) == 1:
+        if kind(m, MTState) and len(consumers[m]) == 1:
             (p,) = consumers[m]
             if is_direct(p) and steps[p].srcs.count(m) == 1:
                 roles[p].shared += (steps[p].srcs.index(m),)
+                roles[m].into_product = True
     return roles
 
 
@@ -128,22 +135,51 @@ class NativeKernels:
     def scale_t(self, scale: float) -> float:
         return scale / self.t          # rounded to float32 by ctypes, as torch's .float()
 
-    def mt(self, mt: _MT, x, state, out, pair: bool, code=None, counts=None):
-        self.lib.mt_step(out.shape[0], out[0].numel(), x.data_ptr(), state.data_ptr(), out.data_ptr(), mt.rule,
-                         int(pair), native.Events(native.ptr(code), native.ptr(counts)), self.threads)
+    def mt(self, mt: _MT, x, state, out, pair: bool, code=None, counts=None, spike_sum=None):
+        """out may be None (the spikes are not written; spike_sum keeps their running sum); x
+        any strided view whose elements per sample, in row-major order, are the neuron's."""
+        self.mt_call(mt, state, out, pair, code, counts, spike_sum)(x)
+
+    def mt_call(self, mt: _MT, state, out, pair: bool, code=None, counts=None, spike_sum=None):
+        """mt with every argument but the input bound once (a program's buffers stay put): a
+        function of x, for every step."""
+        step, batch, n = self.lib.mt_step, state.shape[0], state[0].numel()
+        bound = (state.data_ptr(), native.ptr(out), native.ptr(spike_sum), mt.rule, int(pair),
+                 native.Events(native.ptr(code), native.ptr(counts)), self.threads)
+
+        def call(x):
+            layout = native.strided(x)
+            if layout is None:
+                x = x.contiguous()
+            step(batch, n, x.data_ptr(), layout, *bound)
+        return call
 
     def ecm(self, spec: "_ECMSpec", x, total, scale: float | None, out_sum, out, mt: _MT | None = None,
             spike_sum=None, code=None, counts=None):
-        io = native.ECMIO(x.data_ptr(), native.ptr(total), 0.0 if scale is None else self.scale_t(scale),
-                          native.ptr(out_sum), out.data_ptr(), None if mt is None else mt.pointer,
-                          native.ptr(spike_sum), native.Events(native.ptr(code), native.ptr(counts)),
-                          out[0].numel())
-        batch, n = out.shape[0], out[0].numel()
+        self.ecm_call(spec, total, scale, out_sum, out, mt, spike_sum, code, counts)(x)
+
+    def ecm_call(self, spec: "_ECMSpec", total, scale: float | None, out_sum, out, mt: _MT | None = None,
+                 spike_sum=None, code=None, counts=None):
+        """ecm with every argument but the input bound once: a function of x."""
+        shape = (out if out is not None else spike_sum).shape
+        batch, n = shape[0], math.prod(shape[1:])
+        io = native.ECMIO(0, native.ptr(total), 0.0, native.ptr(out_sum), native.ptr(out),
+                          None if mt is None else mt.pointer, native.ptr(spike_sum),
+                          native.Events(native.ptr(code), native.ptr(counts)), n)
+        f = native.FUNCTIONS[spec.function]
         if spec.rows:
-            self.lib.ecm_rows(batch, n // spec.len, spec.len, native.FUNCTIONS[spec.function],
-                              native.ptr(spec.weight), native.ptr(spec.bias), spec.eps, self.t, io, self.threads)
+            rows, weight, bias = n // spec.len, native.ptr(spec.weight), native.ptr(spec.bias)
+            run = lambda: self.lib.ecm_rows(batch, rows, spec.len, f, weight, bias, spec.eps, self.t, io, self.threads)
         else:
-            self.lib.ecm_map(batch, n, native.FUNCTIONS[spec.function], self.t, io, self.threads)
+            run = lambda: self.lib.ecm_map(batch, n, f, self.t, io, self.threads)
+
+        def call(x):
+            x = x.contiguous()                  # (kept alive through the call)
+            io.x = x.data_ptr()
+            if scale is not None:
+                io.scale_t = self.scale_t(scale)
+            run()
+        return call
 
     def scaled_increment(self, p, scale: float, out_sum, out):
         self.lib.scaled_increment(p.numel(), p.data_ptr(), self.scale_t(scale), out_sum.data_ptr(), out.data_ptr(),
@@ -168,7 +204,8 @@ class TorchKernels:
     def _args(mt: _MT):
         return (mt.state.th_pos, mt.state.th_neg, mt.levels, *mt.state._k)
 
-    def mt(self, mt: _MT, x, state, out, pair: bool, code=None, counts=None):
+    def mt(self, mt: _MT, x, state, out, pair: bool, code=None, counts=None, spike_sum=None):
+        x = x.reshape(state.shape)
         if counts is not None:
             raise ValueError("torch's kernels write event codes; they do not count them")
         if pair:
@@ -181,7 +218,17 @@ class TorchKernels:
         else:
             s, v = mt_update.eager(state, x, *self._args(mt))
             state.copy_(v)
-        out.copy_(s)
+        if out is not None:
+            out.copy_(s)
+        if spike_sum is not None:
+            spike_sum.add_(s)
+
+    def mt_call(self, mt: _MT, state, out, pair: bool, code=None, counts=None, spike_sum=None):
+        return lambda x: self.mt(mt, x, state, out, pair, code, counts, spike_sum)
+
+    def ecm_call(self, spec: "_ECMSpec", total, scale: float | None, out_sum, out, mt: _MT | None = None,
+                 spike_sum=None, code=None, counts=None):
+        return lambda x: self.ecm(spec, x, total, scale, out_sum, out, mt, spike_sum, code, counts)
 
     def ecm(self, spec: "_ECMSpec", x, total, scale: float | None, out_sum, out, mt: _MT | None = None,
             spike_sum=None, code=None, counts=None):
@@ -302,6 +349,14 @@ class Program:
             return None if role.pair else self._ecm(i)
         if type(state) is ProductECMState:
             return self._product(i)
+        if isinstance(step.node, ir.Add) and len(step.srcs) == 2:
+            return self._add(i)
+        if isinstance(step.node, ir.Reshape) and self._read_in_order(i):
+            src = step.srcs[0]
+
+            def in_order(t):                  # its neurons read the elements where they lie
+                self.values[i] = self.values[src]
+            return in_order
         inputs = [None] * len(step.srcs)
 
         def hosted(t):                        # the node's own step function (and state)
@@ -309,6 +364,25 @@ class Program:
                 inputs[k] = self.values[j]
             self.values[i] = step.fn(inputs, t)
         return hosted
+
+    def _read_in_order(self, i: int) -> bool:
+        """Whether every consumer of step i is an MT neuron on the native kernels, which reads its
+        input's elements per sample in row-major order from any strided view: then a reshape
+        need not copy (nor may anything else see its value: no observer, count or recording)."""
+        users = [j for j, step in enumerate(self.steps) if i in step.srcs]
+        return (isinstance(self.kernels, NativeKernels) and not (self.observe or self.count or self.record)
+                and bool(users) and all(type(self.steps[j].state) in (MTState, PPNState) and not self.roles[j].pair
+                                        and not self.steps[j].static for j in users))
+
+    def _add(self, i: int):
+        """A two-input add into a buffer of this program (the node's own function allocates)."""
+        out = self._empty((self.rows[i], *self.shapes[i]))
+        a, b = self.steps[i].srcs
+
+        def add(t):
+            torch.add(self.values[a], self.values[b], out=out)
+            self.values[i] = out
+        return add
 
     def _linear(self, i: int):
         node = self.steps[i].node
@@ -329,20 +403,31 @@ class Program:
     def _mt(self, i: int):
         mt, kernels = self.mts[i], self.kernels
         v = self._state(i, self.shapes[self.steps[i].srcs[0]])
-        s = torch.empty_like(v)
+        c = self._state(i) if self.roles[i].into_product else None     # the product's running operand
+        s = None if self._spikes_unread(i) else torch.empty_like(v)
         code, counts = self._events(mt, v)
         state = mt.state
         ppn = type(state) is PPNState
-        self._track(v)
+        self._track(v, c)
+        if c is not None:
+            self.spike_sums[i] = c
+
+        call = kernels.mt_call(mt, v, s, False, code, counts, c)
 
         def neuron(t):
             if counts is not None:
                 counts.zero_()
-            kernels.mt(mt, self._input(i).contiguous(), v, s, False, code, counts)
+            call(self._input(i))
             if self.observe or self.count:
                 state.v, state.code, state.counts = v, code, counts
             self.values[i] = state._channels(lambda j, lam: (s == lam).to(s.dtype)) if ppn else s
         return neuron
+
+    def _spikes_unread(self, i: int) -> bool:
+        """Whether MT neuron i's spikes go unread: its product reads its spike sum, and no observer,
+        count or recording reads the spikes (the native kernels then do not write them)."""
+        return (self.roles[i].into_product and isinstance(self.kernels, NativeKernels)
+                and not (self.observe or self.count or self.record))
 
     def _events(self, mt: _MT, like: torch.Tensor):
         """An MT neuron's event codes and per-sample counts buffers (None where not kept)."""
@@ -361,17 +446,19 @@ class Program:
         total = None if from_total else self._state(e, self.shapes[src])
         scale = self.steps[src].state.scale if from_total else None
         c = self._state(i)
-        s = torch.empty_like(c)
+        s = None if self._spikes_unread(i) else torch.empty_like(c)
         running = self._state(i) if self.count else None       # to tell an active update
         code, counts = self._events(mt, c)
         self._track(total, c, running)
         self.spike_sums[i] = c
         state = mt.state
 
+        call = kernels.ecm_call(spec, total, scale, running, s, mt, c, code, counts)
+
         def pair(t):
             if counts is not None:
                 counts.zero_()
-            kernels.ecm(spec, self.values[src].contiguous(), total, scale, running, s, mt, c, code, counts)
+            call(self.values[src])
             if self.count:
                 state.code, state.counts = code, counts
             self.values[i] = s
@@ -391,8 +478,10 @@ class Program:
         out = torch.empty_like(out_sum)
         self._track(total, out_sum)
 
+        call = kernels.ecm_call(spec, total, scale, out_sum, out)
+
         def ecm(t):
-            kernels.ecm(spec, self.values[src].contiguous(), total, scale, out_sum, out)
+            call(self.values[src])
             self.values[i] = out
         return ecm
 
@@ -419,7 +508,7 @@ class Program:
         def product(t):
             operands, increments = [], []
             for pos, j in enumerate(step.srcs):
-                if pos in role.shared:                  # the MT pair's spike sum is the running operand
+                if pos in role.shared:                  # the MT neuron's spike sum is the running operand
                     c = self.spike_sums[j]
                     operands.append(c.transpose(-1, -2) if flags[pos] else c)
                     if self.count:

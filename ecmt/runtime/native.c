@@ -258,8 +258,8 @@ INLINE void gather(const float *base, const strided *l, int64_t first, int64_t l
  * that each case compiles to its own vectorized loops.  x: the sample's input (contiguous, or
  * a strided view where xl is given); s_out (NULL: not written) the spikes; spike_sum (NULL:
  * none) the spikes' running sum, for the product that reads it as its operand. */
-INLINE void mt_row(int64_t n, const float *x, const strided *xl, float *st, float *s_out, float *spike_sum,
-                   const mt_rule *r, const int pair, const events *ev, int64_t sample)
+INLINE void mt_row(int64_t n, const float *x, const strided *xl, const float *addend, float *st, float *s_out,
+                   float *spike_sum, const mt_rule *r, const int pair, const events *ev, int64_t sample)
 {
     float v[CHUNK], gathered[CHUNK], spikes[CHUNK];
     int32_t m[CHUNK];
@@ -270,6 +270,13 @@ INLINE void mt_row(int64_t n, const float *x, const strided *xl, float *st, floa
         const float *xc = x + start;
         if (xl) {
             gather(x, xl, start, len, gathered);
+            xc = gathered;
+        }
+        if (addend) {
+            const float *a = addend + start;
+            #pragma omp simd
+            for (int64_t i = 0; i < len; i++)
+                gathered[i] = xc[i] + a[i];
             xc = gathered;
         }
         float *sc = st + start, *out = s_out ? s_out + start : spikes;
@@ -298,11 +305,12 @@ INLINE void mt_row(int64_t n, const float *x, const strided *xl, float *st, floa
 /* An MT neuron's step.  pair = 0: state is the membrane v; v += x, s = fire(v), v -= s.
  * pair = 1: state is the spike sum C and x the running output of the ECM before it
  * (runtime/program.py: the membrane is x - C); s = fire(x - C), C += s.
- * x: contiguous [batch, n], or a strided view where xl is not NULL; s_out may be NULL (the
- * spikes are not written), spike_sum (pair = 0) may be NULL (none kept).
+ * x: contiguous [batch, n], or a strided view where xl is not NULL; addend (NULL: none) n values
+ * added to each sample's x (the bias of the linear layer before it, which then leaves it out);
+ * s_out may be NULL (the spikes are not written), spike_sum (pair = 0) may be NULL (none kept).
  * ev (pair = 0 only; its fields may be NULL): the event codes or counts. */
-void mt_step(int64_t batch, int64_t n, const float *x, const strided *xl, float *state, float *s_out,
-             float *spike_sum, mt_rule r, int pair, events ev, int threads)
+void mt_step(int64_t batch, int64_t n, const float *x, const strided *xl, const float *addend, float *state,
+             float *s_out, float *spike_sum, mt_rule r, int pair, events ev, int threads)
 {
     #pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (batch * n > 16384)
     for (int64_t b = 0; b < batch; b++) {
@@ -310,9 +318,9 @@ void mt_step(int64_t batch, int64_t n, const float *x, const strided *xl, float 
         const float *xb = x + (xl ? b * xl->sample : o);
         float *sb = s_out ? s_out + o : NULL, *cb = spike_sum ? spike_sum + o : NULL;
         if (pair)
-            mt_row(n, xb, xl, state + o, sb, NULL, &r, 1, NULL, b);
+            mt_row(n, xb, xl, addend, state + o, sb, NULL, &r, 1, NULL, b);
         else
-            mt_row(n, xb, xl, state + o, sb, cb, &r, 0, &ev, b);
+            mt_row(n, xb, xl, addend, state + o, sb, cb, &r, 0, &ev, b);
     }
 }
 
@@ -349,11 +357,14 @@ typedef struct {
     float *spike_sum;
     events ev;              /* with mt and out_sum: the neuron's events (active: new != out_sum) */
     int64_t sample_size;    /* elements per sample (the sample of an element, for ev.counts) */
+    const float *addend;    /* NULL, or per element of a sample a value added to x (the bias of the
+                             * linear layer before it, which then leaves it out) */
 } ecm_io;
 
-/* u[j] <- S_t / t for the elements base .. base + len - 1 (as S_t times 1 / t: a division per
- * element costs more than the rest of an elementwise ECM; the last bit may differ from torch's). */
-INLINE void ecm_average(const ecm_io *io, int64_t base, int64_t len, float t, float *u)
+/* u[j] <- S_t / t for the elements base .. base + len - 1, which are elements first .. of their
+ * sample (as S_t times 1 / t: a division per element costs more than the rest of an elementwise
+ * ECM; the last bit may differ from torch's). */
+INLINE void ecm_average(const ecm_io *io, int64_t base, int64_t first, int64_t len, float t, float *u)
 {
     const float *x = io->x + base, rt = 1.0f / t;
     if (io->sum == NULL) {
@@ -364,6 +375,16 @@ INLINE void ecm_average(const ecm_io *io, int64_t base, int64_t len, float t, fl
         return;
     }
     float *sum = io->sum + base;
+    if (io->addend) {
+        const float *a = io->addend + first;
+        #pragma omp simd
+        for (int64_t j = 0; j < len; j++) {
+            const float total = sum[j] + (x[j] + a[j]);
+            sum[j] = total;
+            u[j] = total * rt;
+        }
+        return;
+    }
     #pragma omp simd
     for (int64_t j = 0; j < len; j++) {
         const float total = sum[j] + x[j];
@@ -422,7 +443,7 @@ void ecm_map(int64_t batch, int64_t n, int f, float t, ecm_io io, int threads)
         float u[CHUNK];
         for (int64_t start = 0; start < n; start += CHUNK) {
             const int64_t len = n - start < CHUNK ? n - start : CHUNK, base = b * n + start;
-            ecm_average(&io, base, len, t, u);
+            ecm_average(&io, base, start, len, t, u);
             map_function(f, u, len, t);
             ecm_emit(&io, base, start, len, u, 0);
         }
@@ -496,7 +517,7 @@ void ecm_rows(int64_t batch, int64_t rows, int64_t len, int f, const float *weig
         for (int64_t item = 0; item < batch * groups; item++) {
             const int64_t b = item / groups, r0 = (item % groups) * per;
             const int64_t count = (rows - r0 < per ? rows - r0 : per) * len, base = (b * rows + r0) * len;
-            ecm_average(&io, base, count, t, u);
+            ecm_average(&io, base, r0 * len, count, t, u);
             if (f == F_SOFTMAX)
                 softmax_rows(u, count / len, len, t);
             else

@@ -91,7 +91,8 @@ class ECMIO(ctypes.Structure):
     """native.c's ecm_io: where an ECM's step reads and writes."""
     _fields_ = [("x", ctypes.c_void_p), ("sum", ctypes.c_void_p), ("scale_t", ctypes.c_float),
                 ("out_sum", ctypes.c_void_p), ("out", ctypes.c_void_p), ("mt", ctypes.POINTER(MTRule)),
-                ("spike_sum", ctypes.c_void_p), ("ev", Events), ("sample_size", ctypes.c_int64)]
+                ("spike_sum", ctypes.c_void_p), ("ev", Events), ("sample_size", ctypes.c_int64),
+                ("addend", ctypes.c_void_p)]
 
 
 _reason: str | None = None
@@ -120,7 +121,7 @@ def unavailable() -> str | None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
-    lib.mt_step.argtypes = [i64, i64, ptr, ctypes.POINTER(Strided), ptr, ptr, ptr, MTRule, i32, Events, i32]
+    lib.mt_step.argtypes = [i64, i64, ptr, ctypes.POINTER(Strided), ptr, ptr, ptr, ptr, MTRule, i32, Events, i32]
     lib.ecm_map.argtypes = [i64, i64, i32, f32, ECMIO, i32]
     lib.ecm_rows.argtypes = [i64, i64, i64, i32, ptr, ptr, f32, f32, ECMIO, i32]
     lib.scaled_increment.argtypes = [i64, ptr, f32, ptr, ptr, i32]

@@ -140,11 +140,11 @@ class NativeKernels:
         any strided view whose elements per sample, in row-major order, are the neuron's."""
         self.mt_call(mt, state, out, pair, code, counts, spike_sum)(x)
 
-    def mt_call(self, mt: _MT, state, out, pair: bool, code=None, counts=None, spike_sum=None):
+    def mt_call(self, mt: _MT, state, out, pair: bool, code=None, counts=None, spike_sum=None, addend=None):
         """mt with every argument but the input bound once (a program's buffers stay put): a
-        function of x, for every step."""
+        function of x, for every step.  addend: a value per element of a sample added to x."""
         step, batch, n = self.lib.mt_step, state.shape[0], state[0].numel()
-        bound = (state.data_ptr(), native.ptr(out), native.ptr(spike_sum), mt.rule, int(pair),
+        bound = (native.ptr(addend), state.data_ptr(), native.ptr(out), native.ptr(spike_sum), mt.rule, int(pair),
                  native.Events(native.ptr(code), native.ptr(counts)), self.threads)
 
         def call(x):
@@ -159,13 +159,14 @@ class NativeKernels:
         self.ecm_call(spec, total, scale, out_sum, out, mt, spike_sum, code, counts)(x)
 
     def ecm_call(self, spec: "_ECMSpec", total, scale: float | None, out_sum, out, mt: _MT | None = None,
-                 spike_sum=None, code=None, counts=None):
-        """ecm with every argument but the input bound once: a function of x."""
+                 spike_sum=None, code=None, counts=None, addend=None):
+        """ecm with every argument but the input bound once: a function of x.  addend: a value
+        per element of a sample added to x (where the ECM keeps its input sum)."""
         shape = (out if out is not None else spike_sum).shape
         batch, n = shape[0], math.prod(shape[1:])
         io = native.ECMIO(0, native.ptr(total), 0.0, native.ptr(out_sum), native.ptr(out),
                           None if mt is None else mt.pointer, native.ptr(spike_sum),
-                          native.Events(native.ptr(code), native.ptr(counts)), n)
+                          native.Events(native.ptr(code), native.ptr(counts)), n, native.ptr(addend))
         f = native.FUNCTIONS[spec.function]
         if spec.rows:
             rows, weight, bias = n // spec.len, native.ptr(spec.weight), native.ptr(spec.bias)
@@ -223,11 +224,13 @@ class TorchKernels:
         if spike_sum is not None:
             spike_sum.add_(s)
 
-    def mt_call(self, mt: _MT, state, out, pair: bool, code=None, counts=None, spike_sum=None):
+    def mt_call(self, mt: _MT, state, out, pair: bool, code=None, counts=None, spike_sum=None, addend=None):
+        assert addend is None, "linear layers keep their bias on torch's kernels"
         return lambda x: self.mt(mt, x, state, out, pair, code, counts, spike_sum)
 
     def ecm_call(self, spec: "_ECMSpec", total, scale: float | None, out_sum, out, mt: _MT | None = None,
-                 spike_sum=None, code=None, counts=None):
+                 spike_sum=None, code=None, counts=None, addend=None):
+        assert addend is None, "linear layers keep their bias on torch's kernels"
         return lambda x: self.ecm(spec, x, total, scale, out_sum, out, mt, spike_sum, code, counts)
 
     def ecm(self, spec: "_ECMSpec", x, total, scale: float | None, out_sum, out, mt: _MT | None = None,
@@ -303,6 +306,9 @@ class Program:
         self.spike_sums: dict[int, torch.Tensor] = {}    # MT pair -> its spike sum C
         self.torch_kernels: list[TorchKernels] = []      # ECMs the native kernels do not cover
         self.buffers: list[torch.Tensor] = []            # everything _empty gave: back to POOL on release
+        self.consumers = [[j for j, other in enumerate(steps) if i in other.srcs] for i in range(len(steps))]
+        self.addends: dict[int, torch.Tensor] = {}       # kernel step -> the bias it adds for a linear layer
+        self.unbiased = {i for i in range(len(steps)) if self._fold_bias(i)}
         self.ops = [self._build(i) for i in range(len(steps))]
         self.active = [op for op in self.ops if op is not None]
         # steps whose value is a buffer of this program (not a node's own step function's result)
@@ -365,11 +371,48 @@ class Program:
             self.values[i] = step.fn(inputs, t)
         return hosted
 
+    VIEWS = (ir.Reshape, ir.Permute, ir.Select, ir.Slice)
+
+    def _fold_bias(self, i: int) -> bool:
+        """Whether linear step i leaves its bias out because every kernel its output reaches (through
+        views) adds it to its input: MT neurons and ECMs on the native kernels.  Writing the bias
+        into the output costs a pass over it, as large as the layer's output; the kernels add it
+        where they read x anyway (self.addends: each its bias laid out as it reads its input)."""
+        node = self.steps[i].node
+        if (not isinstance(node, ir.Linear) or node.bias is None or self.steps[i].static
+                or not isinstance(self.kernels, NativeKernels) or self.observe or self.count or self.record):
+            return False
+        found: dict[int, torch.Tensor] = {}
+        bias = node.bias.to(self.device, torch.float32).expand(1, *self.shapes[i])
+
+        def reach(j: int, value: torch.Tensor) -> bool:
+            for c in self.consumers[j]:
+                step, role = self.steps[c], self.roles[c]
+                if step.static or step.srcs.count(j) != 1:
+                    return False
+                if isinstance(step.node, self.VIEWS):
+                    if not reach(c, step.fn([value], 1)):
+                        return False
+                    continue
+                state = step.state
+                if type(state) is NonlinearityECMState and not role.from_total and self.specs[c].function:
+                    kernel = self.consumers[c][0] if role.pair else c   # a pair runs as its MT neuron's step
+                elif type(state) in (MTState, PPNState) and not role.pair:
+                    kernel = c
+                else:
+                    return False
+                found[kernel] = value.contiguous().reshape(-1)
+            return True
+        if not reach(i, bias):
+            return False
+        self.addends.update(found)
+        return True
+
     def _read_in_order(self, i: int) -> bool:
         """Whether every consumer of step i is an MT neuron on the native kernels, which reads its
         input's elements per sample in row-major order from any strided view: then a reshape
         need not copy (nor may anything else see its value: no observer, count or recording)."""
-        users = [j for j, step in enumerate(self.steps) if i in step.srcs]
+        users = self.consumers[i]
         return (isinstance(self.kernels, NativeKernels) and not (self.observe or self.count or self.record)
                 and bool(users) and all(type(self.steps[j].state) in (MTState, PPNState) and not self.roles[j].pair
                                         and not self.steps[j].static for j in users))
@@ -387,7 +430,7 @@ class Program:
     def _linear(self, i: int):
         node = self.steps[i].node
         w = node.weight.to(self.device).t()
-        b = None if node.bias is None else node.bias.to(self.device)
+        b = None if node.bias is None or i in self.unbiased else node.bias.to(self.device)
         out = self._empty((self.rows[i], *self.shapes[i]))
         flat = out.view(-1, w.shape[1])
 
@@ -412,7 +455,7 @@ class Program:
         if c is not None:
             self.spike_sums[i] = c
 
-        call = kernels.mt_call(mt, v, s, False, code, counts, c)
+        call = kernels.mt_call(mt, v, s, False, code, counts, c, self.addends.get(i))
 
         def neuron(t):
             if counts is not None:
@@ -453,7 +496,7 @@ class Program:
         self.spike_sums[i] = c
         state = mt.state
 
-        call = kernels.ecm_call(spec, total, scale, running, s, mt, c, code, counts)
+        call = kernels.ecm_call(spec, total, scale, running, s, mt, c, code, counts, self.addends.get(i))
 
         def pair(t):
             if counts is not None:
@@ -478,7 +521,7 @@ class Program:
         out = torch.empty_like(out_sum)
         self._track(total, out_sum)
 
-        call = kernels.ecm_call(spec, total, scale, out_sum, out)
+        call = kernels.ecm_call(spec, total, scale, out_sum, out, addend=self.addends.get(i))
 
         def ecm(t):
             call(self.values[src])

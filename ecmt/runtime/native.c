@@ -237,8 +237,10 @@ INLINE void gather(const float *base, const strided *l, int64_t first, int64_t l
         int64_t run = inner - index[last];
         run = run < len - i ? run : len - i;
         const float *p = base + at;
-        if (step == 1) {
-            memcpy(out + i, p, sizeof(float) * (size_t)run);
+        if (step == 1) {                /* runs are often a few vectors: a loop, not a memcpy call */
+            #pragma omp simd
+            for (int64_t j = 0; j < run; j++)
+                out[i + j] = p[j];
         } else {
             for (int64_t j = 0; j < run; j++)
                 out[i + j] = p[j * step];
@@ -259,7 +261,8 @@ INLINE void gather(const float *base, const strided *l, int64_t first, int64_t l
  * a strided view where xl is given); s_out (NULL: not written) the spikes; spike_sum (NULL:
  * none) the spikes' running sum, for the product that reads it as its operand. */
 INLINE void mt_row(int64_t n, const float *x, const strided *xl, const float *addend, float *st, float *s_out,
-                   float *spike_sum, const mt_rule *r, const int pair, const events *ev, int64_t sample)
+                   float *spike_sum, const mt_rule *r, const int pair, const int first, const events *ev,
+                   int64_t sample)
 {
     float v[CHUNK], gathered[CHUNK], spikes[CHUNK];
     int32_t m[CHUNK];
@@ -281,17 +284,19 @@ INLINE void mt_row(int64_t n, const float *x, const strided *xl, const float *ad
         }
         float *sc = st + start, *out = s_out ? s_out + start : spikes;
         #pragma omp simd
-        for (int64_t i = 0; i < len; i++)
-            v[i] = pair ? xc[i] - sc[i] : sc[i] + xc[i];
+        for (int64_t i = 0; i < len; i++) {
+            const float state = first ? 0.0f : sc[i];
+            v[i] = pair ? xc[i] - state : state + xc[i];
+        }
         fire(r, v, len, start, out, record ? m : NULL);
         #pragma omp simd
         for (int64_t i = 0; i < len; i++)
-            sc[i] = pair ? sc[i] + out[i] : v[i] - out[i];
+            sc[i] = pair ? (first ? 0.0f : sc[i]) + out[i] : v[i] - out[i];
         if (spike_sum) {
             float *c = spike_sum + start;
             #pragma omp simd
             for (int64_t i = 0; i < len; i++)
-                c[i] += out[i];
+                c[i] = (first ? 0.0f : c[i]) + out[i];
         }
         if (record) {
             #pragma omp simd
@@ -308,9 +313,10 @@ INLINE void mt_row(int64_t n, const float *x, const strided *xl, const float *ad
  * x: contiguous [batch, n], or a strided view where xl is not NULL; addend (NULL: none) n values
  * added to each sample's x (the bias of the linear layer before it, which then leaves it out);
  * s_out may be NULL (the spikes are not written), spike_sum (pair = 0) may be NULL (none kept).
+ * first: step 1, where the state and spike sum are read as zeros (not zeroed before the run).
  * ev (pair = 0 only; its fields may be NULL): the event codes or counts. */
 void mt_step(int64_t batch, int64_t n, const float *x, const strided *xl, const float *addend, float *state,
-             float *s_out, float *spike_sum, mt_rule r, int pair, events ev, int threads)
+             float *s_out, float *spike_sum, mt_rule r, int pair, int first, events ev, int threads)
 {
     #pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (batch * n > 16384)
     for (int64_t b = 0; b < batch; b++) {
@@ -318,9 +324,9 @@ void mt_step(int64_t batch, int64_t n, const float *x, const strided *xl, const 
         const float *xb = x + (xl ? b * xl->sample : o);
         float *sb = s_out ? s_out + o : NULL, *cb = spike_sum ? spike_sum + o : NULL;
         if (pair)
-            mt_row(n, xb, xl, addend, state + o, sb, NULL, &r, 1, NULL, b);
+            mt_row(n, xb, xl, addend, state + o, sb, NULL, &r, 1, first, NULL, b);
         else
-            mt_row(n, xb, xl, addend, state + o, sb, cb, &r, 0, &ev, b);
+            mt_row(n, xb, xl, addend, state + o, sb, cb, &r, 0, first, &ev, b);
     }
 }
 
@@ -359,6 +365,7 @@ typedef struct {
     int64_t sample_size;    /* elements per sample (the sample of an element, for ev.counts) */
     const float *addend;    /* NULL, or per element of a sample a value added to x (the bias of the
                              * linear layer before it, which then leaves it out) */
+    int32_t first;          /* step 1: sum, out_sum and spike_sum are read as zeros (not zeroed before) */
 } ecm_io;
 
 /* u[j] <- S_t / t for the elements base .. base + len - 1, which are elements first .. of their
@@ -379,7 +386,7 @@ INLINE void ecm_average(const ecm_io *io, int64_t base, int64_t first, int64_t l
         const float *a = io->addend + first;
         #pragma omp simd
         for (int64_t j = 0; j < len; j++) {
-            const float total = sum[j] + (x[j] + a[j]);
+            const float total = (io->first ? 0.0f : sum[j]) + (x[j] + a[j]);
             sum[j] = total;
             u[j] = total * rt;
         }
@@ -387,7 +394,7 @@ INLINE void ecm_average(const ecm_io *io, int64_t base, int64_t first, int64_t l
     }
     #pragma omp simd
     for (int64_t j = 0; j < len; j++) {
-        const float total = sum[j] + x[j];
+        const float total = (io->first ? 0.0f : sum[j]) + x[j];
         sum[j] = total;
         u[j] = total * rt;
     }
@@ -402,7 +409,7 @@ INLINE void ecm_emit(const ecm_io *io, int64_t base, int64_t first, int64_t len,
         float *out_sum = io->out_sum + base;
         #pragma omp simd
         for (int64_t j = 0; j < len; j++) {
-            out[j] = u[j] - out_sum[j];
+            out[j] = u[j] - (io->first ? 0.0f : out_sum[j]);
             out_sum[j] = u[j];
         }
         return;
@@ -417,16 +424,16 @@ INLINE void ecm_emit(const ecm_io *io, int64_t base, int64_t first, int64_t len,
         const float *uc = u + start;
         #pragma omp simd
         for (int64_t j = 0; j < part; j++)
-            v[j] = uc[j] - c[j];
+            v[j] = uc[j] - (io->first ? 0.0f : c[j]);
         fire(io->mt, v, part, first + start, s, record ? m : NULL);
         #pragma omp simd
         for (int64_t j = 0; j < part; j++)
-            c[j] += s[j];
+            c[j] = (io->first ? 0.0f : c[j]) + s[j];
         if (record) {
             float *last = io->out_sum + base + start;
             #pragma omp simd
             for (int64_t j = 0; j < part; j++) {
-                active[j] = uc[j] != last[j];
+                active[j] = uc[j] != (io->first ? 0.0f : last[j]);
                 last[j] = uc[j];
             }
             put_events(&io->ev, base + start, (base + start) / io->sample_size, part, m, active, io->mt->levels,
@@ -530,13 +537,14 @@ void ecm_rows(int64_t batch, int64_t rows, int64_t len, int f, const float *weig
 }
 
 /* A product ECM's output from the raw product p = A_t B_t: new = p scale_t; out = new - out_sum;
- * out_sum = new (as kernels.product_update). */
-void scaled_increment(int64_t count, const float *p, float scale_t, float *out_sum, float *out, int threads)
+ * out_sum = new (as kernels.product_update); first: step 1, out_sum read as zeros. */
+void scaled_increment(int64_t count, const float *p, float scale_t, float *out_sum, float *out, int first,
+                      int threads)
 {
     #pragma omp parallel for simd num_threads(threads) schedule(static) if (count > 16384)
     for (int64_t i = 0; i < count; i++) {
         const float value = p[i] * scale_t;
-        out[i] = value - out_sum[i];
+        out[i] = value - (first ? 0.0f : out_sum[i]);
         out_sum[i] = value;
     }
 }

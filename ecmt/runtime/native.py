@@ -92,7 +92,7 @@ class ECMIO(ctypes.Structure):
     _fields_ = [("x", ctypes.c_void_p), ("sum", ctypes.c_void_p), ("scale_t", ctypes.c_float),
                 ("out_sum", ctypes.c_void_p), ("out", ctypes.c_void_p), ("mt", ctypes.POINTER(MTRule)),
                 ("spike_sum", ctypes.c_void_p), ("ev", Events), ("sample_size", ctypes.c_int64),
-                ("addend", ctypes.c_void_p)]
+                ("addend", ctypes.c_void_p), ("first", ctypes.c_int32)]
 
 
 _reason: str | None = None
@@ -121,10 +121,10 @@ def unavailable() -> str | None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
-    lib.mt_step.argtypes = [i64, i64, ptr, ctypes.POINTER(Strided), ptr, ptr, ptr, ptr, MTRule, i32, Events, i32]
+    lib.mt_step.argtypes = [i64, i64, ptr, ctypes.POINTER(Strided), ptr, ptr, ptr, ptr, MTRule, i32, i32, Events, i32]
     lib.ecm_map.argtypes = [i64, i64, i32, f32, ECMIO, i32]
     lib.ecm_rows.argtypes = [i64, i64, i64, i32, ptr, ptr, f32, f32, ECMIO, i32]
-    lib.scaled_increment.argtypes = [i64, ptr, f32, ptr, ptr, i32]
+    lib.scaled_increment.argtypes = [i64, ptr, f32, ptr, ptr, i32, i32]
     lib.product_counts.argtypes = [i64, i64, i64, i64, i64, Operand, Operand, Operand, Operand, ptr, ptr, ptr,
                                    i64, i32]
     for fn in (lib.mt_step, lib.ecm_map, lib.ecm_rows, lib.scaled_increment, lib.product_counts):

@@ -127,10 +127,11 @@ class NativeKernels:
 
     def __init__(self, lib):
         self.lib, self.threads = lib, torch.get_num_threads()
-        self.t = 1.0
+        self.t, self.first = 1.0, False
 
-    def set_t(self, t: int):
-        self.t = float(t)
+    def set_t(self, t: int, first: bool = False):
+        """first: step 1 of a run whose state buffers were not zeroed (the kernels read them as zeros)."""
+        self.t, self.first = float(t), first
 
     def scale_t(self, scale: float) -> float:
         return scale / self.t          # rounded to float32 by ctypes, as torch's .float()
@@ -144,14 +145,14 @@ class NativeKernels:
         """mt with every argument but the input bound once (a program's buffers stay put): a
         function of x, for every step.  addend: a value per element of a sample added to x."""
         step, batch, n = self.lib.mt_step, state.shape[0], state[0].numel()
-        bound = (native.ptr(addend), state.data_ptr(), native.ptr(out), native.ptr(spike_sum), mt.rule, int(pair),
-                 native.Events(native.ptr(code), native.ptr(counts)), self.threads)
+        bound = (native.ptr(addend), state.data_ptr(), native.ptr(out), native.ptr(spike_sum), mt.rule, int(pair))
+        events = native.Events(native.ptr(code), native.ptr(counts))
 
         def call(x):
             layout = native.strided(x)
             if layout is None:
                 x = x.contiguous()
-            step(batch, n, x.data_ptr(), layout, *bound)
+            step(batch, n, x.data_ptr(), layout, *bound, self.first, events, self.threads)
         return call
 
     def ecm(self, spec: "_ECMSpec", x, total, scale: float | None, out_sum, out, mt: _MT | None = None,
@@ -176,7 +177,7 @@ class NativeKernels:
 
         def call(x):
             x = x.contiguous()                  # (kept alive through the call)
-            io.x = x.data_ptr()
+            io.x, io.first = x.data_ptr(), self.first
             if scale is not None:
                 io.scale_t = self.scale_t(scale)
             run()
@@ -184,7 +185,7 @@ class NativeKernels:
 
     def scaled_increment(self, p, scale: float, out_sum, out):
         self.lib.scaled_increment(p.numel(), p.data_ptr(), self.scale_t(scale), out_sum.data_ptr(), out.data_ptr(),
-                                  self.threads)
+                                  self.first, self.threads)
 
 
 class TorchKernels:
@@ -195,8 +196,8 @@ class TorchKernels:
     def __init__(self, device):
         self.t_tensor = torch.ones((), dtype=torch.float64, device=device)
 
-    def set_t(self, t: int):
-        self.t_tensor.fill_(float(t))
+    def set_t(self, t: int, first: bool = False):
+        self.t_tensor.fill_(float(t))       # (its state buffers are zeroed before a run: first is moot)
 
     def scale_t(self, scale: float):
         return (scale / self.t_tensor).float()
@@ -312,7 +313,8 @@ class Program:
         self.ops = [self._build(i) for i in range(len(steps))]
         self.active = [op for op in self.ops if op is not None]
         # steps whose value is a buffer of this program (not a node's own step function's result)
-        self.buffered = {i for i, op in enumerate(self.ops) if op is not None and op.__name__ != "hosted"}
+        self.buffered = {i for i, op in enumerate(self.ops)
+                         if op is not None and op.__name__ not in ("hosted", "view", "in_order")}
         self.graph = None                                # CUDA: the recorded step (False: not recordable)
 
     # -- what runs where -------------------------------------------------------------
@@ -364,6 +366,19 @@ class Program:
                 self.values[i] = self.values[src]
             return in_order
         inputs = [None] * len(step.srcs)
+        if isinstance(step.node, self.VIEWS):
+            last = [None, None]               # the input it last saw, and its view of it
+
+            def view(t):                      # a view of a buffer that stays put: made once
+                x = self.values[step.srcs[0]]
+                if x is last[0]:
+                    self.values[i] = last[1]
+                    return
+                y = self.values[i] = step.fn([x], t)
+                # (a reshape that had to copy is no view: made again every step)
+                shares = y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+                last[:] = (x, y) if shares else (None, None)
+            return view
 
         def hosted(t):                        # the node's own step function (and state)
             for k, j in enumerate(step.srcs):
@@ -451,7 +466,7 @@ class Program:
         code, counts = self._events(mt, v)
         state = mt.state
         ppn = type(state) is PPNState
-        self._track(v, c)
+        self._track(v, c, kernels_start=True)
         if c is not None:
             self.spike_sums[i] = c
 
@@ -492,7 +507,7 @@ class Program:
         s = None if self._spikes_unread(i) else torch.empty_like(c)
         running = self._state(i) if self.count else None       # to tell an active update
         code, counts = self._events(mt, c)
-        self._track(total, c, running)
+        self._track(total, c, running, kernels_start=True)
         self.spike_sums[i] = c
         state = mt.state
 
@@ -519,7 +534,7 @@ class Program:
         scale = self.steps[src].state.scale if role.from_total else None
         out_sum = self._state(i)
         out = torch.empty_like(out_sum)
-        self._track(total, out_sum)
+        self._track(total, out_sum, kernels_start=kernels is self.kernels)
 
         call = kernels.ecm_call(spec, total, scale, out_sum, out, addend=self.addends.get(i))
 
@@ -540,13 +555,16 @@ class Program:
             shapes.append((self.rows[j], *shape))
         sums = [None if pos in role.shared else self._empty(shape)
                 for pos, shape in enumerate(shapes)]
-        self._track(*sums)
+        incremental = state.form == "incremental"
+        # the direct form's sums start as step 1's increments (copied, where a run is not recorded once
+        # as a CUDA graph for every step): no zeroing before a run
+        copy_first = not incremental and isinstance(self.kernels, NativeKernels)
+        self._track(*sums, kernels_start=copy_first)
         out_sum = None if role.total else self._state(i)
         out = None if role.total else torch.empty_like(out_sum)
-        self._track(out_sum)
+        self._track(out_sum, kernels_start=True)
         raw = self._empty((self.rows[i], *self.shapes[i]))
         kernels = self.kernels
-        incremental = state.form == "incremental"
 
         def product(t):
             operands, increments = [], []
@@ -563,7 +581,10 @@ class Program:
                 increments.append(x)
                 if incremental:
                     operands.append(sums[pos].clone())  # A_(t-1), B_(t-1)
-                sums[pos].add_(x)
+                if copy_first and t == 1:
+                    sums[pos].copy_(x)
+                else:
+                    sums[pos].add_(x)
                 if not incremental:
                     operands.append(sums[pos])
             if incremental:
@@ -593,8 +614,11 @@ class Program:
         self.buffers.append(t)
         return t
 
-    def _track(self, *buffers):
-        """Buffers that hold state: zeroed before every run."""
+    def _track(self, *buffers, kernels_start: bool = False):
+        """Buffers that hold state: zeroed before every run, unless kernels_start: the native kernels
+        read them as zeros at step 1 (a pass over memory less per run)."""
+        if kernels_start and isinstance(self.kernels, NativeKernels):
+            return
         self.state_buffers.extend(b for b in buffers if b is not None)
 
     def release(self) -> None:
@@ -620,7 +644,7 @@ class Program:
     def step(self, t: int, observer=None, x: torch.Tensor | None = None) -> torch.Tensor:
         """Step t's output increment; `observer` sees every node as node by node (observe mode:
         tensors it may keep; count mode: hw_sim's Counter, which keeps none, sees the buffers)."""
-        self.kernels.set_t(t)
+        self.kernels.set_t(t, first=t == 1)
         for k in self.torch_kernels:
             k.set_t(t)
         if observer is None:

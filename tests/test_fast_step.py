@@ -214,6 +214,8 @@ def test_fast_step_matches_node_by_node(graphs, name, k, kernels, monkeypatch):
     if name == "vit":       # the shared chains are in use
         roles = ex._program.roles
         assert any(r.pair for r in roles) and any(r.total for r in roles) and any(r.shared for r in roles)
+        if kernels == "native":     # product -> views -> MT in the pair form; biases added by the kernels
+            assert any(r.from_product is not None for r in roles) and ex._program.unbiased
     scale = ref.abs().max()
     assert (out - ref).abs().max() <= 1e-5 * scale, float((out - ref).abs().max() / scale)
     # a second batch size, and the first again: one program at a time, the same numbers; a new

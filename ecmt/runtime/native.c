@@ -260,9 +260,9 @@ INLINE void gather(const float *base, const strided *l, int64_t first, int64_t l
  * that each case compiles to its own vectorized loops.  x: the sample's input (contiguous, or
  * a strided view where xl is given); s_out (NULL: not written) the spikes; spike_sum (NULL:
  * none) the spikes' running sum, for the product that reads it as its operand. */
-INLINE void mt_row(int64_t n, const float *x, const strided *xl, const float *addend, float *st, float *s_out,
-                   float *spike_sum, const mt_rule *r, const int pair, const int first, const events *ev,
-                   int64_t sample)
+INLINE void mt_row(int64_t n, const float *x, const strided *xl, const float *addend, float scale, float *st,
+                   float *s_out, float *spike_sum, const mt_rule *r, const int pair, const int first,
+                   const events *ev, int64_t sample)
 {
     float v[CHUNK], gathered[CHUNK], spikes[CHUNK];
     int32_t m[CHUNK];
@@ -280,6 +280,12 @@ INLINE void mt_row(int64_t n, const float *x, const strided *xl, const float *ad
             #pragma omp simd
             for (int64_t i = 0; i < len; i++)
                 gathered[i] = xc[i] + a[i];
+            xc = gathered;
+        }
+        if (scale != 1.0f) {
+            #pragma omp simd
+            for (int64_t i = 0; i < len; i++)
+                gathered[i] = xc[i] * scale;
             xc = gathered;
         }
         float *sc = st + start, *out = s_out ? s_out + start : spikes;
@@ -312,11 +318,12 @@ INLINE void mt_row(int64_t n, const float *x, const strided *xl, const float *ad
  * (runtime/program.py: the membrane is x - C); s = fire(x - C), C += s.
  * x: contiguous [batch, n], or a strided view where xl is not NULL; addend (NULL: none) n values
  * added to each sample's x (the bias of the linear layer before it, which then leaves it out);
+ * x is multiplied by scale (pair = 1 after a product: x is its raw A_t B_t, scale its scale / t);
  * s_out may be NULL (the spikes are not written), spike_sum (pair = 0) may be NULL (none kept).
  * first: step 1, where the state and spike sum are read as zeros (not zeroed before the run).
  * ev (pair = 0 only; its fields may be NULL): the event codes or counts. */
-void mt_step(int64_t batch, int64_t n, const float *x, const strided *xl, const float *addend, float *state,
-             float *s_out, float *spike_sum, mt_rule r, int pair, int first, events ev, int threads)
+void mt_step(int64_t batch, int64_t n, const float *x, const strided *xl, const float *addend, float scale,
+             float *state, float *s_out, float *spike_sum, mt_rule r, int pair, int first, events ev, int threads)
 {
     #pragma omp parallel for num_threads(threads) schedule(dynamic, 4) if (batch * n > 16384)
     for (int64_t b = 0; b < batch; b++) {
@@ -324,9 +331,9 @@ void mt_step(int64_t batch, int64_t n, const float *x, const strided *xl, const 
         const float *xb = x + (xl ? b * xl->sample : o);
         float *sb = s_out ? s_out + o : NULL, *cb = spike_sum ? spike_sum + o : NULL;
         if (pair)
-            mt_row(n, xb, xl, addend, state + o, sb, NULL, &r, 1, first, NULL, b);
+            mt_row(n, xb, xl, addend, scale, state + o, sb, NULL, &r, 1, first, NULL, b);
         else
-            mt_row(n, xb, xl, addend, state + o, sb, cb, &r, 0, first, &ev, b);
+            mt_row(n, xb, xl, addend, scale, state + o, sb, cb, &r, 0, first, &ev, b);
     }
 }
 

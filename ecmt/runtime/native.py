@@ -121,7 +121,8 @@ def unavailable() -> str | None:
 
 def _declare(lib: ctypes.CDLL) -> None:
     i64, i32, f32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_void_p
-    lib.mt_step.argtypes = [i64, i64, ptr, ctypes.POINTER(Strided), ptr, ptr, ptr, ptr, MTRule, i32, i32, Events, i32]
+    lib.mt_step.argtypes = [i64, i64, ptr, ctypes.POINTER(Strided), ptr, f32, ptr, ptr, ptr, MTRule, i32, i32, Events,
+                            i32]
     lib.ecm_map.argtypes = [i64, i64, i32, f32, ECMIO, i32]
     lib.ecm_rows.argtypes = [i64, i64, i64, i32, ptr, ptr, f32, f32, ECMIO, i32]
     lib.scaled_increment.argtypes = [i64, ptr, f32, ptr, ptr, i32, i32]

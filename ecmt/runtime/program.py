@@ -56,12 +56,16 @@ class Role:
     from_total: an ECM whose input is its product's running output; total: a product
     that emits its running output; shared: a product's operand positions whose running
     sum is an MT neuron's spike sum; into_product: an MT neuron whose only consumer is such
-    a product (it keeps its spike sum; nothing else reads its spikes)."""
+    a product (it keeps its spike sum; nothing else reads its spikes); from_product: an MT
+    neuron whose input is, through views only, a direct-form product's (that product's
+    step index), the product's only consumer: the neuron's membrane is the product's running
+    output minus its spike sum (the pair form), the product emits its raw A_t B_t."""
     pair: bool = False
     from_total: bool = False
     total: bool = False
     shared: tuple = ()
     into_product: bool = False
+    from_product: int | None = None
 
 
 def plan(steps, fused: list[bool]) -> list[Role]:
@@ -141,18 +145,22 @@ class NativeKernels:
         any strided view whose elements per sample, in row-major order, are the neuron's."""
         self.mt_call(mt, state, out, pair, code, counts, spike_sum)(x)
 
-    def mt_call(self, mt: _MT, state, out, pair: bool, code=None, counts=None, spike_sum=None, addend=None):
+    def mt_call(self, mt: _MT, state, out, pair: bool, code=None, counts=None, spike_sum=None, addend=None,
+                scale: float | None = None):
         """mt with every argument but the input bound once (a program's buffers stay put): a
-        function of x, for every step.  addend: a value per element of a sample added to x."""
+        function of x, for every step.  addend: a value per element of a sample added to x;
+        scale: x is a product's raw A_t B_t, its running output x scale / t (pair form)."""
         step, batch, n = self.lib.mt_step, state.shape[0], state[0].numel()
-        bound = (native.ptr(addend), state.data_ptr(), native.ptr(out), native.ptr(spike_sum), mt.rule, int(pair))
+        addend = native.ptr(addend)
+        bound = (state.data_ptr(), native.ptr(out), native.ptr(spike_sum), mt.rule, int(pair))
         events = native.Events(native.ptr(code), native.ptr(counts))
 
         def call(x):
             layout = native.strided(x)
             if layout is None:
                 x = x.contiguous()
-            step(batch, n, x.data_ptr(), layout, *bound, self.first, events, self.threads)
+            step(batch, n, x.data_ptr(), layout, addend, 1.0 if scale is None else self.scale_t(scale), *bound,
+                 self.first, events, self.threads)
         return call
 
     def ecm(self, spec: "_ECMSpec", x, total, scale: float | None, out_sum, out, mt: _MT | None = None,
@@ -225,8 +233,9 @@ class TorchKernels:
         if spike_sum is not None:
             spike_sum.add_(s)
 
-    def mt_call(self, mt: _MT, state, out, pair: bool, code=None, counts=None, spike_sum=None, addend=None):
-        assert addend is None, "linear layers keep their bias on torch's kernels"
+    def mt_call(self, mt: _MT, state, out, pair: bool, code=None, counts=None, spike_sum=None, addend=None,
+                scale=None):
+        assert addend is None and scale is None, "the chains through views are the native kernels'"
         return lambda x: self.mt(mt, x, state, out, pair, code, counts, spike_sum)
 
     def ecm_call(self, spec: "_ECMSpec", total, scale: float | None, out_sum, out, mt: _MT | None = None,
@@ -310,6 +319,7 @@ class Program:
         self.consumers = [[j for j, other in enumerate(steps) if i in other.srcs] for i in range(len(steps))]
         self.addends: dict[int, torch.Tensor] = {}       # kernel step -> the bias it adds for a linear layer
         self.unbiased = {i for i in range(len(steps)) if self._fold_bias(i)}
+        self._pair_products()
         self.ops = [self._build(i) for i in range(len(steps))]
         self.active = [op for op in self.ops if op is not None]
         # steps whose value is a buffer of this program (not a node's own step function's result)
@@ -423,6 +433,27 @@ class Program:
         self.addends.update(found)
         return True
 
+    def _pair_products(self) -> None:
+        """Mark the product -> (views) -> MT chains (Role.from_product) on the native kernels where
+        nothing else sees the product's output (no observer, count or recording)."""
+        if not isinstance(self.kernels, NativeKernels) or self.observe or self.count or self.record:
+            return
+        for p, step in enumerate(self.steps):
+            role = self.roles[p]
+            if (type(step.state) is not ProductECMState or step.state.form != "direct" or step.static
+                    or role.total):
+                continue
+            j = p
+            while len(self.consumers[j]) == 1 and isinstance(self.steps[self.consumers[j][0]].node, self.VIEWS):
+                j = self.consumers[j][0]
+            if len(self.consumers[j]) != 1:
+                continue
+            (m,) = self.consumers[j]
+            neuron = self.steps[m]
+            if type(neuron.state) is MTState and not neuron.static and neuron.srcs == [j] and not self.roles[m].pair:
+                role.total = True
+                self.roles[m].from_product = p
+
     def _read_in_order(self, i: int) -> bool:
         """Whether every consumer of step i is an MT neuron on the native kernels, which reads its
         input's elements per sample in row-major order from any strided view: then a reshape
@@ -459,18 +490,21 @@ class Program:
         return linear
 
     def _mt(self, i: int):
-        mt, kernels = self.mts[i], self.kernels
+        mt, kernels, role = self.mts[i], self.kernels, self.roles[i]
+        # the membrane, or after a product (pair form) the spike sum
         v = self._state(i, self.shapes[self.steps[i].srcs[0]])
-        c = self._state(i) if self.roles[i].into_product else None     # the product's running operand
+        pair = role.from_product is not None
+        scale = self.steps[role.from_product].state.scale if pair else None
+        c = self._state(i) if role.into_product and not pair else None  # the product's running operand
         s = None if self._spikes_unread(i) else torch.empty_like(v)
         code, counts = self._events(mt, v)
         state = mt.state
         ppn = type(state) is PPNState
         self._track(v, c, kernels_start=True)
-        if c is not None:
-            self.spike_sums[i] = c
+        if role.into_product:
+            self.spike_sums[i] = v if pair else c
 
-        call = kernels.mt_call(mt, v, s, False, code, counts, c, self.addends.get(i))
+        call = kernels.mt_call(mt, v, s, pair, code, counts, c, self.addends.get(i), scale)
 
         def neuron(t):
             if counts is not None:

@@ -312,7 +312,8 @@ class Program:
         self.mts = {i: _MT(s.state, self.shapes[s.srcs[0]], self.device) for i, s in enumerate(steps)
                     if type(s.state) in (MTState, PPNState) and not s.static}
         self.values: list = [None] * len(steps)
-        self.state_buffers: list[torch.Tensor] = []     # zeroed before every run
+        self.state_buffers: list[torch.Tensor] = []     # every buffer that holds state
+        self.zeroed: list[torch.Tensor] = []            # those zeroed before every run
         self.spike_sums: dict[int, torch.Tensor] = {}    # MT pair -> its spike sum C
         self.torch_kernels: list[TorchKernels] = []      # ECMs the native kernels do not cover
         self.buffers: list[torch.Tensor] = []            # everything _empty gave: back to POOL on release
@@ -651,9 +652,10 @@ class Program:
     def _track(self, *buffers, kernels_start: bool = False):
         """Buffers that hold state: zeroed before every run, unless kernels_start: the native kernels
         read them as zeros at step 1 (a pass over memory less per run)."""
-        if kernels_start and isinstance(self.kernels, NativeKernels):
-            return
-        self.state_buffers.extend(b for b in buffers if b is not None)
+        buffers = [b for b in buffers if b is not None]
+        self.state_buffers.extend(buffers)
+        if not (kernels_start and isinstance(self.kernels, NativeKernels)):
+            self.zeroed.extend(buffers)
 
     def release(self) -> None:
         """Hand the buffers to the pool (the executor drops this program: a new batch size,
@@ -753,7 +755,7 @@ class Program:
             yield self.graph_out
 
     def start_state(self) -> None:
-        for b in self.state_buffers:
+        for b in self.zeroed:
             b.zero_()
 
 

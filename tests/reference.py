@@ -69,9 +69,16 @@ def mt_multi_reference(xs, th_pos: float, th_neg: float | None, levels: int, k: 
 # -- the mesh model's detailed step schedule (hw_sim/schedule.py), in pure Python ------------
 # The version checked message by message against SANA-FE 2.2.9's detailed timing model
 # (docs/benchmarks/sanafe.md); hw_sim/schedule.c must reproduce it bit for bit.
-# The network load is kept in fixed point, as schedule.c keeps it: a message's share is
-# floor(2^LOAD_BITS / (links + 1)) units of 2^-LOAD_BITS, so every sum of loads is exact.
-LOAD_BITS = 32
+def lane_sum(values: list[float]) -> float:
+    """A sum in schedule.c's order: four interleaved lanes over the first multiple of 4,
+    combined as (l0 + l1) + (l2 + l3), then the rest in order."""
+    lanes, whole = [0.0] * 4, len(values) // 4 * 4
+    for i in range(whole):
+        lanes[i % 4] += values[i]
+    total = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+    for v in values[whole:]:
+        total += v
+    return total
 
 
 class _Sent:
@@ -193,7 +200,7 @@ class StepSchedule:
             if q:
                 push(ready, _Sent(q[0][0], core, 0))
         buffer = self.buffer
-        load = [0] * self.inputs      # in units of 2^-LOAD_BITS
+        load = [0.0] * self.inputs
         inflight, seq = [], 0                 # (taken in at, seq, route inputs, share, processing)
         n_flight, sum_proc = 0, 0.0
         free = {}                             # per destination core: when it is done with its queue
@@ -215,7 +222,9 @@ class StepSchedule:
             if dst >= 0:
                 trip, links, pieces = route
                 if buffer is not None:
-                    rho = float(sum(load[i] for piece in pieces for i in piece)) * 2.0 ** -LOAD_BITS
+                    rho = load[pieces[0][0]]
+                    for piece in pieces[1:]:
+                        rho += lane_sum([load[i] for i in piece])
                     mu = sum_proc / n_flight if n_flight else 0.0
                     excess = rho - links * buffer
                     if excess > 0:
@@ -232,7 +241,7 @@ class StepSchedule:
                 if done > last:
                     last = done
                 if buffer is not None:
-                    share = (1 << LOAD_BITS) // (links + 1)
+                    share = 1.0 / (links + 1)
                     for piece in pieces:
                         for i in piece:
                             load[i] += share

@@ -9,9 +9,8 @@
  *
  * Routes are X then Y over the system's tile mesh, found here from the cores' positions:
  * no table per (source, destination) pair, which ViT-B's mapping on hundreds of chips
- * could not hold.  The load they carry is kept in fixed point, exact, in Fenwick trees along
- * the mesh's rows and columns: a route of 180 hops costs a few dozen steps, not three walks
- * of 180. */
+ * could not hold; the load they carry is laid out so that each route is three contiguous
+ * pieces of memory. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,7 +50,7 @@ typedef struct { double gen; int32_t dst, synapses; } message_t;
 /* A core whose next message is ready to leave at `sent`. */
 typedef struct { double sent; int64_t core; } ready_t;
 /* A message in flight (numbered in the order sent), taken in by its destination at `taken`. */
-typedef struct { double taken, processing; uint64_t share; int64_t seq; int32_t src, dst; } flight_t;
+typedef struct { double taken, share, processing; int64_t seq; int32_t src, dst; } flight_t;
 /* The messages in flight to one destination, in the order sent: a growable FIFO. */
 typedef struct { flight_t *item; int64_t head, tail, cap; } inbox_t;
 /* The first message in flight to one destination.  Per destination, messages are taken in
@@ -59,8 +58,6 @@ typedef struct { flight_t *item; int64_t head, tail, cap; } inbox_t;
  * overall is the earliest of these heads: the same order, by (taken, number), as one heap
  * of every message in flight, with a heap as small as the cores. */
 typedef struct { double taken; int64_t seq; int64_t dst; } head_t;
-/* A Fenwick tree's cell of the network load (see below). */
-typedef struct { uint64_t d, jd; } cell_t;
 
 static inline int ready_less(const ready_t *a, const ready_t *b) { return a->sent < b->sent; }
 static inline int head_less(const head_t *a, const head_t *b) {
@@ -117,9 +114,7 @@ typedef struct {
     ready_t *ready;                 /* [cores] */
     head_t *heads;                  /* [cores] */
     inbox_t *inbox;                 /* [cores] */
-    double *free_at;                /* [cores] */
-    uint64_t *port;                 /* [cores]: the load of each core's port; zero at a run's start */
-    cell_t *lines;                  /* [cells(L)]: the routers' inputs' load; zero at a run's start */
+    double *free_at, *load;         /* [cores], [inputs]: zero at a run's start */
     double *gen, *proc;             /* [cores]: the simple model's serial work per core */
 } scratch;
 
@@ -224,77 +219,57 @@ static inline double trip_delay(const layout *L, const timing *K, int32_t src, i
     return d;
 }
 
-/* The network's load, in fixed point: a message's share 1 / (links + 1) is
- * floor(2^LOAD_BITS / (links + 1)) units, so that the load is an exact integer whatever
- * order it is added up and taken off in (tests/reference.py adds it input by input), and
- * ranges of router inputs can be kept in Fenwick trees: a route costs O(log) per piece,
- * not one step per hop.
- *
- * A route's router inputs are three pieces: the sending core's port of its first router (one
- * per core), then the routers along X on the source's row, then along Y on the destination's
- * column.  A router's input facing where the message came from is one of four: moving east
- * or west (a row line per direction and row, indexed by x) or north or south (a column line
- * per direction and column, indexed by y); a piece is a range [lo, hi) of one line.  Each
- * line is a Fenwick tree over the differences d_j of its loads a_i = sum_{j <= i} d_j, a cell
- * holding (d_j, j d_j) summed, so that sum_{i < p} a_i = p sum_{j < p} d_j - sum_{j < p} j d_j.
- * The arithmetic wraps modulo 2^64 (unsigned): the sums it gives are exact as long as the
- * true ones fit, and a route's load does (it is below 2^63 units: 2^31 messages' worth). */
-#define LOAD_BITS 32
-#define LOAD_UNIT 0x1p-32             /* 2^-LOAD_BITS: a unit of load, exact */
+/* The network's load, one value per router input, laid out so that every route is three
+ * contiguous pieces: the sending core's port of its first router (one per core, numbered by
+ * core), then the routers along X on the source's row, then along Y on the destination's
+ * column.  A router's input facing where the message came from is one of four: moving
+ * east, west (rows: [2][height][width], x contiguous) or north, south (columns:
+ * [2][width][height], y contiguous).  A route's pieces as (first input, length). */
+/* Router inputs in all: each core's port, and four per router. */
+static inline int64_t inputs(const layout *L) { return L->cores + 4 * L->mesh_width * L->mesh_height; }
 
-typedef struct { int64_t port, x_line, x_lo, x_hi, y_line, y_lo, y_hi; } route_t;
-
-/* Fenwick cells in all: the row lines ([2][height], width + 1 cells each) and the column
- * lines ([2][width], height + 1 cells each); cell 0 of a line is unused. */
-static inline int64_t cells(const layout *L) {
-    return 2 * L->mesh_height * (L->mesh_width + 1) + 2 * L->mesh_width * (L->mesh_height + 1);
-}
+typedef struct { int64_t port, x_at, x_len, y_at, y_len; } route_t;
 
 static inline route_t route_of(const layout *L, int32_t src, int32_t dst) {
     int64_t W = L->mesh_width, H = L->mesh_height;
     int64_t x0 = L->x[src], y0 = L->y[src], x1 = L->x[dst], y1 = L->y[dst];
-    int64_t cols = 2 * H * (W + 1);
-    route_t r = {src, 0, 0, 0, 0, 0, 0};
-    if (x1 > x0) { r.x_line = (0 * H + y0) * (W + 1); r.x_lo = x0 + 1; r.x_hi = x1 + 1; }
-    else if (x1 < x0) { r.x_line = (1 * H + y0) * (W + 1); r.x_lo = x1; r.x_hi = x0; }
-    if (y1 > y0) { r.y_line = cols + (0 * W + x1) * (H + 1); r.y_lo = y0 + 1; r.y_hi = y1 + 1; }
-    else if (y1 < y0) { r.y_line = cols + (1 * W + x1) * (H + 1); r.y_lo = y1; r.y_hi = y0; }
+    route_t r = {src, 0, 0, 0, 0};
+    int64_t rows = L->cores, cols = L->cores + 2 * W * H;
+    if (x1 > x0) { r.x_at = rows + (0 * H + y0) * W + x0 + 1; r.x_len = x1 - x0; }
+    else if (x1 < x0) { r.x_at = rows + (1 * H + y0) * W + x1; r.x_len = x0 - x1; }
+    if (y1 > y0) { r.y_at = cols + (0 * W + x1) * H + y0 + 1; r.y_len = y1 - y0; }
+    else if (y1 < y0) { r.y_at = cols + (1 * W + x1) * H + y1; r.y_len = y0 - y1; }
     return r;
 }
 
-/* sum_{i < p} a_i of one line. */
-static inline uint64_t prefix(const cell_t *line, int64_t p) {
-    uint64_t d = 0, jd = 0;
-    for (int64_t i = p; i > 0; i &= i - 1) { d += line[i].d; jd += line[i].jd; }
-    return (uint64_t)p * d - jd;
+/* The sum of a[0..n) in four interleaved lanes, combined as (l0 + l1) + (l2 + l3), then
+ * the rest in order: a fixed order (tests/reference.py adds the same way) that vectorizes. */
+static inline double lane_sum(const double *a, int64_t n) {
+    double l[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++) l[k] += a[i + k];
+    double sum = (l[0] + l[1]) + (l[2] + l[3]);
+    for (; i < n; i++) sum += a[i];
+    return sum;
 }
 
-/* d_j += v on a line of n loads. */
-static inline void point(cell_t *line, int64_t n, int64_t j, uint64_t v) {
-    uint64_t jv = (uint64_t)j * v;
-    for (int64_t i = j + 1; i <= n; i += i & -i) { line[i].d += v; line[i].jd += jv; }
+static inline void add_to(double *a, int64_t n, double v) {
+    for (int64_t i = 0; i < n; i++) a[i] += v;
 }
 
-/* a_i += v for lo <= i < hi (nothing where lo == hi). */
-static inline void range_add(cell_t *line, int64_t n, int64_t lo, int64_t hi, uint64_t v) {
-    if (lo == hi) return;
-    point(line, n, lo, v);
-    point(line, n, hi, (uint64_t)0 - v);
-}
-
-/* The load along a route, in units. */
-static inline uint64_t route_load(const uint64_t *port, const cell_t *lines, route_t r) {
-    uint64_t rho = port[r.port];
-    if (r.x_lo != r.x_hi) rho += prefix(lines + r.x_line, r.x_hi) - prefix(lines + r.x_line, r.x_lo);
-    if (r.y_lo != r.y_hi) rho += prefix(lines + r.y_line, r.y_hi) - prefix(lines + r.y_line, r.y_lo);
+/* The load along a route: its port, plus its X piece, plus its Y piece. */
+static inline double route_load(const double *load, route_t r) {
+    double rho = load[r.port];
+    rho += lane_sum(load + r.x_at, r.x_len);
+    rho += lane_sum(load + r.y_at, r.y_len);
     return rho;
 }
 
-/* Adds v units (wrapping: (uint64_t)0 - share takes it off) to every input of a route. */
-static inline void load_route(const layout *L, uint64_t *port, cell_t *lines, route_t r, uint64_t v) {
-    port[r.port] += v;
-    range_add(lines + r.x_line, L->mesh_width, r.x_lo, r.x_hi, v);
-    range_add(lines + r.y_line, L->mesh_height, r.y_lo, r.y_hi, v);
+static inline void load_route(double *load, route_t r, double v) {
+    load[r.port] += v;
+    add_to(load + r.x_at, r.x_len, v);
+    add_to(load + r.y_at, r.y_len, v);
 }
 
 /* The time from the step's start to its last event, for the queues of the cores in phase
@@ -303,10 +278,7 @@ static int run(const layout *L, const timing *K, scratch *s, int32_t phase, doub
     int64_t n_ready = 0, n_heads = 0, n_flight = 0, seq = 0;
     double sum_processing = 0.0, last = 0.0;
     memset(s->free_at, 0, L->cores * sizeof(double));
-    if (K->loaded) {
-        memset(s->port, 0, L->cores * sizeof(uint64_t));
-        memset(s->lines, 0, cells(L) * sizeof(cell_t));
-    }
+    if (K->loaded) memset(s->load, 0, inputs(L) * sizeof(double));
     for (int64_t core = 0; core < L->cores; core++) {
         s->inbox[core].head = s->inbox[core].tail = 0;
         s->next_at[core] = s->q_start[core];
@@ -321,7 +293,7 @@ static int run(const layout *L, const timing *K, scratch *s, int32_t phase, doub
             head_t *h = &s->heads[0];
             inbox_t *in_box = &s->inbox[h->dst];
             const flight_t *f = &in_box->item[in_box->head++];
-            load_route(L, s->port, s->lines, route_of(L, f->src, f->dst), (uint64_t)0 - f->share);
+            load_route(s->load, route_of(L, f->src, f->dst), -f->share);
             n_flight--;
             sum_processing = n_flight ? sum_processing - f->processing : 0.0;
             if (in_box->head < in_box->tail) {      /* the destination's next message takes its place */
@@ -340,10 +312,9 @@ static int run(const layout *L, const timing *K, scratch *s, int32_t phase, doub
             if (K->loaded) {
                 /* rho: the load along the route before this message; then its share is added */
                 route_t r = route_of(L, src, dst);
-                int64_t links = 1 + (r.x_hi - r.x_lo) + (r.y_hi - r.y_lo);
-                uint64_t share = ((uint64_t)1 << LOAD_BITS) / (uint64_t)(links + 1);
-                double rho = (double)(int64_t)route_load(s->port, s->lines, r) * LOAD_UNIT;
-                load_route(L, s->port, s->lines, r, share);
+                int64_t links = 1 + r.x_len + r.y_len;
+                double rho = route_load(s->load, r), share = 1.0 / (double)(links + 1);
+                load_route(s->load, r, share);
                 double mu = n_flight ? sum_processing / (double)n_flight : 0.0;
                 double excess = rho - (double)links * K->buffer;
                 if (excess > 0) sent += excess * mu;
@@ -368,7 +339,7 @@ static int run(const layout *L, const timing *K, scratch *s, int32_t phase, doub
                 double taken = arrive > f ? arrive : f;
                 if (in_box->head == in_box->tail)
                     head_push(s->heads, &n_heads, (head_t){taken, seq, dst});
-                in_box->item[in_box->tail++] = (flight_t){taken, processing, share, seq, src, dst};
+                in_box->item[in_box->tail++] = (flight_t){taken, share, processing, seq, src, dst};
                 seq++;
                 n_flight++;
                 sum_processing += processing;
@@ -422,10 +393,9 @@ int schedule_batch(const layout *L, const timing *K, int64_t batch, const void *
         s.free_at = malloc(C * sizeof(double));
         s.gen = malloc(C * sizeof(double));
         s.proc = malloc(C * sizeof(double));
-        s.port = malloc((K->loaded ? C : 1) * sizeof(uint64_t));
-        s.lines = malloc((K->loaded ? cells(L) : 1) * sizeof(cell_t));
+        s.load = malloc((K->loaded ? inputs(L) : 1) * sizeof(double));
         int ok = C == 0 || (s.q_start && s.q_end && s.next_at && s.ready && s.heads && s.inbox && s.free_at
-                            && s.gen && s.proc && s.port && s.lines);
+                            && s.gen && s.proc && s.load);
         #pragma omp for schedule(dynamic)
         for (int64_t n = 0; n < batch; n++) {
             if (!ok || failed) continue;
@@ -456,7 +426,7 @@ int schedule_batch(const layout *L, const timing *K, int64_t batch, const void *
         free(s.queue); free(s.q_start); free(s.q_end); free(s.next_at); free(s.ready); free(s.heads);
         for (int64_t core = 0; s.inbox && core < C; core++) free(s.inbox[core].item);
         free(s.inbox);
-        free(s.free_at); free(s.port); free(s.lines); free(s.gen); free(s.proc);
+        free(s.free_at); free(s.load); free(s.gen); free(s.proc);
     }
     free(in_phase);
     return failed ? -1 : 0;

@@ -14,7 +14,7 @@ schedule.cpp and chip.cpp, rewritten here):
   they pass (their route's inputs: on the mesh, the sending core's port of the first
   router, then on each later router of the X-then-Y route the port facing where the
   message came from); one message adds 1 / (links + 1) to each of its route's inputs
-  (links = hops + 1; in fixed point, see below).  With rho the load along a new message's route and mu the mean
+  (links = hops + 1).  With rho the load along a new message's route and mu the mean
   processing time of the messages in flight, a route loaded beyond links x link_buffer
   holds the message back by the excess x mu (its core's later messages leave later too),
   and the trip takes max(hop delays, rho x mu / links);
@@ -35,11 +35,9 @@ samples is prepared once per placement here (StepSchedule), with torch: per core
 elements in mapping order, per source element its destination cores with their synapses,
 every core's tile position and chip; what a set of timing constants changes is small
 (Timing), so re-timing builds nothing large.  Routes are X then Y over the system's tile
-mesh, found in C from the cores' positions (no table per pair of cores).  The network load
-is kept in fixed point (a share is floor(2^32 / (links + 1)) units of 2^-32), so that its
-sums are exact integers whatever order they are taken in: the oracle adds it input by input,
-schedule.c keeps it in Fenwick trees along the mesh's rows and columns (a route costs
-O(log) steps per piece, not one per hop).
+mesh, found in C from the cores' positions (no table per pair of cores); the load along a
+route is three contiguous pieces of memory (the core's port, the X run, the Y run), each
+added up in four lanes: a fixed order, the oracle's too.
 """
 from __future__ import annotations
 

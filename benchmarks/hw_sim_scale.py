@@ -196,8 +196,11 @@ def render(result: dict) -> str:
                   f"{RETIME_SAMPLES} sample(s) at every step per timing constant and range end, and per corner of "
                   "the latency range.  What costs: every spike of an element is one message "
                   "per destination core (Loihi 2 keeps no shared weights, so each token's copy of a layer sits on "
-                  "its own cores), and 843 chips in rows of 8 make routes of about 180 hops, each walked three "
-                  "times for the network load.  A squarer chip grid is left to do."]
+                  "its own cores), and 843 chips in rows of 8 make routes of about 180 hops, each walked twice "
+                  "for the network load (its load read and its share added in one pass; its share taken off "
+                  "when the destination takes it in); the rest is memory latency in the two queues over "
+                  "100k cores (messages ready to leave, in heapq's order; the first message in flight to "
+                  "each destination).  A squarer chip grid is left to do."]
     lines += ["", "Block 0's layers:", "", "| layer | elements | cores | limited by |", "|---|---|---|---|"]
     lines += [f"| {m['name']} | {m['elements']} | {m['cores']} | {m['limiting_resource']} |" for m in b["block0"]]
     return "\n".join(lines) + "\n"

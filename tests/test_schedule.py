@@ -209,3 +209,12 @@ def test_without_a_compiler_the_schedule_says_what_is_missing(tmp_path, monkeypa
         warnings.simplefilter("error")
         monkeypatch.undo()
         assert mesh.Accounting(onchip, placement, profile, 2).schedule is not None
+
+
+def test_a_system_of_2_to_the_24_cores_is_refused_before_any_work():
+    """schedule.c keeps a message's destination core in 24 bits of its queue key."""
+    n = 1 << 24
+    phase = torch.zeros(n, dtype=torch.int32)
+    geometry = schedule.Geometry(phase, phase, phase, torch.zeros(1, 1, dtype=torch.int32), 4)
+    with pytest.raises(ValueError, match=r"fewer than 2\^24 cores, got 16777216"):
+        schedule.StepSchedule({}, {}, {}, phase, 1, geometry)

@@ -49,19 +49,24 @@ typedef struct {
 typedef struct { double gen; int32_t dst, synapses; } message_t;
 /* A core whose next message is ready to leave at `sent`. */
 typedef struct { double sent; int64_t core; } ready_t;
-/* A message in flight (numbered in the order sent), taken in by its destination at `taken`. */
-typedef struct { double taken, share, processing; int64_t seq; int32_t src, dst; } flight_t;
+/* A message in flight (numbered in the order sent) from core src, taken in by its destination
+ * at `taken` (its share of the load and its processing follow from src, the destination and
+ * its synapses). */
+typedef struct { double taken; int64_t seq; int32_t src, synapses; } flight_t;
 /* The messages in flight to one destination, in the order sent: a growable FIFO. */
 typedef struct { flight_t *item; int64_t head, tail, cap; } inbox_t;
 /* The first message in flight to one destination.  Per destination, messages are taken in
  * in the order they were sent (each waits for the one before), so the earliest in flight
  * overall is the earliest of these heads: the same order, by (taken, number), as one heap
- * of every message in flight, with a heap as small as the cores. */
-typedef struct { double taken; int64_t seq; int64_t dst; } head_t;
+ * of every message in flight, with a heap as small as the cores.  16 bytes: `key` is the
+ * number above the destination's DST_BITS bits (schedule.py refuses 2^24 cores or more; a
+ * run numbers fewer than 2^40 messages), which orders as the number alone. */
+typedef struct { double taken; uint64_t key; } head_t;
+#define DST_BITS 24
 
 static inline int ready_less(const ready_t *a, const ready_t *b) { return a->sent < b->sent; }
 static inline int head_less(const head_t *a, const head_t *b) {
-    return (a->taken < b->taken) | ((a->taken == b->taken) & (a->seq < b->seq));
+    return (a->taken < b->taken) | ((a->taken == b->taken) & (a->key < b->key));
 }
 
 /* heapq's _siftdown, _siftup, heappush and heappop, step for step. */
@@ -111,8 +116,10 @@ typedef struct {
     message_t *queue;
     int64_t *q_start, *q_end;       /* [cores] */
     int64_t *next_at;               /* [cores]: each core's next message in a run */
-    ready_t *ready;                 /* [cores] */
-    head_t *heads;                  /* [cores] */
+    ready_t *ready;                 /* [cores + 1]: 3 entries into ready_at, so that siblings share a cache line */
+    ready_t *ready_at;              /* aligned to 64 bytes */
+    head_t *heads;                  /* [cores]: 3 heads into heads_at, so that siblings share a cache line */
+    head_t *heads_at;               /* aligned to 64 bytes */
     inbox_t *inbox;                 /* [cores] */
     double *free_at, *load;         /* [cores], [inputs]: zero at a run's start */
     double *gen, *proc;             /* [cores]: the simple model's serial work per core */
@@ -242,27 +249,39 @@ static inline route_t route_of(const layout *L, int32_t src, int32_t dst) {
     return r;
 }
 
-/* The sum of a[0..n) in four interleaved lanes, combined as (l0 + l1) + (l2 + l3), then
- * the rest in order: a fixed order (tests/reference.py adds the same way) that vectorizes. */
-static inline double lane_sum(const double *a, int64_t n) {
-    double l[4] = {0.0, 0.0, 0.0, 0.0};
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        for (int k = 0; k < 4; k++) l[k] += a[i + k];
-    double sum = (l[0] + l[1]) + (l[2] + l[3]);
-    for (; i < n; i++) sum += a[i];
-    return sum;
-}
-
 static inline void add_to(double *a, int64_t n, double v) {
     for (int64_t i = 0; i < n; i++) a[i] += v;
 }
 
-/* The load along a route: its port, plus its X piece, plus its Y piece. */
-static inline double route_load(const double *load, route_t r) {
+/* The sum of a[0..n) in four interleaved lanes, combined as (l0 + l1) + (l2 + l3), then
+ * the rest in order: a fixed order (tests/reference.py adds the same way) that vectorizes;
+ * and v added to each a[i] after it is read, in the same pass. */
+static inline double lane_sum_add(double *a, int64_t n, double v) {
+    double l[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++) {
+            l[k] += a[i + k];
+            a[i + k] += v;
+        }
+    double sum = (l[0] + l[1]) + (l[2] + l[3]);
+    for (; i < n; i++) {
+        sum += a[i];
+        a[i] += v;
+    }
+    return sum;
+}
+
+/* A message's share of the load on each input of its route: 1 / (links + 1). */
+static inline double share_of(route_t r) { return 1.0 / (double)(2 + r.x_len + r.y_len); }
+
+/* The load along a route (its port, plus its X piece, plus its Y piece), and then v added
+ * to each of its inputs. */
+static inline double load_and_add(double *load, route_t r, double v) {
     double rho = load[r.port];
-    rho += lane_sum(load + r.x_at, r.x_len);
-    rho += lane_sum(load + r.y_at, r.y_len);
+    load[r.port] += v;
+    rho += lane_sum_add(load + r.x_at, r.x_len, v);
+    rho += lane_sum_add(load + r.y_at, r.y_len, v);
     return rho;
 }
 
@@ -291,14 +310,19 @@ static int run(const layout *L, const timing *K, scratch *s, int32_t phase, doub
         if (sent > last) last = sent;
         while (n_heads && s->heads[0].taken <= sent) {         /* taken in by now: off the network */
             head_t *h = &s->heads[0];
-            inbox_t *in_box = &s->inbox[h->dst];
+            int32_t to = (int32_t)(h->key & (((uint64_t)1 << DST_BITS) - 1));
+            inbox_t *in_box = &s->inbox[to];
             const flight_t *f = &in_box->item[in_box->head++];
-            load_route(s->load, route_of(L, f->src, f->dst), -f->share);
+            route_t r = route_of(L, f->src, to);
+            load_route(s->load, r, -share_of(r));
             n_flight--;
-            sum_processing = n_flight ? sum_processing - f->processing : 0.0;
+            sum_processing = n_flight ? sum_processing - K->processing[f->synapses] : 0.0;
             if (in_box->head < in_box->tail) {      /* the destination's next message takes its place */
-                h->taken = in_box->item[in_box->head].taken;
-                h->seq = in_box->item[in_box->head].seq;
+                const flight_t *next = &in_box->item[in_box->head];
+                h->taken = next->taken;
+                h->key = (uint64_t)next->seq << DST_BITS | (uint64_t)to;
+                if (in_box->head + 1 < in_box->tail)      /* read when this head is taken off */
+                    __builtin_prefetch(next + 1);
                 head_siftup(s->heads, n_heads, 0);
             } else {
                 in_box->head = in_box->tail = 0;
@@ -313,8 +337,7 @@ static int run(const layout *L, const timing *K, scratch *s, int32_t phase, doub
                 /* rho: the load along the route before this message; then its share is added */
                 route_t r = route_of(L, src, dst);
                 int64_t links = 1 + r.x_len + r.y_len;
-                double rho = route_load(s->load, r), share = 1.0 / (double)(links + 1);
-                load_route(s->load, r, share);
+                double rho = load_and_add(s->load, r, share_of(r));
                 double mu = n_flight ? sum_processing / (double)n_flight : 0.0;
                 double excess = rho - (double)links * K->buffer;
                 if (excess > 0) sent += excess * mu;
@@ -338,8 +361,8 @@ static int run(const layout *L, const timing *K, scratch *s, int32_t phase, doub
                 }
                 double taken = arrive > f ? arrive : f;
                 if (in_box->head == in_box->tail)
-                    head_push(s->heads, &n_heads, (head_t){taken, seq, dst});
-                in_box->item[in_box->tail++] = (flight_t){taken, share, processing, seq, src, dst};
+                    head_push(s->heads, &n_heads, (head_t){taken, (uint64_t)seq << DST_BITS | (uint64_t)dst});
+                in_box->item[in_box->tail++] = (flight_t){taken, seq, src, m->synapses};
                 seq++;
                 n_flight++;
                 sum_processing += processing;
@@ -387,8 +410,13 @@ int schedule_batch(const layout *L, const timing *K, int64_t batch, const void *
         s.q_start = malloc(C * sizeof(int64_t));
         s.q_end = malloc(C * sizeof(int64_t));
         s.next_at = malloc(C * sizeof(int64_t));
-        s.ready = calloc(C + 1, sizeof(ready_t));      /* + 1: read, not used, past a heap's end */
-        s.heads = calloc(C + 1, sizeof(head_t));
+        /* + 1: read, not used, past a heap's end */
+        if (posix_memalign((void **)&s.ready_at, 64, (C + 4) * sizeof(ready_t))) s.ready_at = NULL;
+        s.ready = s.ready_at ? s.ready_at + 3 : NULL;
+        if (posix_memalign((void **)&s.heads_at, 64, (C + 4) * sizeof(head_t))) s.heads_at = NULL;
+        s.heads = s.heads_at ? s.heads_at + 3 : NULL;
+        if (s.ready_at) memset(s.ready_at, 0, (C + 4) * sizeof(ready_t));
+        if (s.heads_at) memset(s.heads_at, 0, (C + 4) * sizeof(head_t));
         s.inbox = calloc(C, sizeof(inbox_t));
         s.free_at = malloc(C * sizeof(double));
         s.gen = malloc(C * sizeof(double));
@@ -423,7 +451,7 @@ int schedule_batch(const layout *L, const timing *K, int64_t batch, const void *
             #pragma omp atomic write
             failed = 1;
         }
-        free(s.queue); free(s.q_start); free(s.q_end); free(s.next_at); free(s.ready); free(s.heads);
+        free(s.queue); free(s.q_start); free(s.q_end); free(s.next_at); free(s.ready_at); free(s.heads_at);
         for (int64_t core = 0; s.inbox && core < C; core++) free(s.inbox[core].item);
         free(s.inbox);
         free(s.free_at); free(s.load); free(s.gen); free(s.proc);

@@ -172,6 +172,8 @@ class StepSchedule:
         self.groups = list(core_of)
         self.phases = phases
         C = len(phase_of_core)
+        if C >= 1 << 24:            # schedule.c's queue of messages in flight keeps a core in 24 bits
+            raise ValueError(f"the detailed schedule takes fewer than 2^24 cores, got {C}")
         n = torch.tensor([len(core_of[g]) for g in self.groups], dtype=torch.int64)
         # per core, its runs of consecutive elements of one group, in mapping order (groups in
         # order, elements ascending)

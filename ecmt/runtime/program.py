@@ -20,9 +20,15 @@ reads and writes; in exact arithmetic:
 * MT -> product (an MT neuron, of such a pair or not, whose only consumer is a
   direct-form product ECM): the product's running operand is the neuron's spike
   sum C, and the spikes themselves are not written where nothing else reads them.
+* product -> views -> MT (a direct-form product whose only consumer, through
+  views, is an MT neuron): the membrane is the product's running output minus
+  the spikes sent, v_t = scale A_t B_t / t - C_(t-1), as for an ECM -> MT pair.
 
-An MT neuron also reads its input where it lies (a select, a permute, a reshape of
-a permuted tensor: strided, no copy).
+Passes over memory that a layer-by-layer run makes are skipped too: an MT neuron
+reads its input where it lies (a select, a permute, a reshape of a permuted
+tensor: strided, no copy); a linear layer whose output reaches only MT neurons and
+ECMs (through views) leaves its bias to their kernels; the native kernels read
+the state as zeros at step 1 instead of it being zeroed before a run.
 
 The numbers are the node-by-node executor's up to rounding (a rounding
 difference can flip a spike whose membrane sits on a threshold), which
@@ -317,7 +323,10 @@ class Program:
         self.spike_sums: dict[int, torch.Tensor] = {}    # MT pair -> its spike sum C
         self.torch_kernels: list[TorchKernels] = []      # ECMs the native kernels do not cover
         self.buffers: list[torch.Tensor] = []            # everything _empty gave: back to POOL on release
-        self.consumers = [[j for j, other in enumerate(steps) if i in other.srcs] for i in range(len(steps))]
+        self.consumers: list[list[int]] = [[] for _ in steps]
+        for j, step in enumerate(steps):
+            for i in dict.fromkeys(step.srcs):
+                self.consumers[i].append(j)
         self.addends: dict[int, torch.Tensor] = {}       # kernel step -> the bias it adds for a linear layer
         self.unbiased = {i for i in range(len(steps)) if self._fold_bias(i)}
         self._pair_products()

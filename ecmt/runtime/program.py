@@ -414,8 +414,10 @@ class Program:
         into the output costs a pass over it, as large as the layer's output; the kernels add it
         where they read x anyway (self.addends: each its bias laid out as it reads its input)."""
         node = self.steps[i].node
+        # (hw_sim's Counter, the one observer of count mode, reads a linear layer's input, not its
+        # output, and the MT kernels count an update as active on x plus the bias: count mode folds too)
         if (not isinstance(node, ir.Linear) or node.bias is None or self.steps[i].static
-                or not isinstance(self.kernels, NativeKernels) or self.observe or self.count or self.record):
+                or not isinstance(self.kernels, NativeKernels) or self.observe):
             return False
         found: dict[int, torch.Tensor] = {}
         bias = node.bias.to(self.device, torch.float32).expand(1, *self.shapes[i])
@@ -467,9 +469,10 @@ class Program:
     def _read_in_order(self, i: int) -> bool:
         """Whether every consumer of step i is an MT neuron on the native kernels, which reads its
         input's elements per sample in row-major order from any strided view: then a reshape
-        need not copy (nor may anything else see its value: no observer, count or recording)."""
+        need not copy (nor may anything else see its value: no observer; count mode's Counter
+        reads no reshape and only the batch size of an MT neuron's input)."""
         users = self.consumers[i]
-        return (isinstance(self.kernels, NativeKernels) and not (self.observe or self.count or self.record)
+        return (isinstance(self.kernels, NativeKernels) and not self.observe
                 and bool(users) and all(type(self.steps[j].state) in (MTState, PPNState) and not self.roles[j].pair
                                         and not self.steps[j].static for j in users))
 

@@ -111,6 +111,15 @@ def test_mt_kernel_reads_any_strided_view(k):
         kernels.mt(mt, view, v, None, pair=False, spike_sum=c)     # spikes not written, only summed
         assert torch.equal(v, v_ref) and torch.equal(c, s_ref + 0.25), name
         assert s_ref.abs().sum() > 0, name
+    # more axes than the kernels take (7 that no stride merges): copied first, the same numbers
+    wide = torch.randn(3, *(2,) * 7, generator=torch.Generator().manual_seed(5)).permute(0, *range(7, 0, -1))
+    assert native.strided(wide) is None and not wide.is_contiguous()
+    shape = (128,)
+    mt = program._MT(MTState(mt_node(6, k, True, False, shape=shape), shape, compiled=False), shape, "cpu")
+    v, v_ref, s, s_ref = (torch.zeros(3, 128) for _ in range(4))
+    kernels.mt(mt, wide, v, s, pair=False)
+    kernels.mt(mt, wide.contiguous().reshape(3, 128), v_ref, s_ref, pair=False)
+    assert torch.equal(v, v_ref) and torch.equal(s, s_ref) and s.abs().sum() > 0
 
 
 ECMS = {

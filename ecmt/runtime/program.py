@@ -223,8 +223,8 @@ class Program:
     gives the output increments of steps 1..T.  `observe`: no shared state (every node
     emits its increment, for an observer); `record`: MT neurons write event codes.
     `count` (native kernels; hw_sim's Counter): the chains stay shared and MT neurons with
-    k = 1 count their events per sample inside their kernel (``state.counts``, the
-    histogram of the codes an ``observe`` run writes; an ECM -> MT pair keeps the ECM's
+    k = 1 count their events per sample inside their kernel (``state.counts``: per level,
+    the elements that fired it, then the active updates; an ECM -> MT pair keeps the ECM's
     running output, to tell an active update); the observer is called for every node, with
     None for the values a chain does not materialize (the ECM of a pair)."""
 
@@ -347,7 +347,7 @@ class Program:
     def _events(self, mt: _MT, like: torch.Tensor):
         """An MT neuron's event codes and per-sample counts buffers (None where not kept)."""
         if self.count and mt.k == 1:
-            return None, self._empty((like.shape[0], 2 * (2 * mt.levels + 1)), torch.int64)
+            return None, self._empty((like.shape[0], 2 * mt.levels + 2), torch.int64)
         if self.record or self.count:
             return self._empty((like.numel(),), torch.uint8 if mt.k == 1 else torch.int16), None
         return None, None

@@ -401,7 +401,7 @@ class Counter:
         previous = self.previous[node.name]
         leveled = self.leveled.get(node.name, {})
         th = [self._thresholds(leveled[j]) if j in leveled else None for j in (0, 1)]
-        if not native.product_counts(x, a, y, b, *previous, out, *th):
+        if not native.product_counts(x, a, y, b, *previous, out, *th, counted=state.counted):
             pairs, ca, cb = product_pairs(x, y, a, b, *previous)
             if leveled:
                 wx, wy = _along(x, -2, th[0]), _along(y, -1, th[1])

@@ -513,6 +513,8 @@ typedef struct {
     const float *data;
     int64_t ss, sp, sr, sc;             /* strides: sample, p, row, column */
     const float *th_pos, *th_neg;       /* the spikes' thresholds (scalars), or NULL: count 1 per non-zero */
+    const int32_t *counted;             /* its counts along k, [samples, P, K], counted already (add_count),
+                                           or NULL (read where th_pos is NULL) */
 } operand;
 
 INLINE int64_t levels_of(float v, const float *th_pos, const float *th_neg)
@@ -565,6 +567,71 @@ static void count_matrix(const operand *o, const float *base, int64_t rows, int6
     }
 }
 
+/* An operand's counts along k at index `at` of its [samples, P, K]: those add_count gave, or
+ * counted now into c (with the level weights w, where it has thresholds). */
+INLINE const int32_t *operand_counts(const operand *o, const float *base, int64_t rows, int64_t cols, int along,
+                                     int64_t at, int32_t *c, int64_t *w)
+{
+    if (o->counted && !(w && o->th_pos))
+        return o->counted + at;
+    count_matrix(o, base, rows, cols, along, c, w);
+    return c;
+}
+
+/* Count mode's update of a product's running operand (runtime/program.py), fused with its
+ * counting: sum += x for the operand as multiplied, sum contiguous [samples, P, R, C], x strided
+ * as an operand (view of the increment), and the non-zero elements of x and of the new sum per
+ * index k of the axis the product keeps (along = 0: columns, counted over rows, as an x of
+ * product_counts; along = 1: rows, over columns, as a y) into cx and cs (int32 [samples, P, K]):
+ * what product_counts would count from them, read while they are in cache. */
+/* One [R, C] matrix of add_count; sc (x's column stride) is 1 where inlined for it: unit-stride
+ * loads, not gathers. */
+INLINE void add_count_matrix(int64_t R, int64_t C, const float *xm, int64_t sr, const int64_t sc, float *sm,
+                             int along, int32_t *nx, int32_t *ns)
+{
+    const int64_t K = along ? R : C;
+    for (int64_t k = 0; k < K; k++)
+        nx[k] = ns[k] = 0;
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = xm + r * sr;
+        float *srow = sm + r * C;
+        if (along) {                /* per row: a reduction along it */
+            int32_t a = 0, b = 0;
+            #pragma omp simd reduction(+ : a, b)
+            for (int64_t c = 0; c < C; c++) {
+                const float v = xr[c * sc], total = srow[c] + v;
+                srow[c] = total;
+                a += v != 0.0f;
+                b += total != 0.0f;
+            }
+            nx[r] = a;
+            ns[r] = b;
+        } else {                    /* per column: added across the rows */
+            #pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                const float v = xr[c * sc], total = srow[c] + v;
+                srow[c] = total;
+                nx[c] += v != 0.0f;
+                ns[c] += total != 0.0f;
+            }
+        }
+    }
+}
+
+void add_count(int64_t samples, int64_t P, int64_t R, int64_t C, operand x, float *sum, int along, int32_t *cx,
+               int32_t *cs, int threads)
+{
+    const int64_t K = along ? R : C;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (samples * P * R * C > 16384)
+    for (int64_t sp = 0; sp < samples * P; sp++) {
+        const float *xm = x.data + (sp / P) * x.ss + (sp % P) * x.sp;
+        if (x.sc == 1)
+            add_count_matrix(R, C, xm, x.sr, 1, sum + sp * R * C, along, cx + sp * K, cs + sp * K);
+        else
+            add_count_matrix(R, C, xm, x.sr, x.sc, sum + sp * R * C, along, cx + sp * K, cs + sp * K);
+    }
+}
+
 void product_counts(int64_t samples, int64_t P, int64_t N, int64_t K, int64_t M, operand x, operand a, operand y,
                     operand b, int64_t *ca, int64_t *cb, int64_t *out, int64_t out_stride, int threads)
 {
@@ -572,17 +639,18 @@ void product_counts(int64_t samples, int64_t P, int64_t N, int64_t K, int64_t M,
     {
         int32_t *counts = malloc(sizeof(int32_t) * (size_t)(4 * K));
         int64_t *weights = malloc(sizeof(int64_t) * (size_t)(2 * K));
-        int32_t *cx = counts, *cy = cx + K, *cax = cy + K, *cby = cax + K;
         int64_t *wx = weights, *wy = wx + K;
         #pragma omp for schedule(static)
         for (int64_t s = 0; s < samples; s++) {
             int64_t full = 0, paper = 0, level = 0;
             for (int64_t p = 0; p < P; p++) {
                 int64_t *ca_prev = ca + (s * P + p) * K, *cb_prev = cb + (s * P + p) * K;
-                count_matrix(&x, x.data + s * x.ss + p * x.sp, N, K, 0, cx, wx);
-                count_matrix(&a, a.data + s * a.ss + p * a.sp, N, K, 0, cax, NULL);
-                count_matrix(&y, y.data + s * y.ss + p * y.sp, K, M, 1, cy, wy);
-                count_matrix(&b, b.data + s * b.ss + p * b.sp, K, M, 1, cby, NULL);
+                const int64_t at = (s * P + p) * K;
+                const int32_t *cx = operand_counts(&x, x.data + s * x.ss + p * x.sp, N, K, 0, at, counts, wx);
+                const int32_t *cax = operand_counts(&a, a.data + s * a.ss + p * a.sp, N, K, 0, at, counts + K, NULL);
+                const int32_t *cy = operand_counts(&y, y.data + s * y.ss + p * y.sp, K, M, 1, at, counts + 2 * K, wy);
+                const int32_t *cby = operand_counts(&b, b.data + s * b.ss + p * b.sp, K, M, 1, at, counts + 3 * K,
+                                                    NULL);
                 for (int64_t k = 0; k < K; k++) {
                     const int64_t nx = cx[k], ny = cy[k], both = nx * ny;
                     const int64_t lx = x.th_pos ? wx[k] : nx, ly = y.th_pos ? wy[k] : ny;

@@ -409,6 +409,14 @@ class Program:
         sums = [None if pos in role.shared else self._empty(shape)
                 for pos, shape in enumerate(shapes)]
         self._track(*sums)
+        # count mode: a running operand's update also counts it and its increment along k (native.add_count),
+        # for hw_sim's Counter (state.counted: x, A, y, B as native.product_counts takes them)
+        counted = [None] * 4
+        if self.count:
+            for pos, shape in enumerate(shapes):
+                if sums[pos] is not None:
+                    k = shape[:-2] + (shape[-1] if pos == 0 else shape[-2],)
+                    counted[2 * pos:2 * pos + 2] = self._empty(k, torch.int32), self._empty(k, torch.int32)
         out_sum = None if role.total else self._state(i)
         out = None if role.total else torch.empty_like(out_sum)
         self._track(out_sum)
@@ -431,7 +439,10 @@ class Program:
                 increments.append(x)
                 if incremental:
                     operands.append(sums[pos].clone())  # A_(t-1), B_(t-1)
-                sums[pos].add_(x)
+                if counted[2 * pos] is not None:
+                    native.add_count(x, sums[pos], pos, *counted[2 * pos:2 * pos + 2])
+                else:
+                    sums[pos].add_(x)
                 if not incremental:
                     operands.append(sums[pos])
             if incremental:
@@ -444,6 +455,7 @@ class Program:
                 # (the Counter reads views as they lie; an observer that may keep them gets copies)
                 state.x, state.y = increments if self.count else (z.contiguous() for z in increments)
                 state.a, state.b = (sums[pos] if sums[pos] is not None else operands[pos] for pos in range(2))
+                state.counted = tuple(counted) if self.count else None
             if role.total:
                 self.values[i] = raw                    # the ECM after it scales it
                 return

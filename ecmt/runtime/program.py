@@ -329,7 +329,7 @@ class Program:
     def _mt(self, i: int):
         mt, kernels = self.mts[i], self.kernels
         v = self._state(i, self.shapes[self.steps[i].srcs[0]])
-        s = torch.empty_like(v)
+        s = self._empty(v.shape)
         code, counts = self._events(mt, v)
         state = mt.state
         ppn = type(state) is PPNState
@@ -361,7 +361,7 @@ class Program:
         total = None if from_total else self._state(e, self.shapes[src])
         scale = self.steps[src].state.scale if from_total else None
         c = self._state(i)
-        s = torch.empty_like(c)
+        s = self._empty(c.shape)
         running = self._state(i) if self.count else None       # to tell an active update
         code, counts = self._events(mt, c)
         self._track(total, c, running)
@@ -388,7 +388,7 @@ class Program:
         total = None if role.from_total else self._state(i, self.shapes[src])
         scale = self.steps[src].state.scale if role.from_total else None
         out_sum = self._state(i)
-        out = torch.empty_like(out_sum)
+        out = self._empty(out_sum.shape)
         self._track(total, out_sum)
 
         def ecm(t):
@@ -418,7 +418,7 @@ class Program:
                     k = shape[:-2] + (shape[-1] if pos == 0 else shape[-2],)
                     counted[2 * pos:2 * pos + 2] = self._empty(k, torch.int32), self._empty(k, torch.int32)
         out_sum = None if role.total else self._state(i)
-        out = None if role.total else torch.empty_like(out_sum)
+        out = None if role.total else self._empty(out_sum.shape)
         self._track(out_sum)
         raw = self._empty((self.rows[i], *self.shapes[i]))
         kernels = self.kernels

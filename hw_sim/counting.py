@@ -31,10 +31,11 @@ analog ops, state traffic) is computed once per node from the graph and
 multiplied by the number of samples.  What depends on the data is counted
 from the run: each MT neuron's kernel writes a one-byte event code per element
 (MTState.record; two bytes for k > 1), and one histogram of it gives the spikes by level and the
-active updates (the fast step's kernels count that histogram per sample themselves for
-k = 1, MTState.counts); a linear layer fed by an MT neuron (through reshapes) gets its
-synaptic operations from that neuron's spike count; products count non-zero pairs from
-their operands' non-zero counts along each axis (one native pass each), convolutions
+active updates (for k = 1 the fast step's kernels count, per sample, the elements of each level
+and the active updates themselves: MTState.counts); a linear layer fed by an MT neuron (through
+reshapes) gets its synaptic operations from that neuron's spike count; products count non-zero
+pairs from their operands' non-zero counts along each axis (one native pass, or, for the running
+operands the fast step updates, counted in that update: native.add_count), convolutions
 from a fan-out weighted sum.
 
 Per sample, the counts that depend on the data (spikes, active updates, SOPs,

@@ -31,10 +31,11 @@ analog ops, state traffic) is computed once per node from the graph and
 multiplied by the number of samples.  What depends on the data is counted
 from the run: each MT neuron's kernel writes a one-byte event code per element
 (MTState.record; two bytes for k > 1), and one histogram of it gives the spikes by level and the
-active updates (the fast step's kernels count that histogram per sample themselves for
-k = 1, MTState.counts); a linear layer fed by an MT neuron (through reshapes) gets its
-synaptic operations from that neuron's spike count; products count non-zero pairs from
-their operands' non-zero counts along each axis (one native pass each), convolutions
+active updates (for k = 1 the fast step's kernels count, per sample, the elements of each level
+and the active updates themselves: MTState.counts); a linear layer fed by an MT neuron (through
+reshapes) gets its synaptic operations from that neuron's spike count; products count non-zero
+pairs from their operands' non-zero counts along each axis (one native pass, or, for the running
+operands the fast step updates, counted in that update: native.add_count), convolutions
 from a fan-out weighted sum.
 
 Per sample, the counts that depend on the data (spikes, active updates, SOPs,
@@ -74,7 +75,7 @@ def energy_bytes(graph: ir.SpikingGraph, batch: int, T: int) -> int:
     counts it keeps for every node and counted quantity (MT level histograms as
     int64 tensors, per sample for the batch running (Counter.pending), then Python lists
     for the report at about 32 bytes an entry)."""
-    histograms = sum(2 * (2 * n.levels + 1) for n in graph.of_kind(ir.MTNeuron))
+    histograms = sum(2 * n.levels + 2 for n in graph.of_kind(ir.MTNeuron))
     return run_bytes(graph, batch, T) + T * (8 * (batch + 1) * histograms + 32 * len(FIELDS) * len(graph))
 
 
@@ -231,11 +232,11 @@ class Counter:
         self.static = {step.node.name for step in executor.steps if step.static}
         self.fixed = {n.name: shape_work(graph, n) for n in graph}
         zeros = lambda *shape: torch.zeros(*shape, dtype=torch.int64, device=self.device)
-        # Per MT neuron and step, the histogram of event codes: [input zero / non-zero, level -n..n]
-        # (k = 1), or [input zero / non-zero, signed m = -(2^n - 1)..2^n - 1] (k > 1: the levels fired
-        # are m's binary digits).
+        # Per MT neuron and step: how many elements fired each level -n..n (k = 1), or each signed
+        # m = -(2^n - 1)..2^n - 1 (k > 1: the levels fired are m's binary digits), then how many
+        # updates were active (their input non-zero).
         self.multi = {n.name for n in graph.of_kind(ir.MTNeuron) if n.spikes_per_step > 1}
-        self.histograms = {n.name: zeros(T, 2, 2 ** (n.levels + 1) - 1 if n.name in self.multi else 2 * n.levels + 1)
+        self.histograms = {n.name: zeros(T, (2 ** (n.levels + 1) - 1 if n.name in self.multi else 2 * n.levels + 1) + 1)
                            for n in graph.of_kind(ir.MTNeuron)}
         # Nodes whose SOPs are counted from the data (their per-step totals: the sum of the batches'
         # per-sample counts, or per_sample for nodes computed from constants).
@@ -250,8 +251,8 @@ class Counter:
         # Per node computed from the data, per batch: [batch, T, 3] counts per step of
         # MT_SAMPLE for MT neurons, SOP_SAMPLE for measured nodes.
         self.batches: list[dict[str, torch.Tensor]] = []
-        # An MT neuron with k = 1's per-sample histograms of each step of the batch running,
-        # [T, batch, bins], reduced once the batch is done (_finish): one copy per step, not a
+        # An MT neuron with k = 1's per-sample counts (as its histograms') of each step of the batch
+        # running, [T, batch, 2n + 2], reduced once the batch is done (_finish): one copy per step, not a
         # dozen small reductions.
         self.pending: dict[str, torch.Tensor] = {}
         self.unfinished = False
@@ -313,42 +314,44 @@ class Counter:
         batch = self.batches[-1]
         for name, per in self.pending.items():
             n = self.graph[name].levels
-            per = per.view(*per.shape[:2], 2, -1)            # [T, batch, input zero / non-zero, level]
-            self.histograms[name].add_(per.sum(1))
-            levels = per.sum(2)
-            spikes = levels.sum(2) - levels[..., n]
-            batch[name] = torch.stack([spikes, per[:, :, 1].sum(2), spikes], 2).transpose(0, 1)
+            self.histograms[name].add_(per.sum(1))           # per: [T, batch, level -n..n, active]
+            spikes = per[..., :-1].sum(2) - per[..., n]
+            batch[name] = torch.stack([spikes, per[..., -1], spikes], 2).transpose(0, 1)
         self.batches[-1] = {n.name: batch[n.name] for n in self.graph if n.name in batch}
 
     def _measure_neuron(self, node: ir.MTNeuron, inputs, out: torch.Tensor, i: int) -> None:
         hist = self.histograms[node.name][i]
         state = self.executor.state(node.name)
-        code, counts, bins = state.code, state.counts, 2 * (2 * node.levels + 1)
-        if node.name in self.multi:
-            # int16 codes over (sign, m): one pass gives the histogram and, per sample,
-            # (spikes, active updates, levels fired)
-            if node.name in self.constant:
-                hist.zero_()
-                mt_counts(code, node.levels, hist)
-                return
-            self._slot(node.name, out.shape[0])[:, i] = mt_counts(code, node.levels, hist, rows=out.shape[0])
-            return
+        code, counts, values = state.code, state.counts, hist.numel() - 1
         if node.name in self.constant:
             hist.zero_()                    # the same every run: kept per sample
-            if counts is not None:
-                hist.view(-1).add_(counts.view(-1))
-            else:
-                histogram(code, bins, out=hist)
+        if node.name in self.multi:
+            # int16 codes over (input zero / non-zero, sign, m): one pass gives their histogram and,
+            # per sample, (spikes, active updates, levels fired)
+            codes = torch.zeros(2, values, dtype=torch.int64, device=self.device)
+            per_row = mt_counts(code, node.levels, codes, rows=1 if node.name in self.constant else out.shape[0])
+            hist[:-1] += codes.sum(0)
+            hist[-1] += codes[1].sum()
+            if node.name not in self.constant:
+                self._slot(node.name, out.shape[0])[:, i] = per_row
             return
-        # one histogram per sample: [batch, (input zero / non-zero) x level -n..n], reduced by _finish
+        if node.name in self.constant:
+            hist.add_(counts.view(-1) if counts is not None else self._code_counts(code, values, 1).view(-1))
+            return
+        # per sample [batch, level -n..n, active], reduced by _finish
         rows = out.shape[0]
         per = self.pending.get(node.name)
         if per is None or per.shape[1] != rows:
-            per = self.pending[node.name] = torch.zeros(self.T, rows, bins, dtype=torch.int64, device=self.device)
-        if counts is not None:
-            per[i].copy_(counts)
-        else:
-            histogram(code, bins, out=per[i], rows=rows)
+            per = self.pending[node.name] = torch.zeros(self.T, rows, values + 1, dtype=torch.int64,
+                                                        device=self.device)
+        per[i].copy_(counts if counts is not None else self._code_counts(code, values, rows))
+
+    def _code_counts(self, code: torch.Tensor, values: int, rows: int) -> torch.Tensor:
+        """From k = 1 event codes (kernels.mt_update_coded: level + n, plus 2n + 1 where the input
+        was non-zero), per sample [rows, level -n..n, active]: what the fast step's kernels count
+        (MTState.counts)."""
+        codes = histogram(code, 2 * values, rows=rows).view(rows, 2, values)
+        return torch.cat([codes.sum(1), codes[:, 1].sum(1, keepdim=True)], dim=1)
 
     def _measure_product(self, node: ir.ProductECM, inputs, out, i: int) -> None:
         if node.name in self.constant:
@@ -399,7 +402,7 @@ class Counter:
         previous = self.previous[node.name]
         leveled = self.leveled.get(node.name, {})
         th = [self._thresholds(leveled[j]) if j in leveled else None for j in (0, 1)]
-        if not native.product_counts(x, a, y, b, *previous, out, *th):
+        if not native.product_counts(x, a, y, b, *previous, out, *th, counted=state.counted):
             pairs, ca, cb = product_pairs(x, y, a, b, *previous)
             if leveled:
                 wx, wy = _along(x, -2, th[0]), _along(y, -1, th[1])
@@ -439,7 +442,7 @@ class Counter:
                 hist = self.histograms[n.name]
                 if n.name in self.constant:
                     hist = hist * self.samples
-                per_value = hist.sum(dim=1)
+                per_value = hist[:, :-1]
                 if n.name in self.multi:
                     table, _ = level_tables(n.levels)
                     # on the CPU: CUDA has no int64 matrix product
@@ -449,7 +452,7 @@ class Counter:
                     c["levels"] = torch.cat([per_value[:, :n.levels], per_value[:, n.levels + 1:]], dim=1)
                     c["spikes"] = c["levels"].sum(dim=1)
                 c["level_spikes"] = c["levels"].sum(dim=1)
-                c["active_updates"] = hist[:, 1].sum(dim=1)
+                c["active_updates"] = hist[:, -1].clone()
             if n.name in self.measured:
                 if n.name in self.per_sample:
                     measured = first.unsqueeze(1) * (self.per_sample[n.name] * self.samples)

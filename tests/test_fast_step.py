@@ -122,6 +122,43 @@ def test_mt_kernel_reads_any_strided_view(k):
     assert torch.equal(v, v_ref) and torch.equal(s, s_ref) and s.abs().sum() > 0
 
 
+
+@needs_native
+@pytest.mark.parametrize("levels", [1, 3, 8, 15, 16, 40])
+def test_kernel_counts_are_the_histogram_of_the_event_codes(levels):
+    """Count mode's per-sample counts (native.c count_levels: per level -n..n, the elements that
+    fired it, then the active updates) are the histogram of the event codes the same kernel call
+    writes: in the MT kernel (rows of 120: a tail past the vector lanes) and in an ECM -> MT pair
+    along rows (two groups of rows per sample, added to from two threads), for levels counted in
+    vector words (levels <= 15) and one element at a time (more)."""
+    kernels = program.NativeKernels(native.library())
+    values, batch = 2 * levels + 1, 256
+
+    def from_codes(code):
+        per = torch.bincount(code.long() + torch.arange(batch).repeat_interleave(code.numel() // batch) * 2 * values,
+                             minlength=batch * 2 * values).view(batch, 2, values)
+        return torch.cat([per.sum(1), per[:, 1].sum(1, keepdim=True)], dim=1)
+
+    g = torch.Generator().manual_seed(levels)
+    for shape, paired in (((3, 40), False), ((40, 40), True)):
+        state = MTState(mt_node(levels, 1, True, False, shape), shape, compiled=False)
+        mt = program._MT(state, shape, "cpu")
+        x = membranes(state.th_pos, levels, batch, shape) * 0.5
+        x[torch.rand(x.shape, generator=g) < 0.3] = 0.0          # inactive updates
+        v, out = membranes(state.th_pos, levels, batch, shape), torch.empty(batch, *shape)
+        code = torch.empty(v.numel(), dtype=torch.uint8)
+        counts = torch.zeros(batch, values + 1, dtype=torch.int64)
+        if paired:
+            spec = program._ECMSpec("softmax", None, (), rows=True, len=shape[-1])
+            running = torch.zeros_like(v)
+            kernels.ecm(spec, x * 40, torch.zeros_like(v), None, running, out, mt, v, code, counts)
+        else:
+            kernels.mt(mt, x, v, out, pair=False, code=code, counts=counts)
+        expected = from_codes(code)
+        assert torch.equal(counts, expected), (paired, (counts - expected).abs().sum())
+        assert (expected[:, :-1].sum(1) == shape[0] * shape[1]).all()
+        assert expected[:, :levels].sum() > 0 and expected[:, levels + 1:-1].sum() > 0   # spikes of both signs
+
 ECMS = {
     "gelu": ir.GELUECM("ecm", ("input",)),
     "gelu_tanh": ir.GELUECM("ecm", ("input",), approximate="tanh"),

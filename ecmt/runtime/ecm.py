@@ -51,6 +51,7 @@ class ProductECMState:
 
     def reset(self):
         self.a = self.b = self.prod = self.out_sum = self.x = self.y = None
+        self.counted = None     # count mode (runtime/program.py): x, a, y, b's counts along k, for hw_sim
 
     def analog(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """scale x @ y: what the product computes in the ANN (no state kept)."""

@@ -168,12 +168,83 @@ INLINE void fire(const mt_rule *r, const float *v, int64_t len, int64_t first, f
  * define the codes): the level number m plus levels, plus 2 levels + 1 where the update
  * was active (its input non-zero); uint8 for k = 1, and for k > 1 int16 over the fired
  * levels' binary digits.  Either written per element (code) or, for k = 1, counted per
- * sample (counts: the sample's 2 (2 levels + 1) bins, added to atomically where `shared`:
- * several threads work on one sample). */
+ * sample (counts: count_levels, added to atomically where `shared`: several threads work
+ * on one sample). */
 typedef struct {
     void *code;             /* per element, or NULL */
-    int64_t *counts;        /* [batch, 2 (2 levels + 1)] (k = 1), or NULL */
+    int64_t *counts;        /* [batch, 2 levels + 2] (k = 1), or NULL */
 } events;
+
+/* Per sample, for k = 1 (events.counts): how many elements fired each level -levels..levels
+ * (0: none), then how many updates were active.  A histogram one element at a time waits on
+ * its increments; here the level numbers c = m + levels are counted in 8-bit fields, four to a
+ * 32-bit word (word c / 4), LANES words side by side (a vector): per word and LANES elements, one
+ * compare and one masked add, the words in registers (count_words is inlined with `words` a
+ * constant).  A lane sees at most CHUNK / LANES < 256 elements of a chunk: no field overflows. */
+#define LANES 16
+#define MAX_WORDS 8     /* levels <= 15; more: one element at a time */
+
+INLINE void count_words(int64_t *local, int64_t len, const int32_t *m, int levels, const int words)
+{
+    uint32_t acc[MAX_WORDS][LANES];
+    memset(acc, 0, sizeof acc);
+    const int64_t whole = len - len % LANES;
+    for (int64_t i = 0; i < whole; i += LANES) {
+        #pragma omp simd
+        for (int l = 0; l < LANES; l++) {
+            const uint32_t c = (uint32_t)(m[i + l] + levels), one = 1u << (8 * (c & 3u)), word = c >> 2;
+            for (int w = 0; w < words; w++)
+                acc[w][l] += one & -(uint32_t)(word == (uint32_t)w);
+        }
+    }
+    for (int w = 0; w < words; w++) {
+        uint32_t even = 0, odd = 0;     /* fields 0, 2 and 1, 3 in 16 bits: at most CHUNK each */
+        #pragma omp simd reduction(+ : even, odd)
+        for (int l = 0; l < LANES; l++) {
+            even += acc[w][l] & 0x00ff00ffu;
+            odd += (acc[w][l] >> 8) & 0x00ff00ffu;
+        }
+        local[4 * w] += even & 0xffff;
+        local[4 * w + 1] += odd & 0xffff;
+        local[4 * w + 2] += even >> 16;
+        local[4 * w + 3] += odd >> 16;
+    }
+    for (int64_t i = whole; i < len; i++)
+        local[m[i] + levels]++;
+}
+
+INLINE void count_levels(int64_t *out, int64_t len, const int32_t *m, const int8_t *active, int levels, int shared)
+{
+    const int values = 2 * levels + 1, words = (values + 3) / 4;
+    int64_t local[4 * words + 1];
+    memset(local, 0, sizeof local);
+    int32_t on = 0;
+    #pragma omp simd reduction(+ : on)
+    for (int64_t i = 0; i < len; i++)
+        on += active[i];
+    switch (words) {
+    case 1: count_words(local, len, m, levels, 1); break;
+    case 2: count_words(local, len, m, levels, 2); break;
+    case 3: count_words(local, len, m, levels, 3); break;
+    case 4: count_words(local, len, m, levels, 4); break;
+    case 5: count_words(local, len, m, levels, 5); break;
+    case 6: count_words(local, len, m, levels, 6); break;
+    case 7: count_words(local, len, m, levels, 7); break;
+    case 8: count_words(local, len, m, levels, 8); break;
+    default:
+        for (int64_t i = 0; i < len; i++)
+            local[m[i] + levels]++;
+    }
+    local[values] = on;
+    for (int c = 0; c <= values; c++) {
+        if (local[c] && shared) {
+            #pragma omp atomic
+            out[c] += local[c];
+        } else if (local[c]) {
+            out[c] += local[c];
+        }
+    }
+}
 
 INLINE void put_events(const events *ev, int64_t at, int64_t sample, int64_t len, const int32_t *m,
                        const int8_t *active, int levels, int k, int shared)
@@ -190,27 +261,8 @@ INLINE void put_events(const events *ev, int64_t at, int64_t sample, int64_t len
         for (int64_t i = 0; i < len; i++)
             c[i] = (int16_t)(m[i] + span + (active[i] ? 2 * span + 1 : 0));
     }
-    if (ev->counts && k == 1) {
-        const int bins = 2 * (2 * levels + 1);
-        int32_t local[4][bins];
-        memset(local, 0, sizeof local);
-        int64_t i = 0;
-        for (; i + 4 <= len; i += 4)            /* four sub-histograms: no wait on the last increment */
-            for (int u = 0; u < 4; u++)
-                local[u][m[i + u] + levels + (active[i + u] ? 2 * levels + 1 : 0)]++;
-        for (; i < len; i++)
-            local[0][m[i] + levels + (active[i] ? 2 * levels + 1 : 0)]++;
-        int64_t *out = ev->counts + sample * bins;
-        for (int c = 0; c < bins; c++) {
-            const int64_t n = (int64_t)local[0][c] + local[1][c] + local[2][c] + local[3][c];
-            if (n && shared) {
-                #pragma omp atomic
-                out[c] += n;
-            } else if (n) {
-                out[c] += n;
-            }
-        }
-    }
+    if (ev->counts && k == 1)
+        count_levels(ev->counts + sample * (2 * levels + 2), len, m, active, levels, shared);
 }
 
 /* An MT neuron's input as a strided view (a select, permute or reshape of another node's output,
@@ -571,6 +623,8 @@ typedef struct {
     const float *data;
     int64_t ss, sp, sr, sc;             /* strides: sample, p, row, column */
     const float *th_pos, *th_neg;       /* the spikes' thresholds (scalars), or NULL: count 1 per non-zero */
+    const int32_t *counted;             /* its counts along k, [samples, P, K], counted already (add_count),
+                                           or NULL (read where th_pos is NULL) */
 } operand;
 
 INLINE int64_t levels_of(float v, const float *th_pos, const float *th_neg)
@@ -581,8 +635,9 @@ INLINE int64_t levels_of(float v, const float *th_pos, const float *th_neg)
 
 /* Per index k of the kept axis (columns: along = 0 counts over rows; rows: along = 1 counts over
  * columns) of one [rows, cols] matrix at base: non-zero counts into c, level weights into w (where
- * o->th_pos). The inner loop runs along the unit stride where there is one. */
-static void count_matrix(const operand *o, const float *base, int64_t rows, int64_t cols, int along, int64_t *c,
+ * o->th_pos).  The inner loop runs along the unit stride where there is one; counts are int32
+ * (a vector holds twice as many as of int64). */
+static void count_matrix(const operand *o, const float *base, int64_t rows, int64_t cols, int along, int32_t *c,
                          int64_t *w)
 {
     const int64_t sr = o->sr, sc = o->sc, kept = along ? rows : cols;
@@ -613,7 +668,7 @@ static void count_matrix(const operand *o, const float *base, int64_t rows, int6
     } else {                                    /* a reduction along each line */
         for (int64_t l = 0; l < lines; l++) {
             const float *line = base + l * s_line;
-            int64_t n = 0;
+            int32_t n = 0;
             #pragma omp simd reduction(+ : n)
             for (int64_t i = 0; i < len; i++)
                 n += line[i * s_len] != 0.0f;
@@ -622,28 +677,96 @@ static void count_matrix(const operand *o, const float *base, int64_t rows, int6
     }
 }
 
+/* An operand's counts along k at index `at` of its [samples, P, K]: those add_count gave, or
+ * counted now into c (with the level weights w, where it has thresholds). */
+INLINE const int32_t *operand_counts(const operand *o, const float *base, int64_t rows, int64_t cols, int along,
+                                     int64_t at, int32_t *c, int64_t *w)
+{
+    if (o->counted && !(w && o->th_pos))
+        return o->counted + at;
+    count_matrix(o, base, rows, cols, along, c, w);
+    return c;
+}
+
+/* Count mode's update of a product's running operand (runtime/program.py), fused with its
+ * counting: sum += x for the operand as multiplied, sum contiguous [samples, P, R, C], x strided
+ * as an operand (view of the increment), and the non-zero elements of x and of the new sum per
+ * index k of the axis the product keeps (along = 0: columns, counted over rows, as an x of
+ * product_counts; along = 1: rows, over columns, as a y) into cx and cs (int32 [samples, P, K]):
+ * what product_counts would count from them, read while they are in cache. */
+/* One [R, C] matrix of add_count; sc (x's column stride) is 1 where inlined for it: unit-stride
+ * loads, not gathers. */
+INLINE void add_count_matrix(int64_t R, int64_t C, const float *xm, int64_t sr, const int64_t sc, float *sm,
+                             int along, int32_t *nx, int32_t *ns)
+{
+    const int64_t K = along ? R : C;
+    for (int64_t k = 0; k < K; k++)
+        nx[k] = ns[k] = 0;
+    for (int64_t r = 0; r < R; r++) {
+        const float *xr = xm + r * sr;
+        float *srow = sm + r * C;
+        if (along) {                /* per row: a reduction along it */
+            int32_t a = 0, b = 0;
+            #pragma omp simd reduction(+ : a, b)
+            for (int64_t c = 0; c < C; c++) {
+                const float v = xr[c * sc], total = srow[c] + v;
+                srow[c] = total;
+                a += v != 0.0f;
+                b += total != 0.0f;
+            }
+            nx[r] = a;
+            ns[r] = b;
+        } else {                    /* per column: added across the rows */
+            #pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                const float v = xr[c * sc], total = srow[c] + v;
+                srow[c] = total;
+                nx[c] += v != 0.0f;
+                ns[c] += total != 0.0f;
+            }
+        }
+    }
+}
+
+void add_count(int64_t samples, int64_t P, int64_t R, int64_t C, operand x, float *sum, int along, int32_t *cx,
+               int32_t *cs, int threads)
+{
+    const int64_t K = along ? R : C;
+    #pragma omp parallel for num_threads(threads) schedule(static) if (samples * P * R * C > 16384)
+    for (int64_t sp = 0; sp < samples * P; sp++) {
+        const float *xm = x.data + (sp / P) * x.ss + (sp % P) * x.sp;
+        if (x.sc == 1)
+            add_count_matrix(R, C, xm, x.sr, 1, sum + sp * R * C, along, cx + sp * K, cs + sp * K);
+        else
+            add_count_matrix(R, C, xm, x.sr, x.sc, sum + sp * R * C, along, cx + sp * K, cs + sp * K);
+    }
+}
+
 void product_counts(int64_t samples, int64_t P, int64_t N, int64_t K, int64_t M, operand x, operand a, operand y,
                     operand b, int64_t *ca, int64_t *cb, int64_t *out, int64_t out_stride, int threads)
 {
     #pragma omp parallel num_threads(threads) if (samples * P * (N + M) * K > 65536)
     {
-        int64_t *scratch = malloc(sizeof(int64_t) * (size_t)(6 * K));
-        int64_t *cx = scratch, *cy = cx + K, *cax = cy + K, *cby = cax + K, *wx = cby + K, *wy = wx + K;
+        int32_t *counts = malloc(sizeof(int32_t) * (size_t)(4 * K));
+        int64_t *weights = malloc(sizeof(int64_t) * (size_t)(2 * K));
+        int64_t *wx = weights, *wy = wx + K;
         #pragma omp for schedule(static)
         for (int64_t s = 0; s < samples; s++) {
             int64_t full = 0, paper = 0, level = 0;
             for (int64_t p = 0; p < P; p++) {
                 int64_t *ca_prev = ca + (s * P + p) * K, *cb_prev = cb + (s * P + p) * K;
-                count_matrix(&x, x.data + s * x.ss + p * x.sp, N, K, 0, cx, wx);
-                count_matrix(&a, a.data + s * a.ss + p * a.sp, N, K, 0, cax, NULL);
-                count_matrix(&y, y.data + s * y.ss + p * y.sp, K, M, 1, cy, wy);
-                count_matrix(&b, b.data + s * b.ss + p * b.sp, K, M, 1, cby, NULL);
-                const int64_t *lx = x.th_pos ? wx : cx, *ly = y.th_pos ? wy : cy;
+                const int64_t at = (s * P + p) * K;
+                const int32_t *cx = operand_counts(&x, x.data + s * x.ss + p * x.sp, N, K, 0, at, counts, wx);
+                const int32_t *cax = operand_counts(&a, a.data + s * a.ss + p * a.sp, N, K, 0, at, counts + K, NULL);
+                const int32_t *cy = operand_counts(&y, y.data + s * y.ss + p * y.sp, K, M, 1, at, counts + 2 * K, wy);
+                const int32_t *cby = operand_counts(&b, b.data + s * b.ss + p * b.sp, K, M, 1, at, counts + 3 * K,
+                                                    NULL);
                 for (int64_t k = 0; k < K; k++) {
-                    const int64_t both = cx[k] * cy[k];
-                    full += both + cx[k] * cb_prev[k] + ca_prev[k] * cy[k];
-                    paper += both + cx[k] * cby[k] + cax[k] * cy[k];
-                    level += lx[k] * ly[k] + lx[k] * cb_prev[k] + ca_prev[k] * ly[k];
+                    const int64_t nx = cx[k], ny = cy[k], both = nx * ny;
+                    const int64_t lx = x.th_pos ? wx[k] : nx, ly = y.th_pos ? wy[k] : ny;
+                    full += both + nx * cb_prev[k] + ca_prev[k] * ny;
+                    paper += both + nx * cby[k] + cax[k] * ny;
+                    level += lx * ly + lx * cb_prev[k] + ca_prev[k] * ly;
                     ca_prev[k] = cax[k];
                     cb_prev[k] = cby[k];
                 }
@@ -652,6 +775,7 @@ void product_counts(int64_t samples, int64_t P, int64_t N, int64_t K, int64_t M,
             out[s * out_stride + 1] = paper;
             out[s * out_stride + 2] = level;
         }
-        free(scratch);
+        free(counts);
+        free(weights);
     }
 }

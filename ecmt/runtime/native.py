@@ -81,10 +81,12 @@ def _layout(shape: tuple, strides: tuple) -> Strided | None:
 
 
 class Operand(ctypes.Structure):
-    """native.c's operand: a product operand's data, strides (sample, p, row, column) and the
-    thresholds its spikes' levels are read against (NULL: counted as non-zero only)."""
+    """native.c's operand: a product operand's data, strides (sample, p, row, column), the
+    thresholds its spikes' levels are read against (NULL: counted as non-zero only) and its
+    counts along k where add_count gave them (NULL: counted from the data)."""
     _fields_ = [("data", ctypes.c_void_p), ("ss", ctypes.c_int64), ("sp", ctypes.c_int64), ("sr", ctypes.c_int64),
-                ("sc", ctypes.c_int64), ("th_pos", ctypes.c_void_p), ("th_neg", ctypes.c_void_p)]
+                ("sc", ctypes.c_int64), ("th_pos", ctypes.c_void_p), ("th_neg", ctypes.c_void_p),
+                ("counted", ctypes.c_void_p)]
 
 
 class ECMIO(ctypes.Structure):
@@ -128,12 +130,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.scaled_increment.argtypes = [i64, ptr, f32, ptr, ptr, i32, i32]
     lib.product_counts.argtypes = [i64, i64, i64, i64, i64, Operand, Operand, Operand, Operand, ptr, ptr, ptr,
                                    i64, i32]
-    for fn in (lib.mt_step, lib.ecm_map, lib.ecm_rows, lib.scaled_increment, lib.product_counts):
+    lib.add_count.argtypes = [i64, i64, i64, i64, Operand, ptr, i32, ptr, ptr, i32]
+    for fn in (lib.mt_step, lib.ecm_map, lib.ecm_rows, lib.scaled_increment, lib.product_counts, lib.add_count):
         fn.restype = None
 
 
 def product_counts(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, b: torch.Tensor, ca: torch.Tensor,
-                   cb: torch.Tensor, out: torch.Tensor, th_x: tuple | None = None, th_y: tuple | None = None) -> bool:
+                   cb: torch.Tensor, out: torch.Tensor, th_x: tuple | None = None, th_y: tuple | None = None,
+                   counted: tuple | None = None) -> bool:
     """hw_sim's counts of a product ECM's non-zero pairs for one step, in one pass over its
     operands as they lie (strided, e.g. transposed): the increments x [S, ..., N, K], y [S, ..., K, M]
     and running sums a (as x), b (as y), float32 on the CPU, every operand with the same S samples.
@@ -141,8 +145,9 @@ def product_counts(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, b: torch.T
     b's rows, replaced by this step's.  out (int64 [S, 3], rows `out.stride(0)` apart, unit stride
     within): per sample, the spiking form's pairs, the reference's, and the spiking form's with
     each spike of an operand with thresholds th_x / th_y ((th_pos, th_neg), scalars: an MT
-    neuron with k > 1) weighed by the levels it carries (native.c: product_counts).  False
-    where the kernels cannot run (nothing written)."""
+    neuron with k > 1) weighed by the levels it carries (native.c: product_counts).  `counted`:
+    per operand (x, a, y, b), its counts that add_count gave this step (int32 [S, ..., K]), or
+    None: counted here.  False where the kernels cannot run (nothing written)."""
     lib = library()
     tensors = (x, a, y, b)
     if (lib is None or any(t.device.type != "cpu" or t.dtype != torch.float32 or t.dim() < 3 for t in tensors)
@@ -155,17 +160,31 @@ def product_counts(x: torch.Tensor, a: torch.Tensor, y: torch.Tensor, b: torch.T
     P = math.prod(x.shape[1:-2])
     keep = []                                   # the thresholds' tensors, alive through the call
 
-    def operand(t, th=None):
+    counted = counted or (None,) * 4
+
+    def operand(t, pos, th=None):
         t = t.reshape(S, P, *t.shape[-2:])      # a view where the strides allow
         keep.append(t)
         tp = tn = None
         if th is not None:
             tp, tn = (None if v is None else v.reshape(1).float().contiguous() for v in th)
             keep.extend((tp, tn))
-        return Operand(t.data_ptr(), *t.stride(), ptr(tp), ptr(tn))
-    lib.product_counts(S, P, N, K, M, operand(x, th_x), operand(a), operand(y, th_y), operand(b),
+        return Operand(t.data_ptr(), *t.stride(), ptr(tp), ptr(tn), ptr(counted[pos]))
+    lib.product_counts(S, P, N, K, M, operand(x, 0, th_x), operand(a, 1), operand(y, 2, th_y), operand(b, 3),
                        ca.data_ptr(), cb.data_ptr(), out.data_ptr(), out.stride(0), torch.get_num_threads())
     return True
+
+
+def add_count(x: torch.Tensor, total: torch.Tensor, along: int, cx: torch.Tensor, cs: torch.Tensor) -> None:
+    """total += x (total contiguous [S, ..., R, C], x of its shape, any strides), and the non-zero
+    elements of x and of the new total per column (along = 0: as a product's left operand) or
+    per row (along = 1: its right one) into cx, cs (contiguous int32 [S, ..., C or R]): in one
+    pass (native.c: add_count)."""
+    S, (R, C) = total.shape[0], total.shape[-2:]
+    P = math.prod(total.shape[1:-2])
+    v = x.reshape(S, P, R, C)
+    library().add_count(S, P, R, C, Operand(v.data_ptr(), *v.stride(), None, None, None), total.data_ptr(), along,
+                        cx.data_ptr(), cs.data_ptr(), torch.get_num_threads())
 
 
 def ptr(t: torch.Tensor | None) -> int | None:

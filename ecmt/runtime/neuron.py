@@ -86,8 +86,9 @@ class MTState:
         self._record = False
         self.v: torch.Tensor | None = None
         self.code: torch.Tensor | None = None
-        # the fast step's per-sample histogram of the codes ([batch, 2 (2 levels + 1)], k = 1), where
-        # it counts in its kernels instead of writing codes (runtime/program.py, count mode)
+        # the fast step's per-sample counts ([batch, 2 levels + 2], k = 1: the elements that fired each
+        # level -levels..levels, then the active updates), where it counts in its kernels instead of
+        # writing codes (runtime/program.py, count mode)
         self.counts: torch.Tensor | None = None
 
     @property

@@ -289,8 +289,8 @@ class Program:
     gives the output increments of steps 1..T.  `observe`: no shared state (every node
     emits its increment, for an observer); `record`: MT neurons write event codes.
     `count` (native kernels; hw_sim's Counter): the chains stay shared and MT neurons with
-    k = 1 count their events per sample inside their kernel (``state.counts``, the
-    histogram of the codes an ``observe`` run writes; an ECM -> MT pair keeps the ECM's
+    k = 1 count their events per sample inside their kernel (``state.counts``: per level,
+    the elements that fired it, then the active updates; an ECM -> MT pair keeps the ECM's
     running output, to tell an active update); the observer is called for every node, with
     None for the values a chain does not materialize (the ECM of a pair)."""
 
@@ -509,7 +509,7 @@ class Program:
         pair = role.from_product is not None
         scale = self.steps[role.from_product].state.scale if pair else None
         c = self._state(i) if role.into_product and not pair else None  # the product's running operand
-        s = None if self._spikes_unread(i) else torch.empty_like(v)
+        s = None if self._spikes_unread(i) else self._empty(v.shape)
         code, counts = self._events(mt, v)
         state = mt.state
         ppn = type(state) is PPNState
@@ -537,7 +537,7 @@ class Program:
     def _events(self, mt: _MT, like: torch.Tensor):
         """An MT neuron's event codes and per-sample counts buffers (None where not kept)."""
         if self.count and mt.k == 1:
-            return None, self._empty((like.shape[0], 2 * (2 * mt.levels + 1)), torch.int64)
+            return None, self._empty((like.shape[0], 2 * mt.levels + 2), torch.int64)
         if self.record or self.count:
             return self._empty((like.numel(),), torch.uint8 if mt.k == 1 else torch.int16), None
         return None, None
@@ -551,7 +551,7 @@ class Program:
         total = None if from_total else self._state(e, self.shapes[src])
         scale = self.steps[src].state.scale if from_total else None
         c = self._state(i)
-        s = None if self._spikes_unread(i) else torch.empty_like(c)
+        s = None if self._spikes_unread(i) else self._empty(c.shape)
         running = self._state(i) if self.count else None       # to tell an active update
         code, counts = self._events(mt, c)
         self._track(total, c, running, kernels_start=True)
@@ -580,7 +580,7 @@ class Program:
         total = None if role.from_total else self._state(i, self.shapes[src])
         scale = self.steps[src].state.scale if role.from_total else None
         out_sum = self._state(i)
-        out = torch.empty_like(out_sum)
+        out = self._empty(out_sum.shape)
         self._track(total, out_sum, kernels_start=kernels is self.kernels)
 
         call = kernels.ecm_call(spec, total, scale, out_sum, out, addend=self.addends.get(i))
@@ -604,11 +604,19 @@ class Program:
                 for pos, shape in enumerate(shapes)]
         incremental = state.form == "incremental"
         # the direct form's sums start as step 1's increments (copied, where a run is not recorded once
-        # as a CUDA graph for every step): no zeroing before a run
-        copy_first = not incremental and isinstance(self.kernels, NativeKernels)
+        # as a CUDA graph for every step, nor counted in count mode): no zeroing before a run
+        copy_first = not incremental and isinstance(self.kernels, NativeKernels) and not self.count
         self._track(*sums, kernels_start=copy_first)
+        # count mode: a running operand's update also counts it and its increment along k (native.add_count),
+        # for hw_sim's Counter (state.counted: x, A, y, B as native.product_counts takes them)
+        counted = [None] * 4
+        if self.count:
+            for pos, shape in enumerate(shapes):
+                if sums[pos] is not None:
+                    k = shape[:-2] + (shape[-1] if pos == 0 else shape[-2],)
+                    counted[2 * pos:2 * pos + 2] = self._empty(k, torch.int32), self._empty(k, torch.int32)
         out_sum = None if role.total else self._state(i)
-        out = None if role.total else torch.empty_like(out_sum)
+        out = None if role.total else self._empty(out_sum.shape)
         self._track(out_sum, kernels_start=True)
         raw = self._empty((self.rows[i], *self.shapes[i]))
         kernels = self.kernels
@@ -628,7 +636,9 @@ class Program:
                 increments.append(x)
                 if incremental:
                     operands.append(sums[pos].clone())  # A_(t-1), B_(t-1)
-                if copy_first and t == 1:
+                if counted[2 * pos] is not None:
+                    native.add_count(x, sums[pos], pos, *counted[2 * pos:2 * pos + 2])
+                elif copy_first and t == 1:
                     sums[pos].copy_(x)
                 else:
                     sums[pos].add_(x)
@@ -644,6 +654,7 @@ class Program:
                 # (the Counter reads views as they lie; an observer that may keep them gets copies)
                 state.x, state.y = increments if self.count else (z.contiguous() for z in increments)
                 state.a, state.b = (sums[pos] if sums[pos] is not None else operands[pos] for pos in range(2))
+                state.counted = tuple(counted) if self.count else None
             if role.total:
                 self.values[i] = raw                    # the ECM after it scales it
                 return

@@ -74,9 +74,12 @@ class Role:
     from_product: int | None = None
 
 
-def plan(steps, fused: list[bool]) -> list[Role]:
+def plan(steps, fused: list[bool], plain_into_product: bool = True) -> list[Role]:
     """The role of every step (a default Role where nothing is shared); only steps
-    with fused[i] take part in a chain."""
+    with fused[i] take part in a chain.  plain_into_product: an MT neuron outside an
+    ECM -> MT pair may hand its spike sum to a product too (count mode says no: there a
+    product counts its own running operands while it adds them up, native.add_count,
+    cheaper than counting the neuron's spikes and spike sum again)."""
     consumers: dict[int, list[int]] = {i: [] for i in range(len(steps))}
     for i, step in enumerate(steps):
         for j in step.srcs:
@@ -94,7 +97,7 @@ def plan(steps, fused: list[bool]) -> list[Role]:
                 if kind(m, MTState) and steps[m].srcs == [i]:
                     roles[i].pair = roles[m].pair = True
     for m, step in enumerate(steps):
-        if kind(m, MTState) and len(consumers[m]) == 1:
+        if kind(m, MTState) and len(consumers[m]) == 1 and (plain_into_product or roles[m].pair):
             (p,) = consumers[m]
             if is_direct(p) and steps[p].srcs.count(m) == 1:
                 roles[p].shared += (steps[p].srcs.index(m),)
@@ -312,7 +315,7 @@ class Program:
         self.specs = [self._ecm_spec(i) for i in range(len(steps))]
         native_ok = isinstance(kernels, NativeKernels)
         fused = [self._fusable(i, native_ok) for i in range(len(steps))]
-        self.roles = [Role() for _ in steps] if observe else plan(steps, fused)
+        self.roles = [Role() for _ in steps] if observe else plan(steps, fused, plain_into_product=not count)
         # an MT neuron's thresholds and state follow its input's shape (a PPN neuron's output has
         # a channel per level)
         self.mts = {i: _MT(s.state, self.shapes[s.srcs[0]], self.device) for i, s in enumerate(steps)

@@ -441,19 +441,10 @@ INLINE void ecm_average(const ecm_io *io, int64_t base, int64_t first, int64_t l
         return;
     }
     float *sum = io->sum + base;
-    if (io->addend) {
-        const float *a = io->addend + first;
-        #pragma omp simd
-        for (int64_t j = 0; j < len; j++) {
-            const float total = (io->first ? 0.0f : sum[j]) + (x[j] + a[j]);
-            sum[j] = total;
-            u[j] = total * rt;
-        }
-        return;
-    }
+    const float *a = io->addend ? io->addend + first : NULL;
     #pragma omp simd
     for (int64_t j = 0; j < len; j++) {
-        const float total = (io->first ? 0.0f : sum[j]) + x[j];
+        const float total = (io->first ? 0.0f : sum[j]) + (a ? x[j] + a[j] : x[j]);
         sum[j] = total;
         u[j] = total * rt;
     }

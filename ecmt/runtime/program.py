@@ -74,16 +74,26 @@ class Role:
     from_product: int | None = None
 
 
-def plan(steps, fused: list[bool], plain_into_product: bool = True) -> list[Role]:
-    """The role of every step (a default Role where nothing is shared); only steps
-    with fused[i] take part in a chain.  plain_into_product: an MT neuron outside an
-    ECM -> MT pair may hand its spike sum to a product too (count mode says no: there a
-    product counts its own running operands while it adds them up, native.add_count,
-    cheaper than counting the neuron's spikes and spike sum again)."""
-    consumers: dict[int, list[int]] = {i: [] for i in range(len(steps))}
+VIEWS = (ir.Reshape, ir.Permute, ir.Select, ir.Slice)
+
+
+def consumers_of(steps) -> list[list[int]]:
+    """Per step, the steps that read it (a step that reads it twice: twice)."""
+    consumers: list[list[int]] = [[] for _ in steps]
     for i, step in enumerate(steps):
         for j in step.srcs:
             consumers[j].append(i)
+    return consumers
+
+
+def plan(steps, fused: list[bool], count: bool = False, native: bool = True) -> list[Role]:
+    """The role of every step (a default Role where nothing is shared); only steps
+    with fused[i] take part in a chain.  count (hw_sim's Counter observes): only an ECM -> MT
+    pair's neuron hands its spike sum to a product (there a product counts its own running
+    operands while it adds them up, native.add_count, cheaper than counting a neuron's spikes
+    and spike sum again), and no product -> MT pair (the Counter reads the product's
+    increments); native: the native kernels run the steps (the product -> MT pair is theirs)."""
+    consumers = consumers_of(steps)
     roles = [Role() for _ in steps]
     kind = lambda i, cls: fused[i] and not steps[i].static and type(steps[i].state) is cls
     is_direct = lambda i: kind(i, ProductECMState) and steps[i].state.form == "direct"
@@ -97,11 +107,23 @@ def plan(steps, fused: list[bool], plain_into_product: bool = True) -> list[Role
                 if kind(m, MTState) and steps[m].srcs == [i]:
                     roles[i].pair = roles[m].pair = True
     for m, step in enumerate(steps):
-        if kind(m, MTState) and len(consumers[m]) == 1 and (plain_into_product or roles[m].pair):
+        if kind(m, MTState) and len(consumers[m]) == 1 and (not count or roles[m].pair):
             (p,) = consumers[m]
-            if is_direct(p) and steps[p].srcs.count(m) == 1:
+            if is_direct(p):
                 roles[p].shared += (steps[p].srcs.index(m),)
                 roles[m].into_product = True
+    if native and not count:
+        for p, step in enumerate(steps):
+            if not is_direct(p) or roles[p].total:
+                continue
+            j = p                               # through views to the product's one consumer
+            while len(consumers[j]) == 1 and isinstance(steps[consumers[j][0]].node, VIEWS):
+                j = consumers[j][0]
+            if len(consumers[j]) == 1:
+                (m,) = consumers[j]
+                if kind(m, MTState) and not roles[m].pair:
+                    roles[p].total = True
+                    roles[m].from_product = p
     return roles
 
 
@@ -315,7 +337,7 @@ class Program:
         self.specs = [self._ecm_spec(i) for i in range(len(steps))]
         native_ok = isinstance(kernels, NativeKernels)
         fused = [self._fusable(i, native_ok) for i in range(len(steps))]
-        self.roles = [Role() for _ in steps] if observe else plan(steps, fused, plain_into_product=not count)
+        self.roles = [Role() for _ in steps] if observe else plan(steps, fused, count, native_ok)
         # an MT neuron's thresholds and state follow its input's shape (a PPN neuron's output has
         # a channel per level)
         self.mts = {i: _MT(s.state, self.shapes[s.srcs[0]], self.device) for i, s in enumerate(steps)
@@ -323,16 +345,15 @@ class Program:
         self.values: list = [None] * len(steps)
         self.state_buffers: list[torch.Tensor] = []     # every buffer that holds state
         self.zeroed: list[torch.Tensor] = []            # those zeroed before every run
-        self.spike_sums: dict[int, torch.Tensor] = {}    # MT pair -> its spike sum C
+        self.spike_sums: dict[int, torch.Tensor] = {}    # MT neuron -> the spike sum C a product reads
         self.torch_kernels: list[TorchKernels] = []      # ECMs the native kernels do not cover
         self.buffers: list[torch.Tensor] = []            # everything _empty gave: back to POOL on release
-        self.consumers: list[list[int]] = [[] for _ in steps]
-        for j, step in enumerate(steps):
-            for i in dict.fromkeys(step.srcs):
-                self.consumers[i].append(j)
+        self.consumers = consumers_of(steps)
+        # the native kernels, and no observer reads node values (count mode's Counter reads MT
+        # events and product operands only): views and biases may be left to the kernels
+        self.kernels_read = native_ok and not observe
         self.addends: dict[int, torch.Tensor] = {}       # kernel step -> the bias it adds for a linear layer
         self.unbiased = {i for i in range(len(steps)) if self._fold_bias(i)}
-        self._pair_products()
         self.ops = [self._build(i) for i in range(len(steps))]
         self.active = [op for op in self.ops if op is not None]
         # steps whose value is a buffer of this program (not a node's own step function's result)
@@ -388,8 +409,7 @@ class Program:
             def in_order(t):                  # its neurons read the elements where they lie
                 self.values[i] = self.values[src]
             return in_order
-        inputs = [None] * len(step.srcs)
-        if isinstance(step.node, self.VIEWS):
+        if isinstance(step.node, VIEWS):
             last = [None, None]               # the input it last saw, and its view of it
 
             def view(t):                      # a view of a buffer that stays put: made once
@@ -402,14 +422,13 @@ class Program:
                 shares = y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
                 last[:] = (x, y) if shares else (None, None)
             return view
+        inputs = [None] * len(step.srcs)
 
         def hosted(t):                        # the node's own step function (and state)
             for k, j in enumerate(step.srcs):
                 inputs[k] = self.values[j]
             self.values[i] = step.fn(inputs, t)
         return hosted
-
-    VIEWS = (ir.Reshape, ir.Permute, ir.Select, ir.Slice)
 
     def _fold_bias(self, i: int) -> bool:
         """Whether linear step i leaves its bias out because every kernel its output reaches (through
@@ -419,8 +438,7 @@ class Program:
         node = self.steps[i].node
         # (hw_sim's Counter, the one observer of count mode, reads a linear layer's input, not its
         # output, and the MT kernels count an update as active on x plus the bias: count mode folds too)
-        if (not isinstance(node, ir.Linear) or node.bias is None or self.steps[i].static
-                or not isinstance(self.kernels, NativeKernels) or self.observe):
+        if not isinstance(node, ir.Linear) or node.bias is None or self.steps[i].static or not self.kernels_read:
             return False
         found: dict[int, torch.Tensor] = {}
         bias = node.bias.to(self.device, torch.float32).expand(1, *self.shapes[i])
@@ -430,7 +448,7 @@ class Program:
                 step, role = self.steps[c], self.roles[c]
                 if step.static or step.srcs.count(j) != 1:
                     return False
-                if isinstance(step.node, self.VIEWS):
+                if isinstance(step.node, VIEWS):
                     if not reach(c, step.fn([value], 1)):
                         return False
                     continue
@@ -448,36 +466,15 @@ class Program:
         self.addends.update(found)
         return True
 
-    def _pair_products(self) -> None:
-        """Mark the product -> (views) -> MT chains (Role.from_product) on the native kernels where
-        nothing else sees the product's output (no observer, count or recording)."""
-        if not isinstance(self.kernels, NativeKernels) or self.observe or self.count or self.record:
-            return
-        for p, step in enumerate(self.steps):
-            role = self.roles[p]
-            if (type(step.state) is not ProductECMState or step.state.form != "direct" or step.static
-                    or role.total):
-                continue
-            j = p
-            while len(self.consumers[j]) == 1 and isinstance(self.steps[self.consumers[j][0]].node, self.VIEWS):
-                j = self.consumers[j][0]
-            if len(self.consumers[j]) != 1:
-                continue
-            (m,) = self.consumers[j]
-            neuron = self.steps[m]
-            if type(neuron.state) is MTState and not neuron.static and neuron.srcs == [j] and not self.roles[m].pair:
-                role.total = True
-                self.roles[m].from_product = p
-
     def _read_in_order(self, i: int) -> bool:
         """Whether every consumer of step i is an MT neuron on the native kernels, which reads its
         input's elements per sample in row-major order from any strided view: then a reshape
         need not copy (nor may anything else see its value: no observer; count mode's Counter
         reads no reshape and only the batch size of an MT neuron's input)."""
         users = self.consumers[i]
-        return (isinstance(self.kernels, NativeKernels) and not self.observe
-                and bool(users) and all(type(self.steps[j].state) in (MTState, PPNState) and not self.roles[j].pair
-                                        and not self.steps[j].static for j in users))
+        return self.kernels_read and bool(users) and all(
+            type(self.steps[j].state) in (MTState, PPNState) and not self.roles[j].pair and not self.steps[j].static
+            for j in users)
 
     def _add(self, i: int):
         """A two-input add into a buffer of this program (the node's own function allocates)."""
@@ -534,8 +531,7 @@ class Program:
     def _spikes_unread(self, i: int) -> bool:
         """Whether MT neuron i's spikes go unread: its product reads its spike sum, and no observer,
         count or recording reads the spikes (the native kernels then do not write them)."""
-        return (self.roles[i].into_product and isinstance(self.kernels, NativeKernels)
-                and not (self.observe or self.count or self.record))
+        return self.roles[i].into_product and self.kernels_read and not self.count
 
     def _events(self, mt: _MT, like: torch.Tensor):
         """An MT neuron's event codes and per-sample counts buffers (None where not kept)."""
